@@ -1,0 +1,59 @@
+"""The `longctx` console script: a table of verbs, each a module with `add_parser(subparsers)`.
+
+Command modules keep heavy imports (torch, transformers) inside their run functions so `--help` is instant.
+Every UsageError becomes one line on stderr and exit code 2; argparse errors do the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from longctx import __version__
+from longctx.errors import UsageError
+
+# verb -> module whose add_parser(subparsers) registers it (and sets `func` on its parser)
+COMMANDS = {
+    "patch": "longctx.patch_cli",
+    "analyze": "longctx.analyze",
+    "eval": "longctx.evals.cli",
+    "report": "longctx.evals.report",
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad flags in one line (exit 2), pointing at --help instead of dumping usage."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="longctx", description="Extend the context of RoPE language models and prove it worked.")
+    parser.add_argument("--version", action="version", version=f"longctx {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    for module_name in COMMANDS.values():
+        importlib.import_module(module_name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        sys.stderr.write(f"longctx: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("longctx: interrupted; finished work is kept and a rerun resumes\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Loading a causal LM for evaluation or training: any checkpoint source, a LoRA adapter, the fastest attention."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from longctx.errors import UsageError
+from longctx.sources import resolve_model_dir
+
+
+def flash_attn_available() -> bool:
+    """flash-attn is an optional GPU extra: only report it, never import it at module load."""
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def pick_attn_implementation(device: str) -> str:
+    """flash_attention_2 on CUDA when flash-attn is installed, else PyTorch SDPA (its flash kernel on GPU)."""
+    if str(device).startswith("cuda") and flash_attn_available():
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def pick_device(device: str | None = None) -> str:
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(device: str, dtype: str | None = None):
+    """bf16 on GPU, fp32 on CPU unless asked otherwise."""
+    import torch
+
+    if dtype:
+        try:
+            return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+                    "fp32": torch.float32, "float32": torch.float32}[dtype]
+        except KeyError:
+            raise UsageError(f"unknown dtype {dtype!r}: use bf16, fp16 or fp32") from None
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def load_tokenizer(model_dir: str | Path, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"no usable tokenizer in {model_dir} ({type(exc).__name__}): copy the tokenizer files of the base model there") from None
+
+
+def load_model(source: str | Path, *, device: str | None = None, dtype: str | None = None,
+               attn_implementation: str | None = None, base_model: str | None = None,
+               trust_remote_code: bool = False, allow_pickle: bool = False):
+    """(model, tokenizer, model_dir) for a checkpoint, a GGUF, a Hub id, or a LoRA adapter directory.
+
+    An adapter directory loads its base (`base_model` or the adapter's `base_model_name_or_path`) and is
+    merged into it, so evaluation runs at the speed of a plain model.
+    """
+    from transformers import AutoModelForCausalLM
+
+    device = pick_device(device)
+    torch_dtype = pick_dtype(device, dtype)
+    adapter_dir = None
+    if is_adapter_dir(source):
+        adapter_dir = Path(source)
+        base = base_model or json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base:
+            raise UsageError(f"{adapter_dir} is a LoRA adapter without a base model: pass --base-model")
+        model_dir = resolve_model_dir(base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    else:
+        model_dir = resolve_model_dir(source, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    attn = attn_implementation or pick_attn_implementation(device)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, attn_implementation=attn,
+                                                 trust_remote_code=trust_remote_code)
+    tokenizer_dir = adapter_dir if adapter_dir and (adapter_dir / "tokenizer_config.json").exists() else model_dir
+    tokenizer = load_tokenizer(tokenizer_dir, trust_remote_code=trust_remote_code)
+    if adapter_dir is not None:
+        try:
+            from peft import PeftModel
+        except ImportError:
+            raise UsageError("loading a LoRA adapter needs peft: pip install 'longctx[eval]'") from None
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    model.to(device).eval()
+    return model, tokenizer, Path(model_dir)

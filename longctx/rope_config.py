@@ -1,0 +1,107 @@
+"""Rotary settings in a transformers config.json, in both schemas.
+
+transformers 4.x stores `rope_theta` at the top level and scaling in `rope_scaling` {`rope_type` (older:
+`type`), `factor`, ...}; 5.x stores everything in `rope_parameters`, nested per layer type for models with
+several (Gemma 3). Code elsewhere never reads `config.rope_theta` directly: it goes through this module.
+Pure dict logic, no torch.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+FULL_ATTENTION = "full_attention"
+DEFAULT_THETA = 10000.0
+
+# Families whose rotary settings may be implicit (older config.json without rope_theta).
+ROPE_MODEL_TYPES = {
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3",
+    "gemma3_text", "phi3", "phi", "olmo", "olmo2", "granite", "cohere", "cohere2", "starcoder2", "stablelm",
+    "internlm2", "deepseek_v2", "deepseek_v3", "smollm3", "glm", "glm4", "exaone", "ministral", "helium",
+}
+# Keys of the v4 `rope_scaling` dict / v5 `rope_parameters` dict besides type and theta.
+SCALING_KEYS = ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "attention_factor",
+                "mscale", "mscale_all_dim", "truncate", "low_freq_factor", "high_freq_factor",
+                "short_factor", "long_factor")
+
+
+def as_dict(config: Any) -> dict:
+    """A config.json dict, or a transformers PretrainedConfig turned into one."""
+    if isinstance(config, dict):
+        return config
+    return config.to_dict()
+
+
+def text_config(config: dict) -> dict:
+    """The language-model part of multimodal configs (their rope lives in `text_config`)."""
+    inner = config.get("text_config")
+    return inner if isinstance(inner, dict) and ("rope_parameters" in inner or "rope_theta" in inner) else config
+
+
+def is_nested(rope_parameters: dict | None) -> bool:
+    """True when `rope_parameters` holds one dict per layer type (Gemma 3 style)."""
+    return bool(rope_parameters) and all(isinstance(v, dict) or v is None for v in rope_parameters.values())
+
+
+def has_rope(config: Any) -> bool:
+    cfg = text_config(as_dict(config))
+    if cfg.get("rope_parameters") or cfg.get("rope_theta") or cfg.get("rope_scaling"):
+        return True
+    return cfg.get("model_type") in ROPE_MODEL_TYPES
+
+
+def rope_parameters(config: Any) -> dict:
+    """Flat rotary settings of the full-attention layers: {'rope_type', 'rope_theta', scaling keys...}.
+
+    Follows transformers' own precedence: a legacy `rope_scaling` dict wins over `rope_parameters`.
+    """
+    cfg = text_config(as_dict(config))
+    params = cfg.get("rope_parameters") or {}
+    if is_nested(params):
+        params = params.get(FULL_ATTENTION) or next((v for v in params.values() if v), {})
+    params = dict(params)
+    legacy = cfg.get("rope_scaling")
+    if isinstance(legacy, dict) and legacy:
+        params = {**{k: v for k, v in params.items() if k in ("rope_theta", "partial_rotary_factor")}, **legacy}
+    rope_type = params.pop("type", None)
+    params["rope_type"] = params.get("rope_type") or rope_type or "default"
+    theta = cfg.get("rope_theta") if isinstance(legacy, dict) and legacy and cfg.get("rope_theta") else None
+    params["rope_theta"] = float(theta or params.get("rope_theta") or cfg.get("rope_theta") or DEFAULT_THETA)
+    if "partial_rotary_factor" not in params and cfg.get("partial_rotary_factor") is not None:
+        params["partial_rotary_factor"] = cfg["partial_rotary_factor"]
+    return params
+
+
+def head_dim(config: Any) -> int:
+    cfg = text_config(as_dict(config))
+    if cfg.get("head_dim"):
+        return int(cfg["head_dim"])
+    return int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
+
+
+def rotary_dim(config: Any) -> int:
+    """Number of rotated channels per head (head_dim × partial_rotary_factor), as transformers computes it."""
+    return int(head_dim(config) * float(rope_parameters(config).get("partial_rotary_factor") or 1.0))
+
+
+def original_length(config: Any) -> int:
+    """The context the model was trained at: `original_max_position_embeddings` if recorded, else the max."""
+    cfg = text_config(as_dict(config))
+    params = rope_parameters(cfg)
+    value = params.get("original_max_position_embeddings") or cfg.get("original_max_position_embeddings")
+    return int(value or cfg["max_position_embeddings"])
+
+
+def max_length(config: Any) -> int:
+    """The context the config claims to support. Dynamic NTK keeps `max_position_embeddings` at the trained
+    length (raising it would switch the scaling off below it), so its claim is factor × that length."""
+    cfg = text_config(as_dict(config))
+    params = rope_parameters(cfg)
+    if params["rope_type"] == "dynamic" and params.get("factor"):
+        return int(round(float(params["factor"]) * original_length(cfg)))
+    return int(cfg["max_position_embeddings"])
+
+
+def deep_copy(config: dict) -> dict:
+    return copy.deepcopy(config)

