@@ -23,7 +23,15 @@ $(VENV)/.longctx-installed: pyproject.toml
 demo: setup
 	$(PY) -m longctx demo --out demo-out
 
-test: setup
+# A separate transformers 4 install (used in a subprocess) checks patched configs against the 4.x schema.
+TF4 := $(LONGCTX_CACHE)/tf4
+
+$(TF4)/.installed:
+	$(PY) -m pip install -q --target $(TF4) "transformers>=4.45,<5" 2>&1 | grep -v "dependency resolver\|requires huggingface-hub" || true
+	test -d $(TF4)/transformers
+	touch $@
+
+test: setup $(TF4)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-gpu: setup
