@@ -23,6 +23,8 @@ METHOD_HELP = {
     "yarn": "YaRN: NTK-by-parts ramp + attention temperature",
     "llama3": "Llama 3.1: wavelength-dependent interpolation",
 }
+# Architectures whose transformers config accepts only some rope types (Phi-3: default or longrope).
+METHODS_BY_MODEL_TYPE = {"phi3": ("base", "ntk")}
 
 
 @dataclass
@@ -138,6 +140,9 @@ def patch_config(config: dict, spec: PatchSpec) -> dict:
             f"model_type {config.get('model_type')!r} has no rotary position embeddings (RoPE): longctx only patches RoPE models")
     new = copy.deepcopy(config)
     target_cfg = rope_config.text_config(new)
+    allowed = METHODS_BY_MODEL_TYPE.get(target_cfg.get("model_type"), METHODS)
+    require(spec.method in allowed, f"transformers' {target_cfg.get('model_type')} config only takes some rope types: "
+                                    f"use --method {' or '.join(allowed)}")
     current = rope_config.rope_parameters(target_cfg)
     if current["rope_type"] not in ("default",) and spec.method != "base":
         raise UsageError(f"the checkpoint already uses rope_type {current['rope_type']!r}; start from the unscaled "

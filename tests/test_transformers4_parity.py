@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_patch_parity import LLAMA, SPECS
 
 from longctx import rope, rope_config
 from longctx.patch import patch_config
-
-from test_patch_parity import LLAMA, SPECS
 
 TF4 = Path(os.environ.get("LONGCTX_TF4_PATH") or Path(os.environ["LONGCTX_CACHE"]) / "tf4")
 

@@ -1,0 +1,67 @@
+"""Chunked cross-entropy equals the full-logits loss (value and gradients); MFU arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from longctx.train import flops
+from longctx.train.loss import IGNORE_INDEX, CausalLMLoss, chunked_cross_entropy
+
+
+def test_chunked_cross_entropy_matches_full_logits_value_and_gradients():
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 13, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (2, 13))
+    labels[0, 3] = labels[1, 12] = IGNORE_INDEX
+    reference = F.cross_entropy((hidden @ weight.T).reshape(-1, 50), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    ref_grads = torch.autograd.grad(reference, (hidden, weight))
+    summed = chunked_cross_entropy(hidden, weight, labels, chunk=5)  # 24 labelled tokens: chunks of 5, 5, 5, 5, 4
+    grads = torch.autograd.grad(summed, (hidden, weight))
+    torch.testing.assert_close(summed, reference)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want)
+
+
+def test_causal_lm_loss_equals_transformers_loss(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    from longctx.train.data import row_tensors
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32, attn_implementation="sdpa")
+    ids = torch.randint(3, 500, (40,), generator=torch.Generator().manual_seed(1))
+    row = row_tensors(ids, torch.zeros(40, dtype=torch.long))  # one document
+    summed = CausalLMLoss(model, chunk=7)(row["input_ids"][None], row["position_ids"][None], row["labels"][None])
+    mean = model(input_ids=ids[None], labels=ids[None]).loss  # transformers shifts the labels itself
+    torch.testing.assert_close(summed / 39, mean, atol=1e-5, rtol=1e-5)
+
+
+def test_flops_per_token_follows_palm():
+    # Llama-2-7B: N = 6.48e9 non-embedding parameters, 32 layers × 32 heads × 128, at 4K tokens.
+    attention = 12 * 32 * 32 * 128 * 4096
+    assert flops.flops_per_token(6_476_005_376, 32, 32, 128, 4096, full=True) == 6 * 6_476_005_376 + attention
+    assert flops.flops_per_token(6_476_005_376, 32, 32, 128, 4096, full=False) == 4 * 6_476_005_376 + attention
+
+
+def test_non_embedding_params_excludes_embeddings_and_adapters(tiny_llama_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    cfg = model.config
+    per_layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128 + 2 * 64  # q, k+v (2 kv heads × 16), o, mlp, 2 norms
+    expected = cfg.num_hidden_layers * per_layer + 64  # + final norm
+    assert flops.non_embedding_params(model) == expected
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"]))
+    assert flops.non_embedding_params(lora) == expected
+
+
+def test_peak_flops_table_and_mfu():
+    assert flops.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert flops.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert flops.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert flops.peak_flops(None) is None and flops.peak_flops("Tesla T4") is None
+    assert flops.mfu(1e9, 1000, None) is None  # CPU: reported as null
+    assert flops.mfu(1e9, 1000, 1e12, n_devices=2) == pytest.approx(0.5)
