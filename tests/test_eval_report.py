@@ -1,0 +1,275 @@
+"""`longctx report`: verdicts, effective length and figures from synthetic results of three models.
+
+original: fine to its trained 8K, then perplexity explodes and retrieval fails.
+patched:  perplexity stays low beyond 8K but retrieval fails -> must be flagged SUPERFICIAL.
+tuned:    perplexity and retrieval both hold -> "extends to 32K".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from longctx import cli
+from longctx.errors import UsageError
+from longctx.evals.report import (
+    effective_length,
+    fmt_len,
+    judge_length,
+    load_results,
+    read_jsonl,
+    write_report,
+)
+
+LENGTHS = [2048, 4096, 8192, 16384, 32768]
+DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
+# label -> (rope, claimed length, ppl per length, passkey accuracy per length by depth, niah score per length)
+MODELS = {
+    "original": ({"rope_type": "default", "rope_theta": 100000.0}, 8192,
+                 [10.0, 9.5, 9.2, 60.0, 900.0], [1.0, 1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.9, 0.0, 0.0]),
+    "patched": ({"rope_type": "yarn", "rope_theta": 100000.0, "factor": 4.0}, 32768,
+                [10.2, 9.7, 9.4, 9.8, 10.6], [1.0, 1.0, 1.0, 0.2, 0.0], [1.0, 1.0, 0.9, 0.1, 0.0]),
+    "tuned": ({"rope_type": "yarn", "rope_theta": 100000.0, "factor": 4.0}, 32768,
+              [9.8, 9.3, 9.0, 8.9, 9.1], [1.0, 1.0, 1.0, 1.0, 0.96], [1.0, 1.0, 1.0, 0.93, 0.9]),
+}
+EXPECTED_EFFECTIVE = {"original": 8192, "patched": 8192, "tuned": 32768}
+
+
+def _by_depth(mean: float, depth: float) -> float:
+    """Scores that vary with depth but average to `mean`: retrieval near the end (depth 1) survives longest."""
+    if mean in (0.0, 1.0):
+        return mean
+    return round(min(1.0, max(0.0, mean + (depth - 0.5) * 0.4)), 2)
+
+
+def _buckets(length: int, nll: float, in_distribution_nll: float, trained: int = 8192) -> list[dict]:
+    """Eight position buckets averaging to `nll`: flat inside the trained length, climbing beyond it."""
+    starts = range(0, length, length // 8)
+    beyond = [max(0.0, start + length / 16 - trained) / trained for start in starts]
+    slope = (nll - in_distribution_nll) * len(beyond) / sum(beyond) if sum(beyond) else 0.0
+    flat = in_distribution_nll if sum(beyond) else nll
+    return [{"start": start, "end": start + length // 8, "nll": flat + slope * over}
+            for start, over in zip(starts, beyond, strict=True)]
+
+
+def write_synthetic_results(root: Path) -> Path:
+    """RESULTS_DIR/<label>/{model.json, ppl.jsonl, passkey.jsonl, niah.jsonl} in the schema `longctx eval` writes."""
+    for label, (rope, claimed, ppls, passkeys, niahs) in MODELS.items():
+        folder = root / label
+        folder.mkdir(parents=True)
+        (folder / "model.json").write_text(json.dumps({
+            "label": label, "source": f"/ckpt/{label}", "model_dir": f"/ckpt/{label}", "rope": rope,
+            "trained_length": 8192, "claimed_length": claimed, "longctx_version": "0.1.0", "device": "cpu",
+            "dtype": "float32", "attn_implementation": "sdpa",
+            "warnings": ["evaluated beyond the claimed context (8K)"] if claimed < max(LENGTHS) else []}))
+        ppl_lines, passkey_lines, niah_lines = [], [], []
+        for length, ppl, passkey, niah in zip(LENGTHS, ppls, passkeys, niahs, strict=True):
+            nll = math.log(ppl)
+            buckets = _buckets(length, nll, in_distribution_nll=math.log(ppls[2]))
+            ppl_lines.append({"task": "ppl", "key": f"ppl|L={length}|stride=none|data=pydoc", "length": length,
+                              "stride": None, "data": "pydoc", "n_docs": 4, "n_tokens": 4 * length, "nll": nll,
+                              "ppl": ppl, "ppl_ci95": [ppl * 0.93, ppl * 1.08], "bpb": nll / 2.4,
+                              "buckets": buckets, "seconds": 1.0, "warnings": []})
+            for depth in DEPTHS:
+                accuracy = _by_depth(passkey, depth)
+                passkey_lines.append({"task": "passkey", "key": f"passkey|L={length}|depth={depth}|mode=forced",
+                                      "length": length, "depth": depth, "mode": "forced", "trials": 5,
+                                      "correct": round(accuracy * 5), "accuracy": accuracy, "samples": [],
+                                      "seconds": 1.0, "warnings": []})
+                for needles, distractors in ((1, 0), (3, 2)):
+                    score = _by_depth(niah, depth) if needles == 1 else _by_depth(niah, depth) * 0.8
+                    niah_lines.append({"task": "niah", "length": length, "depth": depth, "needles": needles,
+                                       "key": f"niah|L={length}|depth={depth}|needles={needles}|"
+                                              f"distractors={distractors}|mode=forced",
+                                       "distractors": distractors, "mode": "forced", "trials": 3, "score": score,
+                                       "samples": [], "seconds": 1.0,
+                                       "warnings": ["length beyond max_position_embeddings"]
+                                       if length > claimed else []})
+        for name, lines in (("ppl", ppl_lines), ("passkey", passkey_lines), ("niah", niah_lines)):
+            (folder / f"{name}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    # a stale line superseded by a rerun of the same key, and a half line left by a killed run
+    passkey_path = root / "patched" / "passkey.jsonl"
+    lines = passkey_path.read_text().splitlines()
+    stale = json.loads(lines[15])
+    stale["accuracy"] = 1.0
+    passkey_path.write_text(json.dumps(stale) + "\n" + "\n".join(lines) + "\n" + lines[0][:37])
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    results = write_synthetic_results(tmp_path_factory.mktemp("results"))
+    out = results.parent / "out"
+    paths = write_report(results, out, title="synthetic")
+    return results, out, paths
+
+
+def test_writes_every_file(report):
+    _, out, paths = report
+    names = {p.name for p in paths}
+    assert names == {"report.html", "report.md", "summary.json", "ppl_vs_length.png", "passkey_heatmaps.png",
+                     "niah_heatmaps.png", "ppl_buckets.png"}
+    assert all((out / name).is_file() and (out / name).stat().st_size > 0 for name in names)
+
+
+@pytest.mark.parametrize("name", ["ppl_vs_length.png", "passkey_heatmaps.png", "niah_heatmaps.png", "ppl_buckets.png"])
+def test_figures_are_real_images(report, name):
+    from matplotlib.image import imread
+
+    pixels = imread(report[1] / name)
+    height, width = pixels.shape[:2]
+    assert 300 <= height <= 3000 and 500 <= width <= 4000, (height, width)
+    assert pixels[..., :3].std() > 0.05  # not blank
+    # red and green cells both appear in the heatmaps (failed and retrieved)
+    if "heatmaps" in name:
+        rgb = pixels[..., :3]
+        assert ((rgb[..., 0] > 0.6) & (rgb[..., 1] < 0.35)).any() and ((rgb[..., 1] > 0.5) & (rgb[..., 0] < 0.3)).any()
+
+
+def test_summary_json_effective_lengths_and_verdicts(report):
+    summary = json.loads((report[1] / "summary.json").read_text())
+    models = {m["label"]: m for m in summary["models"]}
+    assert {label: m["effective_length"] for label, m in models.items()} == EXPECTED_EFFECTIVE
+    assert [label for label, m in models.items() if m["superficial"]] == ["patched"]
+    assert models["patched"]["verdict"].startswith("SUPERFICIAL at 16K: ppl 9.80 (×1.04 of in-distribution)")
+    assert models["patched"]["flags"][0]["length"] == 16384
+    assert models["tuned"]["verdict"] == "extends to 32K"
+    assert models["original"]["verdict"].startswith("breaks at 16K")
+    by_length = {row["length"]: row for row in models["original"]["by_length"]}
+    assert by_length[8192]["status"] == "in-distribution" and by_length[32768]["status"] == "breaks"
+    assert by_length[4096]["passkey"] == 1.0 and by_length[16384]["retrieval"] == 0.0
+
+
+def test_last_line_of_a_key_wins_and_half_lines_are_skipped(report):
+    summary = json.loads((report[1] / "summary.json").read_text())
+    patched = next(m for m in summary["models"] if m["label"] == "patched")
+    by_length = {row["length"]: row for row in patched["by_length"]}
+    assert by_length[16384]["passkey"] == pytest.approx(0.2)  # the stale 1.0 written first was superseded
+    assert any("not valid JSON" in w for w in patched["warnings"])
+    warnings: list[str] = []
+    records = read_jsonl(report[0] / "patched" / "passkey.jsonl", warnings)
+    assert len(records) == len(LENGTHS) * len(DEPTHS) and len(warnings) == 1
+
+
+def test_pages_name_every_model_and_flag_only_the_patched_one(report):
+    out = report[1]
+    markdown, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    for label in MODELS:
+        assert f"**{label}**" in markdown and f"<b>{label}</b>" in page
+    summary_rows = [line for line in markdown.splitlines() if line.startswith("| **")]
+    flagged_rows = {line.split("**")[1] for line in summary_rows if "SUPERFICIAL" in line}
+    assert flagged_rows == {"patched"}
+    html_rows = [row.rsplit("<tr>", 1)[-1] for row in page.split("</tr>") if "<td" in row]
+    assert {row.split("<b>")[1].split("</b>")[0] for row in html_rows if "SUPERFICIAL" in row} == {"patched"}
+    alerts = [line for line in page.splitlines() if "class='alert'" in line]
+    assert len(alerts) == 1 and "<b>patched</b>" in alerts[0]
+    assert page.count("data:image/png;base64,") == 4  # mailable: figures embedded
+    for name in ("ppl_vs_length.png", "niah_heatmaps.png"):
+        assert f"]({name})" in markdown
+    assert "evaluated beyond the claimed context (8K)" in page
+    assert "niah: length beyond max_position_embeddings (20 cells)" in markdown  # collapsed, not repeated
+
+
+def test_missing_tasks_skip_their_figures(tmp_path):
+    folder = tmp_path / "results" / "only-ppl"
+    folder.mkdir(parents=True)
+    (folder / "model.json").write_text(json.dumps({"label": "only-ppl", "trained_length": 4096}))
+    (folder / "ppl.jsonl").write_text("".join(json.dumps({
+        "task": "ppl", "key": f"ppl|L={n}", "length": n, "data": "pydoc", "stride": None, "ppl": ppl,
+        "ppl_ci95": None}) + "\n" for n, ppl in ((2048, 12.0), (4096, 11.0), (8192, 12.5))))
+    paths = write_report(tmp_path / "results")
+    assert {p.name for p in paths} == {"report.html", "report.md", "summary.json", "ppl_vs_length.png"}
+    model = json.loads((tmp_path / "results" / "summary.json").read_text())["models"][0]
+    assert model["effective_length"] is None and "retrieval was not run" in model["verdict"]
+
+
+@pytest.fixture
+def main(monkeypatch):
+    """`longctx.cli.main` with only the report verb registered, so these tests do not depend on other verbs."""
+    monkeypatch.setattr(cli, "COMMANDS", {"report": cli.COMMANDS["report"]})
+    return cli.main
+
+
+@pytest.mark.parametrize("make", [lambda p: p, lambda p: p / "missing"])
+def test_no_results_is_a_one_line_usage_error(tmp_path, capsys, main, make):
+    assert main(["report", str(make(tmp_path))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no results in" in err and "longctx eval suite" in err
+
+
+def test_cli_prints_verdicts(report, tmp_path, capsys, main):
+    assert main(["report", str(report[0]), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "!! patched: SUPERFICIAL at 16K" in out and "tuned: extends to 32K" in out
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_effective_length_needs_every_shorter_length():
+    assert effective_length({1024: 0.9, 2048: 0.6, 4096: 0.95}) == 1024
+    assert effective_length({1024: 0.5, 2048: 0.9}) is None
+    assert effective_length({}) is None
+
+
+@pytest.mark.parametrize(("ratio", "retrieval", "status"), [
+    (1.05, 0.1, "superficial"), (1.05, 0.9, "extends"), (2.5, 0.9, "breaks"), (1.5, 0.9, "degrades"),
+    (1.1, None, "ppl only"), (None, 0.9, "extends"), (1.05, 0.6, "degrades"), (None, None, "untested")])
+def test_judge_length(ratio, retrieval, status):
+    assert judge_length(ratio, retrieval) == status
+
+
+def test_help_lists_the_options(capsys, main):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--help"])
+    assert exit_info.value.code == 0 and "--out" in capsys.readouterr().out
+
+
+def test_fmt_len():
+    assert [fmt_len(n) for n in (1000, 1536, 4096, 131072)] == ["1000", "1.5K", "4K", "128K"]
+
+
+def test_model_folder_order_is_by_name(tmp_path):
+    for label in ("b", "a"):
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "model.json").write_text(json.dumps({"label": label}))
+    assert [m.label for m in load_results(tmp_path)] == ["a", "b"]
+
+
+def test_missing_matplotlib_names_the_extra(report, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    with pytest.raises(UsageError, match=r"pip install 'longctx\[eval\]'"):
+        write_report(report[0], tmp_path)
+
+
+def test_infinite_perplexity_breaks_and_summary_stays_strict_json(tmp_path):
+    folder = tmp_path / "blowup"
+    folder.mkdir()
+    (folder / "model.json").write_text(json.dumps({"label": "blowup", "trained_length": 4096}))
+    (folder / "ppl.jsonl").write_text("".join(json.dumps({"key": f"ppl|L={n}", "length": n, "ppl": ppl}) + "\n"
+                                              for n, ppl in ((4096, 7.5), (16384, float("inf")), (32768, float("nan")))))
+    write_report(tmp_path, tmp_path / "out")
+    text = (tmp_path / "out" / "summary.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    model = json.loads(text)["models"][0]
+    assert model["verdict"] == "breaks at 16K (ppl inf vs 7.50)"
+    assert [row["status"] for row in model["by_length"]] == ["in-distribution", "breaks", "breaks"]
+
+
+def test_no_superficial_flag_when_retrieval_fails_even_within_the_trained_length(tmp_path):
+    """A random model has flat (high) perplexity and zero retrieval everywhere: that is not an extension trap."""
+    folder = tmp_path / "random"
+    folder.mkdir()
+    (folder / "model.json").write_text(json.dumps({"label": "random", "trained_length": 256}))
+    lines = [{"key": f"ppl|L={n}", "length": n, "ppl": 515.0} for n in (256, 512)]
+    lines_pk = [{"key": f"pk|L={n}", "length": n, "depth": 0.5, "accuracy": 0.0} for n in (256, 512)]
+    (folder / "ppl.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (folder / "passkey.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines_pk))
+    write_report(tmp_path, tmp_path / "out")
+    model = json.loads((tmp_path / "out" / "summary.json").read_text())["models"][0]
+    assert not model["superficial"]
+    assert model["verdict"] == ("retrieval fails within the trained length (0.00 at 256), so it cannot judge the "
+                                "extension; ppl holds at 512")
