@@ -15,14 +15,8 @@ import pytest
 
 from longctx import cli
 from longctx.errors import UsageError
-from longctx.evals.report import (
-    effective_length,
-    fmt_len,
-    judge_length,
-    load_results,
-    read_jsonl,
-    write_report,
-)
+from longctx.evals.report import write_report
+from longctx.evals.summary import effective_length, fmt_len, judge_length, load_results, read_jsonl
 
 LENGTHS = [2048, 4096, 8192, 16384, 32768]
 DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]

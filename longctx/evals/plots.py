@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from longctx.errors import UsageError
-from longctx.evals.report import ModelSummary, fmt_len, variant_name
+from longctx.evals.summary import ModelSummary, fmt_len, variant_name
 
 DPI = 110
 HEATMAP_CMAP = "RdYlGn"   # red = fails, green = retrieves; the colour scale is fixed to 0..1 across panels
