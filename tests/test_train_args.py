@@ -74,8 +74,19 @@ def test_patch_spec_from_flags():
     assert spec.method == "base" and spec.base == 1e6
     spec = patch_spec(parse_args(["--method", "yarn", "--factor", "4"]).patch)
     assert spec.method == "yarn" and spec.factor == 4
-    with pytest.raises(UsageError, match="need --method"):
+    with pytest.raises(UsageError, match="--method"):
         patch_spec(parse_args(["--factor", "4"]).patch)
+    with pytest.raises(UsageError, match="--base"):
+        patch_spec(parse_args(["--method", "base"]).patch)
+
+
+def test_patch_options_are_those_of_longctx_patch():
+    import dataclasses
+
+    from longctx.patch import PatchSpec
+    from longctx.train.args import PatchArgs
+
+    assert {f.name for f in dataclasses.fields(PatchArgs)} == {f.name for f in dataclasses.fields(PatchSpec)} - {"extra"}
 
 
 def test_check_args_names_the_flag():

@@ -25,7 +25,7 @@ class CharTokenizer:
 
     eos_token_id = 0
 
-    def __call__(self, text, add_special_tokens=True):
+    def __call__(self, text, add_special_tokens=True, verbose=True):
         return {"input_ids": [ord(c) for c in text]}
 
 
@@ -34,11 +34,11 @@ def test_packed_rows_are_deterministic_full_length_and_resumable():
     rows = list(islice(PackedRows(docs, CharTokenizer(), seq_len=8, seed=3), 12))
     again = list(islice(PackedRows(docs, CharTokenizer(), seq_len=8, seed=3), 12))
     assert all(len(r["input_ids"]) == 8 for r in rows)
-    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(rows, again))
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(rows, again, strict=True))
     skipped = list(islice(PackedRows(docs, CharTokenizer(), seq_len=8, seed=3).rows(5), 7))
-    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(rows[5:], skipped))
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(rows[5:], skipped, strict=True))
     other = list(islice(PackedRows(docs, CharTokenizer(), seq_len=8, seed=4), 12))
-    assert any(not torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(rows, other))
+    assert any(not torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(rows, other, strict=True))
     stream = torch.cat([r["input_ids"] for r in rows]).tolist()
     assert stream.count(0) >= len(docs)  # an EOS after every document of the first epoch
 
@@ -59,6 +59,8 @@ def test_bad_data_is_a_usage_error(tmp_path):
         load_documents(str(tmp_path / "x.jsonl"))
     with pytest.raises(UsageError, match="hf:NAME"):
         load_documents("hf:")
+    with pytest.raises(UsageError, match="could not load dataset 'nobody/nothing'"):
+        load_documents("hf:nobody/nothing")  # offline in tests (HF_HUB_OFFLINE=1)
 
 
 def _hidden(model, ids, positions):

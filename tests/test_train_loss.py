@@ -21,7 +21,7 @@ def test_chunked_cross_entropy_matches_full_logits_value_and_gradients():
     summed = chunked_cross_entropy(hidden, weight, labels, chunk=5)  # 24 labelled tokens: chunks of 5, 5, 5, 5, 4
     grads = torch.autograd.grad(summed, (hidden, weight))
     torch.testing.assert_close(summed, reference)
-    for got, want in zip(grads, ref_grads):
+    for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want)
 
 
@@ -36,6 +36,21 @@ def test_causal_lm_loss_equals_transformers_loss(tiny_llama_dir):
     summed = CausalLMLoss(model, chunk=7)(row["input_ids"][None], row["position_ids"][None], row["labels"][None])
     mean = model(input_ids=ids[None], labels=ids[None]).loss  # transformers shifts the labels itself
     torch.testing.assert_close(summed / 39, mean, atol=1e-5, rtol=1e-5)
+
+
+def test_batch_flattened_for_flash_attention_gives_the_same_loss(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    from longctx.modeling import load_tokenizer
+    from longctx.train.data import PackedRows, collate, load_documents
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32, attn_implementation="sdpa")
+    rows = PackedRows(load_documents("pydoc")[:6], load_tokenizer(tiny_llama_dir), seq_len=96).rows()
+    batch = collate([next(rows) for _ in range(3)])
+    with torch.no_grad():
+        batched = CausalLMLoss(model, flatten_batch=False)(**batch)
+        flattened = CausalLMLoss(model, flatten_batch=True)(**batch)  # [1, 3·96]: boundaries from position_ids
+    torch.testing.assert_close(flattened, batched, atol=1e-4, rtol=1e-5)
 
 
 def test_flops_per_token_follows_palm():

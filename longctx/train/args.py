@@ -1,0 +1,230 @@
+"""Fine-tuning knobs: one dataclass per concern, a help string per field, and a parser that reads a YAML
+config first and lets command-line flags override it (TRL's `--config` convention).
+
+Every field is a flag (`--seq-len` or `--seq_len`) and a YAML key (`seq_len`). An unknown YAML key is an
+error, not a silently ignored typo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from longctx.errors import UsageError, require
+
+
+@dataclass
+class ModelArgs:
+    model: str = field(default="smollm2", metadata={"help": "checkpoint: Hub id, local dir, .gguf file, or 'smollm2' (the bundled SmolLM2-135M)"})
+    init: str = field(default="pretrained", metadata={"help": "pretrained: start from the weights; scratch: same architecture, random weights", "choices": ("pretrained", "scratch")})
+    dtype: str | None = field(default=None, metadata={"help": "weights dtype: bf16 on GPU, fp32 on CPU by default"})
+    attn_implementation: str | None = field(default=None, metadata={"help": "flash_attention_2 when flash-attn is importable, else sdpa"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory, ~30% slower)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow checkpoints whose config has auto_map"})
+
+
+@dataclass
+class PatchArgs:
+    """The rope patch, same options as `longctx patch`; leave `method` and `base` unset for an already patched model."""
+
+    method: str | None = field(default=None, metadata={"help": "base | linear | ntk | dynamic | yarn | llama3 (default: base when --base is given)"})
+    base: float | None = field(default=None, metadata={"help": "new rope_theta, e.g. 1e6"})
+    factor: float | None = field(default=None, metadata={"help": "scale factor s of the scaling methods"})
+    original_length: int | None = field(default=None, metadata={"help": "trained context (default: from config.json)"})
+    target_length: int | None = field(default=None, metadata={"help": "new max_position_embeddings (default: factor × original)"})
+    beta_fast: float | None = field(default=None, metadata={"help": "yarn β_fast (default 32)"})
+    beta_slow: float | None = field(default=None, metadata={"help": "yarn β_slow (default 1)"})
+    attention_factor: float | None = field(default=None, metadata={"help": "yarn attention temperature (default 0.1·ln s + 1)"})
+    low_freq_factor: float | None = field(default=None, metadata={"help": "llama3 low-frequency factor (default 1)"})
+    high_freq_factor: float | None = field(default=None, metadata={"help": "llama3 high-frequency factor (default 4)"})
+
+
+@dataclass
+class TuneArgs:
+    finetune: str = field(default="lora", metadata={"help": "lora (peft adapters) or full (every weight)", "choices": ("lora", "full")})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (update scaled by alpha / r)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+    lora_targets: str = field(default="q_proj,k_proj,v_proj,o_proj", metadata={"help": "comma-separated module names that get adapters"})
+    trainable_extra: str = field(default="", metadata={"help": "with LoRA, also train these fully: embed,norm (LongLoRA's finding)"})
+
+
+@dataclass
+class DataArgs:
+    data: str = field(default="pydoc", metadata={"help": "pydoc (embedded prose) | stdlib (Python sources) | hf:NAME[:CONFIG][:SPLIT] | .txt/.jsonl files or dirs, comma-separated"})
+    text_field: str = field(default="text", metadata={"help": "field holding the text in JSONL / datasets rows"})
+    seq_len: int | None = field(default=None, metadata={"help": "training length (default: the model's trained length; never above it)"})
+    max_docs: int | None = field(default=None, metadata={"help": "use at most this many documents (after the seeded shuffle)"})
+
+
+@dataclass
+class TrainArgs:
+    out: str = field(default="runs/finetune", metadata={"help": "output directory"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in --out"})
+    force: bool = field(default=False, metadata={"help": "overwrite an existing --out"})
+    max_steps: int = field(default=100, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=1, metadata={"help": "packed rows per device per micro-step"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
+    lr: float = field(default=2e-4, metadata={"help": "peak learning rate"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr as a fraction of --lr"})
+    warmup_steps: int = field(default=10, metadata={"help": "linear warmup steps"})
+    schedule: str = field(default="cosine", metadata={"help": "decay after warmup", "choices": ("cosine", "linear", "constant")})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW β1"})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW β2"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0: off)"})
+    seed: int = field(default=0, metadata={"help": "seed for weights init, data order and dropout"})
+    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
+    keep_last: int = field(default=2, metadata={"help": "checkpoints kept"})
+    log_every: int = field(default=1, metadata={"help": "log every N steps"})
+    loss_chunk: int = field(default=1024, metadata={"help": "tokens per cross-entropy chunk (bounds the logits memory)"})
+    liger: bool = field(default=True, metadata={"help": "use Liger's fused linear cross-entropy on GPU when installed"})
+    peak_flops: float | None = field(default=None, metadata={"help": "peak FLOP/s per device for MFU (default: table by GPU name)"})
+    report_to: str = field(default="auto", metadata={"help": "tracker: auto (tensorboard when installed) | tensorboard | none"})
+    merge: bool = field(default=False, metadata={"help": "also write a merged full checkpoint to OUT/merged"})
+
+
+GROUPS = (ModelArgs, PatchArgs, TuneArgs, DataArgs, TrainArgs)
+
+
+@dataclass
+class FinetuneArgs:
+    """All groups of one run."""
+
+    model: ModelArgs
+    patch: PatchArgs
+    tune: TuneArgs
+    data: DataArgs
+    train: TrainArgs
+    config: str | None = None
+
+    def to_dict(self) -> dict:
+        flat = {}
+        for group in (self.model, self.patch, self.tune, self.data, self.train):
+            flat.update(dataclasses.asdict(group))
+        return {**flat, "config": self.config}
+
+
+def known_keys() -> set[str]:
+    return {f.name for group in GROUPS for f in dataclasses.fields(group)}
+
+
+def _field_type(f: dataclasses.Field):
+    """int / float / str / bool for a field annotated `X` or `X | None`."""
+    text = str(f.type).replace(" | None", "")
+    return {"int": int, "float": float, "str": str, "bool": bool}[text]
+
+
+def _coerce(key: str, value, kind):
+    """A YAML value as the field's type (PyYAML reads `1e6` as a string, YAML 1.1)."""
+    if value is None:
+        return None
+    try:
+        if kind is bool:
+            require(isinstance(value, bool), f"config key {key} must be true or false, got {value!r}")
+            return value
+        if kind is int:
+            require(not isinstance(value, bool) and float(value) == int(float(value)), f"config key {key} must be an integer, got {value!r}")
+            return int(float(value))
+        if kind is float:
+            return float(value)
+        return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    except (TypeError, ValueError):
+        kind_name = {int: "an integer", float: "a number"}.get(kind, "a string")
+        raise UsageError(f"config key {key} must be {kind_name}, got {value!r}") from None
+
+
+def load_yaml(path: str) -> dict:
+    import yaml
+
+    file = Path(path)
+    require(file.is_file(), f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    require(isinstance(data, dict), f"config file {path} must hold a mapping of keys to values")
+    fields = {f.name: f for group in GROUPS for f in dataclasses.fields(group)}
+    out = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in fields:
+            from difflib import get_close_matches
+
+            close = get_close_matches(key, fields, n=1)
+            raise UsageError(f"unknown key {raw_key!r} in {path}" + (f": did you mean {close[0]!r}?" if close else ""))
+        out[key] = _coerce(key, value, _field_type(fields[key]))
+        choices = fields[key].metadata.get("choices")
+        if choices is not None and out[key] not in choices:
+            raise UsageError(f"config key {key} must be one of {', '.join(choices)}, got {value!r}")
+    return out
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="finetune", description="Fine-tune a rope-patched model at its original context length.",
+                           argument_default=None)
+    parser.add_argument("--config", help="YAML file of defaults; flags override it")
+    for group in GROUPS:
+        arg_group = parser.add_argument_group(group.__name__.removesuffix("Args").lower())
+        for f in dataclasses.fields(group):
+            kind = _field_type(f)
+            flags = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
+            kwargs = {"dest": f.name, "help": f.metadata.get("help", "")}
+            if kind is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                kwargs["type"] = kind
+                if "choices" in f.metadata:
+                    kwargs["choices"] = f.metadata["choices"]
+            arg_group.add_argument(*flags, **kwargs)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> FinetuneArgs:
+    """Defaults < YAML (`--config`) < flags. Raises UsageError for anything unknown."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    given = vars(parser.parse_args(argv))
+    values = {f.name: f.default for group in GROUPS for f in dataclasses.fields(group)}
+    if given.get("config"):
+        values.update(load_yaml(given["config"]))
+    values.update({k: v for k, v in given.items() if v is not None and k != "config"})
+    groups = {g: g(**{f.name: values[f.name] for f in dataclasses.fields(g)}) for g in GROUPS}
+    return FinetuneArgs(model=groups[ModelArgs], patch=groups[PatchArgs], tune=groups[TuneArgs],
+                        data=groups[DataArgs], train=groups[TrainArgs], config=given.get("config"))
+
+
+def patch_spec(patch: PatchArgs):
+    """PatchSpec for the run, or None when no patch option is given (model already patched). Same rules as
+    `longctx patch` (`longctx.patch.spec_from_args`): --base alone means --method base."""
+    from longctx.patch import spec_from_args
+
+    return spec_from_args(patch)
+
+
+def check_args(args: FinetuneArgs) -> None:
+    """Checks that need no model or data; each error names its flag."""
+    t = args.train
+    for name in ("max_steps", "batch_size", "grad_accum", "loss_chunk", "keep_last", "log_every"):
+        require(getattr(t, name) >= 1, f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(t, name)}")
+    require(t.save_every >= 0 and t.warmup_steps >= 0, "--save-every and --warmup-steps must be ≥ 0")
+    require(t.lr > 0, f"--lr must be > 0, got {t.lr}")
+    require(0 <= t.min_lr_ratio <= 1, f"--min-lr-ratio must be in [0, 1], got {t.min_lr_ratio}")
+    require(not (t.resume and t.force), "give --resume or --force, not both")
+    require(t.report_to in ("auto", "tensorboard", "none"), f"--report-to must be auto, tensorboard or none, got {t.report_to!r}")
+    require(args.data.seq_len is None or args.data.seq_len >= 2, "--seq-len must be ≥ 2")
+    if args.model.init == "scratch":
+        require(args.tune.finetune == "full", "--init scratch trains every weight: use --finetune full")
+    extras = {e.strip() for e in args.tune.trainable_extra.split(",") if e.strip()}
+    require(extras <= {"embed", "norm"}, f"--trainable-extra takes embed and/or norm, got {args.tune.trainable_extra!r}")
+    require(not extras or args.tune.finetune == "lora", "--trainable-extra only applies to --finetune lora")
+    require(args.tune.lora_r >= 1, f"--lora-r must be ≥ 1, got {args.tune.lora_r}")
+    require(0 <= args.tune.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {args.tune.lora_dropout}")

@@ -1,0 +1,109 @@
+"""What a finished fine-tune leaves in OUT, loadable by `longctx eval` (`longctx.modeling.load_model(OUT)`).
+
+LoRA:
+    OUT/adapter_config.json, adapter_model.safetensors  peft adapter; base_model_name_or_path -> OUT/base
+    OUT/base/                the PATCHED base: source files with the patched config.json, weights symlinked
+    OUT/tokenizer files      so the adapter dir is self-contained for tokenization
+    OUT/merged/              with --merge: full checkpoint, adapter merged, patched config, model card
+Full fine-tune (or --init scratch):
+    OUT/config.json, model.safetensors, tokenizer files   the trained checkpoint with the patched config
+Always: OUT/README.md (model card), OUT/finetune_args.json, OUT/train_log.jsonl, OUT/checkpoints/.
+
+The adapter's base must be the patched model: peft records the base by path, and loading the adapter onto
+the unpatched checkpoint would silently evaluate the old rope. The patched config.json carries both the
+transformers-4 keys (rope_theta, rope_scaling) and the 5 key (rope_parameters), from `longctx.patch.patch_config`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROPE_KEYS = ("rope_theta", "rope_scaling", "rope_parameters", "max_position_embeddings", "original_max_position_embeddings")
+
+
+def write_patched_config(checkpoint_dir: Path, source_config: dict, spec) -> None:
+    """Replace the rope keys of a saved config.json by `patch_config(source, spec)`'s (both schemas)."""
+    if spec is None:
+        return
+    from longctx import rope_config
+    from longctx.patch import patch_config
+
+    path = checkpoint_dir / "config.json"
+    saved = json.loads(path.read_text())
+    patched = rope_config.text_config(patch_config(source_config, spec))
+    target = rope_config.text_config(saved)
+    for key in ROPE_KEYS:
+        if key in patched:
+            target[key] = patched[key]
+    path.write_text(json.dumps(saved, indent=2) + "\n")
+
+
+def model_card(args, spec, built, summary: dict, kind: str) -> str:
+    from longctx import rope_config
+
+    patch = json.dumps(spec.to_dict()) if spec is not None else "none (the source is used as patched)"
+    return f"""---
+library_name: transformers
+tags: [longctx, long-context, rope]
+---
+# {Path(args.train.out).name}
+
+Fine-tuned with `longctx` (`recipes/finetune.py`): {kind}.
+
+| | |
+|---|---|
+| base model | `{args.model.model}` (`{built.source_dir}`), init: {args.model.init} |
+| rope patch | {patch} |
+| trained context of the base | {built.trained_length} tokens; source rope: `{json.dumps(rope_config.rope_parameters(built.source_config))}` |
+| fine-tune | {args.tune.finetune}{f" (r={args.tune.lora_r}, alpha={args.tune.lora_alpha}, targets {args.tune.lora_targets}, extra: {args.tune.trainable_extra or 'none'})" if args.tune.finetune == "lora" else ""} |
+| data | `{args.data.data}`, packed to {built.seq_len} tokens, documents isolated |
+| steps | {summary['step']} × {args.train.batch_size} rows × {args.train.grad_accum} accumulation × {summary.get('world', 1)} processes ({summary['tokens']:,} tokens) |
+| optimizer | AdamW lr {args.train.lr:g}, {args.train.schedule}, warmup {args.train.warmup_steps}, seed {args.train.seed} |
+| final training loss | {summary['final_loss'] if summary['final_loss'] is None else f"{summary['final_loss']:.4f}"} |
+
+The config carries the patched rope in both transformers-4 (`rope_theta`, `rope_scaling`) and 5 (`rope_parameters`)
+keys. Evaluate with `longctx eval <this directory>`.
+"""
+
+
+def export(args, spec, built, summary: dict, accelerator, model) -> Path:
+    """Save the adapter or full model (+ merged, card, tokenizer) into OUT; main process writes, all gather."""
+    out = Path(args.train.out)
+    state = accelerator.get_state_dict(model)  # gathers FSDP / ZeRO-3 shards; wrapper keys start with "model."
+    trained = accelerator.unwrap_model(model).model
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return out
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    built.tokenizer.save_pretrained(out)
+    if args.tune.finetune == "lora":
+        from longctx.train.model import link_patched_base
+
+        base = link_patched_base(built.source_dir, out / "base", built.source_config, spec)
+        trained.peft_config["default"].base_model_name_or_path = str(base.resolve())
+        trained.save_pretrained(out, state_dict=state)
+        kind = "LoRA adapter on the patched base in base/"
+    else:
+        trained.save_pretrained(out, state_dict=state)
+        write_patched_config(out, built.source_config, spec)
+        kind = "full fine-tune" if args.model.init == "pretrained" else "trained from scratch"
+    (out / "README.md").write_text(model_card(args, spec, built, summary, kind))
+    if args.train.merge and args.tune.finetune == "lora":
+        merge(out, args, spec, built, summary)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def merge(out: Path, args, spec, built, summary: dict) -> Path:
+    """OUT/merged: the adapter merged into the patched base, loaded the way `longctx eval` loads it (CPU)."""
+    from longctx.modeling import load_model
+
+    dtype = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(built.model.get_base_model().dtype), "fp32")
+    merged, tokenizer, _ = load_model(out, device="cpu", dtype=dtype, attn_implementation="sdpa")
+    target = out / "merged"
+    merged.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    write_patched_config(target, built.source_config, spec)
+    (target / "README.md").write_text(model_card(args, spec, built, summary, "LoRA merged into the patched base"))
+    return target

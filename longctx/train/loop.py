@@ -1,0 +1,210 @@
+"""The training loop: accelerate for devices, precision, accumulation and scale-out; atomic, resumable checkpoints.
+
+A checkpoint is `OUT/checkpoints/step-NNNNNN/`: accelerate's `save_state` (model or LoRA-only weights,
+optimizer, scheduler, RNG states of every process, accumulation step) plus `trainer_state.json` (step, rows
+of packed data consumed). It is written under a temporary name and renamed when complete, so a killed run
+never leaves a half checkpoint that --resume would pick. Data order is a function of the seed, so a resumed
+run skips the consumed rows and continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+from longctx.errors import UsageError, require
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+ARGS_FILE = "finetune_args.json"
+LOG_FILE = "train_log.jsonl"
+# Settings a resumed run must share with the run it continues (anything else, e.g. --max-steps, may change).
+RESUME_MUST_MATCH = ("model", "init", "method", "base", "factor", "original_length", "target_length", "finetune",
+                     "lora_r", "lora_alpha", "lora_targets", "trainable_extra", "data", "seq_len", "max_docs",
+                     "batch_size", "grad_accum", "seed")
+
+
+def lr_factor(step: int, *, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the peak lr for optimizer step `step` (0-based): linear warmup, then cosine/linear decay."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+    return min_ratio + (1 - min_ratio) * shape
+
+
+def checkpoint_dirs(out: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary dirs start with '.' and are never listed)."""
+    root = out / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
+
+
+def prepare_out_dir(out: Path, *, resume: bool, force: bool) -> None:
+    """Refuse to mix runs: an existing OUT needs --resume (continue) or --force (start over)."""
+    if resume:
+        require(checkpoint_dirs(out), f"--resume: no checkpoint in {out / CHECKPOINTS} to resume from")
+        return
+    if out.exists() and any(out.iterdir()):
+        require(force, f"output directory {out} exists: pass --resume to continue it or --force to start over")
+        require((out / ARGS_FILE).is_file(), f"--force: {out} is not a finetune output (no {ARGS_FILE}); refusing to delete it")
+
+
+def check_resume_args(out: Path, current: dict) -> None:
+    saved = json.loads((out / ARGS_FILE).read_text()) if (out / ARGS_FILE).is_file() else {}
+    for key in RESUME_MUST_MATCH:
+        if key in saved and saved[key] != current.get(key):
+            raise UsageError(f"--resume: --{key.replace('_', '-')} was {saved[key]!r} in {out}, now {current.get(key)!r}; "
+                             "a resumed run must use the same settings")
+
+
+def save_checkpoint(accelerator, out: Path, step: int, rows_consumed: int, keep_last: int) -> Path:
+    """Write to a temporary dir, rename when every process is done, then drop all but the newest `keep_last`."""
+    root = out / CHECKPOINTS
+    final, tmp = root / f"step-{step:06d}", root / f".tmp-step-{step:06d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "rows_consumed": rows_consumed}) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoint_dirs(out)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def lora_only_hooks(accelerator) -> None:
+    """Checkpoint only trainable weights for LoRA: a 7B base is 13 GB of frozen weights per save otherwise.
+    (FSDP and DeepSpeed save their own sharded states; these hooks then see no weights.)"""
+
+    def keep_trainable(models, weights, output_dir):
+        for model, state in zip(models, weights, strict=False):
+            # names from the model as prepared (DDP adds "module."), the same names its state_dict uses
+            trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+            kept = {k: v for k, v in state.items() if k in trainable}
+            if len(kept) != len(trainable):
+                raise RuntimeError(f"LoRA checkpoint: {len(kept)} of {len(trainable)} trainable tensors found in the state dict")
+            state.clear()
+            state.update(kept)
+
+    accelerator.register_save_state_pre_hook(keep_trainable)
+
+
+def pick_tracker(report_to: str) -> str | None:
+    import importlib.util
+
+    if report_to == "none":
+        return None
+    have = importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
+    require(have or report_to == "auto", "--report-to tensorboard needs tensorboard: pip install tensorboard")
+    return "tensorboard" if have else None
+
+
+def train(args, *, accelerator, built, docs) -> dict:
+    """Run the optimizer steps from the newest checkpoint (or 0) to --max-steps; returns a summary."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from longctx.train import flops
+    from longctx.train.data import IGNORE_INDEX, PackedRows, collate
+    from longctx.train.loss import CausalLMLoss, liger_available
+
+    t, out = args.train, Path(args.train.out)
+    use_liger = t.liger and accelerator.device.type == "cuda" and liger_available()
+    wrapper = CausalLMLoss(built.model, chunk=t.loss_chunk, use_liger=use_liger)
+    hf = wrapper.hf_model()
+    wrapper._no_split_modules = getattr(hf, "_no_split_modules", None)  # FSDP auto-wrap reads it from the root
+    if args.tune.finetune == "lora":
+        lora_only_hooks(accelerator)
+    params = [p for p in wrapper.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=t.lr, betas=(t.adam_beta1, t.adam_beta2))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
+        step, warmup=t.warmup_steps, total=t.max_steps, schedule=t.schedule, min_ratio=t.min_lr_ratio))
+    if accelerator.state.deepspeed_plugin is not None:  # no DataLoader is prepared to tell DeepSpeed the batch size
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = t.batch_size
+    model, optimizer = accelerator.prepare(wrapper, optimizer)
+    # The scheduler is not prepared: accelerate would step it once per process. It is checkpointed as is.
+    accelerator.register_for_checkpointing(scheduler)
+
+    step, rows_consumed = 0, 0
+    if t.resume:
+        last = checkpoint_dirs(out)[-1]
+        accelerator.load_state(str(last), **({"strict": False} if args.tune.finetune == "lora" else {}))
+        state = json.loads((last / STATE_FILE).read_text())
+        step, rows_consumed = state["step"], state["rows_consumed"]
+        accelerator.print(f"resumed from {last} (step {step})")
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    rows_per_micro = world * t.batch_size
+    rows_per_step = rows_per_micro * t.grad_accum
+    rows = PackedRows(docs, built.tokenizer, built.seq_len, seed=t.seed).rows(rows_consumed)
+    full = args.tune.finetune == "full"
+    flops_token = flops.model_flops_per_token(hf, built.seq_len, full=full)
+    device_name = torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else None
+    peak = t.peak_flops or flops.peak_flops(device_name)
+    accelerator.print(f"MFU: {'6N' if full else '4N'} + 12·L·H·Q·T = {flops_token:.3e} FLOPs/token; "
+                      f"peak {peak or 'unknown'} FLOP/s per device")
+    log_path = out / LOG_FILE
+    if accelerator.is_main_process and log_path.exists():  # drop entries a resumed run will redo
+        kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        log_path.write_text("".join(line + "\n" for line in kept))
+
+    bar = tqdm(total=t.max_steps, initial=step, desc="finetune", disable=not accelerator.is_local_main_process)
+    last_loss, started, window_start, window_tokens = None, time.perf_counter(), time.perf_counter(), 0
+    model.train()
+    while step < t.max_steps:
+        step_rows = [next(rows) for _ in range(rows_per_step)]
+        n_labels = sum(int((r["labels"] != IGNORE_INDEX).sum()) for r in step_rows)
+        loss_sum = torch.zeros((), device=accelerator.device)
+        grad_norm = None
+        for micro in range(t.grad_accum):
+            mine = step_rows[micro * rows_per_micro + rank * t.batch_size:][:t.batch_size]
+            batch = {k: v.to(accelerator.device) for k, v in collate(mine).items()}
+            with accelerator.accumulate(model):
+                summed = model(**batch)
+                # accelerate divides by grad_accum and data parallelism averages over processes: undo both, so the
+                # gradient is that of the mean loss over every labelled token of the step.
+                accelerator.backward(summed * (t.grad_accum * world) / max(1, n_labels))
+                loss_sum += summed.detach()
+                if accelerator.sync_gradients and t.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        step, rows_consumed = step + 1, rows_consumed + rows_per_step
+        window_tokens += rows_per_step * built.seq_len
+        last_loss = float(accelerator.reduce(loss_sum, reduction="sum")) / max(1, n_labels)
+        bar.update(1)
+        if step % t.log_every == 0 or step == t.max_steps:
+            elapsed = time.perf_counter() - window_start
+            tokens_per_s = window_tokens / elapsed if elapsed > 0 else None
+            record = {"step": step, "loss": round(last_loss, 6), "lr": lr,
+                      "grad_norm": None if grad_norm is None else float(grad_norm),
+                      "tokens": rows_consumed * built.seq_len, "tokens_per_s": tokens_per_s and round(tokens_per_s, 1),
+                      "mfu": flops.mfu(flops_token, tokens_per_s or 0, peak, world), "elapsed_s": round(time.perf_counter() - started, 2)}
+            bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tokens_per_s or 0:.0f}")
+            accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, step=step)
+            if accelerator.is_main_process:
+                with log_path.open("a") as log:
+                    log.write(json.dumps(record) + "\n")
+            window_start, window_tokens = time.perf_counter(), 0
+        if (t.save_every and step % t.save_every == 0) or step == t.max_steps:
+            save_checkpoint(accelerator, out, step, rows_consumed, t.keep_last)
+    bar.close()
+    return {"step": step, "final_loss": last_loss, "tokens": rows_consumed * built.seq_len, "model": model}

@@ -1,0 +1,99 @@
+"""Next-token cross-entropy from the final hidden states, without ever holding [tokens × vocab] logits.
+
+At 8K tokens and a 128K vocabulary the fp32 logits alone are 4 GiB, more than the activations of a 1B
+model; long-context users report out-of-memory from exactly this (yarn #52). The loss here runs the output
+projection on `chunk` tokens at a time under activation checkpointing, so forward keeps only the loss and
+backward recomputes one chunk's logits at a time: peak extra memory is chunk × vocab × 4 bytes. On GPU,
+Liger's fused linear cross-entropy (a Triton kernel doing the same) is used when installed.
+
+Losses are returned as SUMS over the labelled tokens; the caller divides by the number of labelled tokens of
+the whole optimizer step, so gradient accumulation and data parallelism give the same gradient as one big
+batch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+
+
+def liger_available() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+    # hidden: [C, D], weight: [V, D], labels: [C] -> summed fp32 loss
+    logits = F.linear(hidden, weight, bias).float()
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                          bias: torch.Tensor | None = None, chunk: int = 1024) -> torch.Tensor:
+    """Sum of CE(hidden @ weightᵀ + bias, labels) over labels != -100; labels are already aligned (not shifted).
+
+    hidden: [B, T, D] (or [N, D]), weight: [V, D], labels: [B, T] (or [N]).
+    """
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    labels = labels.reshape(-1).to(hidden.device)
+    keep = labels != IGNORE_INDEX
+    if not bool(keep.all()):  # unlabelled positions cost no projection at all
+        hidden, labels = hidden[keep], labels[keep]
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk):
+        h, y = hidden[start:start + chunk], labels[start:start + chunk]
+        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+            total = total + checkpoint(_chunk_ce_sum, h, weight, bias, y, use_reentrant=False)
+        else:
+            total = total + _chunk_ce_sum(h, weight, bias, y)
+    return total
+
+
+def liger_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                        bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Liger-Kernel's fused linear cross-entropy (GPU, Triton), summed like `chunked_cross_entropy`."""
+    from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+
+    loss_fn = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss_fn(weight, hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1), bias)
+
+
+class CausalLMLoss(torch.nn.Module):
+    """A causal LM whose forward returns the summed next-token loss, computed from hidden states.
+
+    Wrapping (rather than calling the decoder and lm_head from outside) keeps the output projection inside
+    the module that accelerate prepares, so FSDP/DeepSpeed gather its weight during this forward.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, chunk: int = 1024, use_liger: bool = False, flatten_batch: bool | None = None):
+        super().__init__()
+        self.model, self.chunk, self.use_liger = model, chunk, use_liger
+        attn = str(getattr(self.hf_model().config, "_attn_implementation", "") or "")
+        # flash-attn reads document boundaries from position_ids only for a batch of ONE row
+        # (transformers `_is_packed_sequence`); [B, T] rows become [1, B·T] (each row starts at position 0).
+        self.flatten_batch = attn.startswith("flash") if flatten_batch is None else flatten_batch
+
+    def hf_model(self):
+        """The transformers model (inside a peft wrapper when there is one)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        hf = self.hf_model()
+        decoder = getattr(hf, hf.base_model_prefix)
+        if self.flatten_batch and input_ids.shape[0] > 1:
+            input_ids, position_ids, labels = (x.reshape(1, -1) for x in (input_ids, position_ids, labels))
+        # No attention_mask and no cache: transformers derives the per-document mask from position_ids.
+        hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        head = hf.get_output_embeddings()
+        weight, bias = head.weight, getattr(head, "bias", None)
+        if getattr(hf.config, "tie_word_embeddings", False):
+            # Tied head: use the embedding as trained (peft trains a copy of it with --trainable-extra embed),
+            # which is what a merged, re-tied checkpoint will use.
+            weight = hf.get_input_embeddings().weight
+        if self.use_liger and hidden.is_cuda:
+            return liger_cross_entropy(hidden, weight, labels, bias=bias)
+        return chunked_cross_entropy(hidden, weight, labels, bias=bias, chunk=self.chunk)

