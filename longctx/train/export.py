@@ -2,7 +2,7 @@
 
 LoRA:
     OUT/adapter_config.json, adapter_model.safetensors  peft adapter; base_model_name_or_path -> OUT/base
-    OUT/base/                the PATCHED base: source files with the patched config.json, weights symlinked
+    OUT/base/                the PATCHED base (longctx.checkpoint: patched config.json, weights hard-linked)
     OUT/tokenizer files      so the adapter dir is self-contained for tokenization
     OUT/merged/              with --merge: full checkpoint, adapter merged, patched config, model card
 Full fine-tune (or --init scratch):
@@ -80,7 +80,7 @@ def export(args, spec, built, summary: dict, accelerator, model) -> Path:
     if args.tune.finetune == "lora":
         from longctx.train.model import link_patched_base
 
-        base = link_patched_base(built.source_dir, out / "base", built.source_config, spec)
+        base = link_patched_base(built.source_dir, out / "base", spec)
         trained.peft_config["default"].base_model_name_or_path = str(base.resolve())
         trained.save_pretrained(out, state_dict=state)
         kind = "LoRA adapter on the patched base in base/"

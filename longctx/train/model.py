@@ -6,7 +6,6 @@ the model does not have) is raised as a UsageError here, before any optimizer ex
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,27 +162,16 @@ def weights_dtype(args, device: str):
     return torch.float32
 
 
-def link_patched_base(source_dir: Path, out_dir: Path, source_config: dict, spec) -> Path:
-    """A checkpoint directory = the source with the patched config.json; weights are symlinked, not copied.
+def link_patched_base(source_dir: Path, out_dir: Path, spec) -> Path:
+    """The adapter's base: the source itself when no patch was asked for, else a patched checkpoint written
+    by `longctx.checkpoint` (hard-linked weights, patched config.json, model card, longctx_patch.json).
 
     A LoRA adapter records its base by path; the base must carry the patch, or `longctx eval` would load
     the adapter onto the unpatched rope.
     """
-    import json
-    import shutil
+    if spec is None:
+        return Path(source_dir)
+    from longctx.checkpoint import write_patched_checkpoint
 
-    from longctx.patch import patch_config
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for item in Path(source_dir).iterdir():
-        if not item.is_file() or item.name == "config.json":
-            continue
-        target = out_dir / item.name
-        if item.suffix in (".safetensors", ".bin", ".pt", ".pth"):
-            if not target.exists():
-                os.symlink(item.resolve(), target)
-        else:
-            shutil.copyfile(item, target)
-    patched = patch_config(source_config, spec) if spec is not None else source_config
-    (out_dir / "config.json").write_text(json.dumps(patched, indent=2) + "\n")
-    return out_dir
+    # The source already passed the preflight checks (pickle / remote code) when training started.
+    return write_patched_checkpoint(source_dir, out_dir, spec, force=True, allow_pickle=True, trust_remote_code=True)
