@@ -1,0 +1,145 @@
+"""Needle in a haystack (Kamradt style), graded deterministically (RULER style).
+
+A needle "The special magic number for {city} is {7-digit number}." goes into a haystack of real prose
+truncated to L tokens, at the last sentence end at or before depth × haystack length; then each needle is
+asked for with "What is the special magic number for {city}? The special magic number for {city} is".
+With `needles` N > 1 the others follow the first, evenly spaced over the rest of the haystack
+(Kamradt's multi-needle layout) and each is asked for on its own; a trial's score is the fraction
+retrieved. `distractors` K adds needle-like sentences about other cities at random sentence ends.
+L counts BOS + haystack + needles + the first question (other questions differ by a city name).
+For one (length, trial) the haystack, distractors and needles are fixed and only the needles move.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from longctx.errors import UsageError
+from longctx.evals.data import SentenceTokens, encode, load_texts, special_prefix
+from longctx.evals.passkey import place
+from longctx.evals.results import ResultsWriter
+from longctx.evals.scoring import Graded, Prompt, Query, contains_answer, run_grid
+
+NEEDLE = " The special magic number for {city} is {number}."
+QUESTION = "\n\nWhat is the special magic number for {city}? The special magic number for {city} is"
+CITIES = (
+    "Amsterdam", "Bangkok", "Barcelona", "Berlin", "Bogota", "Boston", "Budapest", "Cairo", "Chicago",
+    "Copenhagen", "Dublin", "Edinburgh", "Helsinki", "Istanbul", "Jakarta", "Kyoto", "Lagos", "Lima", "Lisbon",
+    "London", "Madrid", "Manila", "Melbourne", "Montreal", "Mumbai", "Nairobi", "Oslo", "Paris", "Prague",
+    "Santiago", "Seattle", "Seoul", "Singapore", "Stockholm", "Sydney", "Taipei", "Toronto", "Vienna", "Warsaw",
+    "Zurich",
+)
+
+
+@dataclass
+class Config:
+    """What a needle-in-a-haystack sweep runs; each field is also a key of `tasks.niah` in a suite YAML."""
+
+    lengths: list[int]                                     # prompt lengths in tokens
+    depths: list[float] = field(default_factory=lambda: [i / 10 for i in range(11)])  # first needle's depth
+    trials: int = 3                                        # haystacks/needles per (length, depth)
+    needles: int = 1                                       # needles to retrieve, each asked for separately
+    distractors: int = 0                                   # needle-like sentences about other cities
+    haystack: str | None = None                            # data spec (see longctx.evals.data); pydoc if None
+    mode: str = "forced"                                   # forced (one teacher-forced forward) or generate
+    seed: int = 0
+    share_prefix: bool = True                              # reuse the haystack's KV cache across depths
+
+
+def needle_depths(depth: float, needles: int) -> list[float]:
+    """The first needle at `depth`, the others spaced evenly after it: d + i·(1 − d)/N."""
+    step = (1.0 - depth) / needles
+    return [depth + i * step for i in range(needles)]
+
+
+class NiahTrial:
+    """One (length, trial): fixed haystack, distractors and needles; `prompt(depth)` only moves the needles."""
+
+    def __init__(self, tokenizer, length: int, rng: random.Random, sentences: SentenceTokens, *,
+                 needles: int = 1, distractors: int = 0):
+        if needles < 1 or distractors < 0 or needles + distractors > len(CITIES):
+            raise UsageError(f"--needles must be at least 1 and --needles + --distractors at most {len(CITIES)}")
+        self.tokenizer = tokenizer
+        cities = rng.sample(CITIES, needles + distractors)
+        numbers = rng.sample(range(1_000_000, 10_000_000), needles + distractors)
+        self.cities, self.numbers = cities[:needles], [str(n) for n in numbers[:needles]]
+        self.head = special_prefix(tokenizer)
+        pairs = list(zip(self.cities, self.numbers, strict=True))
+        self.needles = [encode(tokenizer, NEEDLE.format(city=c, number=n)) for c, n in pairs]
+        self.queries = [Query(encode(tokenizer, QUESTION.format(city=c)), encode(tokenizer, " " + n), n) for c, n in pairs]
+        decoys = [encode(tokenizer, NEEDLE.format(city=c, number=n))
+                  for c, n in zip(cities[needles:], numbers[needles:], strict=True)]
+        n_body = length - len(self.head) - sum(map(len, self.needles)) - len(self.queries[0].question)
+        if n_body < sum(map(len, decoys)):
+            raise UsageError(f"niah length {length} is too short for {needles} needles and {distractors} distractors")
+        pieces = sentences.take(n_body, start=rng.randrange(len(sentences.texts)))
+        # Distractors go after random sentences among the first n_body tokens, chosen before any insertion
+        # and inserted back to front, so each one still ends inside the truncated haystack.
+        room = n_body - sum(map(len, decoys))
+        ends = [i + 1 for i, total in enumerate(_running_totals(pieces)) if total <= room] or [0]
+        spots = [rng.choice(ends) for _ in decoys]
+        for where, decoy in sorted(zip(spots, decoys, strict=True), key=lambda pair: -pair[0]):
+            pieces.insert(where, decoy)
+        self.body: list[int] = []
+        self.boundaries = [0]
+        for piece in pieces:
+            self.body.extend(piece)
+            self.boundaries.append(len(self.body))
+            if len(self.body) >= n_body:
+                break
+        self.body = self.body[:n_body]
+        self.boundaries = [b for b in self.boundaries if b < n_body] + [n_body]
+
+    def needle_positions(self, depth: float) -> list[int]:
+        """Indices in the haystack where each needle goes (non-decreasing)."""
+        return [place(self.boundaries, d, len(self.body)) for d in needle_depths(depth, len(self.needles))]
+
+    def prompt(self, depth: float) -> Prompt:
+        context, starts, previous = list(self.head), [], 0
+        for cut, needle in zip(self.needle_positions(depth), self.needles, strict=True):
+            context += self.body[previous:cut]
+            starts.append(len(context))
+            context += needle
+            previous = cut
+        context += self.body[previous:]
+        return Prompt(context=context, queries=self.queries, needle_positions=starts)
+
+    def sample(self, seed: int, grades: list[Graded]) -> dict:
+        retrieved = sum(bool(g.correct) for g in grades)
+        return {"seed": seed, "expected": self.numbers, "answer": " | ".join(g.answer.strip() for g in grades),
+                "retrieved": retrieved, "correct": retrieved == len(grades)}
+
+
+def _running_totals(pieces: list[list[int]]) -> list[int]:
+    totals, total = [], 0
+    for piece in pieces:
+        total += len(piece)
+        totals.append(total)
+    return totals
+
+
+def summarize_for(needles: int):
+    def summarize(samples: list[dict]) -> dict:
+        score = sum(sample["retrieved"] / needles for sample in samples) / len(samples) if samples else 0.0
+        return {"score": score}
+    return summarize
+
+
+def run(model, tokenizer, cfg: Config, writer: ResultsWriter) -> list[dict]:
+    """Every (length, depth) cell of the sweep, finished ones read back from `writer`."""
+    if cfg.trials < 1:
+        raise UsageError("--trials must be at least 1")
+    sentences = SentenceTokens(tokenizer, load_texts(cfg.haystack))
+
+    def key_fields(length: int, depth: float) -> dict:
+        return {"length": length, "depth": depth, "needles": cfg.needles, "distractors": cfg.distractors,
+                "mode": cfg.mode}
+
+    def build(length: int, rng: random.Random) -> NiahTrial:
+        return NiahTrial(tokenizer, length, rng, sentences, needles=cfg.needles, distractors=cfg.distractors)
+
+    return run_grid(model, tokenizer, writer, task="niah", lengths=cfg.lengths, depths=cfg.depths,
+                    trials=cfg.trials, seed=cfg.seed, mode=cfg.mode, key_fields=key_fields, build=build,
+                    grade=contains_answer, summarize=summarize_for(cfg.needles), share_prefix=cfg.share_prefix)
+

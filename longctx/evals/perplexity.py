@@ -1,0 +1,161 @@
+"""Perplexity by context length, in bounded memory.
+
+For each length L the seeded token stream of the data (see `longctx.evals.data`) is cut into `docs`
+chunks. Without a stride each chunk is one forward (non-overlapping windows); with `stride` S, windows of L
+tokens move S tokens at a time and score only their last S tokens (the first window scores all), so every
+token sees at least L − S tokens of context. Reported: mean NLL over scored tokens, ppl = exp(NLL), a 95%
+interval from the spread of per-chunk NLLs, bits per byte (total NLL in bits / UTF-8 bytes of the scored
+text: comparable across tokenizers), and the NLL by position in the window, in buckets, which shows where
+a model stops extrapolating.
+
+Memory: [L × vocab] fp32 logits would be 25 GB at L=128K for a 49K vocabulary. `token_nll` runs the decoder
+once, then applies `lm_head` to `chunk_tokens` positions at a time with an fp32 cross-entropy.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+from longctx.errors import UsageError
+from longctx.evals.data import data_name, load_texts, special_prefix, token_stream
+from longctx.evals.results import ResultsWriter, cell_key
+from longctx.evals.scoring import length_warnings
+
+# two-sided 95% Student t quantiles by degrees of freedom; 1.96 beyond 30
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
+
+
+@dataclass
+class Config:
+    """What a perplexity sweep runs; each field is also a key of `tasks.ppl` in a suite YAML."""
+
+    lengths: list[int]           # window lengths in tokens
+    stride: int | None = None    # sliding-window step; None = non-overlapping windows
+    data: str | None = None      # data spec (see longctx.evals.data); pydoc if None
+    docs: int = 4                # chunks of L tokens scored per length (the interval is over these)
+    buckets: int = 8             # position buckets of the loss-by-position curve
+    chunk_tokens: int = 1024     # positions per lm_head + cross-entropy step
+    seed: int = 0
+
+
+def token_nll(model, input_ids, *, chunk_tokens: int = 1024):
+    """Per-token NLL (nats, fp32) of tokens 1..T-1 of input_ids [1, T]: FloatTensor [T-1].
+
+    The decoder runs once without a KV cache; lm_head and the fp32 cross-entropy run on `chunk_tokens`
+    positions at a time, so the [T × vocab] logits never exist at once.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    with torch.inference_mode():
+        input_ids = input_ids.to(model.device)
+        hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state  # [1, T, H]
+        head = model.get_output_embeddings()
+        targets = input_ids[0, 1:]
+        losses = []
+        for start in range(0, targets.numel(), chunk_tokens):
+            end = min(start + chunk_tokens, targets.numel())  # position T-1 predicts nothing
+            logits = head(hidden[0, start:end]).float()  # [chunk, vocab]
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+            losses.append(F.cross_entropy(logits, targets[start:end], reduction="none"))
+        return torch.cat(losses) if losses else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float | None]:
+    """Mean and half-width of its 95% Student-t interval (None with fewer than two values)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    t = next((T95[df] for df in sorted(T95) if df >= n - 1), 1.96)
+    return mean, t * sd / math.sqrt(n)
+
+
+def score_windows(model, prefix: list[int], tokens: list[int], window: int, stride: int, *, chunk_tokens: int):
+    """(text index, position in its window, nll) of every scored token of `tokens`, by sliding windows.
+
+    Each window is `prefix` (e.g. BOS) + up to `window` text tokens and scores only the tokens no earlier
+    window scored; the first text token is scored only when a prefix predicts it.
+    """
+    import torch
+
+    scored, done = [], 0 if prefix else 1
+    for begin in range(0, len(tokens), stride):
+        end = min(begin + window, len(tokens))
+        ids = torch.tensor([prefix + tokens[begin:end]], dtype=torch.long)
+        nll = token_nll(model, ids, chunk_tokens=chunk_tokens).tolist()
+        for index in range(max(done, begin), end):
+            position = len(prefix) + index - begin  # of the target token in this window
+            if position > 0:
+                scored.append((index, position, nll[position - 1]))
+        done = end
+        if end == len(tokens):
+            break
+    return scored
+
+
+def run(model, tokenizer, cfg: Config, writer: ResultsWriter) -> list[dict]:
+    """Every length's cell, finished ones read back from `writer`."""
+    from tqdm.auto import tqdm
+
+    if cfg.docs < 1:
+        raise UsageError("--docs must be at least 1")
+    if cfg.stride is not None and not 0 < cfg.stride < min(cfg.lengths):
+        raise UsageError(f"--stride must be between 1 and the smallest length - 1 ({min(cfg.lengths) - 1})")
+    name = data_name(cfg.data)
+    keys = {length: cell_key("ppl", length=length, stride=cfg.stride, data=name) for length in cfg.lengths}
+    todo = [length for length in cfg.lengths if not writer.done(keys[length])]
+    if todo:
+        prefix = special_prefix(tokenizer)
+        longest = max(todo) - len(prefix)
+        stream = token_stream(tokenizer, load_texts(cfg.data), longest * cfg.docs, cfg.seed)
+        if len(stream) < longest:
+            raise UsageError(f"data {name!r} holds only {len(stream)} tokens, fewer than the length {max(todo)}: "
+                             "use a larger corpus (e.g. --data stdlib)")
+    bar = tqdm(total=len(cfg.lengths), desc=f"{writer.dir.name} ppl", unit="cell", disable=None)
+    bar.update(len(cfg.lengths) - len(todo))
+    for length in todo:
+        start = time.perf_counter()
+        warnings = length_warnings(model, length)
+        body = length - len(prefix)
+        docs = min(cfg.docs, len(stream) // body)
+        if docs < cfg.docs:
+            warnings.append(f"data {name!r} holds only {docs} chunks of {length} tokens, not {cfg.docs}")
+        for warning in warnings:
+            print(f"warning: ppl: {warning}", file=sys.stderr)
+        tokens = stream[: docs * body]
+        scored = score_windows(model, prefix, tokens, body, cfg.stride or body, chunk_tokens=cfg.chunk_tokens)
+        per_doc: list[list[float]] = [[] for _ in range(docs)]
+        edges = [round(i * length / cfg.buckets) for i in range(cfg.buckets + 1)]
+        per_bucket: list[list[float]] = [[] for _ in range(cfg.buckets)]
+        scored_ids: list[list[int]] = [[] for _ in range(docs)]
+        for index, position, nll in scored:
+            per_doc[index // body].append(nll)
+            scored_ids[index // body].append(tokens[index])
+            per_bucket[bisect.bisect_right(edges, position) - 1].append(nll)
+        total_nll = sum(nll for _, _, nll in scored)
+        n_tokens = len(scored)
+        mean_nll = total_nll / n_tokens
+        _, half = mean_ci95([sum(v) / len(v) for v in per_doc])
+        n_bytes = sum(len(tokenizer.decode(ids).encode("utf-8")) for ids in scored_ids)
+        cell = {
+            "task": "ppl", "key": keys[length], "length": length, "stride": cfg.stride, "data": name,
+            "n_docs": docs, "n_tokens": n_tokens, "nll": mean_nll, "ppl": math.exp(mean_nll),
+            "ppl_ci95": [math.exp(mean_nll - half), math.exp(mean_nll + half)] if half is not None else None,
+            "bpb": total_nll / math.log(2) / n_bytes if n_bytes else None,
+            "buckets": [{"start": edges[b], "end": edges[b + 1], "nll": sum(v) / len(v)}
+                        for b, v in enumerate(per_bucket) if v],
+            "seconds": round(time.perf_counter() - start, 3), "warnings": warnings,
+        }
+        writer.append(cell)
+        bar.update(1)
+    bar.close()
+    return [writer.cell(keys[length]) for length in cfg.lengths]

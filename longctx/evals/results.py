@@ -1,0 +1,140 @@
+"""Results on disk: nothing finished is ever lost, nothing finished is ever recomputed.
+
+Layout (the report reads exactly this): `OUT/<label>/model.json` describes the model, and
+`OUT/<label>/<task>.jsonl` holds one JSON line per finished cell, keyed by `cell["key"]`. Each line is
+flushed and fsynced the moment its cell finishes, so a killed run loses at most the cell in flight and a
+rerun skips every key already present. Retrieval tasks also journal each finished trial in
+`<task>.partial` (JSON lines, not read by the report) because one trial computes every depth of a length
+at once; a rerun reuses those trials instead of computing them again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def format_value(value) -> str:
+    """How a key prints a field: None -> 'none', floats without trailing zeros (0.5, 0.3333)."""
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{round(value, 4):g}"
+    return str(value)
+
+
+def cell_key(task: str, **fields) -> str:
+    """'ppl|L=4096|stride=none|data=pydoc': the task, then each field in the order given (length as L)."""
+    parts = [f"{'L' if name == 'length' else name}={format_value(value)}" for name, value in fields.items()]
+    return "|".join([task, *parts])
+
+
+def _append_line(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _read_lines(path: Path) -> list[dict]:
+    """Every complete JSON line; a partial last line (a crash mid-write) is cut off so appends stay valid."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+        with open(path, "r+b") as handle:
+            handle.truncate(len(data))
+    records = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a garbled line is treated as not finished: its cell is computed again
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+class ResultsWriter:
+    """Appends finished cells of one task of one model; knows which keys are done.
+
+    `after_append(cell)` runs after each cell is safely on disk (tests use it to simulate a crash).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, label: str, task: str, *,
+                 after_append: Callable[[dict], None] | None = None):
+        self.dir = Path(out_dir) / label
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.task = task
+        self.path = self.dir / f"{task}.jsonl"
+        self.journal_path = self.dir / f"{task}.partial"
+        self.after_append = after_append
+        self._cells = {cell["key"]: cell for cell in _read_lines(self.path) if "key" in cell}
+        self._samples: dict[str, dict] = {}
+        for record in _read_lines(self.journal_path):
+            if "key" in record and "sample" in record:
+                self._samples.setdefault(record["key"], {})[record["sample"]["seed"]] = record["sample"]
+
+    def done(self, key: str) -> bool:
+        return key in self._cells
+
+    def cell(self, key: str) -> dict | None:
+        return self._cells.get(key)
+
+    def cells(self) -> list[dict]:
+        return list(self._cells.values())
+
+    def append(self, cell: dict) -> None:
+        cell = sanitize(cell)
+        _append_line(self.path, cell)
+        self._cells[cell["key"]] = cell
+        if self.after_append is not None:
+            self.after_append(cell)
+
+    def add_sample(self, key: str, sample: dict) -> None:
+        """Journal one finished trial of a cell that is not finished yet."""
+        sample = sanitize(sample)
+        _append_line(self.journal_path, {"key": key, "sample": sample})
+        self._samples.setdefault(key, {})[sample["seed"]] = sample
+
+    def samples(self, key: str) -> dict:
+        """Journaled trials of a cell: {seed: sample}."""
+        return dict(self._samples.get(key, {}))
+
+
+def sanitize(record):
+    """JSON has no NaN/inf: write them as null so every line parses everywhere."""
+    if isinstance(record, float):
+        return record if math.isfinite(record) else None
+    if isinstance(record, dict):
+        return {key: sanitize(value) for key, value in record.items()}
+    if isinstance(record, (list, tuple)):
+        return [sanitize(value) for value in record]
+    return record
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
+    """Write via a temporary file and os.replace, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(sanitize(data), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_model_json(out_dir: str | os.PathLike, label: str, info: dict) -> Path:
+    """OUT/<label>/model.json; warnings already recorded by an earlier run are kept (deduplicated)."""
+    path = Path(out_dir) / label / "model.json"
+    old_warnings = []
+    if path.is_file():
+        try:
+            old_warnings = json.loads(path.read_text()).get("warnings") or []
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            old_warnings = []
+    warnings = list(dict.fromkeys([*old_warnings, *(info.get("warnings") or [])]))
+    return write_json_atomic(path, {**info, "warnings": warnings})

@@ -1,0 +1,232 @@
+"""Grading retrieval prompts fast and exactly, shared by passkey and needle-in-a-haystack.
+
+Forced mode (default) grades an answer with ONE teacher-forced forward over prompt + gold answer: the
+answer counts as correct iff the argmax at every answer position equals the gold token. That is exactly the
+condition under which greedy generation emits those tokens (greedy decoding feeds back its own argmax, so
+while every argmax matches, its inputs equal the teacher-forced ones), hence the same grade, at the cost of
+one forward instead of one per generated token. It is stricter only when greedy decoding would spell the
+right string with a different tokenization. Generate mode decodes greedily and grades the text instead.
+
+Within one (length, trial) the filler is fixed and only the needle moves, so prompts of different depths
+share the text before the needle. `grade_prompts` keeps one KV cache, crops it back to the longest prefix
+the next prompt shares and runs only the rest; questions after the same context reuse the context's cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from longctx import rope_config
+from longctx.evals.results import ResultsWriter, cell_key
+
+
+@dataclass
+class Query:
+    """One question about a context and the answer that proves retrieval."""
+
+    question: list[int]  # tokens after the context, up to where the answer starts
+    answer: list[int]    # gold answer tokens (teacher-forced in forced mode)
+    expected: str        # the string a generated answer must contain (passkey: the integer)
+
+
+@dataclass
+class Prompt:
+    context: list[int]                 # BOS + haystack with needles: everything before the questions
+    queries: list[Query]
+    needle_positions: list[int] = field(default_factory=list)  # token index where each needle starts
+
+
+@dataclass
+class Graded:
+    answer: str      # decoded argmax tokens (forced) or generated text (generate)
+    correct: bool
+    logits: object = None  # [len(answer), vocab] fp32 answer-position logits, only when asked for
+
+
+def prefix_sharing_allowed(model) -> tuple[bool, str]:
+    """Whether a KV cache computed for one prompt may be reused by another, and if not, why.
+
+    Dynamic NTK picks its rotary base from the current sequence length: keys cached for a short prefix
+    were rotated under another base than the queries of the full prompt (transformers #25104), so reuse
+    would grade a model that does not exist. Sliding-window caches cannot be cropped back reliably.
+    """
+    config = model.config
+    if rope_config.rope_parameters(config).get("rope_type") == "dynamic":
+        return False, "dynamic NTK changes the rotary base with the sequence length, so cached keys would not match"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False, "sliding-window caches cannot be cropped back to a shared prefix"
+    return True, ""
+
+
+def first_integer(text: str) -> str | None:
+    match = re.search(r"\d+", text)
+    return match.group(0) if match else None
+
+
+def contains_answer(generated: str, expected: str) -> bool:
+    """RULER-style grading: the expected string appears in the output, ignoring case."""
+    return expected.strip().lower() in generated.lower()
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def crop_cache(cache, length: int) -> None:
+    """Cut a DynamicCache back to `length` tokens (a negative argument works in transformers 4 and 5)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
+def _forward(model, tokens: list[int], cache, logits_to_keep: int):
+    import torch
+
+    ids = torch.tensor([tokens], dtype=torch.long, device=model.device)
+    out = model(input_ids=ids, past_key_values=cache, use_cache=cache is not None, logits_to_keep=logits_to_keep)
+    return out.logits[0].float()  # [logits_to_keep, vocab]
+
+
+def _forced(model, tokenizer, query: Query, cache, context: list[int] | None, keep_logits: bool) -> Graded:
+    """Teacher-forced answer: from `cache` (context already in it) or from scratch over `context` + query."""
+    tokens = query.question + query.answer[:-1]
+    logits = _forward(model, (context or []) + tokens, cache, logits_to_keep=len(query.answer))
+    predicted = logits.argmax(-1).tolist()
+    return Graded(answer=tokenizer.decode(predicted), correct=predicted == query.answer,
+                  logits=logits.cpu() if keep_logits else None)
+
+
+def _generate(model, tokenizer, query: Query, cache, grade: Callable[[str, str], bool], max_new_tokens: int) -> Graded:
+    """Greedy decoding continuing `cache` (which holds the context); stops at EOS."""
+    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    logits = _forward(model, query.question, cache, logits_to_keep=1)
+    generated: list[int] = []
+    for _ in range(max_new_tokens):
+        token = int(logits[-1].argmax())
+        if token in eos:
+            break
+        generated.append(token)
+        logits = _forward(model, [token], cache, logits_to_keep=1)
+    text = tokenizer.decode(generated, skip_special_tokens=True)
+    return Graded(answer=text, correct=grade(text, query.expected))
+
+
+def grade_prompts(model, tokenizer, prompts: list[Prompt], *, mode: str = "forced", share_prefix: bool = True,
+                  grade: Callable[[str, str], bool] = contains_answer, keep_logits: bool = False,
+                  timings: list[float] | None = None) -> list[list[Graded]]:
+    """Grades of every query of every prompt, in order; `timings` receives each prompt's seconds.
+
+    With share_prefix the prompts run in the given order over one cache; give them sorted so neighbours
+    share long prefixes (the task builders keep the filler fixed and move only the needle). Without it
+    every query is one full forward (forced) or a fresh prefill (generate): the reference path.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    if mode not in ("forced", "generate"):
+        raise ValueError(f"mode must be 'forced' or 'generate', not {mode!r}")
+    if share_prefix and not prefix_sharing_allowed(model)[0]:
+        share_prefix = False
+    results: list[list[Graded]] = []
+    cache, cached = (DynamicCache(), []) if share_prefix else (None, [])
+    with torch.inference_mode():
+        for prompt in prompts:
+            start = time.perf_counter()
+            graded = []
+            if share_prefix:
+                keep = common_prefix_length(cached, prompt.context)
+                crop_cache(cache, keep)
+                if keep < len(prompt.context):
+                    _forward(model, prompt.context[keep:], cache, logits_to_keep=1)
+                cached = prompt.context
+            for query in prompt.queries:
+                if mode == "forced" and not share_prefix:
+                    graded.append(_forced(model, tokenizer, query, None, prompt.context, keep_logits))
+                    continue
+                if not share_prefix:  # generate, reference path: fresh prefill of this context
+                    cache = DynamicCache()
+                    _forward(model, prompt.context, cache, logits_to_keep=1)
+                if mode == "forced":
+                    graded.append(_forced(model, tokenizer, query, cache, None, keep_logits))
+                else:
+                    max_new = len(query.answer) + 8
+                    graded.append(_generate(model, tokenizer, query, cache, grade, max_new))
+                crop_cache(cache, len(prompt.context))
+            results.append(graded)
+            if timings is not None:
+                timings.append(time.perf_counter() - start)
+    return results
+
+
+def trial_seed(seed: int, task: str, length: int, trial: int) -> int:
+    """A stable per-trial seed (recorded in each sample): the same run seed rebuilds the same prompts."""
+    digest = hashlib.blake2b(f"{seed}|{task}|{length}|{trial}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+
+def length_warnings(model, length: int) -> list[str]:
+    claimed = rope_config.max_length(model.config)
+    if length > claimed:
+        return [f"length {length} exceeds the {claimed} tokens the config claims (rope_config.max_length); ran anyway"]
+    return []
+
+
+def run_grid(model, tokenizer, writer: ResultsWriter, *, task: str, lengths: list[int], depths: list[float],
+             trials: int, seed: int, mode: str, key_fields: Callable[[int, float], dict],
+             build: Callable[[int, random.Random], object], grade: Callable[[str, str], bool],
+             summarize: Callable[[list[dict]], dict], share_prefix: bool = True) -> list[dict]:
+    """Run a lengths × depths grid of retrieval cells, `trials` trials each; returns every cell (old + new).
+
+    `build(length, rng)` returns a trial object with `.prompt(depth) -> Prompt` and
+    `.sample(seed, grades) -> dict`; one trial's prompts of all depths are graded together so they can
+    share the filler's KV cache. Each finished trial is journaled; a cell is written once all its trials are.
+    """
+    from tqdm.auto import tqdm
+
+    if share_prefix:
+        allowed, why = prefix_sharing_allowed(model)
+        if not allowed:
+            print(f"{task}: full forwards for every depth: {why}", file=sys.stderr)
+    keys = {(length, depth): cell_key(task, **key_fields(length, depth)) for length in lengths for depth in depths}
+    bar = tqdm(total=len(keys), desc=f"{writer.dir.name} {task}", unit="cell", disable=None)
+    for row, length in enumerate(lengths):
+        todo = [depth for depth in depths if not writer.done(keys[length, depth])]
+        warnings = length_warnings(model, length)
+        if todo and warnings:
+            print(f"warning: {task}: {warnings[0]}", file=sys.stderr)
+        seeds = [trial_seed(seed, task, length, trial) for trial in range(trials)]
+        for s in seeds:
+            need = [d for d in sorted(todo) if s not in writer.samples(keys[length, d])]
+            if not need:
+                continue
+            trial_obj = build(length, random.Random(s))
+            prompts = [trial_obj.prompt(depth) for depth in need]
+            timings: list[float] = []
+            grades = grade_prompts(model, tokenizer, prompts, mode=mode, share_prefix=share_prefix, grade=grade,
+                                   timings=timings)
+            for depth, graded, spent in zip(need, grades, timings, strict=True):
+                sample = {**trial_obj.sample(s, graded), "seconds": round(spent, 3)}
+                writer.add_sample(keys[length, depth], sample)
+            bar.update(len(need) / trials)
+        for depth in todo:
+            journal = writer.samples(keys[length, depth])
+            samples = [{k: v for k, v in journal[s].items() if k != "seconds"} for s in seeds]
+            seconds = sum(journal[s].get("seconds") or 0.0 for s in seeds)
+            cell = {"task": task, "key": keys[length, depth], **key_fields(length, depth), "trials": trials,
+                    **summarize(samples), "samples": samples, "seconds": round(seconds, 3), "warnings": warnings}
+            writer.append(cell)
+        bar.n = (row + 1) * len(depths)  # fractional per-trial updates end on whole cells
+        bar.refresh()
+    bar.close()
+    cells = [writer.cell(keys[length, depth]) for length in lengths for depth in depths]
+    return cells

@@ -1,0 +1,203 @@
+"""Running tasks on models: argument syntax, task configs from flags or YAML, model.json, suites.
+
+A suite YAML names the tasks and their settings once and runs them for several models, e.g.
+
+    seed: 0
+    tasks:
+      ppl:     {lengths: 2k..32k, docs: 4}
+      passkey: {lengths: 4k..32k, depths: "0:1:5", trials: 5}
+      niah:    {lengths: 4k..32k, depths: 11, needles: 1, distractors: 0, trials: 3}
+
+    longctx eval suite eval/suites/quick.yaml --model ORIG --model PATCHED --out results/
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import re
+import sys
+from pathlib import Path
+
+from longctx.errors import UsageError
+from longctx.evals import TASKS, get_task
+
+_LENGTH = re.compile(r"^(\d+(?:\.\d+)?)([km]?)$", re.IGNORECASE)
+
+
+def _one_length(text: str) -> int:
+    match = _LENGTH.match(text.strip())
+    if not match:
+        raise UsageError(f"bad length {text!r}: use e.g. 2k,4k or 4096 or 4k..64k or 1.5k")
+    value = float(match.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[match.group(2).lower()]
+    if value != int(value) or value < 1:
+        raise UsageError(f"bad length {text!r}: it must be a whole number of tokens")
+    return int(value)
+
+
+def parse_lengths(spec) -> list[int]:
+    """'2k,4k' -> [2048, 4096]; '4096'; '1.5k' -> [1536]; '4k..32k' -> powers of two 4096 … 32768.
+
+    A YAML list of numbers or such strings also works. Sorted, without duplicates.
+    """
+    items = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
+    lengths = []
+    for item in items:
+        text = str(item).strip()
+        if ".." in text:
+            low, high = (_one_length(part) for part in text.split("..", 1))
+            if low > high:
+                raise UsageError(f"bad length range {text!r}: the start is above the end")
+            value = low
+            while value <= high:
+                lengths.append(value)
+                value *= 2
+        elif text:
+            lengths.append(_one_length(text))
+    if not lengths:
+        raise UsageError(f"no lengths in {spec!r}: use e.g. 2k,4k or 4k..64k")
+    return sorted(set(lengths))
+
+
+def parse_depths(spec) -> list[float]:
+    """'0:1:5' -> start:stop:count inclusive (0, .25, .5, .75, 1); '11' -> 11 evenly from 0 to 1;
+    '0,0.5,1' -> those (a single value such as '0.5' too). Depth 0 is the start of the context."""
+    def bad():
+        return UsageError(f"bad depths {spec!r}: use start:stop:count (0:1:5), a count (11) or a list (0,0.5,1)")
+
+    text = ",".join(str(x) for x in spec) if isinstance(spec, (list, tuple)) else str(spec).strip()
+    try:
+        if ":" in text:
+            start, stop, count = text.split(":")
+            start, stop, n = float(start), float(stop), int(count)
+            if n < 1:
+                raise bad()
+            depths = [start + (stop - start) * i / (n - 1) for i in range(n)] if n > 1 else [start]
+        elif text.isdigit() and int(text) >= 2:
+            n = int(text)
+            depths = [i / (n - 1) for i in range(n)]
+        else:
+            depths = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise bad() from None
+    if not depths or any(not 0.0 <= d <= 1.0 for d in depths):
+        raise UsageError(f"bad depths {spec!r}: every depth must lie in [0, 1]")
+    return sorted({round(d, 6) for d in depths})
+
+
+def make_config(task: str, settings: dict, *, where: str = ""):
+    """The task's Config from a mapping (YAML or flags): lengths/depths parsed, unknown keys refused."""
+    module = get_task(task)
+    fields = {f.name for f in dataclasses.fields(module.Config)}
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        raise UsageError(f"unknown key {unknown[0]!r} for task {task}{where}: valid keys: {', '.join(sorted(fields))}")
+    values = {k: v for k, v in settings.items() if v is not None or k in ("stride", "data", "haystack")}
+    if "lengths" not in values:
+        raise UsageError(f"task {task}{where} needs lengths")
+    values["lengths"] = parse_lengths(values["lengths"])
+    if "depths" in values:
+        values["depths"] = parse_depths(values["depths"])
+    if values.get("mode", "forced") not in ("forced", "generate"):
+        raise UsageError(f"bad mode {values['mode']!r} for task {task}{where}: use forced or generate")
+    for name in ("trials", "docs", "needles", "distractors", "stride", "seed"):
+        if values.get(name) is not None and not isinstance(values[name], int):
+            raise UsageError(f"{name} of task {task}{where} must be an integer, not {values[name]!r}")
+    return module.Config(**values)
+
+
+def default_label(source: str) -> str:
+    """The model directory's (or GGUF file's, or Hub id's) last name."""
+    name = Path(str(source).rstrip("/")).name
+    return name[: -len(".gguf")] if name.endswith(".gguf") else name or "model"
+
+
+def model_info(model, source: str, model_dir: Path, label: str, warnings: list[str]) -> dict:
+    """The model.json record: where the model came from and what its rotary config claims."""
+    from longctx import __version__, rope_config
+
+    config = model.config.to_dict()
+    return {
+        "label": label, "source": str(source), "model_dir": str(model_dir),
+        "rope": rope_config.rope_parameters(config), "trained_length": rope_config.original_length(config),
+        "claimed_length": rope_config.max_length(config), "longctx_version": __version__,
+        "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None), "warnings": warnings,
+    }
+
+
+def run_tasks(source: str, configs: dict, out_dir, *, label: str | None = None, device: str | None = None,
+              dtype: str | None = None, base_model: str | None = None, after_append=None) -> dict[str, list[dict]]:
+    """Load one model and run each {task: Config}; writes OUT/<label>/model.json and <task>.jsonl."""
+    from longctx import rope_config
+    from longctx.evals.data import check_spec
+    from longctx.evals.results import ResultsWriter, write_model_json
+    from longctx.modeling import load_model
+
+    label = label or default_label(source)
+    for cfg in configs.values():
+        check_spec(getattr(cfg, "data", None) or getattr(cfg, "haystack", None))
+    model, tokenizer, model_dir = load_model(source, device=device, dtype=dtype, base_model=base_model)
+    claimed = rope_config.max_length(model.config.to_dict())
+    too_long = sorted({n for cfg in configs.values() for n in cfg.lengths if n > claimed})
+    warnings = [f"length {n} exceeds the {claimed} tokens the config claims (rope_config.max_length); ran anyway"
+                for n in too_long]
+    write_model_json(out_dir, label, model_info(model, source, model_dir, label, warnings))
+    results = {}
+    for task, cfg in configs.items():
+        writer = ResultsWriter(out_dir, label, task, after_append=after_append)
+        results[task] = get_task(task).run(model, tokenizer, cfg, writer)
+        print(f"{label} {task}: {len(results[task])} cells in {writer.path}")
+    del model
+    gc.collect()
+    return results
+
+
+def load_suite(path) -> tuple[dict, int]:
+    """({task: settings}, seed) from a suite YAML, checked."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"suite file {path} does not exist")
+    try:
+        suite = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(suite, dict) or not isinstance(suite.get("tasks"), dict) or not suite["tasks"]:
+        raise UsageError(f"{path} needs a 'tasks' mapping, e.g. tasks: {{ppl: {{lengths: 2k,4k}}}}")
+    unknown = set(suite) - {"tasks", "seed", "description"}
+    if unknown:
+        raise UsageError(f"unknown top-level key {sorted(unknown)[0]!r} in {path}: valid keys: tasks, seed, description")
+    for task, settings in suite["tasks"].items():
+        get_task(task)
+        if not isinstance(settings, dict):
+            raise UsageError(f"tasks.{task} in {path} must be a mapping of settings")
+    return suite["tasks"], int(suite.get("seed") or 0)
+
+
+def run_suite(path, models: list[str], out_dir, *, labels: list[str] | None = None, seed: int | None = None,
+              device: str | None = None, dtype: str | None = None, base_model: str | None = None) -> list[Path]:
+    """Every task of the suite for every model, then the report when `longctx.evals.report` is there."""
+    tasks, suite_seed = load_suite(path)
+    seed = suite_seed if seed is None else seed
+    configs = {task: make_config(task, {"seed": seed, **settings}, where=f" in {path}") for task, settings in tasks.items()}
+    labels = labels or [default_label(m) for m in models]
+    if len(labels) != len(models):
+        raise UsageError(f"--labels names {len(labels)} models but --model gives {len(models)}")
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"two models share the label {next(x for x in labels if labels.count(x) > 1)!r}: pass --labels a,b,...")
+    for source, label in zip(models, labels, strict=True):
+        run_tasks(source, configs, out_dir, label=label, device=device, dtype=dtype, base_model=base_model)
+    try:
+        from longctx.evals.report import write_report
+    except ImportError:
+        print(f"results in {out_dir} (no report module installed)", file=sys.stderr)
+        return []
+    paths = [Path(p) for p in write_report(out_dir)]
+    for p in paths:
+        print(p)
+    return paths
+
+
+__all__ = ["TASKS", "parse_lengths", "parse_depths", "make_config", "run_tasks", "run_suite", "load_suite"]
