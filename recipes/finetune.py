@@ -32,8 +32,8 @@ from longctx.errors import UsageError
 
 def setup(args):
     """Everything that can reject the request, before any weights load: returns (spec, preflight, docs)."""
+    from longctx.corpus import load_documents
     from longctx.train.args import check_args, patch_spec
-    from longctx.train.data import load_documents
     from longctx.train.loop import check_resume_args, prepare_out_dir
     from longctx.train.model import preflight
 

@@ -8,8 +8,9 @@ from itertools import islice
 import pytest
 import torch
 
+from longctx.corpus import load_documents
 from longctx.errors import UsageError
-from longctx.train.data import IGNORE_INDEX, PackedRows, load_documents, row_tensors
+from longctx.train.data import IGNORE_INDEX, PackedRows, row_tensors
 
 
 def test_row_tensors_restart_positions_and_ignore_cross_document_labels():

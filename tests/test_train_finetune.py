@@ -209,8 +209,9 @@ def test_exported_model_is_the_trained_model_with_tied_embeddings(tiny_llama_dir
     tied-embedding model (the harder case for peft)."""
     import shutil
 
+    from longctx.corpus import load_documents
     from longctx.modeling import load_model
-    from longctx.train.data import PackedRows, collate, load_documents
+    from longctx.train.data import PackedRows, collate
     from longctx.train.loss import CausalLMLoss
 
     tied = tmp_path / "tied"

@@ -41,8 +41,9 @@ def test_causal_lm_loss_equals_transformers_loss(tiny_llama_dir):
 def test_batch_flattened_for_flash_attention_gives_the_same_loss(tiny_llama_dir):
     from transformers import AutoModelForCausalLM
 
+    from longctx.corpus import load_documents
     from longctx.modeling import load_tokenizer
-    from longctx.train.data import PackedRows, collate, load_documents
+    from longctx.train.data import PackedRows, collate
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32, attn_implementation="sdpa")
     rows = PackedRows(load_documents("pydoc")[:6], load_tokenizer(tiny_llama_dir), seq_len=96).rows()

@@ -1,109 +1,27 @@
-"""Text for evaluation: an embedded default that needs no download, local files, or a `datasets` corpus.
+"""Text for evaluation: token streams, sentence-split haystacks and prompt prefixes.
 
-`--data` (and `--haystack`) accept:
-  pydoc                      the prose of Python's own documentation (`pydoc_data.topics`, ~465K chars; default)
-  stdlib                     the standard library's top-level `*.py` sources (code, ~10 MB)
-  FILE / DIR                 a text file (one document), a `.jsonl` file (field `text` per line), or a
-                             directory of `*.txt` / `*.md` / `*.jsonl` files
-  hf:NAME[:CONFIG][:SPLIT]   a Hugging Face dataset (field `text`, split `test` unless given)
-Document order is shuffled by the run's seed, so the same seed always scores the same text.
+`--data` and `--haystack` take any spec of `longctx.corpus` (pydoc by default, stdlib, files, hf:NAME with
+the `test` split unless given). Document order is shuffled by the run's seed, so the same seed always scores
+the same text.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import random
 import re
-import sysconfig
-from pathlib import Path
 
+from longctx.corpus import DEFAULT_DATA, load_documents
 from longctx.errors import UsageError
-
-DEFAULT_DATA = "pydoc"
-TEXT_SUFFIXES = (".txt", ".md", ".rst", ".jsonl")
 
 # A sentence ends after . ! or ? followed by whitespace, or after a blank line; the whitespace stays with
 # the next piece, so "".join(pieces) == text and each piece can be tokenized on its own.
 SENTENCE_END = re.compile(r"(?<=[.!?])(?=\s)|(?<![.!?]\n\n)(?<=\n\n)(?=\S)")
 
 
-def data_name(spec: str | None) -> str:
-    """The short name a cell key records: 'pydoc', 'stdlib', a file's name, or the hf: spec."""
-    if not spec or spec == DEFAULT_DATA:
-        return DEFAULT_DATA
-    if spec == "stdlib" or spec.startswith("hf:"):
-        return spec
-    return Path(spec).name
-
-
-def _jsonl_texts(path: Path) -> list[str]:
-    texts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise UsageError(f"{path}:{number} is not valid JSON: a .jsonl file needs one object per line") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise UsageError(f"{path}:{number} has no string field 'text'")
-        texts.append(record["text"])
-    return texts
-
-
-def _file_texts(path: Path) -> list[str]:
-    if path.suffix == ".jsonl":
-        return _jsonl_texts(path)
-    try:
-        return [path.read_text(encoding="utf-8")]
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text") from None
-
-
-def _hf_texts(spec: str) -> list[str]:
-    parts = spec[3:].split(":")
-    if not parts[0] or len(parts) > 3:
-        raise UsageError(f"bad dataset spec {spec!r}: use hf:NAME[:CONFIG][:SPLIT]")
-    name, config, split = parts[0], (parts[1] if len(parts) > 1 and parts[1] else None), (parts[2] if len(parts) > 2 else "test")
-    try:
-        from datasets import load_dataset
-    except ImportError:
-        raise UsageError("--data hf:... needs the datasets package: pip install 'longctx[eval]'") from None
-    try:
-        dataset = load_dataset(name, config, split=split)
-    except (OSError, ValueError, ConnectionError) as exc:
-        raise UsageError(f"cannot load dataset {spec!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    if "text" not in dataset.column_names:
-        raise UsageError(f"dataset {spec!r} has no 'text' field (fields: {', '.join(dataset.column_names)})")
-    return list(dataset["text"])
-
-
 def load_texts(spec: str | None = None) -> list[str]:
-    """The non-empty documents of a data spec (see the module docstring); UsageError when there are none."""
-    spec = spec or DEFAULT_DATA
-    if spec == DEFAULT_DATA:
-        from pydoc_data.topics import topics
-
-        texts = [topics[name] for name in sorted(topics)]
-    elif spec == "stdlib":
-        root = Path(sysconfig.get_paths()["stdlib"])
-        texts = [path.read_text(encoding="utf-8", errors="replace") for path in sorted(root.glob("*.py"))]
-    elif spec.startswith("hf:"):
-        texts = _hf_texts(spec)
-    else:
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
-            texts = [text for file in files for text in _file_texts(file)]
-        elif path.is_file():
-            texts = _file_texts(path)
-        else:
-            raise UsageError(f"data {spec!r} is neither pydoc, stdlib, hf:NAME nor an existing file or directory")
-    texts = [text for text in texts if text and text.strip()]
-    if not texts:
-        raise UsageError(f"data {spec!r} holds no text")
-    return texts
+    """Evaluation text: `longctx.corpus.load_documents`, taking the held-out `test` split of hf: datasets."""
+    return load_documents(spec, default_split="test")
 
 
 def check_spec(spec: str | None) -> None:

@@ -20,8 +20,9 @@ import sys
 import time
 from dataclasses import dataclass
 
+from longctx.corpus import data_name
 from longctx.errors import UsageError
-from longctx.evals.data import data_name, load_texts, special_prefix, token_stream
+from longctx.evals.data import load_texts, special_prefix, token_stream
 from longctx.evals.results import ResultsWriter, cell_key
 from longctx.evals.scoring import length_warnings
 

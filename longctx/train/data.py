@@ -14,88 +14,12 @@ already consumed and sees exactly what an uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
-from pathlib import Path
 
-from longctx.errors import UsageError, require
+from longctx.errors import require
 
 IGNORE_INDEX = -100
-TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py")
-
-
-def pydoc_documents() -> list[str]:
-    """Python's own help topics (~465K characters of English prose), shipped with every CPython."""
-    from pydoc_data.topics import topics
-
-    return [topics[key] for key in sorted(topics)]
-
-
-def stdlib_documents() -> list[str]:
-    """Python standard-library sources: code, a different distribution from prose."""
-    import sysconfig
-
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.glob("*.py") if p.is_file())
-    return [text for text in (p.read_text(encoding="utf-8", errors="replace") for p in files) if text.strip()]
-
-
-def hf_documents(spec: str, text_field: str) -> list[str]:
-    """`hf:NAME[:CONFIG][:SPLIT]` through `datasets` (split defaults to train)."""
-    parts = spec.split(":")[1:]
-    require(parts and parts[0], f"--data {spec}: write hf:NAME[:CONFIG][:SPLIT]")
-    name, config, split = parts[0], (parts[1] if len(parts) > 1 and parts[1] else None), (parts[2] if len(parts) > 2 else "train")
-    try:
-        import datasets
-    except ImportError:
-        raise UsageError("--data hf:… needs datasets: pip install 'longctx[train]'") from None
-    try:
-        rows = datasets.load_dataset(name, config, split=split)
-    except Exception as exc:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError, …)
-        raise UsageError(f"could not load dataset {name!r} (config {config}, split {split}): {type(exc).__name__}") from None
-    require(text_field in rows.column_names, f"dataset {name} has no column {text_field!r} (has {', '.join(rows.column_names)}): pass --text-field")
-    return [t for t in rows[text_field] if isinstance(t, str) and t.strip()]
-
-
-def file_documents(path: Path, text_field: str) -> list[str]:
-    """A .jsonl file gives one document per line (field `text_field`); any other text file is one document."""
-    if path.suffix == ".jsonl":
-        docs = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise UsageError(f"{path}:{number} is not valid JSON") from None
-            require(isinstance(row, dict) and isinstance(row.get(text_field), str),
-                    f"{path}:{number} has no string field {text_field!r}: pass --text-field")
-            docs.append(row[text_field])
-        return docs
-    return [path.read_text(encoding="utf-8", errors="replace")]
-
-
-def load_documents(spec: str, text_field: str = "text") -> list[str]:
-    """The documents named by --data, in a fixed order (shuffling happens in `PackedRows`)."""
-    if spec == "pydoc":
-        docs = pydoc_documents()
-    elif spec == "stdlib":
-        docs = stdlib_documents()
-    elif spec.startswith("hf:"):
-        docs = hf_documents(spec, text_field)
-    else:
-        docs = []
-        for item in (s.strip() for s in spec.split(",") if s.strip()):
-            path = Path(item).expanduser()
-            require(path.exists(), f"--data {item} does not exist: give pydoc, stdlib, hf:NAME or text/JSONL files")
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (*TEXT_SUFFIXES, ".jsonl")) if path.is_dir() else [path]
-            require(files, f"--data {item} holds no .txt/.md/.jsonl files")
-            for file in files:
-                docs.extend(file_documents(file, text_field))
-    docs = [d for d in docs if d.strip()]
-    require(docs, f"--data {spec} has no non-empty documents")
-    return docs
 
 
 class PackedRows:

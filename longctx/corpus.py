@@ -1,0 +1,102 @@
+"""Text corpora for evaluation and fine-tuning: one loader for every `--data` (and `--haystack`) value.
+
+  pydoc                      the prose of Python's own documentation (`pydoc_data.topics`, ~465K chars)
+  stdlib                     the standard library's top-level `*.py` sources (code: another distribution)
+  FILE / DIR [,FILE ...]     a text file (one document), a `.jsonl` file (one document per line, field
+                             `text_field`), or a directory of `*.txt` / `*.md` / `*.rst` / `*.py` / `*.jsonl`
+  hf:NAME[:CONFIG][:SPLIT]   a Hugging Face dataset through `datasets`
+Both embedded corpora ship with every CPython, so nothing is downloaded by default. Documents come back in
+a fixed order; callers shuffle them with their own seed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from longctx.errors import UsageError, require
+
+DEFAULT_DATA = "pydoc"
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".jsonl")
+
+
+def data_name(spec: str | None) -> str:
+    """The short name results record: 'pydoc', 'stdlib', the hf: spec, or a file's name."""
+    if not spec or spec in (DEFAULT_DATA, "stdlib") or spec.startswith("hf:"):
+        return spec or DEFAULT_DATA
+    return Path(spec).name
+
+
+def pydoc_documents() -> list[str]:
+    from pydoc_data.topics import topics
+
+    return [topics[key] for key in sorted(topics)]
+
+
+def stdlib_documents() -> list[str]:
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return [path.read_text(encoding="utf-8", errors="replace") for path in sorted(root.glob("*.py")) if path.is_file()]
+
+
+def hf_documents(spec: str, text_field: str = "text", default_split: str = "train") -> list[str]:
+    """`hf:NAME[:CONFIG][:SPLIT]` through `datasets` (honours HF_HUB_OFFLINE like the rest of the Hub)."""
+    parts = spec[3:].split(":")
+    require(bool(parts[0]) and len(parts) <= 3, f"bad dataset spec {spec!r}: write hf:NAME[:CONFIG][:SPLIT]")
+    name = parts[0]
+    config = parts[1] if len(parts) > 1 and parts[1] else None
+    split = parts[2] if len(parts) > 2 and parts[2] else default_split
+    try:
+        import datasets
+    except ImportError:
+        raise UsageError("--data hf:... needs the datasets package: pip install 'longctx[eval]'") from None
+    try:
+        rows = datasets.load_dataset(name, config, split=split)
+    except Exception as exc:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError, …)
+        raise UsageError(f"could not load dataset {name!r} (config {config}, split {split}): {type(exc).__name__}") from None
+    require(text_field in rows.column_names,
+            f"dataset {name!r} has no field {text_field!r} (fields: {', '.join(rows.column_names)})")
+    return [text for text in rows[text_field] if isinstance(text, str)]
+
+
+def file_documents(path: Path, text_field: str = "text") -> list[str]:
+    """A .jsonl file gives one document per line; any other text file is one document."""
+    if path.suffix != ".jsonl":
+        return [path.read_text(encoding="utf-8", errors="replace")]
+    docs = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise UsageError(f"{path}:{number} is not valid JSON: a .jsonl file needs one object per line") from None
+        require(isinstance(row, dict) and isinstance(row.get(text_field), str),
+                f"{path}:{number} has no string field {text_field!r}")
+        docs.append(row[text_field])
+    return docs
+
+
+def load_documents(spec: str | None = None, text_field: str = "text", default_split: str = "train") -> list[str]:
+    """The non-empty documents named by a data spec (see the module docstring), in a fixed order."""
+    spec = spec or DEFAULT_DATA
+    if spec == DEFAULT_DATA:
+        docs = pydoc_documents()
+    elif spec == "stdlib":
+        docs = stdlib_documents()
+    elif spec.startswith("hf:"):
+        docs = hf_documents(spec, text_field, default_split)
+    else:
+        docs = []
+        for item in (part.strip() for part in spec.split(",") if part.strip()):
+            path = Path(item).expanduser()
+            require(path.exists(), f"data {item} does not exist: give pydoc, stdlib, hf:NAME or text/JSONL files")
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES) \
+                if path.is_dir() else [path]
+            require(bool(files), f"data {item} holds no {'/'.join(TEXT_SUFFIXES)} files")
+            for file in files:
+                docs.extend(file_documents(file, text_field))
+    docs = [doc for doc in docs if doc.strip()]
+    require(bool(docs), f"data {spec!r} holds no text")
+    return docs

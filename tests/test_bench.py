@@ -1,0 +1,119 @@
+"""The benchmark harness computes what it claims: growth fits, memory peaks, sparse checkpoints, label shifts.
+
+Nothing here times anything: timings belong in `make bench`, not in a test that could flake.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import bench_patch, bench_ppl, bench_sweep, common  # noqa: E402
+from bench import run as bench_run  # noqa: E402
+
+
+def test_growth_exponent_recovers_a_power_law():
+    sizes = [1024, 2048, 4096, 8192]
+    assert common.growth_exponent(sizes, [3e-4 * n**1.1 for n in sizes]) == pytest.approx(1.1)
+    assert common.growth_exponent(sizes, [0.05] * 4) == pytest.approx(0.0, abs=1e-12)
+    assert common.growth_exponent([2048], [1.0]) is None  # one size: nothing to fit
+    assert common.growth_exponent([2048, 2048], [1.0, 2.0]) is None
+
+
+def test_peak_memory_sees_an_allocation_inside_the_block():
+    with common.PeakMemory("cpu") as memory:
+        block = bytearray(200_000_000)
+        block[::4096] = b"x" * len(block[::4096])  # touch every page so it is resident
+        del block
+    assert memory.peak_bytes >= 150_000_000
+    if memory.how.startswith("VmHWM"):  # the reset works here: an empty block measures (almost) nothing
+        with common.PeakMemory("cpu") as quiet:
+            pass
+        assert quiet.peak_bytes < 50_000_000
+
+
+def test_run_child_returns_the_result_or_the_error():
+    result = common.run_child("bench.bench_ppl:naive_extra_bytes", {"length": 8, "vocab": 10, "dtype_bytes": 4})
+    assert result == 8 * 10 * 4 * 2
+    failed = common.run_child("bench.bench_ppl:naive_extra_bytes", {"length": 8})
+    assert "TypeError" in failed["error"]
+
+
+def test_naive_logits_need_is_computed_from_length_and_vocab():
+    # fp32 SmolLM2 at 8K: logits + log-softmax, 1.6 GB each
+    assert bench_ppl.naive_extra_bytes(8192, 49152, 4) == 2 * 8192 * 49152 * 4
+    # bf16 Llama-3-8B at 128K: bf16 logits (34 GB) + fp32 copy (67 GB) + fp32 log-softmax (67 GB)
+    need = bench_ppl.naive_extra_bytes(131072, 128256, 2)
+    assert need == 131072 * 128256 * (2 + 4 + 4)
+    assert need / 1e9 > 80
+
+
+def test_sparse_checkpoint_uses_no_disk_and_patches_by_hard_links(tmp_path):
+    files = bench_patch.make_sparse_checkpoint(tmp_path / "src", 3 * 10**9, shard_bytes=2 * 10**9)
+    assert [f.stat().st_size for f in files] == [2 * 10**9, 10**9]
+    assert bench_patch.allocated_bytes(tmp_path / "src") < 10**6
+    row = bench_patch.bench_size(tmp_path, 0.05, copy=True)
+    assert row["patch"]["link_kinds"] == ["hardlink"]
+    assert row["patch"]["rope_theta_after"] == 1e6
+    assert row["copy"]["disk_written_bytes"] >= 0.05 * 10**9 * 0.9  # a copy writes real blocks
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # bench_size removed what it made
+
+
+def test_patch_bench_end_to_end_renders_its_section(tmp_path):
+    opts = SimpleNamespace(sizes=[0.01, 0.04], copy_max_gb=0.02, scratch=str(tmp_path))
+    section = bench_patch.run(opts)
+    copied = [r for r in section["rows"] if "copy" in r]
+    assert {r["gb"] for r in copied} == {0.005, 0.01, 0.02}
+    assert "copy_extrapolated_seconds" in next(r for r in section["rows"] if r["gb"] == 0.04)
+    assert section["growth_exponent"]["patch"] is not None
+    section.update(environment=common.environment("cpu"), bench_seconds=1.0)
+    text = bench_run.render({"patch": section})
+    assert "*extrap.*" in text and "hardlink" in text and "Target (issue #5)" in text
+    assert "load average" in text and "torch" in text
+
+
+def test_sweep_comparison_reports_every_disagreement():
+    fast = {"grades": {"512|0.1|7": True, "512|0.5|7": True}, "answers": {"512|0.1|7": "1", "512|0.5|7": "2"},
+            "seconds": 1.0, "seconds_by_length": {"512": 1.0}}
+    naive = {"grades": {"512|0.1|7": True, "512|0.5|7": False}, "answers": {"512|0.1|7": "1", "512|0.5|7": "3"},
+             "seconds": 4.0, "seconds_by_length": {"512": 4.0}}
+    comparison = bench_sweep.compare(fast, naive)
+    assert comparison["speedup"] == 4.0 and not comparison["identical"]
+    assert [d["cell"] for d in comparison["disagreements"]] == ["512|0.5|7"]
+    assert bench_sweep.targets({"passkey": {"comparison": comparison}})["met"] is False
+
+
+def test_ppl_variants_agree_on_a_tiny_random_llama():
+    """The GPU code path (random shape) on CPU: both variants give the same perplexity."""
+    longctx = bench_ppl.measure("longctx", "tiny", 96, "cpu", chunk_tokens=32)
+    naive = bench_ppl.measure("naive", "tiny", 96, "cpu")
+    assert math.isfinite(longctx["ppl"])
+    assert abs(longctx["ppl"] - naive["ppl"]) / naive["ppl"] < 1e-4
+
+
+def test_trainer_rows_are_longctx_rows_with_labels_shifted(tiny_llama_dir):
+    from bench.bench_finetune import hf_rows
+    from longctx.modeling import load_tokenizer
+    from longctx.train.data import PackedRows, load_documents
+
+    tokenizer = load_tokenizer(tiny_llama_dir)
+    args = SimpleNamespace(data=SimpleNamespace(data="pydoc"), train=SimpleNamespace(seed=3))
+    rows = hf_rows(args, SimpleNamespace(tokenizer=tokenizer, seq_len=64), 2)
+    ours = list(itertools.islice(PackedRows(load_documents("pydoc"), tokenizer, 64, seed=3), 2))
+    for hf, mine in zip(rows, ours, strict=True):
+        assert hf["input_ids"].equal(mine["input_ids"]) and hf["position_ids"].equal(mine["position_ids"])
+        assert hf["labels"][0] == -100 and hf["labels"][1:].equal(mine["labels"][:-1])
+
+
+def test_sizes_flag_parses_ints_and_fractions():
+    args = bench_run.parse_args(["--only", "patch", "--sizes", "0.5,2,8", "--device", "cpu", "--out", "x"])
+    assert args.sizes == [0.5, 2, 8] and args.only == ["patch"]
