@@ -76,9 +76,10 @@ def test_dynamic_ntk_matches_transformers_at_every_length(seq_len):
 
 def test_partial_rotary_factor_is_kept():
     config = {**LLAMA, "model_type": "phi3", "partial_rotary_factor": 0.5}
-    patched = patch_config(config, PatchSpec(method="yarn", factor=4))
+    patched = patch_config(config, PatchSpec(method="ntk", factor=4))
     assert rope_config.rotary_dim(patched) == 64
     assert patched["rope_parameters"]["partial_rotary_factor"] == 0.5
+    assert patched["rope_theta"] == pytest.approx(rope.ntk_base(1e4, 4, 64))  # the rotated dims, not head_dim
 
 
 def test_nested_layer_types_patch_only_full_attention():
