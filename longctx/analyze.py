@@ -12,7 +12,6 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
-from longctx import rope
 from longctx.errors import require
 
 
@@ -38,6 +37,8 @@ class Analysis:
 
 def analyze(dim: int, base: float, train_length: int, target_length: int) -> Analysis:
     """All numbers for a rotary dimension `dim`, pre-training `base` and context, and a target context."""
+    from longctx import rope  # torch: not at import, so `longctx --help` stays instant
+
     require(dim >= 4 and dim % 2 == 0, f"--head-dim must be an even number ≥ 4, got {dim}")
     require(math.isfinite(base) and base > 1, f"--base must be a finite number > 1, got {base}")
     require(train_length > 0 and target_length > 0, "lengths must be positive")

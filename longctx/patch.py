@@ -11,7 +11,7 @@ import copy
 import math
 from dataclasses import asdict, dataclass, field
 
-from longctx import rope, rope_config
+from longctx import rope_config
 from longctx.errors import UsageError, require
 
 METHODS = ("base", "linear", "ntk", "dynamic", "yarn", "llama3")
@@ -103,7 +103,10 @@ def new_rope_parameters(spec: PatchSpec, current: dict, dim: int, original_lengt
     if spec.method == "base":
         return {"rope_type": "default", "rope_theta": base, **kept}, target
     if spec.method == "ntk":
-        return {"rope_type": "default", "rope_theta": rope.ntk_base(base, factor, dim), **kept}, target
+        # torch is imported only when needed, so `longctx --help` stays instant
+        from longctx.rope import ntk_base
+
+        return {"rope_type": "default", "rope_theta": ntk_base(base, factor, dim), **kept}, target
     params = {"rope_type": spec.method, "rope_theta": base, "factor": factor, **kept}
     if spec.method == "dynamic":
         # transformers scales only past max_position_embeddings: it must stay the trained length.
