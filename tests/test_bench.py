@@ -102,11 +102,12 @@ def test_ppl_variants_agree_on_a_tiny_random_llama():
 
 def test_trainer_rows_are_longctx_rows_with_labels_shifted(tiny_llama_dir):
     from bench.bench_finetune import hf_rows
+    from longctx.corpus import load_documents
     from longctx.modeling import load_tokenizer
-    from longctx.train.data import PackedRows, load_documents
+    from longctx.train.data import PackedRows
 
     tokenizer = load_tokenizer(tiny_llama_dir)
-    args = SimpleNamespace(data=SimpleNamespace(data="pydoc"), train=SimpleNamespace(seed=3))
+    args = SimpleNamespace(data=SimpleNamespace(data="pydoc", text_field="text"), train=SimpleNamespace(seed=3))
     rows = hf_rows(args, SimpleNamespace(tokenizer=tokenizer, seq_len=64), 2)
     ours = list(itertools.islice(PackedRows(load_documents("pydoc"), tokenizer, 64, seed=3), 2))
     for hf, mine in zip(rows, ours, strict=True):
@@ -117,3 +118,18 @@ def test_trainer_rows_are_longctx_rows_with_labels_shifted(tiny_llama_dir):
 def test_sizes_flag_parses_ints_and_fractions():
     args = bench_run.parse_args(["--only", "patch", "--sizes", "0.5,2,8", "--device", "cpu", "--out", "x"])
     assert args.sizes == [0.5, 2, 8] and args.only == ["patch"]
+
+
+def test_finetune_rate_comes_from_the_median_measured_step():
+    from bench.bench_finetune import summarize_steps
+
+    summary = summarize_steps([9.0, 2.0, 8.0, 2.5], tokens_per_step=500, warmup=1)  # step 0 is the warm-up
+    assert summary["measured_steps"] == 3 and summary["seconds_per_step"] == 2.5
+    assert summary["tokens_per_s"] == 200.0 and summary["tokens_per_s_mean"] == pytest.approx(1500 / 12.5)
+
+
+def test_prefix_sharing_bound_counts_the_tokens_a_shared_prefix_skips():
+    assert bench_sweep.prefix_sharing_bound([0.9, 0.1, 0.5]) == pytest.approx(3 / 2.4)
+    assert bench_sweep.prefix_sharing_bound([0.5]) == 1.0
+    many = [i / 100 for i in range(101)]
+    assert 1.9 < bench_sweep.prefix_sharing_bound(many) < 2.0

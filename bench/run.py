@@ -1,0 +1,106 @@
+"""Run longctx's benchmarks, each against a named baseline in the same run (`make bench`).
+
+    python bench/run.py                                   # all, CPU defaults, into docs/results/bench-cpu
+    python bench/run.py --only patch --sizes 2,8,32       # one benchmark (sizes in its own unit), others kept
+    python bench/run.py --device cuda --out docs/results/bench-gpu   # GPU mode (random Llama shapes, bf16)
+    python bench/run.py --only ppl --shape tiny --sizes 256,512      # GPU code path, exercised on CPU
+
+Writes OUT/results.json (every benchmark's numbers, merged with what is already there) and OUT/README.md
+(the tables, with the command, device, library versions and load average of each section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import common  # noqa: E402
+
+BENCHES = {  # name -> (module, unit of --sizes)
+    "ppl": ("bench.bench_ppl", "tokens"),
+    "sweep": ("bench.bench_sweep", "tokens"),
+    "finetune": ("bench.bench_finetune", "tokens per row"),
+    "patch": ("bench.bench_patch", "GB of weights"),
+    "attention": ("bench.bench_attention", "tokens"),
+}
+ORDER = ("patch", "ppl", "sweep", "finetune", "attention")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=sorted(BENCHES), action="append",
+                        help="run only this benchmark (repeatable); the others' results are kept")
+    parser.add_argument("--sizes", help="comma-separated sizes for the selected benchmarks (tokens; GB for patch)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--shape", choices=sorted(common.SHAPES), default=None,
+                        help="random Llama shape instead of the default model (GPU default: 8b for ppl, 1b for finetune)")
+    parser.add_argument("--out", default=None, help="output directory (default docs/results/bench-cpu or bench-gpu)")
+    parser.add_argument("--steps", type=int, default=None, help="finetune: measured optimizer steps (after warm-up)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per measured process")
+    parser.add_argument("--render", action="store_true", help="only rewrite OUT/README.md from OUT/results.json")
+    args = parser.parse_args(argv)
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.out is None:
+        args.out = str(common.ROOT / "docs" / "results" / ("bench-gpu" if args.device.startswith("cuda") else "bench-cpu"))
+    try:
+        args.sizes = [float(s) if "." in s else int(s) for s in args.sizes.split(",")] if args.sizes else None
+    except ValueError:
+        parser.error(f"--sizes takes comma-separated numbers, got {args.sizes!r}")
+    return args
+
+
+def render(results: dict) -> str:
+    """README.md of an output directory: one section per benchmark, each with its own environment record."""
+    parts = ["# longctx benchmarks\n",
+             "Written by `bench/run.py` (see `bench/README.md`). Every number below was measured in the run whose "
+             "command, device, versions and load average close its section; nothing is copied from elsewhere.\n"]
+    for name in ORDER:
+        if name not in results:
+            continue
+        section = results[name]
+        module = importlib.import_module(BENCHES[name][0])
+        parts.append(module.markdown(section) if "error" not in section else f"## {name}\n\nfailed: {section['error']}\n")
+        parts.append("Conditions:\n\n" + common.environment_lines(section["environment"])
+                     + f"\n- wall time of this benchmark: {section['bench_seconds']:.0f} s\n")
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("LONGCTX_CACHE", str(common.ROOT / ".cache"))
+    out = Path(args.out)
+    results = common.load_results(out)
+    if args.render:
+        (out / "README.md").write_text(render(results))
+        print(f"wrote {out / 'README.md'}")
+        return 0
+    for name in [n for n in ORDER if not args.only or n in args.only]:
+        print(f"== {name}", flush=True)
+        module = importlib.import_module(BENCHES[name][0])
+        env = common.environment(args.device)
+        start = time.perf_counter()
+        section = module.run(args)
+        section["environment"] = env
+        section["environment"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        section["bench_seconds"] = time.perf_counter() - start
+        results[name] = section
+        common.save_results(out, results)
+        (out / "README.md").write_text(render(results))
+        print(module.markdown(section), flush=True)
+    print(f"wrote {out / 'results.json'} and {out / 'README.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
