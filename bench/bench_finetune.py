@@ -51,21 +51,11 @@ def build(args, model: str, device: str):
         return build_model(args, None, preflight(args, None), device=device)
     from longctx.modeling import load_tokenizer
     from longctx.sources import read_config_json, smollm2_checkpoint
-    from longctx.train.model import Built, lora_config, weights_dtype
+    from longctx.train.model import Built, prepare_for_training, weights_dtype
 
     source = smollm2_checkpoint()
     dtype = "bf16" if str(weights_dtype(args, device)).endswith("bfloat16") else "fp32"
-    hf = common.random_llama(model, device, dtype, max(args.data.seq_len, 8192)).train()
-    hf.config.use_cache = False
-    if args.model.gradient_checkpointing:  # as build_model does
-        if hasattr(hf, "activation_checkpointing_enable"):
-            hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if args.tune.finetune == "lora":
-        from peft import get_peft_model
-
-        hf = get_peft_model(hf, lora_config(hf, args.tune))
+    hf = prepare_for_training(common.random_llama(model, device, dtype, max(args.data.seq_len, 8192)).train(), args, None)
     return Built(hf, load_tokenizer(source), source, read_config_json(source), args.data.seq_len, args.data.seq_len)
 
 

@@ -127,6 +127,13 @@ def build_model(args, spec, checked: Preflight, *, device: str) -> Built:
         model = AutoModelForCausalLM.from_config(config, **kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(source_dir, **kwargs)
+    model = prepare_for_training(model, args, spec)
+    return Built(model, checked.tokenizer, source_dir, checked.source_config, checked.trained_length, checked.seq_len)
+
+
+def prepare_for_training(model, args, spec):
+    """Patch the rope (if asked), turn the KV cache off, enable gradient checkpointing, and make the LoRA
+    adapters (peft) or every weight (full fine-tune) trainable. Returns the model to train."""
     if spec is not None:
         from longctx.patch import patch_model
 
@@ -140,10 +147,8 @@ def build_model(args, spec, checked: Preflight, *, device: str) -> Built:
     if args.tune.finetune == "lora":
         from peft import get_peft_model
 
-        model = get_peft_model(model, lora_config(model, args.tune))
-    else:
-        model.requires_grad_(True)
-    return Built(model, checked.tokenizer, source_dir, checked.source_config, checked.trained_length, checked.seq_len)
+        return get_peft_model(model, lora_config(model, args.tune))
+    return model.requires_grad_(True)
 
 
 def weights_dtype(args, device: str):
