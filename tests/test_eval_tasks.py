@@ -191,7 +191,7 @@ def test_cli_ppl_writes_results_and_warns_beyond_the_claimed_length(tiny_llama_d
     (["eval", "pasky", "--lengths", "1k"], "unknown task 'pasky': did you mean 'passkey'?"),
     (["eval", "ppl", "--lengths", "4q"], "bad length '4q'"),
     (["eval", "passkey", "--lengths", "1k", "--depths", "0:1"], "bad depths"),
-    (["eval", "ppl", "--lengths", "1k", "--data", "/nonexistent.txt"], "neither pydoc"),
+    (["eval", "ppl", "--lengths", "1k", "--data", "/nonexistent.txt"], "does not exist"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tiny_llama_dir, tmp_path, capsys, argv, message):
     try:

