@@ -31,6 +31,7 @@ class Analysis:
     factor: float
     ntk_base: float
     critical_base: float
+    small_base_thresholds: dict
     recommendation: str
     reason: str
 
@@ -68,7 +69,8 @@ def analyze(dim: int, base: float, train_length: int, target_length: int) -> Ana
     return Analysis(dim, float(base), int(train_length), int(target_length), dimensions, d_extra,
                     rope.extrapolation_bound(dim, base, train_length), tuned_base, lower_bound,
                     first_negative is None, first_negative, factor, ntk,
-                    rope.critical_base(train_length, train_length, base), recommendation, reason)
+                    rope.critical_base(train_length, train_length, base), rope.small_base_thresholds(train_length),
+                    recommendation, reason)
 
 
 def _round_up(value: float) -> float:
@@ -93,6 +95,9 @@ def format_table(result: Analysis) -> str:
         f"this base satisfies the bound     {'yes' if result.current_base_satisfies_bound else f'no (B(m) < 0 first at m = {result.first_negative_m})'}",
         f"factor needed                     {result.factor:g}",
         f"NTK-aware base for that factor    {result.ntk_base:.4g}   (base·s^(d/(d−2)))",
+        f"critical base, tuning at {result.train_length:<8} {result.critical_base:.4g}   (β₀: tuned bases above it extrapolate past the tuning length)",
+        "small-base thresholds             " + ", ".join(f"{k.replace('beta', 'β')} = {v:.4g}" for k, v in result.small_base_thresholds.items())
+        + "   (2T/π, T/π, T/2π: the small-base regimes of 2310.05209)",
         "",
         f"recommendation: {result.recommendation}",
         f"why: {result.reason}",

@@ -8,7 +8,6 @@ Pure dict logic, no torch.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 FULL_ATTENTION = "full_attention"
@@ -101,7 +100,3 @@ def max_length(config: Any) -> int:
     if params["rope_type"] == "dynamic" and params.get("factor"):
         return int(round(float(params["factor"]) * original_length(cfg)))
     return int(cfg["max_position_embeddings"])
-
-
-def deep_copy(config: dict) -> dict:
-    return copy.deepcopy(config)

@@ -84,3 +84,8 @@ def test_base_lower_bound_grows_with_length_and_matches_the_paper_order():
 def test_periods_are_two_pi_over_frequency():
     theta = rope.default_inv_freq(1e4, 8)
     torch.testing.assert_close(rope.periods(theta) * theta, torch.full_like(theta, 2 * math.pi))
+
+
+def test_small_base_thresholds():
+    assert rope.small_base_thresholds(4096) == pytest.approx({"beta1": 2 * 4096 / math.pi, "beta2": 4096 / math.pi,
+                                                              "beta3": 4096 / (2 * math.pi)})
