@@ -53,13 +53,16 @@ def analyze(dim: int, base: float, train_length: int, target_length: int) -> Ana
     lower_bound = rope.base_lower_bound(dim, target_length)
     first_negative = rope.first_negative_position(base, dim, target_length)
     tuned_base = rope.base_for_extrapolation(dim, target_length, train_length, base)
-    recommended_base = max(lower_bound, tuned_base)
+    # The passing set of B(m) ≥ 0 is not monotonic in the base: the rounded recommendation is checked itself.
+    recommended_base = _round_up(max(lower_bound, tuned_base))
+    while not rope.satisfies_base_bound(recommended_base, dim, target_length):
+        recommended_base = _round_up(recommended_base * 1.02)
     ntk = rope.ntk_base(base, factor, dim)
     if target_length <= train_length and first_negative is None:
         recommendation = "no patch needed"
         reason = f"the target {target_length} is within the trained context {train_length} and the base satisfies the bound"
     else:
-        recommendation = (f"longctx patch --base {_round_up(recommended_base):g} --target-length {target_length}, "
+        recommendation = (f"longctx patch --base {recommended_base:g} --target-length {target_length}, "
                           f"then fine-tune at {train_length} tokens; training-free: --method yarn --factor {factor:g}")
         reason = (f"a tuned base ≥ {tuned_base:.3g} puts the extrapolation bound 2π·β^(d_extra/d) (d_extra = {d_extra}) "
                   f"past {target_length}, and a base ≥ {lower_bound:.3g} keeps B(m) ≥ 0 up to {target_length} "

@@ -72,6 +72,21 @@ def test_analyze_prints_llama2_critical_dimension(capsys):
     assert "d_extra        92" in out
 
 
+@pytest.mark.parametrize("dim,base,train,target", [(128, 1e4, 4096, 32768), (64, 1e5, 8192, 8192 * 8), (64, 1e5, 1024, 8192)])
+def test_recommended_base_itself_satisfies_the_bound(dim, base, train, target):
+    """The passing bases are not monotonic (d=64: 4.8e5 passes at 8K, 1e6 fails), so rounding up the lower
+    bound could land on a failing base: the recommendation is checked."""
+    import re
+
+    from longctx import rope
+    from longctx.analyze import analyze
+
+    result = analyze(dim, base, train, target)
+    recommended = float(re.search(r"--base (\S+)", result.recommendation).group(1))
+    assert recommended >= result.base_lower_bound
+    assert rope.satisfies_base_bound(recommended, dim, target)
+
+
 def test_analyze_json_for_a_model(capsys, source):
     code, out, _ = run_cli(capsys, "analyze", "--model", source, "--target-length", 1024, "--json")
     result = json.loads(out)
