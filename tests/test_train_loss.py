@@ -81,3 +81,32 @@ def test_peak_flops_table_and_mfu():
     assert flops.peak_flops(None) is None and flops.peak_flops("Tesla T4") is None
     assert flops.mfu(1e9, 1000, None) is None  # CPU: reported as null
     assert flops.mfu(1e9, 1000, 1e12, n_devices=2) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("model_type,extra", [
+    ("gemma2", {"final_logit_softcapping": 5.0, "head_dim": 16}),
+    ("granite", {"logits_scaling": 4.0}),
+    ("cohere", {"logit_scale": 0.5}),
+])
+def test_losses_from_hidden_states_apply_the_architectures_logit_postprocessing(model_type, extra):
+    """Gemma soft-capping, Granite's logits_scaling and Cohere's logit_scale happen inside the model's forward;
+    the chunked training loss and the evaluation NLL, computed from hidden states, must apply them too."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from longctx.evals.perplexity import token_nll
+    from longctx.train.data import row_tensors
+
+    config = AutoConfig.for_model(model_type, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=128, pad_token_id=0,
+                                  bos_token_id=1, eos_token_id=2, **extra)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(20)  # large logits, so capping and scaling matter
+    ids = torch.randint(3, 128, (24,), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        reference = torch.nn.functional.cross_entropy(model(ids[None]).logits[0, :-1].float(), ids[1:], reduction="none")
+        row = row_tensors(ids, torch.zeros(24, dtype=torch.long))
+        summed = CausalLMLoss(model, chunk=5)(row["input_ids"][None], row["position_ids"][None], row["labels"][None])
+    torch.testing.assert_close(token_nll(model, ids[None], chunk_tokens=5), reference, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(summed, reference.sum(), atol=1e-3, rtol=1e-4)

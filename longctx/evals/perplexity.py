@@ -51,22 +51,16 @@ def token_nll(model, input_ids, *, chunk_tokens: int = 1024):
     positions at a time, so the [T × vocab] logits never exist at once.
     """
     import torch
-    import torch.nn.functional as F
 
-    softcap = getattr(model.config, "final_logit_softcapping", None)
+    from longctx.train.loss import chunked_token_nll, logit_transform
+
     with torch.inference_mode():
         input_ids = input_ids.to(model.device)
         hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state  # [1, T, H]
         head = model.get_output_embeddings()
-        targets = input_ids[0, 1:]
-        losses = []
-        for start in range(0, targets.numel(), chunk_tokens):
-            end = min(start + chunk_tokens, targets.numel())  # position T-1 predicts nothing
-            logits = head(hidden[0, start:end]).float()  # [chunk, vocab]
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
-            losses.append(F.cross_entropy(logits, targets[start:end], reduction="none"))
-        return torch.cat(losses) if losses else hidden.new_zeros(0, dtype=torch.float32)
+        # position T-1 predicts nothing: hidden states 0..T-2 score tokens 1..T-1
+        return chunked_token_nll(hidden[0, :-1], head.weight, input_ids[0, 1:], bias=getattr(head, "bias", None),
+                                 chunk=chunk_tokens, transform=logit_transform(model.config))
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float | None]:

@@ -6,6 +6,10 @@ projection on `chunk` tokens at a time under activation checkpointing, so forwar
 backward recomputes one chunk's logits at a time: peak extra memory is chunk × vocab × 4 bytes. On GPU,
 Liger's fused linear cross-entropy (a Triton kernel doing the same) is used when installed.
 
+Some architectures post-process the output projection inside their forward (Gemma 2/3 soft-capping, Granite's
+`logits_scaling`, Cohere's `logit_scale`); a loss computed from hidden states must do the same, so
+`logit_transform(config)` is applied to every chunk, in training and in evaluation (`chunked_token_nll`).
+
 Losses are returned as SUMS over the labelled tokens; the caller divides by the number of labelled tokens of
 the whole optimizer step, so gradient accumulation and data parallelism give the same gradient as one big
 batch.
@@ -14,6 +18,7 @@ batch.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,14 +31,41 @@ def liger_available() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
 
-def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
-    # hidden: [C, D], weight: [V, D], labels: [C] -> summed fp32 loss
+def logit_transform(config) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What the architecture's own forward applies after lm_head, as a function of fp32 logits (None: nothing)."""
+    softcap = getattr(config, "final_logit_softcapping", None)
+    divide = getattr(config, "logits_scaling", None)  # Granite
+    multiply = getattr(config, "logit_scale", None)  # Cohere
+    if not (softcap or divide or multiply):
+        return None
+
+    def transform(logits: torch.Tensor) -> torch.Tensor:
+        if divide:
+            logits = logits / divide
+        if multiply:
+            logits = logits * multiply
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    return transform
+
+
+def _chunk_logits(hidden, weight, bias, transform) -> torch.Tensor:
+    # hidden: [C, D], weight: [V, D] -> [C, V] fp32
     logits = F.linear(hidden, weight, bias).float()
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return transform(logits) if transform is not None else logits
+
+
+def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
+                  transform=None) -> torch.Tensor:
+    # labels: [C] -> summed fp32 loss
+    return F.cross_entropy(_chunk_logits(hidden, weight, bias, transform), labels, ignore_index=IGNORE_INDEX,
+                           reduction="sum")
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
-                          bias: torch.Tensor | None = None, chunk: int = 1024) -> torch.Tensor:
+                          bias: torch.Tensor | None = None, chunk: int = 1024, transform=None) -> torch.Tensor:
     """Sum of CE(hidden @ weightᵀ + bias, labels) over labels != -100; labels are already aligned (not shifted).
 
     hidden: [B, T, D] (or [N, D]), weight: [V, D], labels: [B, T] (or [N]).
@@ -47,10 +79,19 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     for start in range(0, hidden.shape[0], chunk):
         h, y = hidden[start:start + chunk], labels[start:start + chunk]
         if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            total = total + checkpoint(_chunk_ce_sum, h, weight, bias, y, use_reentrant=False)
+            total = total + checkpoint(_chunk_ce_sum, h, weight, bias, y, transform, use_reentrant=False)
         else:
-            total = total + _chunk_ce_sum(h, weight, bias, y)
+            total = total + _chunk_ce_sum(h, weight, bias, y, transform)
     return total
+
+
+def chunked_token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                      bias: torch.Tensor | None = None, chunk: int = 1024, transform=None) -> torch.Tensor:
+    """Per-token NLL (fp32, no reduction) for evaluation: hidden [N, D], targets [N] -> [N]."""
+    losses = [F.cross_entropy(_chunk_logits(hidden[start:start + chunk], weight, bias, transform),
+                              targets[start:start + chunk], reduction="none")
+              for start in range(0, targets.numel(), chunk)]
+    return torch.cat(losses) if losses else hidden.new_zeros(0, dtype=torch.float32)
 
 
 def liger_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
@@ -94,6 +135,7 @@ class CausalLMLoss(torch.nn.Module):
             # Tied head: use the embedding as trained (peft trains a copy of it with --trainable-extra embed),
             # which is what a merged, re-tied checkpoint will use.
             weight = hf.get_input_embeddings().weight
-        if self.use_liger and hidden.is_cuda:
+        transform = logit_transform(hf.config)
+        if self.use_liger and hidden.is_cuda and transform is None:
             return liger_cross_entropy(hidden, weight, labels, bias=bias)
-        return chunked_cross_entropy(hidden, weight, labels, bias=bias, chunk=self.chunk)
+        return chunked_cross_entropy(hidden, weight, labels, bias=bias, chunk=self.chunk, transform=transform)
