@@ -90,3 +90,35 @@ def load_model(source: str | Path, *, device: str | None = None, dtype: str | No
         model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     model.to(device).eval()
     return model, tokenizer, Path(model_dir)
+
+
+def reset_rope_state(model) -> None:
+    """Put every rotary embedding back to the checkpoint's own frequencies before a fresh forward.
+
+    transformers' dynamic rope (and only it) keeps state: a long input grows `inv_freq` and it stays grown
+    for every later input longer than the trained length (it resets only below it). A model loaded once
+    and run at 16K, then 10K, would score the 10K input with the 16K base. Calling this before each forward
+    that starts at position 0 makes every score independent of what ran before. Other rope types are left
+    alone (their `inv_freq` never changes). Works with transformers 4 and 5, and with per-layer-type
+    prefixes (`sliding_attention_original_inv_freq`, …).
+    """
+    for module in model.modules():
+        rope_type = getattr(module, "rope_type", None)
+        types = rope_type.values() if isinstance(rope_type, dict) else [rope_type]
+        if not any(isinstance(t, str) and "dynamic" in t for t in types):
+            continue
+        original_length = getattr(module, "original_max_seq_len", None)
+        for name in [n for n, _ in module.named_buffers(recurse=False)] + list(vars(module)):
+            if not name.endswith("original_inv_freq"):
+                continue
+            original = getattr(module, name, None)
+            prefix = name[: -len("original_inv_freq")]
+            if original is None or not hasattr(original, "clone"):
+                continue
+            current = getattr(module, f"{prefix}inv_freq", None)
+            if current is not None and current.shape == original.shape and bool((current == original).all()):
+                continue
+            # a copy: longrope-style updates write into inv_freq in place and must never reach the original
+            module.register_buffer(f"{prefix}inv_freq", original.detach().clone(), persistent=False)
+            if original_length is not None:
+                setattr(module, f"{prefix}max_seq_len_cached", original_length)

@@ -54,7 +54,10 @@ def token_nll(model, input_ids, *, chunk_tokens: int = 1024):
 
     from longctx.train.loss import chunked_token_nll, logit_transform
 
+    from longctx.modeling import reset_rope_state
+
     with torch.inference_mode():
+        reset_rope_state(model)  # dynamic NTK: score this window as a freshly loaded model would
         input_ids = input_ids.to(model.device)
         hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state  # [1, T, H]
         head = model.get_output_embeddings()

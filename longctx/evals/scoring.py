@@ -92,6 +92,10 @@ def crop_cache(cache, length: int) -> None:
 def _forward(model, tokens: list[int], cache, logits_to_keep: int):
     import torch
 
+    from longctx.modeling import reset_rope_state
+
+    if cache is None or cache.get_seq_length() == 0:
+        reset_rope_state(model)  # a fresh sequence: dynamic NTK must not keep the base of an earlier prompt
     ids = torch.tensor([tokens], dtype=torch.long, device=model.device)
     out = model(input_ids=ids, past_key_values=cache, use_cache=cache is not None, logits_to_keep=logits_to_keep)
     return out.logits[0].float()  # [logits_to_keep, vocab]
