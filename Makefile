@@ -7,7 +7,7 @@ VENV_FLAGS ?=
 TORCH_SPEC ?= torch==2.13.0
 export LONGCTX_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: setup demo test test-gpu lint bench clean
+.PHONY: setup demo test test-gpu lint bench clean extension-cpu
 
 setup: $(VENV)/.longctx-installed
 
@@ -42,6 +42,10 @@ lint: setup
 
 bench: setup
 	$(PY) bench/run.py
+
+# SmolLM2-135M past its trained 8K on CPU (docs/results/smollm2-extension-cpu): long, resumable, not in CI.
+extension-cpu: setup
+	bash eval/studies/smollm2-extension-cpu.sh
 
 clean:
 	rm -rf demo-out .pytest_cache .ruff_cache

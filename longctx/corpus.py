@@ -4,6 +4,7 @@
   stdlib                     the standard library's top-level `*.py` sources (code: another distribution)
   FILE / DIR [,FILE ...]     a text file (one document), a `.jsonl` file (one document per line, field
                              `text_field`), or a directory of `*.txt` / `*.md` / `*.rst` / `*.py` / `*.jsonl`
+                             (README*, LICENSE* and CHANGES* files in a directory describe it: skipped)
   hf:NAME[:CONFIG][:SPLIT]   a Hugging Face dataset through `datasets`
 Both embedded corpora ship with every CPython, so nothing is downloaded by default. Documents come back in
 a fixed order; callers shuffle them with their own seed.
@@ -18,6 +19,7 @@ from longctx.errors import UsageError, require
 
 DEFAULT_DATA = "pydoc"
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".jsonl")
+NOT_DATA = ("README", "LICENSE", "CHANGES")  # a folder's own description, not part of its corpus
 
 
 def data_name(spec: str | None) -> str:
@@ -27,20 +29,21 @@ def data_name(spec: str | None) -> str:
     return Path(spec).name
 
 
-def pydoc_documents() -> list[str]:
+def pydoc_documents() -> list[tuple[str, str]]:
     from pydoc_data.topics import topics
 
-    return [topics[key] for key in sorted(topics)]
+    return [(f"pydoc:{key}", topics[key]) for key in sorted(topics)]
 
 
-def stdlib_documents() -> list[str]:
+def stdlib_documents() -> list[tuple[str, str]]:
     import sysconfig
 
     root = Path(sysconfig.get_paths()["stdlib"])
-    return [path.read_text(encoding="utf-8", errors="replace") for path in sorted(root.glob("*.py")) if path.is_file()]
+    return [(f"stdlib:{path.name}", path.read_text(encoding="utf-8", errors="replace"))
+            for path in sorted(root.glob("*.py")) if path.is_file()]
 
 
-def hf_documents(spec: str, text_field: str = "text", default_split: str = "train") -> list[str]:
+def hf_documents(spec: str, text_field: str = "text", default_split: str = "train") -> list[tuple[str, str]]:
     """`hf:NAME[:CONFIG][:SPLIT]` through `datasets` (honours HF_HUB_OFFLINE like the rest of the Hub)."""
     parts = spec[3:].split(":")
     require(bool(parts[0]) and len(parts) <= 3, f"bad dataset spec {spec!r}: write hf:NAME[:CONFIG][:SPLIT]")
@@ -57,13 +60,13 @@ def hf_documents(spec: str, text_field: str = "text", default_split: str = "trai
         raise UsageError(f"could not load dataset {name!r} (config {config}, split {split}): {type(exc).__name__}") from None
     require(text_field in rows.column_names,
             f"dataset {name!r} has no field {text_field!r} (fields: {', '.join(rows.column_names)})")
-    return [text for text in rows[text_field] if isinstance(text, str)]
+    return [(f"{spec}#{index}", text) for index, text in enumerate(rows[text_field]) if isinstance(text, str)]
 
 
-def file_documents(path: Path, text_field: str = "text") -> list[str]:
-    """A .jsonl file gives one document per line; any other text file is one document."""
+def file_documents(path: Path, text_field: str = "text") -> list[tuple[str, str]]:
+    """(name, text): a .jsonl file gives one document per line (`file.jsonl:LINE`); any other file is one."""
     if path.suffix != ".jsonl":
-        return [path.read_text(encoding="utf-8", errors="replace")]
+        return [(path.name, path.read_text(encoding="utf-8", errors="replace"))]
     docs = []
     for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
@@ -74,12 +77,14 @@ def file_documents(path: Path, text_field: str = "text") -> list[str]:
             raise UsageError(f"{path}:{number} is not valid JSON: a .jsonl file needs one object per line") from None
         require(isinstance(row, dict) and isinstance(row.get(text_field), str),
                 f"{path}:{number} has no string field {text_field!r}")
-        docs.append(row[text_field])
+        docs.append((f"{path.name}:{number}", row[text_field]))
     return docs
 
 
-def load_documents(spec: str | None = None, text_field: str = "text", default_split: str = "train") -> list[str]:
-    """The non-empty documents named by a data spec (see the module docstring), in a fixed order."""
+def load_named_documents(spec: str | None = None, text_field: str = "text",
+                         default_split: str = "train") -> list[tuple[str, str]]:
+    """(name, text) of the non-empty documents named by a data spec (see the module docstring), in a fixed
+    order. Names say where each document came from (`american_adventures.txt`, `pydoc:assert`, …)."""
     spec = spec or DEFAULT_DATA
     if spec == DEFAULT_DATA:
         docs = pydoc_documents()
@@ -92,11 +97,16 @@ def load_documents(spec: str | None = None, text_field: str = "text", default_sp
         for item in (part.strip() for part in spec.split(",") if part.strip()):
             path = Path(item).expanduser()
             require(path.exists(), f"data {item} does not exist: give pydoc, stdlib, hf:NAME or text/JSONL files")
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES) \
-                if path.is_dir() else [path]
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES
+                           and not p.name.upper().startswith(NOT_DATA)) if path.is_dir() else [path]
             require(bool(files), f"data {item} holds no {'/'.join(TEXT_SUFFIXES)} files")
             for file in files:
                 docs.extend(file_documents(file, text_field))
-    docs = [doc for doc in docs if doc.strip()]
+    docs = [(name, text) for name, text in docs if text.strip()]
     require(bool(docs), f"data {spec!r} holds no text")
     return docs
+
+
+def load_documents(spec: str | None = None, text_field: str = "text", default_split: str = "train") -> list[str]:
+    """The texts of `load_named_documents`."""
+    return [text for _, text in load_named_documents(spec, text_field, default_split)]

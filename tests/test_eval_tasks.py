@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from longctx.cli import main
+from longctx.corpus import load_named_documents
 from longctx.evals import niah, passkey, perplexity
-from longctx.evals.data import SentenceTokens, load_texts, token_stream
+from longctx.evals.data import SentenceTokens, load_texts
 from longctx.evals.results import ResultsWriter
 from longctx.evals.scoring import grade_prompts, prefix_sharing_allowed
 
@@ -62,28 +63,32 @@ def test_ppl_cell_matches_the_hf_docs_recipe(tiny, tmp_path, stride):
     length, docs = 128, 3
     cfg = perplexity.Config(lengths=[length], stride=stride, docs=docs, chunk_tokens=50, seed=5)
     cell = perplexity.run(model, tokenizer, cfg, ResultsWriter(tmp_path, "tiny", "ppl"))[0]
-    tokens = token_stream(tokenizer, load_texts("pydoc"), length * docs, seed=5)
-    total, count, prev_end, step = 0.0, 0, 0, stride or length
-    for begin in range(0, len(tokens), step):
-        end = min(begin + length, len(tokens))
-        ids = torch.tensor([tokens[begin:end]])
-        labels = ids.clone()
-        labels[0, : (end - begin) - (end - prev_end)] = -100
-        with torch.no_grad():
-            logits = model(ids, use_cache=False).logits.float()
-        losses = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], reduction="none", ignore_index=-100)
-        total += losses.sum().item()
-        count += int((labels[0, 1:] != -100).sum())
-        prev_end = end
-        if end == len(tokens):
-            break
-    assert cell["n_tokens"] == count and cell["n_docs"] == docs
+    texts = dict(load_named_documents("pydoc"))
+    total, count, step = 0.0, 0, stride or length
+    for window in cell["windows"]:  # each window is one document's stretch: rebuild it from the record
+        tokens = tokenizer.encode(texts[window["doc"]], add_special_tokens=False)
+        tokens = tokens[window["start"]:window["start"] + window["tokens"]]
+        prev_end = 0
+        for begin in range(0, len(tokens), step):
+            end = min(begin + length, len(tokens))
+            ids = torch.tensor([tokens[begin:end]])
+            labels = ids.clone()
+            labels[0, : (end - begin) - (end - prev_end)] = -100
+            with torch.no_grad():
+                logits = model(ids, use_cache=False).logits.float()
+            losses = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], reduction="none", ignore_index=-100)
+            total += losses.sum().item()
+            count += int((labels[0, 1:] != -100).sum())
+            prev_end = end
+            if end == len(tokens):
+                break
+    assert cell["n_tokens"] == count and cell["n_windows"] == docs and cell["n_docs"] == docs
     assert cell["nll"] == pytest.approx(total / count, abs=1e-4)
     assert cell["ppl"] == pytest.approx(float(torch.exp(torch.tensor(total / count))), rel=1e-4)
     low, high = cell["ppl_ci95"]
     assert low < cell["ppl"] < high
     assert 0 < cell["bpb"] < 20 and len(cell["buckets"]) == 8 and cell["buckets"][-1]["end"] == length
-    assert cell["key"] == f"ppl|L=128|stride={stride or 'none'}|data=pydoc"
+    assert cell["key"] == f"ppl|L=128|stride={stride or 'none'}|data=pydoc|windows=document"
 
 
 def _passkey_prompts(tokenizer, length=200):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import random
 import re
+from dataclasses import dataclass
 
 from longctx.corpus import DEFAULT_DATA, load_documents
 from longctx.errors import UsageError
@@ -92,3 +93,66 @@ class SentenceTokens:
             if index - start > len(self.texts) and total == 0:
                 raise UsageError("the haystack text tokenizes to nothing")
         return taken
+
+
+@dataclass
+class Window:
+    """A stretch of ONE document to score: its name, first token index, and token ids."""
+
+    doc: str
+    start: int
+    tokens: list[int]
+
+
+class DocumentTokens:
+    """Named documents tokenized on demand and cached, so several lengths tokenize each document once."""
+
+    def __init__(self, tokenizer, named_docs: list[tuple[str, str]]):
+        self.tokenizer = tokenizer
+        self.docs = named_docs
+        self._ids: dict[int, list[int]] = {}
+
+    def ids(self, index: int) -> list[int]:
+        if index not in self._ids:
+            self._ids[index] = encode(self.tokenizer, self.docs[index][1])
+        return self._ids[index]
+
+    def longest(self) -> int:
+        return max(len(self.ids(i)) for i in range(len(self.docs)))
+
+    def windows(self, length: int, count: int, seed: int, *, span: int | None = None) -> list[Window]:
+        """Up to `count` windows of `span` (default `length`) tokens, each inside one document.
+
+        Only documents holding at least `length` tokens qualify, taken in an order fixed by `seed` (the same
+        documents at every length for one seed); windows go round-robin over them, so `count` qualifying
+        documents give one window each, fewer give several non-overlapping windows per document, at seeded
+        offsets. A document never shares a window with another: no window crosses a document boundary.
+        """
+        span = span or length
+        order = list(range(len(self.docs)))
+        random.Random(seed).shuffle(order)
+        eligible = []
+        for index in order:
+            # a token covers at least one UTF-8 byte: shorter documents cannot qualify, skip tokenizing them
+            if len(self.docs[index][1].encode("utf-8")) >= length and len(self.ids(index)) >= length:
+                eligible.append(index)
+                if len(eligible) == count:
+                    break
+        if not eligible:
+            return []
+        rng = random.Random(f"{seed}|{length}|{span}")
+        capacity = [len(self.ids(index)) // length for index in eligible]  # windows never overlap
+        per_doc = [0] * len(eligible)
+        while sum(per_doc) < count and per_doc != capacity:  # round-robin over documents with room left
+            for i in range(len(eligible)):
+                if per_doc[i] < capacity[i] and sum(per_doc) < count:
+                    per_doc[i] += 1
+        windows = []
+        for index, k in zip(eligible, per_doc, strict=True):
+            ids = self.ids(index)
+            slot = len(ids) // k
+            for j in range(k):
+                size = min(span, slot)
+                start = j * slot + rng.randint(0, slot - size)
+                windows.append(Window(self.docs[index][0], start, ids[start:start + size]))
+        return windows

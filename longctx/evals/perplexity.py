@@ -1,12 +1,15 @@
 """Perplexity by context length, in bounded memory.
 
-For each length L the seeded token stream of the data (see `longctx.evals.data`) is cut into `docs`
-chunks. Without a stride each chunk is one forward (non-overlapping windows); with `stride` S, windows of L
-tokens move S tokens at a time and score only their last S tokens (the first window scores all), so every
-token sees at least L − S tokens of context. Reported: mean NLL over scored tokens, ppl = exp(NLL), a 95%
-interval from the spread of per-chunk NLLs, bits per byte (total NLL in bits / UTF-8 bytes of the scored
-text: comparable across tokenizers), and the NLL by position in the window, in buckets, which shows where
-a model stops extrapolating.
+For each length L, `docs` windows of L tokens are scored, each taken from ONE document (never from
+concatenated documents, which would reset the context mid-window): documents holding at least L tokens are
+taken in an order fixed by the seed, one window each, several non-overlapping ones when fewer documents
+qualify (`longctx.evals.data.DocumentTokens.windows`). Each cell records which document and offset every
+window came from. Without a stride each window is one forward; with `stride` S, each window is a span of up
+to 2L tokens read by L-token windows moving S at a time, scoring only tokens no earlier window scored, so
+those tokens see at least L − S tokens of context. Reported: mean NLL over scored tokens, ppl = exp(NLL), a
+95% interval from the spread of per-window NLLs, bits per byte (total NLL in bits / UTF-8 bytes of the
+scored text: comparable across tokenizers), and the NLL by position in the window, in buckets, which shows
+where a model stops extrapolating.
 
 Memory: [L × vocab] fp32 logits would be 25 GB at L=128K for a 49K vocabulary. `token_nll` runs the decoder
 once, then applies `lm_head` to `chunk_tokens` positions at a time with an fp32 cross-entropy.
@@ -20,9 +23,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from longctx.corpus import data_name
+from longctx.corpus import data_name, load_named_documents
 from longctx.errors import UsageError
-from longctx.evals.data import load_texts, special_prefix, token_stream
+from longctx.evals.data import DocumentTokens, Window, special_prefix
 from longctx.evals.results import ResultsWriter, cell_key
 from longctx.evals.scoring import length_warnings
 
@@ -38,7 +41,7 @@ class Config:
     lengths: list[int]           # window lengths in tokens
     stride: int | None = None    # sliding-window step; None = non-overlapping windows
     data: str | None = None      # data spec (see longctx.evals.data); pydoc if None
-    docs: int = 4                # chunks of L tokens scored per length (the interval is over these)
+    docs: int = 4                # single-document windows scored per length (the interval is over these)
     buckets: int = 8             # position buckets of the loss-by-position curve
     chunk_tokens: int = 1024     # positions per lm_head + cross-entropy step
     seed: int = 0
@@ -52,9 +55,8 @@ def token_nll(model, input_ids, *, chunk_tokens: int = 1024):
     """
     import torch
 
-    from longctx.train.loss import chunked_token_nll, logit_transform
-
     from longctx.modeling import reset_rope_state
+    from longctx.train.loss import chunked_token_nll, logit_transform
 
     with torch.inference_mode():
         reset_rope_state(model)  # dynamic NTK: score this window as a freshly loaded model would
@@ -100,6 +102,25 @@ def score_windows(model, prefix: list[int], tokens: list[int], window: int, stri
     return scored
 
 
+def plan_windows(tokenizer, cfg: Config, lengths: list[int]) -> dict[int, list[Window]]:
+    """The single-document windows of every length, found before any model work (a too-short corpus fails
+    here, not after an hour of scoring). Without a stride a window is L tokens (prefix included); with a
+    stride S it is a span of up to 2L tokens of one document read by L-token windows moving S at a time."""
+    name = data_name(cfg.data)
+    prefix = special_prefix(tokenizer)
+    documents = DocumentTokens(tokenizer, load_named_documents(cfg.data, default_split="test"))
+    plans = {}
+    for length in lengths:
+        body = length - len(prefix)
+        span = body if cfg.stride is None else 2 * body
+        plans[length] = documents.windows(body, cfg.docs, cfg.seed, span=span)
+        if not plans[length]:
+            raise UsageError(f"no document of data {name!r} holds {length} tokens (the longest holds "
+                             f"{documents.longest()}): perplexity at a length needs single documents that long, "
+                             "e.g. --data stdlib or a folder of long .txt files")
+    return plans
+
+
 def run(model, tokenizer, cfg: Config, writer: ResultsWriter) -> list[dict]:
     """Every length's cell, finished ones read back from `writer`."""
     from tqdm.auto import tqdm
@@ -109,44 +130,43 @@ def run(model, tokenizer, cfg: Config, writer: ResultsWriter) -> list[dict]:
     if cfg.stride is not None and not 0 < cfg.stride < min(cfg.lengths):
         raise UsageError(f"--stride must be between 1 and the smallest length - 1 ({min(cfg.lengths) - 1})")
     name = data_name(cfg.data)
-    keys = {length: cell_key("ppl", length=length, stride=cfg.stride, data=name) for length in cfg.lengths}
+    keys = {length: cell_key("ppl", length=length, stride=cfg.stride, data=name, windows="document")
+            for length in cfg.lengths}
     todo = [length for length in cfg.lengths if not writer.done(keys[length])]
-    if todo:
-        prefix = special_prefix(tokenizer)
-        longest = max(todo) - len(prefix)
-        stream = token_stream(tokenizer, load_texts(cfg.data), longest * cfg.docs, cfg.seed)
-        if len(stream) < longest:
-            raise UsageError(f"data {name!r} holds only {len(stream)} tokens, fewer than the length {max(todo)}: "
-                             "use a larger corpus (e.g. --data stdlib)")
+    plans = plan_windows(tokenizer, cfg, todo) if todo else {}
+    prefix = special_prefix(tokenizer)
     bar = tqdm(total=len(cfg.lengths), desc=f"{writer.dir.name} ppl", unit="cell", disable=None)
     bar.update(len(cfg.lengths) - len(todo))
     for length in todo:
         start = time.perf_counter()
         warnings = length_warnings(model, length)
-        body = length - len(prefix)
-        docs = min(cfg.docs, len(stream) // body)
-        if docs < cfg.docs:
-            warnings.append(f"data {name!r} holds only {docs} chunks of {length} tokens, not {cfg.docs}")
+        windows = plans[length]
+        if len(windows) < cfg.docs:
+            warnings.append(f"data {name!r} holds only {len(windows)} windows of {length} tokens in single "
+                            f"documents, not {cfg.docs}")
         for warning in warnings:
             print(f"warning: ppl: {warning}", file=sys.stderr)
-        tokens = stream[: docs * body]
-        scored = score_windows(model, prefix, tokens, body, cfg.stride or body, chunk_tokens=cfg.chunk_tokens)
-        per_doc: list[list[float]] = [[] for _ in range(docs)]
+        body = length - len(prefix)
         edges = [round(i * length / cfg.buckets) for i in range(cfg.buckets + 1)]
         per_bucket: list[list[float]] = [[] for _ in range(cfg.buckets)]
-        scored_ids: list[list[int]] = [[] for _ in range(docs)]
-        for index, position, nll in scored:
-            per_doc[index // body].append(nll)
-            scored_ids[index // body].append(tokens[index])
-            per_bucket[bisect.bisect_right(edges, position) - 1].append(nll)
-        total_nll = sum(nll for _, _, nll in scored)
-        n_tokens = len(scored)
+        per_window: list[list[float]] = []
+        total_nll, n_tokens, n_bytes = 0.0, 0, 0
+        for window in windows:
+            scored = score_windows(model, prefix, window.tokens, body, cfg.stride or body,
+                                   chunk_tokens=cfg.chunk_tokens)
+            per_window.append([nll for _, _, nll in scored])
+            for _, position, nll in scored:
+                per_bucket[bisect.bisect_right(edges, position) - 1].append(nll)
+            total_nll += sum(per_window[-1])
+            n_tokens += len(scored)
+            n_bytes += len(tokenizer.decode([window.tokens[index] for index, _, _ in scored]).encode("utf-8"))
         mean_nll = total_nll / n_tokens
-        _, half = mean_ci95([sum(v) / len(v) for v in per_doc])
-        n_bytes = sum(len(tokenizer.decode(ids).encode("utf-8")) for ids in scored_ids)
+        _, half = mean_ci95([sum(v) / len(v) for v in per_window])
         cell = {
             "task": "ppl", "key": keys[length], "length": length, "stride": cfg.stride, "data": name,
-            "n_docs": docs, "n_tokens": n_tokens, "nll": mean_nll, "ppl": math.exp(mean_nll),
+            "n_docs": len({w.doc for w in windows}), "n_windows": len(windows),
+            "windows": [{"doc": w.doc, "start": w.start, "tokens": len(w.tokens)} for w in windows],
+            "n_tokens": n_tokens, "nll": mean_nll, "ppl": math.exp(mean_nll),
             "ppl_ci95": [math.exp(mean_nll - half), math.exp(mean_nll + half)] if half is not None else None,
             "bpb": total_nll / math.log(2) / n_bytes if n_bytes else None,
             "buckets": [{"start": edges[b], "end": edges[b + 1], "nll": sum(v) / len(v)}

@@ -127,6 +127,18 @@ def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
     return path
 
 
+def append_run(out_dir: str | os.PathLike, label: str, record: dict) -> Path:
+    """OUT/<label>/runs.jsonl: one line per evaluation run (command, commit, machine, wall time, cells)."""
+    path = Path(out_dir) / label / "runs.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _append_line(path, sanitize(record))
+    return path
+
+
+def read_runs(out_dir: str | os.PathLike, label: str) -> list[dict]:
+    return _read_lines(Path(out_dir) / label / "runs.jsonl")
+
+
 def write_model_json(out_dir: str | os.PathLike, label: str, info: dict) -> Path:
     """OUT/<label>/model.json; warnings already recorded by an earlier run are kept (deduplicated)."""
     path = Path(out_dir) / label / "model.json"

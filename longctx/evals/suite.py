@@ -131,9 +131,11 @@ def run_tasks(source: str, configs: dict, out_dir, *, label: str | None = None, 
     """Load one model and run each {task: Config}; writes OUT/<label>/model.json and <task>.jsonl."""
     from longctx import rope_config
     from longctx.evals.data import check_spec
-    from longctx.evals.results import ResultsWriter, write_model_json
+    from longctx.evals.results import ResultsWriter, append_run, write_model_json
     from longctx.modeling import load_model
+    from longctx.provenance import RunRecord
 
+    record = RunRecord()
     label = label or default_label(source)
     for cfg in configs.values():
         check_spec(getattr(cfg, "data", None) or getattr(cfg, "haystack", None))
@@ -143,11 +145,14 @@ def run_tasks(source: str, configs: dict, out_dir, *, label: str | None = None, 
     warnings = [f"length {n} exceeds the {claimed} tokens the config claims (rope_config.max_length); ran anyway"
                 for n in too_long]
     write_model_json(out_dir, label, model_info(model, source, model_dir, label, warnings))
-    results = {}
+    results, computed = {}, {}
     for task, cfg in configs.items():
         writer = ResultsWriter(out_dir, label, task, after_append=after_append)
+        before = len(writer.cells())
         results[task] = get_task(task).run(model, tokenizer, cfg, writer)
+        computed[task] = len(writer.cells()) - before
         print(f"{label} {task}: {len(results[task])} cells in {writer.path}")
+    append_run(out_dir, label, record.finish(tasks=list(configs), cells_computed=computed))
     del model
     gc.collect()
     return results

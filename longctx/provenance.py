@@ -1,0 +1,69 @@
+"""Where a number came from: the command, the code's git commit, the machine, and the wall time.
+
+Every published result must be reproducible by someone else; these records travel with the results
+(`OUT/<label>/runs.jsonl` for evaluations) and the reports print them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def git_commit() -> dict:
+    """The commit of the longctx source that is running, and whether its files differ from it (None outside git)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no", "--", "longctx")
+    return {"commit": commit, "dirty": bool(status)}
+
+
+def machine() -> dict:
+    """What the work ran on, in enough detail to compare timings: CPU, cores, threads, accelerator."""
+    info = {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), None)
+        info["cpu"] = model or info["cpu"]
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+class RunRecord:
+    """Start it when work begins; `finish(**extra)` returns the record with the wall time."""
+
+    def __init__(self, command: list[str] | None = None):
+        self.command = shlex.join(command if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]])
+        self.started = time.time()
+        self._clock = time.perf_counter()
+
+    def finish(self, **extra) -> dict:
+        return {"command": self.command, **git_commit(), "machine": machine(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
+                "wall_seconds": round(time.perf_counter() - self._clock, 1), **extra}

@@ -1,0 +1,64 @@
+"""Perplexity windows come from single documents; `--data` takes a folder of .txt files."""
+
+from __future__ import annotations
+
+import pytest
+
+from longctx.corpus import load_named_documents
+from longctx.errors import UsageError
+from longctx.evals.data import DocumentTokens
+
+
+class WordTokenizer:
+    """One token per whitespace-separated word: lengths are easy to reason about."""
+
+    def encode(self, text, add_special_tokens=False):
+        return [hash(word) % 1000 for word in text.split()]
+
+
+def _folder(tmp_path, sizes: dict[str, int]):
+    for name, words in sizes.items():
+        (tmp_path / name).write_text(" ".join(f"{name[0]}{i}" for i in range(words)))
+    return tmp_path
+
+
+def test_a_folder_of_txt_files_is_one_document_per_file_and_skips_its_readme(tmp_path):
+    folder = _folder(tmp_path, {"a.txt": 50, "b.txt": 300, "README.md": 400})
+    docs = load_named_documents(str(folder))
+    assert [name for name, _ in docs] == ["a.txt", "b.txt"]
+
+
+def test_every_window_lies_inside_one_document(tmp_path):
+    folder = _folder(tmp_path, {"a.txt": 50, "b.txt": 300, "c.txt": 120, "d.txt": 90})
+    named = load_named_documents(str(folder))
+    documents = DocumentTokens(WordTokenizer(), named)
+    windows = documents.windows(100, 4, seed=3)
+    assert len(windows) == 4
+    assert {w.doc for w in windows} == {"b.txt", "c.txt"}  # a.txt and d.txt are shorter than a window
+    texts = dict(named)
+    for window in windows:
+        ids = WordTokenizer().encode(texts[window.doc])
+        assert len(window.tokens) == 100
+        assert window.tokens == ids[window.start:window.start + 100]
+    b_windows = sorted(w.start for w in windows if w.doc == "b.txt")
+    assert all(later - earlier >= 100 for earlier, later in zip(b_windows, b_windows[1:], strict=False))
+
+
+def test_windows_spread_over_documents_and_depend_only_on_the_seed(tmp_path):
+    folder = _folder(tmp_path, {f"{c}.txt": 500 for c in "abcdef"})
+    documents = DocumentTokens(WordTokenizer(), load_named_documents(str(folder)))
+    first = documents.windows(200, 3, seed=1)
+    assert len({w.doc for w in first}) == 3  # one window per document while documents last
+    assert [(w.doc, w.start) for w in first] == [(w.doc, w.start) for w in documents.windows(200, 3, seed=1)]
+    assert [(w.doc, w.start) for w in first] != [(w.doc, w.start) for w in documents.windows(200, 3, seed=2)]
+    # the same documents at every length for one seed: a longer length compares the same texts
+    assert [w.doc for w in documents.windows(400, 3, seed=1)] == [w.doc for w in first]
+
+
+def test_ppl_refuses_data_without_a_document_that_long(tmp_path):
+    from longctx.evals import perplexity
+
+    folder = _folder(tmp_path, {"a.txt": 50, "b.txt": 80})
+    cfg = perplexity.Config(lengths=[64, 200], data=str(folder), docs=2)
+    with pytest.raises(UsageError, match="no document of data .* holds 200 tokens"):
+        perplexity.plan_windows(WordTokenizer(), cfg, cfg.lengths)
