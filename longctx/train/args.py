@@ -58,6 +58,8 @@ class DataArgs:
     text_field: str = field(default="text", metadata={"help": "field holding the text in JSONL / datasets rows"})
     seq_len: int | None = field(default=None, metadata={"help": "training length (default: the model's trained length; never above it)"})
     max_docs: int | None = field(default=None, metadata={"help": "use at most this many documents (after the seeded shuffle)"})
+    pose_target_length: int | None = field(default=None, metadata={"help": "PoSE: skip position ids inside each document so relative distances up to this length are seen (arXiv 2309.10400)"})
+    pose_chunks: int = field(default=2, metadata={"help": "PoSE: contiguous chunks per document (the paper uses 2)"})
 
 
 @dataclass
@@ -221,6 +223,10 @@ def check_args(args: FinetuneArgs) -> None:
     require(not (t.resume and t.force), "give --resume or --force, not both")
     require(t.report_to in ("auto", "tensorboard", "none"), f"--report-to must be auto, tensorboard or none, got {t.report_to!r}")
     require(args.data.seq_len is None or args.data.seq_len >= 2, "--seq-len must be ≥ 2")
+    require(args.data.pose_chunks >= 2, f"--pose-chunks must be ≥ 2, got {args.data.pose_chunks}")
+    pose = args.data.pose_target_length
+    require(pose is None or pose > (args.data.seq_len or 1),
+            f"--pose-target-length must exceed the training length (--seq-len), got {pose}")
     if args.model.init == "scratch":
         require(args.tune.finetune == "full", "--init scratch trains every weight: use --finetune full")
     extras = {e.strip() for e in args.tune.trainable_extra.split(",") if e.strip()}

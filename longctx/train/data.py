@@ -30,9 +30,12 @@ class PackedRows:
     row with positions restarting at 0 there. Infinite: iterate as far as the run needs.
     """
 
-    def __init__(self, docs: list[str], tokenizer, seq_len: int, seed: int = 0):
+    def __init__(self, docs: list[str], tokenizer, seq_len: int, seed: int = 0, *,
+                 pose_target_length: int | None = None, pose_chunks: int = 2):
         require(tokenizer.eos_token_id is not None, "the tokenizer has no EOS token to separate packed documents")
         self.docs, self.tokenizer, self.seq_len, self.seed = docs, tokenizer, seq_len, seed
+        # PoSE (longctx.train.pose): skip-wise position ids per document, drawn from (seed, row index)
+        self.pose_target_length, self.pose_chunks = pose_target_length, pose_chunks
         self._cache: dict[int, list[int]] = {}
 
     def tokens(self, index: int) -> list[int]:
@@ -54,7 +57,7 @@ class PackedRows:
     def __iter__(self) -> Iterator[dict]:
         import torch
 
-        ids, segment_of, segment = [], [], 0
+        ids, segment_of, segment, index = [], [], 0, 0
         for doc in self._segments():
             start = 0
             while start < len(doc):
@@ -63,8 +66,14 @@ class PackedRows:
                 segment_of.extend([segment] * len(take))
                 start += len(take)
                 if len(ids) == self.seq_len:
-                    yield row_tensors(torch.tensor(ids), torch.tensor(segment_of))
-                    ids, segment_of = [], []
+                    row = row_tensors(torch.tensor(ids), torch.tensor(segment_of))
+                    if self.pose_target_length:
+                        from longctx.train.pose import pose_row
+
+                        rng = random.Random(f"{self.seed}|pose|{index}")
+                        row = pose_row(row, torch.tensor(segment_of), self.pose_target_length, rng, self.pose_chunks)
+                    yield row
+                    ids, segment_of, index = [], [], index + 1
             segment += 1
 
     def rows(self, start: int = 0) -> Iterator[dict]:

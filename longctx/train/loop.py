@@ -152,7 +152,13 @@ def train(args, *, accelerator, built, docs) -> dict:
     world, rank = accelerator.num_processes, accelerator.process_index
     rows_per_micro = world * t.batch_size
     rows_per_step = rows_per_micro * t.grad_accum
-    rows = PackedRows(docs, built.tokenizer, built.seq_len, seed=t.seed).rows(rows_consumed)
+    pose = args.data.pose_target_length
+    require(pose is None or pose > built.seq_len,
+            f"--pose-target-length {pose} must exceed the training length {built.seq_len}")
+    require(pose is None or not str(hf.config._attn_implementation).startswith("flash"),
+            "PoSE needs an attention mask, which flash_attention_2 does not take: use --attn-implementation sdpa")
+    rows = PackedRows(docs, built.tokenizer, built.seq_len, seed=t.seed, pose_target_length=pose,
+                      pose_chunks=args.data.pose_chunks).rows(rows_consumed)
     full = args.tune.finetune == "full"
     flops_token = flops.model_flops_per_token(hf, built.seq_len, full=full)
     device_name = torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else None

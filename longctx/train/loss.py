@@ -122,13 +122,23 @@ class CausalLMLoss(torch.nn.Module):
         """The transformers model (inside a peft wrapper when there is one)."""
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor,
+                segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         hf = self.hf_model()
         decoder = getattr(hf, hf.base_model_prefix)
-        if self.flatten_batch and input_ids.shape[0] > 1:
+        mask = None
+        if segment_ids is not None:
+            # PoSE position ids jump inside a document, so they no longer mark documents: mask explicitly.
+            from longctx.train.pose import block_causal_mask
+
+            mask = block_causal_mask(segment_ids, attn_implementation=hf.config._attn_implementation,
+                                     dtype=hf.get_input_embeddings().weight.dtype)
+        elif self.flatten_batch and input_ids.shape[0] > 1:
             input_ids, position_ids, labels = (x.reshape(1, -1) for x in (input_ids, position_ids, labels))
-        # No attention_mask and no cache: transformers derives the per-document mask from position_ids.
-        hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        # Without segment_ids: no attention_mask and no cache, so transformers derives the per-document mask
+        # from the restarting position_ids.
+        hidden = decoder(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
+                         use_cache=False).last_hidden_state
         head = hf.get_output_embeddings()
         weight, bias = head.weight, getattr(head, "bias", None)
         if getattr(hf.config, "tie_word_embeddings", False):
