@@ -62,3 +62,17 @@ def smollm2_dir() -> Path:
     from longctx.sources import smollm2_checkpoint
 
     return smollm2_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def retrieval_tokenizers(tiny_llama_dir, tmp_path_factory) -> dict:
+    """One small tokenizer of each family retrieval prompts must handle (see tests/tokenizer_fixtures.py)."""
+    from tokenizer_fixtures import sentencepiece_llama, tiktoken_llama3
+    from transformers import AutoTokenizer
+
+    return {
+        "byte-level": AutoTokenizer.from_pretrained(tiny_llama_dir),
+        "sentencepiece-legacy": sentencepiece_llama(),
+        "sentencepiece-reloaded": sentencepiece_llama(tmp_path_factory.mktemp("spm"), saved=True),
+        "llama3": tiktoken_llama3(),
+    }

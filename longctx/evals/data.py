@@ -18,6 +18,7 @@ from longctx.errors import UsageError
 # A sentence ends after . ! or ? followed by whitespace, or after a blank line; the whitespace stays with
 # the next piece, so "".join(pieces) == text and each piece can be tokenized on its own.
 SENTENCE_END = re.compile(r"(?<=[.!?])(?=\s)|(?<![.!?]\n\n)(?<=\n\n)(?=\S)")
+SENTENCE_CLOSE = re.compile(r"[.!?][\"')\]]*$")
 
 
 def load_texts(spec: str | None = None) -> list[str]:
@@ -44,7 +45,65 @@ def special_prefix(tokenizer) -> list[int]:
 
 
 def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of `text` on its own, as the start of a text (SentencePiece tokenizers prepend "▁" here)."""
     return tokenizer.encode(text, add_special_tokens=False)
+
+
+def _encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
+def encode_after(tokenizer, before: str | None, text: str) -> list[int] | None:
+    """The ids `text` gets where it continues `before` (None: where it starts the text).
+
+    They are the tokens that tokenizing before + text adds to the tokens of `before`, so pieces tokenized
+    this way concatenate to the tokenization of the joined text. Tokenizing a piece on its own does not:
+    a SentencePiece tokenizer (Llama-2, Mistral) puts "▁" before every piece, so " 42" becomes "▁▁42".
+    None when one token spans the junction (Llama-3 glues a period to the newlines after it): `text`
+    cannot start a piece there.
+    """
+    if before is None:
+        return encode(tokenizer, text)
+    head, full = _encode_batch(tokenizer, [before, before + text])
+    return full[len(head):] if full[: len(head)] == head else None
+
+
+def continuation(tokenizer, before: str, text: str) -> list[int]:
+    """`encode_after` for the fixed parts of a prompt (needle, question, answer), which must start a token."""
+    ids = encode_after(tokenizer, before, text)
+    if not ids:
+        raise UsageError(f"this tokenizer joins {text[:30]!r} to the text before it ({before[-30:]!r}) into one "
+                         "token: the prompt cannot be built with exact token boundaries")
+    return ids
+
+
+@dataclass
+class Piece:
+    """A stretch of prompt text and its token ids where it stands: ids of consecutive pieces concatenate to
+    the tokenization of their joined text."""
+
+    text: str
+    ids: list[int]
+    ends_sentence: bool = False  # a needle may go right after it
+
+
+def tokenize_pieces(tokenizer, texts: list[str], before: str | None = None) -> list[Piece]:
+    """Consecutive text pieces (continuing `before`, or starting the text when None), each with the ids it
+    gets in the joined text; a piece that does not start on a token boundary joins the piece before it."""
+    contexts = [before, *texts[:-1]]
+    heads = iter(_encode_batch(tokenizer, [c for c in contexts if c is not None]))
+    fulls = _encode_batch(tokenizer, [(c or "") + t for c, t in zip(contexts, texts, strict=True)])
+    pieces: list[Piece] = []
+    for context, text, full in zip(contexts, texts, fulls, strict=True):
+        head = next(heads) if context is not None else []
+        ids = full[len(head):] if full[: len(head)] == head else None
+        while ids is None:  # a token spans the junction: glue the text onto the piece before until it starts one
+            if not pieces:
+                raise UsageError(f"this tokenizer joins {text[:30]!r} to the text before it into one token")
+            text = pieces.pop().text + text
+            ids = encode_after(tokenizer, pieces[-1].text if pieces else before, text)
+        pieces.append(Piece(text, ids, is_sentence_end(text)))
+    return pieces
 
 
 def token_stream(tokenizer, texts: list[str], n_tokens: int, seed: int) -> list[int]:
@@ -67,32 +126,131 @@ def sentence_pieces(text: str) -> list[str]:
     return [piece for piece in SENTENCE_END.split(text) if piece]
 
 
+def is_sentence_end(piece: str) -> bool:
+    """Whether a piece ends a sentence ([.!?], maybe closing quotes or brackets): a needle may follow it."""
+    return SENTENCE_CLOSE.search(piece) is not None
+
+
+# Text a needle follows (a sentence end) and text a question follows (the haystack is cut after a word):
+# the ids of those fixed parts are taken as continuations of these, and every junction is then checked.
+AFTER_SENTENCE = "It ends here."
+AFTER_WORD = "It ends here"
+
+
+def fill_exactly(tokenizer, stream: list[Piece], n_tokens: int, before: str | None,
+                 tails: list[tuple[str, list[int]]], skips: int = 64) -> list[Piece]:
+    """Exactly n_tokens of `stream` (pieces continuing `before`): whole pieces, then the start of a piece,
+    cut so that each tail (text, ids) still tokenizes to exactly its ids after them.
+
+    The cut goes after a word (inside one only if no piece allows that). A piece that cannot be cut to the
+    count is skipped, and so is a cut that a tail's first token would swallow (Llama-3 glues "." to a
+    newline): either would make the ids differ from the tokenization of the joined text.
+    """
+    def clean_end(text: str) -> bool:
+        return all(encode_after(tokenizer, text, tail) == ids for tail, ids in tails)
+
+    for inside_words in (False, True):
+        taken, total, skipped, gap = [], 0, 0, False
+        for piece in stream:
+            previous = taken[-1].text if taken else before
+            need = n_tokens - total
+            if gap and previous is not None:  # after a gap the piece follows other text: tokenize it there
+                ids = encode_after(tokenizer, previous, piece.text)
+                piece = Piece(piece.text, ids, piece.ends_sentence) if ids is not None else Piece("", [])
+            if piece.ids and (len(piece.ids) < need or len(piece.ids) == need and clean_end(piece.text)):
+                taken.append(piece)
+                total, gap = total + len(piece.ids), False
+                if total == n_tokens:
+                    return taken
+                continue
+            cut = _cut(tokenizer, previous, piece, need, clean_end, inside_words) if piece.ids and need else None
+            if cut is not None:
+                return [*taken, cut]
+            skipped, gap = skipped + 1, True
+            if skipped > skips:
+                break
+        if total == n_tokens and clean_end((taken[-1].text if taken else before) or ""):
+            return taken
+    # no clean end (not seen with real tokenizers): the ids are still exact, the last junction may differ
+    taken, total = [], 0
+    for piece in stream:
+        if total + len(piece.ids) > n_tokens:
+            ids = piece.ids[: n_tokens - total]
+            return [*taken, Piece(tokenizer.decode(ids), ids)] if ids else taken
+        taken.append(piece)
+        total += len(piece.ids)
+    return taken
+
+
+def _cut(tokenizer, before: str | None, piece: Piece, need: int, clean_end, inside_words: bool) -> Piece | None:
+    """The start of `piece` that takes exactly `need` tokens after `before` and ends cleanly: up to the end of a
+    word, or with `inside_words` up to any character."""
+    def count(end: int) -> int:
+        ids = encode_after(tokenizer, before, piece.text[:end])
+        return len(ids) if ids is not None else -1
+
+    def first_reaching(points: list[int]) -> int:
+        low, high = 0, len(points) - 1
+        while low < high:  # the token count grows with the text
+            mid = (low + high) // 2
+            low, high = (low, mid) if count(points[mid]) >= need else (mid + 1, high)
+        return low
+
+    text = piece.text
+    if inside_words:
+        points = list(range(1, len(text) + 1))
+    else:
+        points = [i for i in range(1, len(text)) if text[i].isspace() and not text[i - 1].isspace()] + [len(text)]
+    first = first_reaching(points)
+    for end in points[first:first + 8]:
+        if count(end) != need:
+            break
+        if clean_end((before or "") + text[:end]):
+            return Piece(text[:end], encode_after(tokenizer, before, text[:end]),
+                         ends_sentence=piece.ends_sentence and end == len(text))
+    return None
+
+
 class SentenceTokens:
-    """Tokenized documents split at sentence ends, cached per document: haystacks are built from these."""
+    """A haystack: documents one after another (a blank line between), split at sentence ends and tokenized
+    where they stand in it, so its ids are the tokenization of its text. Documents are tokenized once."""
 
     def __init__(self, tokenizer, texts: list[str]):
         self.tokenizer = tokenizer
         self.texts = texts
-        self._cache: dict[int, list[list[int]]] = {}
+        self._cache: dict[int, list[Piece]] = {}
 
-    def pieces(self, index: int) -> list[list[int]]:
-        """Token ids of each sentence of document `index`."""
+    def pieces(self, index: int) -> list[Piece]:
+        """The sentences of document `index`, tokenized as the start of a text."""
         if index not in self._cache:
-            pieces = sentence_pieces(self.texts[index])
-            self._cache[index] = [ids for ids in self.tokenizer(pieces, add_special_tokens=False)["input_ids"] if ids]
+            self._cache[index] = tokenize_pieces(self.tokenizer, sentence_pieces(self.texts[index].strip()))
         return self._cache[index]
 
-    def take(self, n_tokens: int, start: int) -> list[list[int]]:
-        """Sentences from document `start` on (wrapping around) until they hold at least n_tokens."""
-        taken, total, index = [], 0, start
-        while total < n_tokens:
-            pieces = self.pieces(index % len(self.texts))
-            taken.extend(pieces)
-            total += sum(len(piece) for piece in pieces)
-            index += 1
-            if index - start > len(self.texts) and total == 0:
+    def stream(self, n_tokens: int, start: int, spare: int = 2048) -> list[Piece]:
+        """Sentences from document `start` on (wrapping around) holding n_tokens + `spare` tokens."""
+        stream: list[Piece] = []
+        total, index = 0, start
+        while total < n_tokens + spare:
+            if index - start >= len(self.texts) and total == 0:
                 raise UsageError("the haystack text tokenizes to nothing")
-        return taken
+            pieces = self.pieces(index % len(self.texts))
+            index += 1
+            if not pieces:
+                continue
+            if stream:  # the document follows the one before after a blank line
+                first = "\n\n" + pieces[0].text
+                ids = encode_after(self.tokenizer, stream[-1].text, first)
+                while ids is None:  # a token spans the junction: glue the piece onto the one before
+                    first = stream.pop().text + first
+                    ids = encode_after(self.tokenizer, stream[-1].text if stream else None, first)
+                pieces = [Piece(first, ids, pieces[0].ends_sentence), *pieces[1:]]
+            stream.extend(pieces)
+            total = sum(len(piece.ids) for piece in stream)
+        return stream
+
+    def take(self, n_tokens: int, start: int, tails: list[tuple[str, list[int]]]) -> list[Piece]:
+        """Exactly n_tokens of haystack from document `start` on, cut where every tail follows cleanly."""
+        return fill_exactly(self.tokenizer, self.stream(n_tokens, start), n_tokens, None, tails)
 
 
 @dataclass

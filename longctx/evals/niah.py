@@ -1,12 +1,14 @@
 """Needle in a haystack (Kamradt style), graded deterministically (RULER style).
 
 A needle "The special magic number for {city} is {7-digit number}." goes into a haystack of real prose
-truncated to L tokens, at the last sentence end at or before depth × haystack length; then each needle is
-asked for with "What is the special magic number for {city}? The special magic number for {city} is".
+cut to L tokens, after the last sentence end at or before depth × haystack length (or the first); then
+each needle is asked for with "What is the special magic number for {city}? The special magic number for {city} is".
 With `needles` N > 1 the others follow the first, evenly spaced over the rest of the haystack
 (Kamradt's multi-needle layout) and each is asked for on its own; a trial's score is the fraction
 retrieved. `distractors` K adds needle-like sentences about other cities at random sentence ends.
 L counts BOS + haystack + needles + the first question (other questions differ by a city name).
+Every piece is tokenized where it stands in the prompt (`data.encode_after`): the ids are the tokenization
+of the prompt's text, and each gold answer is what the tokenizer makes of " {number}" after its question.
 For one (length, trial) the haystack, distractors and needles are fixed and only the needles move.
 """
 
@@ -16,7 +18,15 @@ import random
 from dataclasses import dataclass, field
 
 from longctx.errors import UsageError
-from longctx.evals.data import SentenceTokens, encode, load_texts, special_prefix
+from longctx.evals.data import (
+    AFTER_SENTENCE,
+    AFTER_WORD,
+    Piece,
+    SentenceTokens,
+    continuation,
+    load_texts,
+    special_prefix,
+)
 from longctx.evals.passkey import place
 from longctx.evals.results import ResultsWriter
 from longctx.evals.scoring import Graded, Prompt, Query, contains_answer, run_grid
@@ -66,57 +76,61 @@ class NiahTrial:
         self.cities, self.numbers = cities[:needles], [str(n) for n in numbers[:needles]]
         self.head = special_prefix(tokenizer)
         pairs = list(zip(self.cities, self.numbers, strict=True))
-        self.needles = [encode(tokenizer, NEEDLE.format(city=c, number=n)) for c, n in pairs]
-        self.queries = [Query(encode(tokenizer, QUESTION.format(city=c)), encode(tokenizer, " " + n), n) for c, n in pairs]
-        decoys = [encode(tokenizer, NEEDLE.format(city=c, number=n))
-                  for c, n in zip(cities[needles:], numbers[needles:], strict=True)]
+        self.needle_texts = [NEEDLE.format(city=c, number=n) for c, n in pairs]
+        self.needles = [continuation(tokenizer, AFTER_SENTENCE, text) for text in self.needle_texts]
+        self.queries = []
+        for city, number in pairs:
+            question = QUESTION.format(city=city)
+            self.queries.append(Query(continuation(tokenizer, AFTER_WORD, question),
+                                      continuation(tokenizer, question, " " + number), number,
+                                      question_text=question, answer_text=" " + number))
+        decoys = [NEEDLE.format(city=c, number=n) for c, n in zip(cities[needles:], numbers[needles:], strict=True)]
+        decoys = [Piece(text, continuation(tokenizer, AFTER_SENTENCE, text), True) for text in decoys]
         n_body = length - len(self.head) - sum(map(len, self.needles)) - len(self.queries[0].question)
-        if n_body < sum(map(len, decoys)):
+        n_haystack = n_body - sum(len(decoy.ids) for decoy in decoys)
+        if n_haystack < 1:
             raise UsageError(f"niah length {length} is too short for {needles} needles and {distractors} distractors")
-        pieces = sentences.take(n_body, start=rng.randrange(len(sentences.texts)))
-        # Distractors go after random sentences among the first n_body tokens, chosen before any insertion
-        # and inserted back to front, so each one still ends inside the truncated haystack.
-        room = n_body - sum(map(len, decoys))
-        ends = [i + 1 for i, total in enumerate(_running_totals(pieces)) if total <= room] or [0]
+        pieces = sentences.take(n_haystack, start=rng.randrange(len(sentences.texts)),
+                                tails=[(q.question_text, q.question) for q in self.queries])
+        ends = [i + 1 for i, piece in enumerate(pieces) if piece.ends_sentence]
+        if not ends:
+            raise UsageError(f"the haystack has no sentence end in its first {n_haystack} tokens to put a needle after")
+        # Distractors go after random sentence ends, chosen before any insertion and inserted back to front.
         spots = [rng.choice(ends) for _ in decoys]
         for where, decoy in sorted(zip(spots, decoys, strict=True), key=lambda pair: -pair[0]):
             pieces.insert(where, decoy)
         self.body: list[int] = []
-        self.boundaries = [0]
+        self.body_text = ""
+        self.boundaries: list[int] = []  # sentence ends in the haystack, where needles may go
+        self._chars = {0: 0}
         for piece in pieces:
-            self.body.extend(piece)
-            self.boundaries.append(len(self.body))
-            if len(self.body) >= n_body:
-                break
-        self.body = self.body[:n_body]
-        self.boundaries = [b for b in self.boundaries if b < n_body] + [n_body]
+            self.body += piece.ids
+            self.body_text += piece.text
+            if piece.ends_sentence:
+                self.boundaries.append(len(self.body))
+                self._chars[len(self.body)] = len(self.body_text)
 
     def needle_positions(self, depth: float) -> list[int]:
         """Indices in the haystack where each needle goes (non-decreasing)."""
         return [place(self.boundaries, d, len(self.body)) for d in needle_depths(depth, len(self.needles))]
 
     def prompt(self, depth: float) -> Prompt:
-        context, starts, previous = list(self.head), [], 0
-        for cut, needle in zip(self.needle_positions(depth), self.needles, strict=True):
+        context, text, starts, previous = list(self.head), "", [], 0
+        for cut, needle, needle_text in zip(self.needle_positions(depth), self.needles, self.needle_texts, strict=True):
             context += self.body[previous:cut]
+            text += self.body_text[self._chars[previous]:self._chars[cut]]
             starts.append(len(context))
             context += needle
+            text += needle_text
             previous = cut
         context += self.body[previous:]
-        return Prompt(context=context, queries=self.queries, needle_positions=starts)
+        text += self.body_text[self._chars[previous]:]
+        return Prompt(context=context, queries=self.queries, needle_positions=starts, text=text)
 
     def sample(self, seed: int, grades: list[Graded]) -> dict:
         retrieved = sum(bool(g.correct) for g in grades)
         return {"seed": seed, "expected": self.numbers, "answer": " | ".join(g.answer.strip() for g in grades),
                 "retrieved": retrieved, "correct": retrieved == len(grades)}
-
-
-def _running_totals(pieces: list[list[int]]) -> list[int]:
-    totals, total = [], 0
-    for piece in pieces:
-        total += len(piece)
-        totals.append(total)
-    return totals
 
 
 def summarize_for(needles: int):

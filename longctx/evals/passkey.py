@@ -2,11 +2,14 @@
 
 A task line, the filler "The grass is green. ..." repeated, the needle "The pass key is K. Remember it. K is
 the pass key." at a chosen depth, more filler, then "What is the pass key? The pass key is"; K is a random
-5-digit integer. Prompts are built from separately tokenized pieces so their length is exact in tokens:
-L counts everything the model reads before the answer (BOS, task line, filler, needle, question). The
-needle goes to the last filler sentence end at or before depth × filler length, and never splits a token
-or holds a BOS. For one (length, trial) the filler and K are fixed and only the needle moves, which lets
-`scoring.grade_prompts` reuse the KV cache of the filler before the needle across depths.
+5-digit integer. L counts everything the model reads before the answer (BOS, task line, filler, needle,
+question) and is exact. Every piece is tokenized where it stands in the prompt (`data.encode_after`), so the
+ids are the tokenization of the prompt's text and the gold answer is what the tokenizer makes of " K" after
+the question (a SentencePiece tokenizer would otherwise add a "▁" to each piece). The needle goes after the
+last filler sentence at or before depth × filler length (depth 1: after the last whole one); the filler
+ends after a word where the question follows cleanly. For one (length, trial) the filler and K are fixed and
+only the needle moves, which lets `scoring.grade_prompts` reuse the KV cache of the filler before the
+needle across depths.
 """
 
 from __future__ import annotations
@@ -16,7 +19,16 @@ import random
 from dataclasses import dataclass, field
 
 from longctx.errors import UsageError
-from longctx.evals.data import encode, special_prefix
+from longctx.evals.data import (
+    AFTER_SENTENCE,
+    AFTER_WORD,
+    Piece,
+    continuation,
+    encode,
+    fill_exactly,
+    special_prefix,
+    tokenize_pieces,
+)
 from longctx.evals.results import ResultsWriter
 from longctx.evals.scoring import Graded, Prompt, Query, first_integer, run_grid
 
@@ -40,9 +52,20 @@ class Config:
 
 
 def place(boundaries: list[int], depth: float, total: int) -> int:
-    """The last boundary at or before depth × total (boundaries sorted, starting at 0)."""
+    """The last boundary at or before depth × total (boundaries sorted), or the first one."""
     target = round(depth * total)
-    return boundaries[bisect.bisect_right(boundaries, target) - 1]
+    return boundaries[max(bisect.bisect_right(boundaries, target) - 1, 0)]
+
+
+def filler_stream(tokenizer, n_tokens: int) -> list[Piece]:
+    """Filler sentences after the task line, as tokenized in the joined text, holding n_tokens and more."""
+    two = tokenize_pieces(tokenizer, [*FILLER, *FILLER], before=TASK_LINE)
+    if len(two) != 2 * len(FILLER):  # a tokenizer that glues sentences together: tokenize all of it
+        count = 2 + 2 * (n_tokens + 256) // max(1, sum(len(p.ids) for p in two))
+        return tokenize_pieces(tokenizer, list(FILLER) * count, before=TASK_LINE)
+    cycle = two[len(FILLER):]  # each sentence after the one before it, as everywhere but first
+    per_cycle = sum(len(p.ids) for p in cycle)
+    return [*two[: len(FILLER)], *cycle * (2 + (n_tokens + 256) // per_cycle)]
 
 
 class PasskeyTrial:
@@ -52,22 +75,26 @@ class PasskeyTrial:
         self.tokenizer = tokenizer
         self.passkey = str(rng.randint(10000, 99999))
         self.head = special_prefix(tokenizer) + encode(tokenizer, TASK_LINE)
-        self.needle = encode(tokenizer, NEEDLE.format(key=self.passkey))
-        self.question = encode(tokenizer, QUESTION)
-        self.answer = encode(tokenizer, " " + self.passkey)
+        self.needle_text = NEEDLE.format(key=self.passkey)
+        self.needle = continuation(tokenizer, AFTER_SENTENCE, self.needle_text)
+        self.question = continuation(tokenizer, AFTER_WORD, QUESTION)
+        self.answer = continuation(tokenizer, QUESTION, " " + self.passkey)
         n_filler = length - len(self.head) - len(self.needle) - len(self.question)
         if n_filler < 0:
             raise UsageError(f"passkey length {length} is too short: the prompt without filler already takes "
                              f"{length - n_filler} tokens")
-        sentences = [encode(tokenizer, sentence) for sentence in FILLER]
+        pieces = fill_exactly(tokenizer, filler_stream(tokenizer, n_filler), n_filler, TASK_LINE,
+                              [(QUESTION, self.question)])
         self.filler: list[int] = []
-        self.boundaries = [0]  # sentence ends inside the filler, where the needle may go
-        while len(self.filler) < n_filler:
-            for sentence in sentences:
-                self.filler.extend(sentence)
+        self.filler_text = ""
+        self.boundaries = [0]  # sentence ends in the filler (0: after the task line), where the needle may go
+        self._chars = {0: 0}
+        for piece in pieces:
+            self.filler += piece.ids
+            self.filler_text += piece.text
+            if piece.ends_sentence:
                 self.boundaries.append(len(self.filler))
-        self.filler = self.filler[:n_filler]
-        self.boundaries = [b for b in self.boundaries if b < n_filler] + [n_filler]
+                self._chars[len(self.filler)] = len(self.filler_text)
 
     def needle_position(self, depth: float) -> int:
         """Index in the filler where the needle goes."""
@@ -75,9 +102,11 @@ class PasskeyTrial:
 
     def prompt(self, depth: float) -> Prompt:
         cut = self.needle_position(depth)
+        chars = self._chars[cut]
         context = self.head + self.filler[:cut] + self.needle + self.filler[cut:]
-        return Prompt(context=context, queries=[Query(self.question, self.answer, self.passkey)],
-                      needle_positions=[len(self.head) + cut])
+        text = TASK_LINE + self.filler_text[:chars] + self.needle_text + self.filler_text[chars:]
+        query = Query(self.question, self.answer, self.passkey, question_text=QUESTION, answer_text=" " + self.passkey)
+        return Prompt(context=context, queries=[query], needle_positions=[len(self.head) + cut], text=text)
 
     def sample(self, seed: int, grades: list[Graded]) -> dict:
         graded = grades[0]

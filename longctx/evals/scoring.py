@@ -33,6 +33,8 @@ class Query:
     question: list[int]  # tokens after the context, up to where the answer starts
     answer: list[int]    # gold answer tokens (teacher-forced in forced mode)
     expected: str        # the string a generated answer must contain (passkey: the integer)
+    question_text: str = ""  # the text of `question` and of `answer`: the ids are their tokenization where
+    answer_text: str = ""    # they stand in the prompt (tokenizer(context text + question + answer))
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Prompt:
     context: list[int]                 # BOS + haystack with needles: everything before the questions
     queries: list[Query]
     needle_positions: list[int] = field(default_factory=list)  # token index where each needle starts
+    text: str = ""                     # the context's text after the BOS
 
 
 @dataclass
