@@ -15,10 +15,14 @@ from dataclasses import dataclass
 from longctx.corpus import DEFAULT_DATA, load_documents
 from longctx.errors import UsageError
 
-# A sentence ends after . ! or ? followed by whitespace, or after a blank line; the whitespace stays with
-# the next piece, so "".join(pieces) == text and each piece can be tokenized on its own.
-SENTENCE_END = re.compile(r"(?<=[.!?])(?=\s)|(?<![.!?]\n\n)(?<=\n\n)(?=\S)")
-SENTENCE_CLOSE = re.compile(r"[.!?][\"')\]]*$")
+# A sentence ends at . ! or ? (and any closing quotes or brackets) followed by whitespace and then an
+# uppercase letter, a quote or bracket, or a line break before anything but a lowercase letter; never at an
+# ellipsis ("from ... import *"), an abbreviation ("e.g.", "Mr.") or an initial. A blank line also ends a
+# piece. Pieces split before the whitespace, which stays with the next one: "".join(pieces) == text.
+SENTENCE_END = re.compile(r"[.!?][\"'’”)\]]*(?=(\s+)(.?))", re.DOTALL)
+BLANK_LINE = re.compile(r"(?<=\S)(?=[ \t]*\n[ \t]*\n)")
+ABBREVIATIONS = frozenset({"e.g", "i.e", "cf", "vs", "viz", "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "fig"})
+OPENERS = "\"'“‘(["
 
 
 def load_texts(spec: str | None = None) -> list[str]:
@@ -122,13 +126,30 @@ def token_stream(tokenizer, texts: list[str], n_tokens: int, seed: int) -> list[
 
 
 def sentence_pieces(text: str) -> list[str]:
-    """Split text after each sentence end; the pieces join back to the text exactly."""
-    return [piece for piece in SENTENCE_END.split(text) if piece]
+    """Split text after each sentence end and before each blank line; the pieces join back to the text."""
+    cuts = {m.end() for m in SENTENCE_END.finditer(text) if _ends_sentence(text, m.start(), m.group(1), m.group(2))}
+    cuts |= {m.start() for m in BLANK_LINE.finditer(text)}
+    bounds = [0, *sorted(cut for cut in cuts if 0 < cut < len(text)), len(text)]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if a < b]
+
+
+def _ends_sentence(text: str, stop: int, space: str, following: str) -> bool:
+    """Whether the [.!?] at `stop`, followed by `space` and the character `following`, ends a sentence."""
+    if text[stop] == "." and (text[stop - 1:stop] in (".", "…") or text[stop + 1:stop + 2] == "."):
+        return False  # an ellipsis
+    if text[stop] == ".":
+        word = re.search(r"[A-Za-z.]*$", text[max(0, stop - 12):stop]).group(0).lstrip(".")
+        if word.lower() in ABBREVIATIONS or (len(word) == 1 and word.isupper()):
+            return False  # "e.g.", "Mr.", an initial
+    if following.isupper() or (following and following in OPENERS):
+        return True
+    return "\n" in space and not following.islower()
 
 
 def is_sentence_end(piece: str) -> bool:
-    """Whether a piece ends a sentence ([.!?], maybe closing quotes or brackets): a needle may follow it."""
-    return SENTENCE_CLOSE.search(piece) is not None
+    """Whether a piece ends with a sentence end (judged without what follows): a needle may go after it."""
+    match = re.search(r"[.!?][\"'’”)\]]*$", piece)
+    return match is not None and _ends_sentence(piece + " A", match.start(), " ", "A")
 
 
 # Text a needle follows (a sentence end) and text a question follows (the haystack is cut after a word):

@@ -1,20 +1,29 @@
 """Needle in a haystack (Kamradt style), graded deterministically (RULER style).
 
-A needle "The special magic number for {city} is {7-digit number}." goes into a haystack of real prose
-cut to L tokens, after the last sentence end at or before depth × haystack length (or the first); then
-each needle is asked for with "What is the special magic number for {city}? The special magic number for {city} is".
-With `needles` N > 1 the others follow the first, evenly spaced over the rest of the haystack
-(Kamradt's multi-needle layout) and each is asked for on its own; a trial's score is the fraction
-retrieved. `distractors` K adds needle-like sentences about other cities at random sentence ends.
-L counts BOS + haystack + needles + the first question (other questions differ by a city name).
-Every piece is tokenized where it stands in the prompt (`data.encode_after`): the ids are the tokenization
-of the prompt's text, and each gold answer is what the tokenizer makes of " {number}" after its question.
-For one (length, trial) the haystack, distractors and needles are fixed and only the needles move.
+The haystack is real prose: documents one after another (a blank line between) from a random one. A needle
+"The special magic number for {city} is {7-digit number}." goes after the last sentence end at or before
+depth × haystack length (the first one if none: depth 0 is after the first sentence); then each needle is
+asked for with "What is the special magic number for {city}? The special magic number for {city} is".
+Sentence ends are real ones (`data.sentence_pieces`: not "...", "e.g.", "Mr." or "3.5"), so a needle never
+lands inside a sentence or a line of code. With `needles` N > 1 the others follow the first, evenly spaced
+over the rest of the haystack (Kamradt's multi-needle layout) and each is asked for on its own; a trial's
+score is the fraction retrieved. `distractors` K adds needle-like sentences about other cities at random
+sentence ends.
+
+Length convention (RULER's): L is the whole prompt the model reads before the answer, BOS + haystack +
+needles + the question, exactly, for every depth and every question (the needles' cities are drawn among
+those whose questions take the same number of tokens); the answer is not counted. The haystack is cut to
+fit after a word where the question follows cleanly. Every piece is tokenized where it stands in the
+prompt (`data.encode_after`): the ids are the tokenization of the prompt's text, and each gold answer is
+what the tokenizer makes of " {number}" after its question. For one (length, trial) the haystack,
+distractors and needles are fixed and only the needles move.
 """
 
 from __future__ import annotations
 
+import functools
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 
 from longctx.errors import UsageError
@@ -57,6 +66,25 @@ class Config:
     share_prefix: bool = True                              # reuse the haystack's KV cache across depths
 
 
+@functools.lru_cache(maxsize=8)
+def question_ids(tokenizer) -> dict[str, list[int]]:
+    """Each city's question, tokenized as it follows the haystack (cut after a word)."""
+    return {city: continuation(tokenizer, AFTER_WORD, QUESTION.format(city=city)) for city in CITIES}
+
+
+def needle_cities(questions: dict[str, list[int]], needles: int, rng: random.Random) -> list[str]:
+    """`needles` random cities whose questions take the same number of tokens, so that every question
+    completes the prompt to exactly L tokens."""
+    sizes = Counter(len(ids) for ids in questions.values())
+    allowed = [city for city in CITIES if sizes[len(questions[city])] >= needles]
+    if not allowed:
+        raise UsageError(f"--needles {needles}: at most {max(sizes.values())} cities have questions of the same "
+                         "length in tokens with this tokenizer")
+    first = rng.choice(allowed)
+    same = [c for c in CITIES if c != first and len(questions[c]) == len(questions[first])]
+    return [first, *rng.sample(same, needles - 1)]
+
+
 def needle_depths(depth: float, needles: int) -> list[float]:
     """The first needle at `depth`, the others spaced evenly after it: d + i·(1 − d)/N."""
     step = (1.0 - depth) / needles
@@ -71,7 +99,9 @@ class NiahTrial:
         if needles < 1 or distractors < 0 or needles + distractors > len(CITIES):
             raise UsageError(f"--needles must be at least 1 and --needles + --distractors at most {len(CITIES)}")
         self.tokenizer = tokenizer
-        cities = rng.sample(CITIES, needles + distractors)
+        questions = question_ids(tokenizer)
+        cities = needle_cities(questions, needles, rng)
+        cities += rng.sample([c for c in CITIES if c not in cities], distractors)
         numbers = rng.sample(range(1_000_000, 10_000_000), needles + distractors)
         self.cities, self.numbers = cities[:needles], [str(n) for n in numbers[:needles]]
         self.head = special_prefix(tokenizer)
@@ -81,8 +111,7 @@ class NiahTrial:
         self.queries = []
         for city, number in pairs:
             question = QUESTION.format(city=city)
-            self.queries.append(Query(continuation(tokenizer, AFTER_WORD, question),
-                                      continuation(tokenizer, question, " " + number), number,
+            self.queries.append(Query(questions[city], continuation(tokenizer, question, " " + number), number,
                                       question_text=question, answer_text=" " + number))
         decoys = [NEEDLE.format(city=c, number=n) for c, n in zip(cities[needles:], numbers[needles:], strict=True)]
         decoys = [Piece(text, continuation(tokenizer, AFTER_SENTENCE, text), True) for text in decoys]
