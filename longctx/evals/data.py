@@ -299,24 +299,31 @@ class DocumentTokens:
     def longest(self) -> int:
         return max(len(self.ids(i)) for i in range(len(self.docs)))
 
-    def windows(self, length: int, count: int, seed: int, *, span: int | None = None) -> list[Window]:
+    def windows(self, length: int, count: int, seed: int, *, span: int | None = None,
+                prefer_length: int | None = None) -> list[Window]:
         """Up to `count` windows of `span` (default `length`) tokens, each inside one document.
 
-        Only documents holding at least `length` tokens qualify, taken in an order fixed by `seed` (the same
-        documents at every length for one seed); windows go round-robin over them, so `count` qualifying
-        documents give one window each, fewer give several non-overlapping windows per document, at seeded
-        offsets. A document never shares a window with another: no window crosses a document boundary.
+        Only documents holding at least `length` tokens qualify, taken in an order fixed by `seed`; documents
+        that also hold `prefer_length` tokens (the longest length of a sweep) come first, so every length of
+        a sweep reads the same documents where the corpus allows and lengths compare like with like. Windows
+        go round-robin over the chosen documents, so `count` documents give one window each, fewer give
+        several non-overlapping windows per document, at seeded offsets. No window crosses a document boundary.
         """
         span = span or length
         order = list(range(len(self.docs)))
         random.Random(seed).shuffle(order)
-        eligible = []
-        for index in order:
+
+        def holds(index: int, n: int) -> bool:
             # a token covers at least one UTF-8 byte: shorter documents cannot qualify, skip tokenizing them
-            if len(self.docs[index][1].encode("utf-8")) >= length and len(self.ids(index)) >= length:
-                eligible.append(index)
+            return len(self.docs[index][1].encode("utf-8")) >= n and len(self.ids(index)) >= n
+
+        eligible: list[int] = []
+        for threshold in dict.fromkeys([max(length, prefer_length or length), length]):
+            for index in order:
                 if len(eligible) == count:
                     break
+                if index not in eligible and holds(index, threshold):
+                    eligible.append(index)
         if not eligible:
             return []
         rng = random.Random(f"{seed}|{length}|{span}")

@@ -2,8 +2,9 @@
 
 For each length L, `docs` windows of L tokens are scored, each taken from ONE document (never from
 concatenated documents, which would reset the context mid-window): documents holding at least L tokens are
-taken in an order fixed by the seed, one window each, several non-overlapping ones when fewer documents
-qualify (`longctx.evals.data.DocumentTokens.windows`). Each cell records which document and offset every
+taken in an order fixed by the seed, those long enough for the sweep's longest length first (so every length
+reads the same documents where the corpus allows), one window each, several non-overlapping ones when fewer
+documents qualify (`longctx.evals.data.DocumentTokens.windows`). Each cell records which document and offset every
 window came from. Without a stride each window is one forward; with `stride` S, each window is a span of up
 to 2L tokens read by L-token windows moving S at a time, scoring only tokens no earlier window scored, so
 those tokens see at least L − S tokens of context. Reported: mean NLL over scored tokens, ppl = exp(NLL), a
@@ -113,7 +114,8 @@ def plan_windows(tokenizer, cfg: Config, lengths: list[int]) -> dict[int, list[W
     for length in lengths:
         body = length - len(prefix)
         span = body if cfg.stride is None else 2 * body
-        plans[length] = documents.windows(body, cfg.docs, cfg.seed, span=span)
+        plans[length] = documents.windows(body, cfg.docs, cfg.seed, span=span,
+                                          prefer_length=max(cfg.lengths) - len(prefix))
         if not plans[length]:
             raise UsageError(f"no document of data {name!r} holds {length} tokens (the longest holds "
                              f"{documents.longest()}): perplexity at a length needs single documents that long, "
