@@ -43,9 +43,9 @@ lint: setup
 bench: setup
 	$(PY) bench/run.py
 
-# SmolLM2-135M past its trained 8K on CPU (docs/results/smollm2-extension-cpu): long, resumable, not in CI.
+# SmolLM2-135M past its trained 8K on CPU (docs/results/smollm2-extension-cpu): hours, resumable, not in CI.
 extension-cpu: setup
-	bash eval/studies/smollm2-extension-cpu.sh
+	bash eval/studies/smollm2-extension-cpu.sh $(STAGES)
 
 clean:
 	rm -rf demo-out .pytest_cache .ruff_cache

