@@ -85,7 +85,7 @@ def test_passkey_prompt_has_exact_length_and_needle_at_depth(tokenizer, length):
     # depth 1 puts the needle after the last whole filler sentence: at most part of one sentence follows
     assert trial.prompt(1.0).needle_positions[0] == len(trial.head) + trial.boundaries[-1]
     assert len(trial.filler) - trial.boundaries[-1] < len(needle)
-    assert len(trial.passkey) == 5 and trial.passkey.isdigit()
+    assert 5 <= len(trial.passkey) <= 7 and trial.passkey.isdigit() and trial.passkey[0] != "0"
     query = trial.prompt(0.5).queries[0]
     assert tokenizer.decode(query.answer).strip() == trial.passkey == query.expected
     assert tokenizer.decode(query.question).endswith("What is the pass key? The pass key is")

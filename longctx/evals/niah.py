@@ -38,7 +38,7 @@ from longctx.evals.data import (
 )
 from longctx.evals.passkey import place
 from longctx.evals.results import ResultsWriter
-from longctx.evals.scoring import Graded, Prompt, Query, contains_answer, run_grid
+from longctx.evals.scoring import Graded, Prompt, Query, contains_answer, run_grid, wilson_interval
 
 NEEDLE = " The special magic number for {city} is {number}."
 QUESTION = "\n\nWhat is the special magic number for {city}? The special magic number for {city} is"
@@ -164,8 +164,10 @@ class NiahTrial:
 
 def summarize_for(needles: int):
     def summarize(samples: list[dict]) -> dict:
-        score = sum(sample["retrieved"] / needles for sample in samples) / len(samples) if samples else 0.0
-        return {"score": score}
+        """score: the fraction of questions answered; its Wilson 95% interval counts each question once."""
+        retrieved, questions = sum(sample["retrieved"] for sample in samples), needles * len(samples)
+        return {"score": retrieved / questions if questions else 0.0, "retrieved": retrieved,
+                "questions": questions, "accuracy_ci95": wilson_interval(retrieved, questions)}
     return summarize
 
 

@@ -1,21 +1,25 @@
 """Passkey retrieval in the landmark-attention form (Mohtashami & Jaggi 2023).
 
 A task line, the filler "The grass is green. ..." repeated, the needle "The pass key is K. Remember it. K is
-the pass key." at a chosen depth, more filler, then "What is the pass key? The pass key is"; K is a random
-5-digit integer. L counts everything the model reads before the answer (BOS, task line, filler, needle,
-question) and is exact. Every piece is tokenized where it stands in the prompt (`data.encode_after`), so the
-ids are the tokenization of the prompt's text and the gold answer is what the tokenizer makes of " K" after
-the question (a SentencePiece tokenizer would otherwise add a "▁" to each piece). The needle goes after the
+the pass key." at a chosen depth, more filler, then "What is the pass key? The pass key is". Every
+(length, depth, trial) draws its own key K and filler from its own seed (`scoring.trial_seed`, recorded in
+each sample): K has `key_digits` digits (default 5-7, each count equally likely; the landmark and LongLoRA
+scripts draw randint(1, 50000)) and the filler cycle starts at a random sentence, so cells at different
+depths are independent trials. Each cell reports accuracy with its Wilson 95% interval.
+
+L counts everything the model reads before the answer (BOS, task line, filler, needle, question) and is
+exact. Every piece is tokenized where it stands in the prompt (`data.encode_after`), so the ids are the
+tokenization of the prompt's text and the gold answer is what the tokenizer makes of " K" after the
+question (a SentencePiece tokenizer would otherwise add a "▁" to each piece). The needle goes after the
 last filler sentence at or before depth × filler length (depth 1: after the last whole one); the filler
-ends after a word where the question follows cleanly. For one (length, trial) the filler and K are fixed and
-only the needle moves, which lets `scoring.grade_prompts` reuse the KV cache of the filler before the
-needle across depths.
+ends after a word where the question follows cleanly.
 """
 
 from __future__ import annotations
 
 import bisect
 import random
+import re
 from dataclasses import dataclass, field
 
 from longctx.errors import UsageError
@@ -30,7 +34,7 @@ from longctx.evals.data import (
     tokenize_pieces,
 )
 from longctx.evals.results import ResultsWriter
-from longctx.evals.scoring import Graded, Prompt, Query, first_integer, run_grid
+from longctx.evals.scoring import Graded, Prompt, Query, first_integer, run_grid, wilson_interval
 
 TASK_LINE = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
              "I will quiz you about the important information there.")
@@ -48,7 +52,21 @@ class Config:
     trials: int = 5                                        # passkeys per (length, depth)
     mode: str = "forced"                                   # forced (one teacher-forced forward) or generate
     seed: int = 0
-    share_prefix: bool = True                              # reuse the filler's KV cache across depths
+    share_prefix: bool = True                              # reuse the KV cache of a shared prompt start
+    key_digits: str = "5-7"                                # passkey digits: a count (5) or a range (5-7)
+
+    def __post_init__(self):
+        low, high = key_digit_range(self.key_digits)
+        self.key_digits = f"{low}-{high}" if low != high else str(low)
+
+
+def key_digit_range(spec) -> tuple[int, int]:
+    """'5-7' -> (5, 7): keys of 5 to 7 digits, each count equally likely; 5 or '5' -> (5, 5)."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", str(spec))
+    low, high = (int(match[1]), int(match[2] or match[1])) if match else (0, 0)
+    if not 1 <= low <= high <= 30:
+        raise UsageError(f"bad key_digits {spec!r} for task passkey: use a count (5) or a range (5-7) within 1..30")
+    return low, high
 
 
 def place(boundaries: list[int], depth: float, total: int) -> int:
@@ -57,23 +75,28 @@ def place(boundaries: list[int], depth: float, total: int) -> int:
     return boundaries[max(bisect.bisect_right(boundaries, target) - 1, 0)]
 
 
-def filler_stream(tokenizer, n_tokens: int) -> list[Piece]:
-    """Filler sentences after the task line, as tokenized in the joined text, holding n_tokens and more."""
-    two = tokenize_pieces(tokenizer, [*FILLER, *FILLER], before=TASK_LINE)
+def filler_stream(tokenizer, n_tokens: int, start: int = 0) -> list[Piece]:
+    """Filler sentences from FILLER[start] on, after the task line, as tokenized in the joined text, holding
+    n_tokens and more."""
+    order = [*FILLER[start:], *FILLER[:start]]
+    two = tokenize_pieces(tokenizer, order * 2, before=TASK_LINE)
     if len(two) != 2 * len(FILLER):  # a tokenizer that glues sentences together: tokenize all of it
         count = 2 + 2 * (n_tokens + 256) // max(1, sum(len(p.ids) for p in two))
-        return tokenize_pieces(tokenizer, list(FILLER) * count, before=TASK_LINE)
+        return tokenize_pieces(tokenizer, order * count, before=TASK_LINE)
     cycle = two[len(FILLER):]  # each sentence after the one before it, as everywhere but first
     per_cycle = sum(len(p.ids) for p in cycle)
     return [*two[: len(FILLER)], *cycle * (2 + (n_tokens + 256) // per_cycle)]
 
 
 class PasskeyTrial:
-    """One (length, trial): fixed passkey and filler; `prompt(depth)` only moves the needle."""
+    """A passkey and a filler drawn from `rng`; `prompt(depth)` only moves the needle (`run` builds one per
+    (length, depth, trial), each from its own seed)."""
 
-    def __init__(self, tokenizer, length: int, rng: random.Random):
+    def __init__(self, tokenizer, length: int, rng: random.Random, *, key_digits: tuple[int, int] = (5, 7)):
         self.tokenizer = tokenizer
-        self.passkey = str(rng.randint(10000, 99999))
+        digits = rng.randint(*key_digits)
+        self.passkey = str(rng.randint(10 ** (digits - 1), 10**digits - 1))
+        self.filler_start = rng.randrange(len(FILLER))  # the filler cycle starts at a random sentence
         self.head = special_prefix(tokenizer) + encode(tokenizer, TASK_LINE)
         self.needle_text = NEEDLE.format(key=self.passkey)
         self.needle = continuation(tokenizer, AFTER_SENTENCE, self.needle_text)
@@ -83,7 +106,7 @@ class PasskeyTrial:
         if n_filler < 0:
             raise UsageError(f"passkey length {length} is too short: the prompt without filler already takes "
                              f"{length - n_filler} tokens")
-        pieces = fill_exactly(tokenizer, filler_stream(tokenizer, n_filler), n_filler, TASK_LINE,
+        pieces = fill_exactly(tokenizer, filler_stream(tokenizer, n_filler, self.filler_start), n_filler, TASK_LINE,
                               [(QUESTION, self.question)])
         self.filler: list[int] = []
         self.filler_text = ""
@@ -110,7 +133,8 @@ class PasskeyTrial:
 
     def sample(self, seed: int, grades: list[Graded]) -> dict:
         graded = grades[0]
-        return {"seed": seed, "passkey": self.passkey, "answer": graded.answer.strip(), "correct": bool(graded.correct)}
+        return {"seed": seed, "passkey": self.passkey, "filler_start": self.filler_start,
+                "answer": graded.answer.strip(), "correct": bool(graded.correct)}
 
 
 def grade_passkey(generated: str, expected: str) -> bool:
@@ -120,15 +144,21 @@ def grade_passkey(generated: str, expected: str) -> bool:
 
 def summarize(samples: list[dict]) -> dict:
     correct = sum(sample["correct"] for sample in samples)
-    return {"correct": correct, "accuracy": correct / len(samples) if samples else 0.0}
+    return {"correct": correct, "accuracy": correct / len(samples) if samples else 0.0,
+            "accuracy_ci95": wilson_interval(correct, len(samples))}
 
 
 def run(model, tokenizer, cfg: Config, writer: ResultsWriter) -> list[dict]:
     """Every (length, depth) cell of the sweep, finished ones read back from `writer`."""
     if cfg.trials < 1:
         raise UsageError("--trials must be at least 1")
+    digits = key_digit_range(cfg.key_digits)
+
+    def key_fields(length: int, depth: float) -> dict:  # key_digits in the key: other keys are other cells
+        return {"length": length, "depth": depth, "key_digits": cfg.key_digits, "mode": cfg.mode}
+
     return run_grid(model, tokenizer, writer, task="passkey", lengths=cfg.lengths, depths=cfg.depths,
-                    trials=cfg.trials, seed=cfg.seed, mode=cfg.mode,
-                    key_fields=lambda length, depth: {"length": length, "depth": depth, "mode": cfg.mode},
-                    build=lambda length, rng: PasskeyTrial(tokenizer, length, rng), grade=grade_passkey,
-                    summarize=summarize, share_prefix=cfg.share_prefix)
+                    trials=cfg.trials, seed=cfg.seed, mode=cfg.mode, key_fields=key_fields,
+                    build=lambda length, rng: PasskeyTrial(tokenizer, length, rng, key_digits=digits),
+                    grade=grade_passkey, summarize=summarize, share_prefix=cfg.share_prefix,
+                    independent_depths=True)

@@ -152,7 +152,8 @@ def _legend(models: list[ModelSummary]) -> str:
     return LEGEND + (f" Series in the table: {'; '.join(shown)}." if shown else "")
 
 
-LEGEND = (f"Retrieval = mean of passkey accuracy and NIAH score (mean over depths). Effective length (RULER): "
+LEGEND = (f"Retrieval = mean of passkey accuracy and NIAH score (mean over depths; in brackets in report.md, the "
+          f"Wilson 95% interval of all depths' trials pooled). Effective length (RULER): "
           f"the longest length L with retrieval >= {RETRIEVAL_OK} at every evaluated length <= L. Italic cells lie "
           f"beyond the model's trained length; their perplexity is coloured by its ratio to the in-distribution "
           f"perplexity (green <= {PPL_HOLDS}x, yellow <= {PPL_BROKEN}x, red above). SUPERFICIAL: perplexity "
@@ -206,6 +207,9 @@ def render_markdown(models: list[ModelSummary], context: dict) -> str:
             texts = []
             for n in lengths:
                 text = _cell(m, attr, n)[0]
+                interval = m.ci95.get(attr, {}).get(n) if text != "–" else None
+                if interval:  # pooled over depths: Wilson 95%
+                    text += f" [{interval[0]:.2f}, {interval[1]:.2f}]"
                 texts.append(f"*{text}*" if text != "–" and m.status.get(n, "in-distribution") != "in-distribution"
                              else text)
             out.append(row([f"**{m.label}**", *texts]))

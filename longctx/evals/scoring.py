@@ -7,14 +7,16 @@ while every argmax matches, its inputs equal the teacher-forced ones), hence the
 one forward instead of one per generated token. It is stricter only when greedy decoding would spell the
 right string with a different tokenization. Generate mode decodes greedily and grades the text instead.
 
-Within one (length, trial) the filler is fixed and only the needle moves, so prompts of different depths
-share the text before the needle. `grade_prompts` keeps one KV cache, crops it back to the longest prefix
-the next prompt shares and runs only the rest; questions after the same context reuse the context's cache.
+Within one NIAH (length, trial) the haystack is fixed and only the needle moves, so prompts of different
+depths share the text before the needle (passkey draws each depth independently: they share the task line).
+`grade_prompts` keeps one KV cache, crops it back to the longest prefix the next prompt shares and runs only
+the rest; questions after the same context reuse the context's cache.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import re
 import sys
@@ -23,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from longctx import rope_config
-from longctx.evals.results import ResultsWriter, cell_key
+from longctx.evals.results import ResultsWriter, cell_key, format_value
 
 
 @dataclass
@@ -175,10 +177,27 @@ def grade_prompts(model, tokenizer, prompts: list[Prompt], *, mode: str = "force
     return results
 
 
-def trial_seed(seed: int, task: str, length: int, trial: int) -> int:
-    """A stable per-trial seed (recorded in each sample): the same run seed rebuilds the same prompts."""
-    digest = hashlib.blake2b(f"{seed}|{task}|{length}|{trial}".encode(), digest_size=4).digest()
+def trial_seed(seed: int, task: str, length: int, trial: int, depth: float | None = None) -> int:
+    """A stable per-trial seed (recorded in each sample): the same run seed rebuilds the same prompts.
+
+    With a depth, every (length, depth, trial) gets its own seed, so cells at different depths are independent.
+    """
+    text = f"{seed}|{task}|{length}|{trial}" + ("" if depth is None else f"|{format_value(float(depth))}")
+    digest = hashlib.blake2b(text.encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> list[float]:
+    """Wilson score interval of a binomial proportion (95% by default): [low, high], [0, 1] when n == 0.
+
+    Unlike p ± z·√(p(1−p)/n) it stays inside [0, 1] and is not empty at 0/n or n/n (5/5 -> [0.566, 1]).
+    """
+    if n <= 0:
+        return [0.0, 1.0]
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def length_warnings(model, length: int) -> list[str]:
@@ -191,12 +210,15 @@ def length_warnings(model, length: int) -> list[str]:
 def run_grid(model, tokenizer, writer: ResultsWriter, *, task: str, lengths: list[int], depths: list[float],
              trials: int, seed: int, mode: str, key_fields: Callable[[int, float], dict],
              build: Callable[[int, random.Random], object], grade: Callable[[str, str], bool],
-             summarize: Callable[[list[dict]], dict], share_prefix: bool = True) -> list[dict]:
+             summarize: Callable[[list[dict]], dict], share_prefix: bool = True,
+             independent_depths: bool = False) -> list[dict]:
     """Run a lengths × depths grid of retrieval cells, `trials` trials each; returns every cell (old + new).
 
     `build(length, rng)` returns a trial object with `.prompt(depth) -> Prompt` and
-    `.sample(seed, grades) -> dict`; one trial's prompts of all depths are graded together so they can
-    share the filler's KV cache. Each finished trial is journaled; a cell is written once all its trials are.
+    `.sample(seed, grades) -> dict`. One trial object serves every depth of a (length, trial), so they
+    share the filler's KV cache, unless `independent_depths`: then each (length, depth, trial) is built from
+    its own seed. One trial's prompts of all depths are graded together. Each finished trial is journaled;
+    a cell is written once all its trials are.
     """
     from tqdm.auto import tqdm
 
@@ -211,24 +233,29 @@ def run_grid(model, tokenizer, writer: ResultsWriter, *, task: str, lengths: lis
         warnings = length_warnings(model, length)
         if todo and warnings:
             print(f"warning: {task}: {warnings[0]}", file=sys.stderr)
-        seeds = [trial_seed(seed, task, length, trial) for trial in range(trials)]
-        for s in seeds:
-            need = [d for d in sorted(todo) if s not in writer.samples(keys[length, d])]
+        seeds = {(depth, trial): trial_seed(seed, task, length, trial, depth if independent_depths else None)
+                 for depth in depths for trial in range(trials)}
+        for trial in range(trials):
+            need = [d for d in sorted(todo) if seeds[d, trial] not in writer.samples(keys[length, d])]
             if not need:
                 continue
-            trial_obj = build(length, random.Random(s))
-            prompts = [trial_obj.prompt(depth) for depth in need]
+            if independent_depths:
+                trial_objs = [build(length, random.Random(seeds[d, trial])) for d in need]
+            else:
+                trial_objs = [build(length, random.Random(seeds[need[0], trial]))] * len(need)
+            prompts = [obj.prompt(depth) for obj, depth in zip(trial_objs, need, strict=True)]
             timings: list[float] = []
             grades = grade_prompts(model, tokenizer, prompts, mode=mode, share_prefix=share_prefix, grade=grade,
                                    timings=timings)
-            for depth, graded, spent in zip(need, grades, timings, strict=True):
-                sample = {**trial_obj.sample(s, graded), "seconds": round(spent, 3)}
+            for depth, obj, graded, spent in zip(need, trial_objs, grades, timings, strict=True):
+                sample = {**obj.sample(seeds[depth, trial], graded), "seconds": round(spent, 3)}
                 writer.add_sample(keys[length, depth], sample)
             bar.update(len(need) / trials)
         for depth in todo:
             journal = writer.samples(keys[length, depth])
-            samples = [{k: v for k, v in journal[s].items() if k != "seconds"} for s in seeds]
-            seconds = sum(journal[s].get("seconds") or 0.0 for s in seeds)
+            cell_seeds = [seeds[depth, trial] for trial in range(trials)]
+            samples = [{k: v for k, v in journal[s].items() if k != "seconds"} for s in cell_seeds]
+            seconds = sum(journal[s].get("seconds") or 0.0 for s in cell_seeds)
             cell = {"task": task, "key": keys[length, depth], **key_fields(length, depth), "trials": trials,
                     **summarize(samples), "samples": samples, "seconds": round(seconds, 3), "warnings": warnings}
             writer.append(cell)

@@ -39,6 +39,7 @@ class ModelSummary:
     passkey: dict[int, float] = field(default_factory=dict)   # length -> accuracy, mean over depths
     niah: dict[int, float] = field(default_factory=dict)      # length -> score, mean over depths
     retrieval: dict[int, float] = field(default_factory=dict)  # mean of passkey and niah where both exist
+    ci95: dict[str, dict[int, list[float]]] = field(default_factory=dict)  # task -> length -> pooled Wilson 95%
     ppl_ref: float | None = None                # perplexity at the longest evaluated length <= trained
     status: dict[int, str] = field(default_factory=dict)      # length -> in-distribution/extends/...
     flags: list[dict] = field(default_factory=list)
@@ -100,8 +101,8 @@ def variant_of(task: str, record: dict) -> tuple:
     """The settings besides length and depth that make cells comparable (one heatmap row per NIAH variant)."""
     if task == "ppl":
         return (record.get("data"), record.get("stride"))
-    if task == "passkey":
-        return (record.get("mode"),)
+    if task == "passkey":  # keys of another digit count are another experiment (older results: None)
+        return (record.get("mode"), record.get("key_digits"))
     return (record.get("needles", 1), record.get("distractors", 0), record.get("mode"))
 
 
@@ -109,7 +110,7 @@ def variant_name(task: str, variant: tuple) -> str:
     if task == "ppl":
         return f"data={variant[0]}, stride={'none' if variant[1] is None else variant[1]}"
     if task == "passkey":
-        return f"mode={variant[0]}"
+        return f"mode={variant[0]}" + (f", key_digits={variant[1]}" if len(variant) > 1 and variant[1] else "")
     return f"needles={variant[0]}, distractors={variant[1]}, mode={variant[2]}"
 
 
@@ -202,6 +203,23 @@ def mean_by_length(records: list[dict], value_key: str) -> dict[int, float]:
     return {length: sum(v) / len(v) for length, v in sorted(values.items())}
 
 
+def pooled_ci95(records: list[dict], task: str) -> dict[int, list[float]]:
+    """Per length, the Wilson 95% interval of all its depths' trials pooled (passkey: correct of trials, NIAH:
+    retrieved of questions); a length with a cell lacking those counts (older results) has none."""
+    from longctx.evals.scoring import wilson_interval
+
+    hits, totals = ("correct", "trials") if task == "passkey" else ("retrieved", "questions")
+    counts: dict[int, list[int]] = {}
+    for record in records:
+        k, n = record.get(hits), record.get(totals)
+        pooled = counts.setdefault(record["length"], [0, 0])
+        if isinstance(k, int) and isinstance(n, int) and pooled[1] >= 0:
+            pooled[0], pooled[1] = pooled[0] + k, pooled[1] + n
+        else:
+            pooled[1] = -1
+    return {length: wilson_interval(k, n) for length, (k, n) in sorted(counts.items()) if n > 0}
+
+
 def effective_length(retrieval: dict[int, float]) -> int | None:
     """RULER: the longest length L such that every evaluated length <= L scores >= 0.85; None if the first fails."""
     best = None
@@ -234,6 +252,7 @@ def summarize(model: ModelSummary, primaries: dict[str, tuple | None]) -> None:
     model.ppl = {r["length"]: r for r in sorted(model.records("ppl"), key=lambda r: r["length"])}
     model.passkey = mean_by_length(model.records("passkey"), "accuracy")
     model.niah = mean_by_length(model.records("niah"), "score")
+    model.ci95 = {task: pooled_ci95(model.records(task), task) for task in ("passkey", "niah")}
     for length in sorted(set(model.passkey) | set(model.niah)):
         scores = [s[length] for s in (model.passkey, model.niah) if length in s]
         model.retrieval[length] = sum(scores) / len(scores)
@@ -342,7 +361,9 @@ def summary_json(models: list[ModelSummary], title: str, figures: list[str]) -> 
     for m in models:
         by_length = [{"length": n, "ppl": m.ppl_value(n),
                       "ppl_ci95": m.ppl.get(n, {}).get("ppl_ci95"), "passkey": m.passkey.get(n),
-                      "niah": m.niah.get(n), "retrieval": m.retrieval.get(n), "status": m.status.get(n)}
+                      "passkey_ci95": m.ci95.get("passkey", {}).get(n), "niah": m.niah.get(n),
+                      "niah_ci95": m.ci95.get("niah", {}).get(n), "retrieval": m.retrieval.get(n),
+                      "status": m.status.get(n)}
                      for n in sorted(set(m.ppl) | set(m.retrieval))]
         rows.append({"label": m.label, "source": m.meta.get("source"), "trained_length": m.trained,
                      "claimed_length": m.claimed, "rope": m.meta.get("rope"),
