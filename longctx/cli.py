@@ -1,7 +1,8 @@
 """The `longctx` console script: a table of verbs, each a module with `add_parser(subparsers)`.
 
 Command modules keep heavy imports (torch, transformers) inside their run functions so `--help` is instant.
-Every UsageError becomes one line on stderr and exit code 2; argparse errors do the same.
+Every UsageError becomes one line on stderr and exit code 2; argparse errors, a full disk and a read-only
+output folder do the same.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import importlib
 import sys
 
 from longctx import __version__
-from longctx.errors import UsageError
+from longctx.errors import UsageError, close_progress_bars, environment_error
 
 # verb -> module whose add_parser(subparsers) registers it (and sets `func` on its parser)
 COMMANDS = {
@@ -42,14 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
+    args.argv = argv  # what was asked, for records such as longctx_patch.json
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
+        close_progress_bars()
         sys.stderr.write(f"longctx: error: {exc}\n")
+        return 2
+    except OSError as exc:  # a full disk or a read-only folder: one line too; anything else is a bug
+        if environment_error(exc) is None:
+            raise
+        close_progress_bars()
+        sys.stderr.write(f"longctx: error: {environment_error(exc)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("longctx: interrupted; finished work is kept and a rerun resumes\n")

@@ -1,5 +1,9 @@
 """The one error type users see: a one-line message, exit code 2, no traceback."""
 
+from __future__ import annotations
+
+import errno
+
 
 class UsageError(Exception):
     """Bad input the user can fix. The CLI prints `longctx: error: <message>` and exits with 2."""
@@ -9,3 +13,34 @@ def require(condition: bool, message: str) -> None:
     """Raise UsageError(message) unless condition holds."""
     if not condition:
         raise UsageError(message)
+
+
+# Failures of the machine rather than of longctx, reported in one line like a UsageError: errno -> advice.
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "free some space or write elsewhere",
+    errno.EDQUOT: "free some space or write elsewhere",
+    errno.EROFS: "that file system is read-only: write elsewhere",
+    errno.EACCES: "check who may read and write it",
+    errno.EPERM: "check who may read and write it",
+    errno.ENAMETOOLONG: "use a shorter path",
+}
+
+
+def environment_error(exc: BaseException) -> str | None:
+    """The one-line message for a full disk, a read-only or forbidden path (None for any other error,
+    which stays a traceback: that is a bug to report)."""
+    if not isinstance(exc, OSError) or exc.errno not in _ENVIRONMENT_ERRNOS:
+        return None
+    target = exc.filename2 or exc.filename  # shutil's copies put the destination second
+    where = f"{target}: " if target else ""
+    return f"{where}{exc.strerror or errno.errorcode[exc.errno]}; {_ENVIRONMENT_ERRNOS[exc.errno]}"
+
+
+def close_progress_bars() -> None:
+    """A progress bar may own the current stderr line (tqdm redraws it with \\r): close every live bar so an
+    error message starts on a line of its own."""
+    import sys
+
+    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)  # only if something imported tqdm
+    for bar in list(getattr(tqdm, "_instances", None) or []):
+        bar.close()

@@ -11,10 +11,12 @@ at once; a rerun reuses those trials instead of computing them again.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+
+from longctx import files
+from longctx.files import append_jsonl, kill_point, read_jsonl, sanitize
 
 
 def format_value(value) -> str:
@@ -33,42 +35,28 @@ def cell_key(task: str, **fields) -> str:
 
 
 def _append_line(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_jsonl(path, record)
 
 
 def _read_lines(path: Path) -> list[dict]:
-    """Every complete JSON line; a partial last line (a crash mid-write) is cut off so appends stay valid."""
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
-        with open(path, "r+b") as handle:
-            handle.truncate(len(data))
-    records = []
-    for line in data.decode("utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a garbled line is treated as not finished: its cell is computed again
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+    """Every complete JSON line; a partial last line (a crash mid-write) is cut off so appends stay valid,
+    and a garbled line is treated as not finished: its cell is computed again."""
+    return read_jsonl(path)
 
 
 class ResultsWriter:
     """Appends finished cells of one task of one model; knows which keys are done.
 
     `after_append(cell)` runs after each cell is safely on disk (tests use it to simulate a crash).
+    `before_first_write()` runs once, before the first line this writer writes (run_tasks writes model.json
+    there): the folder is created only then, so a run refused before its first cell leaves nothing behind.
     """
 
     def __init__(self, out_dir: str | os.PathLike, label: str, task: str, *,
-                 after_append: Callable[[dict], None] | None = None):
+                 after_append: Callable[[dict], None] | None = None,
+                 before_first_write: Callable[[], None] | None = None):
         self.dir = Path(out_dir) / label
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.before_first_write = before_first_write
         self.task = task
         self.path = self.dir / f"{task}.jsonl"
         self.journal_path = self.dir / f"{task}.partial"
@@ -88,17 +76,27 @@ class ResultsWriter:
     def cells(self) -> list[dict]:
         return list(self._cells.values())
 
+    def _ready(self) -> None:
+        if self.before_first_write is not None:
+            self.before_first_write()
+            self.before_first_write = None
+        self.dir.mkdir(parents=True, exist_ok=True)
+
     def append(self, cell: dict) -> None:
         cell = sanitize(cell)
+        self._ready()
         _append_line(self.path, cell)
         self._cells[cell["key"]] = cell
         if self.after_append is not None:
             self.after_append(cell)
+        kill_point("results:appended")
 
     def add_sample(self, key: str, sample: dict) -> None:
         """Journal one finished trial of a cell that is not finished yet."""
         sample = sanitize(sample)
+        self._ready()
         _append_line(self.journal_path, {"key": key, "sample": sample})
+        kill_point("results:journaled")
         self._samples.setdefault(key, {})[sample["seed"]] = sample
 
     def samples(self, key: str) -> dict:
@@ -106,25 +104,9 @@ class ResultsWriter:
         return dict(self._samples.get(key, {}))
 
 
-def sanitize(record):
-    """JSON has no NaN/inf: write them as null so every line parses everywhere."""
-    if isinstance(record, float):
-        return record if math.isfinite(record) else None
-    if isinstance(record, dict):
-        return {key: sanitize(value) for key, value in record.items()}
-    if isinstance(record, (list, tuple)):
-        return [sanitize(value) for value in record]
-    return record
-
-
 def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
     """Write via a temporary file and os.replace, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(sanitize(data), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return files.write_json_atomic(Path(path), data)
 
 
 def append_run(out_dir: str | os.PathLike, label: str, record: dict) -> Path:

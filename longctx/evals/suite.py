@@ -144,10 +144,12 @@ def run_tasks(source: str, configs: dict, out_dir, *, label: str | None = None, 
     too_long = sorted({n for cfg in configs.values() for n in cfg.lengths if n > claimed})
     warnings = [f"length {n} exceeds the {claimed} tokens the config claims (rope_config.max_length); ran anyway"
                 for n in too_long]
-    write_model_json(out_dir, label, model_info(model, source, model_dir, label, warnings))
+    info = model_info(model, source, model_dir, label, warnings)
     results, computed = {}, {}
     for task, cfg in configs.items():
-        writer = ResultsWriter(out_dir, label, task, after_append=after_append)
+        # model.json comes with a task's first result line: a task refused before any cell leaves nothing
+        writer = ResultsWriter(out_dir, label, task, after_append=after_append,
+                               before_first_write=lambda: write_model_json(out_dir, label, info))
         before = len(writer.cells())
         results[task] = get_task(task).run(model, tokenizer, cfg, writer)
         computed[task] = len(writer.cells()) - before

@@ -1,0 +1,185 @@
+"""Files that survive `kill -9`: temporary folders that say what they are, atomic publishing, JSON lines
+that tolerate a torn last line.
+
+Every output folder longctx writes is built under `.<name>.longctx-partial.<host>.<pid>` next to it and
+renamed into place when complete. A run that dies leaves only such a folder; the next run writing the same
+output removes it (when its process is gone), so no hidden copy of a model stays behind. An output replaced
+with `--force` is first moved to `.<name>.longctx-old.<host>.<pid>`; if the run dies before the new one is
+in place, the next run puts the old one back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+from pathlib import Path
+
+PARTIAL, OLD = "longctx-partial", "longctx-old"
+
+
+# ---------------------------------------------------------------------------------- temporary folders
+def _host() -> str:
+    return socket.gethostname().replace("/", "_") or "localhost"
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # ours from an earlier, failed attempt of this process: nobody else uses that name
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def _leftovers(out: Path, kind: str) -> list[tuple[Path, bool]]:
+    """(path, owner alive?) of `.<out.name>.<kind>.<host>.<pid>` folders next to `out`, this host only."""
+    prefix = f".{out.name}.{kind}.{_host()}."
+    found = []
+    if out.parent.is_dir():
+        for path in out.parent.iterdir():
+            if path.name.startswith(prefix) and path.name[len(prefix):].isdigit():
+                found.append((path, _alive(int(path.name[len(prefix):]))))
+    return found
+
+
+def clean_leftovers(out: Path) -> None:
+    """Remove what a killed run left next to `out`: its partial folder, or restore the output it had moved
+    aside to replace (the run died between the two renames of `publish_dir`)."""
+    out = Path(out)
+    for old, alive in _leftovers(out, OLD):
+        if alive:
+            continue
+        if not out.exists():
+            os.replace(old, out)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    for partial, alive in _leftovers(out, PARTIAL):
+        if not alive:
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def partial_dir(out: Path) -> Path:
+    """A new empty folder beside `out` to build it in, after removing leftovers of killed runs. It is created
+    with the umask's permissions, as a plain mkdir would (tempfile.mkdtemp makes 0700 folders that others
+    on a shared machine cannot read once published)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(out)
+    tmp = out.with_name(f".{out.name}.{PARTIAL}.{_host()}.{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def publish_dir(tmp: Path, out: Path) -> None:
+    """Move a finished folder into place; an old output (with --force) is moved aside, then removed."""
+    old = None
+    if out.exists() or out.is_symlink():
+        old = out.with_name(f".{out.name}.{OLD}.{_host()}.{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        kill_point("publish:moved-aside")
+    os.replace(tmp, out)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
+
+
+# ---------------------------------------------------------------------------------- JSON and JSON lines
+def sanitize(record):
+    """JSON has no NaN/inf: write them as null so every line parses everywhere."""
+    if isinstance(record, float):
+        return record if math.isfinite(record) else None
+    if isinstance(record, dict):
+        return {key: sanitize(value) for key, value in record.items()}
+    if isinstance(record, (list, tuple)):
+        return [sanitize(value) for value in record]
+    return record
+
+
+def dumps(record) -> str:
+    """One JSON line; NaN/inf become null (json.dumps would write the invalid `NaN`/`Infinity`)."""
+    return json.dumps(sanitize(record), ensure_ascii=False, allow_nan=False)
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one line, flushed and fsynced: a kill loses at most this line, torn (see `read_jsonl`)."""
+    line = (dumps(record) + "\n").encode("utf-8")
+    with open(path, "ab") as handle:
+        if os.environ.get("LONGCTX_KILL_AT"):  # tests: die with half the line on disk
+            handle.write(line[: len(line) // 2])
+            handle.flush()
+            kill_point("jsonl:torn")
+            line = line[len(line) // 2:]
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_jsonl(path: Path, *, repair: bool = True) -> list[dict]:
+    """Every complete JSON object line of `path` ([] if absent). A torn last line (a kill mid-append) is
+    dropped, and cut off the file when `repair`, so later appends start on a fresh line; a garbled line
+    is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+        if repair:
+            with open(path, "r+b") as handle:
+                handle.truncate(len(data))
+    records = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write via a temporary file in the same folder and os.replace, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{PARTIAL}.{_host()}.{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: Path, data) -> Path:
+    return write_text_atomic(path, json.dumps(sanitize(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+# ---------------------------------------------------------------------------------- test hook
+_hits: dict[str, int] = {}
+
+
+def kill_point(name: str) -> None:
+    """Tests of `kill -9`: with LONGCTX_KILL_AT=NAME[@N] the process SIGKILLs itself the N-th time (default
+    the first) it reaches the point NAME. Without the variable this does nothing."""
+    wanted = os.environ.get("LONGCTX_KILL_AT")
+    if not wanted:
+        return
+    point, _, nth = wanted.partition("@")
+    if point != name:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
