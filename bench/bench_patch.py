@@ -38,8 +38,15 @@ def make_sparse_checkpoint(directory: Path, total_bytes: int, shard_bytes: int =
     files = []
     for i in range(n):
         path = directory / f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-        with open(path, "wb") as handle:
-            handle.truncate(min(shard_bytes, total_bytes - i * shard_bytes))
+        size = min(shard_bytes, total_bytes - i * shard_bytes)
+        with open(path, "wb") as handle:  # a real safetensors header (longctx checks it): one uint8 tensor of zeros
+            header = b"{}"
+            for _ in range(3):  # the header's own length changes the data length it describes
+                data = size - 8 - len(header)
+                header = json.dumps({"zeros": {"dtype": "U8", "shape": [data], "data_offsets": [0, data]}}).encode()
+            header = header.ljust(size - 8 - data)  # pad so that 8 + header + data == size exactly
+            handle.write(len(header).to_bytes(8, "little") + header)
+            handle.truncate(size)
         files.append(path)
     return files
 

@@ -1,8 +1,13 @@
 """Writing a patched checkpoint safely: the source is only read, the output appears atomically.
 
-Weights are hard-linked (no copy, no extra disk, instant for multi-GB files), falling back to a symlink,
-then a copy; `copy=True` forces copies. Only config.json is rewritten; a model card and a machine-readable
-`longctx_patch.json` record what changed, so the patch travels with the weights (LongLoRA #181).
+Weight files (large, and never rewritten in place by transformers' `save_pretrained`, which writes a new
+file) are hard-linked: no copy, no extra disk, instant for multi-GB shards. On another file system a hard
+link is impossible and they become symlinks, which the CLI says. Everything else (config, tokenizer,
+generation config, …) is copied: those small files are what a later `save_pretrained` or an editor
+rewrites in place, which through a link would change the source. `copy=True` copies the weights too.
+Only config.json is rewritten; a model card and a machine-readable `longctx_patch.json` record what changed,
+so the patch travels with the weights (LongLoRA #181). The output is built in a `.longctx-partial` folder
+beside it and renamed into place (`longctx.files`).
 """
 
 from __future__ import annotations
@@ -11,22 +16,23 @@ import datetime as _dt
 import json
 import os
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 from longctx import __version__, rope, rope_config
-from longctx.errors import require
+from longctx.errors import UsageError, environment_error, require
+from longctx.files import clean_leftovers, kill_point, partial_dir, publish_dir
 from longctx.patch import PatchSpec, patch_config
-from longctx.sources import read_config_json, resolve_model_dir
+from longctx.sources import WEIGHT_SUFFIXES, read_config_json, resolve_model_dir
 
 SKIPPED = {"config.json", "README.md", "longctx_patch.json", ".gitattributes"}
+RECORD = "longctx_patch.json"  # marks a folder as a longctx patch output (only those may be replaced)
 
 
-def link_or_copy(src: Path, dst: Path, *, copy: bool = False) -> str:
-    """Place src at dst as a hard link, else a symlink, else a copy; returns which."""
+def place_file(src: Path, dst: Path, *, copy: bool = False) -> str:
+    """Put src at dst: weight files as a hard link (a symlink across file systems), anything else, or
+    everything with `copy`, as a copy. Returns 'hardlink', 'symlink' or 'copy'."""
     real = src.resolve()  # Hub snapshots are symlinks into blobs/
-    if not copy:
+    if not copy and src.name.endswith(WEIGHT_SUFFIXES):
         try:
             os.link(real, dst)
             return "hardlink"
@@ -40,25 +46,39 @@ def link_or_copy(src: Path, dst: Path, *, copy: bool = False) -> str:
     return "copy"
 
 
-def check_output_path(source_dir: Path, out: Path, *, force: bool) -> None:
-    src, dst = source_dir.resolve(), out.resolve()
-    require(dst != src, f"--out {out} is the source checkpoint itself: choose a new directory")
-    require(src not in dst.parents, f"--out {out} lies inside the source checkpoint {source_dir}: choose a directory outside it")
-    require(dst not in src.parents, f"--out {out} contains the source checkpoint {source_dir}: choose another directory")
+def check_not_source(source_dir: Path, out: Path, flag: str = "--out") -> None:
+    """`out` must not be the source, lie inside it or contain it, nor be (or contain) the current folder:
+    replacing any of those would delete what is being read or worked in."""
+    src, dst, cwd = Path(source_dir).resolve(), Path(out).expanduser().resolve(), Path.cwd().resolve()
+    require(dst != src, f"{flag} {out} is the source checkpoint itself: choose a new directory")
+    require(src not in dst.parents, f"{flag} {out} lies inside the source checkpoint {source_dir}: choose a directory outside it")
+    require(dst not in src.parents, f"{flag} {out} contains the source checkpoint {source_dir}: choose another directory")
+    require(dst != cwd and dst not in cwd.parents,
+            f"{flag} {out} is the current directory or contains it: name a new directory for the output")
+
+
+def check_writable(out: Path, flag: str = "--out") -> None:
+    """Fail before any work when the folder that would hold `out` cannot be written."""
+    parent = Path(out).expanduser().absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    require(parent.is_dir(), f"{flag} {out}: {parent} is a file, not a directory")
+    require(os.access(parent, os.W_OK | os.X_OK), f"{flag} {out}: cannot write in {parent} (read-only or no permission): write elsewhere")
+
+
+def check_output_path(source_dir: Path, out: Path, *, force: bool, marker: str = RECORD,
+                      what: str = "longctx patch output") -> None:
+    """Refuse an output that overlaps the source, or that exists and is not ours to replace: an existing
+    non-empty folder needs `force` and must hold `marker` (longctx never deletes a folder it did not write)."""
+    check_not_source(source_dir, out)
+    out = Path(out).expanduser()
     if out.exists():
         require(out.is_dir(), f"--out {out} exists and is a file: choose a new directory")
-        require(force or not any(out.iterdir()), f"--out {out} exists and is not empty: pass --force to replace it")
-
-
-def publish_dir(tmp: Path, out: Path) -> None:
-    """Move a finished temp dir into place; an old output (with --force) is swapped out, then removed."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if any(out.iterdir()):
+            require(force, f"--out {out} exists and is not empty: pass --force to replace it")
+            require((out / marker).is_file(),
+                    f"--force: {out} is not a {what} (no {marker}); refusing to delete it: choose a new --out")
+    check_writable(out)
 
 
 def analysis_summary(config: dict) -> dict:
@@ -72,6 +92,35 @@ def analysis_summary(config: dict) -> dict:
     return summary
 
 
+def changed_fields(before: dict, after: dict, prefix: str = "") -> dict:
+    """{config key: [before, after]} of every top-level key (or key of a nested text_config) that differs."""
+    changed = {}
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        if key == "text_config" and isinstance(old, dict) and isinstance(new, dict):
+            changed.update(changed_fields(old, new, prefix="text_config."))
+        else:
+            changed[prefix + key] = [old, new]
+    return changed
+
+
+def files_line(files: dict) -> str:
+    """What the model card says about how each file got there."""
+    by_kind = {kind: sorted(name for name, k in files.items() if k == kind) for kind in ("hardlink", "symlink", "copy")}
+    parts = []
+    if by_kind["hardlink"]:
+        parts.append(f"hard links to the source's files (same bytes on disk: never write into them in place): "
+                     f"{', '.join(f'`{n}`' for n in by_kind['hardlink'])}")
+    if by_kind["symlink"]:
+        parts.append(f"symlinks to the source (another file system; moving or deleting the source breaks this "
+                     f"folder): {', '.join(f'`{n}`' for n in by_kind['symlink'])}")
+    if by_kind["copy"]:
+        parts.append(f"copies: {', '.join(f'`{n}`' for n in by_kind['copy'])}")
+    return "; ".join(parts) or "no files besides the config"
+
+
 def model_card(record: dict) -> str:
     before, after = record["rope_before"], record["rope_after"]
     rows = "\n".join(f"| `{k}` | {before.get(k, '—')} | {after.get(k, '—')} |" for k in sorted(set(before) | set(after)))
@@ -80,6 +129,7 @@ def model_card(record: dict) -> str:
     bound_line = "" if bound is None else (
         f"- Base lower bound (*Base of RoPE Bounds Context Length*): B(m) = Σ cos(m·θᵢ) ≥ 0 for all m ≤ "
         f"{analysis['claimed_length']}: **{'holds' if bound else 'violated'}**.\n")
+    origin = f"Command: `{record['command']}`" if record.get("command") else f"Written by {record['written_by']}."
     return f"""---
 tags: [longctx, rope, long-context]
 ---
@@ -94,29 +144,35 @@ Rotary position embeddings of `{record['source']}` patched by [longctx](https://
 | `max_position_embeddings` | {record['max_position_embeddings_before']} | {record['max_position_embeddings']} |
 
 - Trained context: {analysis['trained_length']} tokens; context claimed now: {analysis['claimed_length']} tokens.
-{bound_line}- Weights are unchanged (linked from the source: {', '.join(sorted(set(record['files'].values()))) or 'none'}).
+{bound_line}- Weights are unchanged. Files: {files_line(record['files'])}.
   Only `config.json` differs; it carries the patch in both transformers 4 (`rope_theta`, `rope_scaling`) and
   transformers 5 (`rope_parameters`) form. Keep it with the weights: without it the model is the original.
 - A training-free patch often needs a short fine-tune at the original length before long-context retrieval
   works; evaluate with `longctx eval suite` before trusting the claimed context.
 
-Command: `{record['command']}`
+{origin}
 """
 
 
 def write_patched_checkpoint(source, out, spec: PatchSpec, *, force: bool = False, copy: bool = False,
                              allow_pickle: bool = False, trust_remote_code: bool = False,
-                             revision: str | None = None, command: str | None = None) -> Path:
-    """Patch `source` (Hub id, local dir or GGUF) into the new directory `out`. Returns `out`."""
+                             revision: str | None = None, command: str | None = None,
+                             written_by: str = "the longctx Python API (longctx.checkpoint)") -> Path:
+    """Patch `source` (Hub id, local dir or GGUF) into the new directory `out`. Returns `out`.
+
+    `command` is the `longctx patch` command line, given only by the CLI; other callers (the fine-tune
+    recipe) say who they are in `written_by`. longctx_patch.json records the spec applied, the config
+    fields it changed, the source and the longctx version either way.
+    """
     out = Path(out).expanduser()
     source_dir = resolve_model_dir(source, revision=revision, allow_pickle=allow_pickle,
                                    trust_remote_code=trust_remote_code)
+    clean_leftovers(out)  # a run killed mid-publish may have moved the old output aside: it is back before any check
     check_output_path(source_dir, out, force=force)
     config = read_config_json(source_dir)
     new_config = patch_config(config, spec)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = partial_dir(out)
     try:
         files = {}
         for path in sorted(source_dir.rglob("*")):
@@ -124,15 +180,18 @@ def write_patched_checkpoint(source, out, spec: PatchSpec, *, force: bool = Fals
             if rel.parts[0].startswith(".") or str(rel) in SKIPPED or path.is_dir():
                 continue
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            files[str(rel)] = link_or_copy(path, tmp / rel, copy=copy)
+            files[str(rel)] = place_file(path, tmp / rel, copy=copy)
+            kill_point("patch:placed")
         (tmp / "config.json").write_text(json.dumps(new_config, indent=2, sort_keys=True) + "\n")
         text_before, text_after = rope_config.text_config(config), rope_config.text_config(new_config)
         record = {
             "longctx_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": command or " ".join(["longctx", *sys.argv[1:]]),
+            "written_by": "longctx patch" if command else written_by,
+            "command": command,
             "source": str(source), "source_dir": str(source_dir), "out": str(out),
             "spec": spec.to_dict(),
+            "changed_fields": changed_fields(config, new_config),
             "rope_before": rope_config.rope_parameters(text_before),
             "rope_after": rope_config.rope_parameters(text_after),
             "max_position_embeddings_before": text_before.get("max_position_embeddings"),
@@ -141,11 +200,14 @@ def write_patched_checkpoint(source, out, spec: PatchSpec, *, force: bool = Fals
             "analysis": analysis_summary(new_config),
             "files": files,
         }
-        (tmp / "longctx_patch.json").write_text(json.dumps(record, indent=2) + "\n")
+        (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(record))
+        kill_point("patch:complete")
         publish_dir(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if environment_error(exc):
+            raise UsageError(f"could not write {out} ({exc.strerror}): nothing was written; free some space "
+                             "or choose another --out") from None
         raise
     return out
-

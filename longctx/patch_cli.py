@@ -12,12 +12,13 @@ from longctx.patch import add_patch_arguments, spec_from_args
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "patch", help="rewrite the rotary config of a checkpoint (base, linear, ntk, dynamic, yarn, llama3)",
-        description="Write a copy of a checkpoint whose config extends its context. Weights are hard-linked, "
-                    "the source is never modified, the output appears atomically.")
+        description="Write a copy of a checkpoint whose config extends its context. Weight files are "
+                    "hard-linked (symlinked across file systems), other files copied; the source is never "
+                    "modified, the output appears atomically.")
     parser.add_argument("--model", required=True, help="Hub id, local checkpoint directory or .gguf file")
     parser.add_argument("--out", required=True, help="new directory for the patched checkpoint")
     add_patch_arguments(parser)
-    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--force", action="store_true", help="replace --out if it is an earlier longctx patch output")
     parser.add_argument("--copy", action="store_true", help="copy weights instead of hard-linking them")
     parser.add_argument("--allow-pickle", action="store_true", help="accept weights stored only as pickle .bin/.pt")
     parser.add_argument("--trust-remote-code", action="store_true", help="accept checkpoints that need their own code")
@@ -30,14 +31,20 @@ def run(args) -> int:
 
     spec = spec_from_args(args)
     require(spec is not None, "nothing to patch: give --base and/or --method with --factor or --target-length")
+    argv = getattr(args, "argv", None)
+    argv = sys.argv[1:] if argv is None else argv
     out = write_patched_checkpoint(args.model, args.out, spec, force=args.force, copy=args.copy,
                                    allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
-                                   revision=args.revision, command=shlex.join(["longctx", *sys.argv[1:]]))
+                                   revision=args.revision, command=shlex.join(["longctx", *argv]))
     import json
 
     record = json.loads((out / "longctx_patch.json").read_text())
     after = record["rope_after"]
     print(f"patched {args.model} -> {out}")
+    symlinks = sorted(name for name, kind in record["files"].items() if kind == "symlink")
+    if symlinks:
+        print(f"  note: {out} is on another file system than the source, so {len(symlinks)} weight file(s) are "
+              "symlinks to it (moving or deleting the source breaks the output); pass --copy for a copy")
     print(f"  rope: {', '.join(f'{k}={v}' for k, v in after.items())}")
     print(f"  max_position_embeddings {record['max_position_embeddings_before']} -> {record['max_position_embeddings']}"
           f" (trained at {record['original_max_position_embeddings']})")

@@ -118,15 +118,72 @@ def test_patch_copy_flag_copies(capsys, source, tmp_path):
     assert json.loads((out / "config.json").read_text())["rope_theta"] == 1e6
 
 
-def test_force_replaces_existing_output(capsys, source, tmp_path):
+def test_force_replaces_an_earlier_patch_output(capsys, source, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
+    assert run_cli(capsys, "patch", "--model", source, "--base", 1e6, "--out", out)[0] == 0
     (out / "old.txt").write_text("x")
-    code, _, err = run_cli(capsys, "patch", "--model", source, "--base", 1e6, "--out", out)
+    code, _, err = run_cli(capsys, "patch", "--model", source, "--base", 2e6, "--out", out)
     assert_usage_error(code, err)
     assert "--force" in err and (out / "old.txt").exists()
-    assert run_cli(capsys, "patch", "--model", source, "--base", 1e6, "--out", out, "--force")[0] == 0
-    assert not (out / "old.txt").exists() and (out / "config.json").exists()
+    assert run_cli(capsys, "patch", "--model", source, "--base", 2e6, "--out", out, "--force")[0] == 0
+    assert not (out / "old.txt").exists() and json.loads((out / "config.json").read_text())["rope_theta"] == 2e6
+
+
+def test_force_never_deletes_a_folder_longctx_did_not_write(capsys, source, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    code, _, err = run_cli(capsys, "patch", "--model", source, "--base", 1e6, "--out", out, "--force")
+    assert_usage_error(code, err)
+    assert "not a longctx patch output" in err and (out / "thesis.tex").read_text() == "years of work"
+
+
+def test_record_says_what_was_applied_and_the_command_only_from_the_cli(capsys, source, tmp_path):
+    """Issue 10.6: longctx_patch.json recorded sys.argv, so a checkpoint written by the fine-tune recipe claimed
+    to come from a `longctx patch` command with the recipe's flags."""
+    from longctx.checkpoint import write_patched_checkpoint
+    from longctx.patch import PatchSpec
+
+    assert run_cli(capsys, "patch", "--model", source, "--method", "yarn", "--factor", 4, "--out", tmp_path / "cli")[0] == 0
+    cli = json.loads((tmp_path / "cli" / "longctx_patch.json").read_text())
+    assert cli["command"] == f"longctx patch --model {source} --method yarn --factor 4 --out {tmp_path / 'cli'}"
+    assert cli["written_by"] == "longctx patch"
+    assert cli["changed_fields"]["max_position_embeddings"] == [256, 1024]
+    assert cli["spec"] == {"method": "yarn", "factor": 4.0} and cli["longctx_version"] and cli["source"] == str(source)
+
+    write_patched_checkpoint(source, tmp_path / "api", PatchSpec(method="base", base=1e6), written_by="recipes/finetune.py")
+    api = json.loads((tmp_path / "api" / "longctx_patch.json").read_text())
+    assert api["command"] is None and api["written_by"] == "recipes/finetune.py"
+    assert api["changed_fields"]["rope_theta"][1] == 1e6 and api["spec"] == {"method": "base", "base": 1e6}
+    card = (tmp_path / "api" / "README.md").read_text()
+    assert "Command:" not in card and "recipes/finetune.py" in card
+
+
+def test_only_weights_are_linked_small_files_are_copies(capsys, source, tmp_path):
+    """A later save_pretrained or an editor rewrites tokenizer/config files in place: through a hard link that
+    would change the source. The card says which files are linked."""
+    out = tmp_path / "patched"
+    assert run_cli(capsys, "patch", "--model", source, "--base", 1e6, "--out", out)[0] == 0
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (out / name).stat().st_ino != (source / name).stat().st_ino, name
+    assert (out / "model.safetensors").stat().st_ino == (source / "model.safetensors").stat().st_ino
+    record = json.loads((out / "longctx_patch.json").read_text())
+    assert record["files"] == {"generation_config.json": "copy", "model.safetensors": "hardlink",
+                               "tokenizer.json": "copy", "tokenizer_config.json": "copy"}
+    before = (source / "tokenizer.json").read_bytes()
+    with open(out / "tokenizer.json", "w") as handle:  # what an editor or save_pretrained does
+        handle.write("{}")
+    assert (source / "tokenizer.json").read_bytes() == before
+    assert "hard links to the source's files" in (out / "README.md").read_text()
+
+
+def test_output_follows_the_umask(capsys, source, tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert run_cli(capsys, "patch", "--model", source, "--base", 1e6, "--out", tmp_path / "shared")[0] == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "shared").stat().st_mode & 0o777 == 0o755  # mkdtemp would have made it 0700
 
 
 def test_patch_from_gguf_file(capsys, tmp_path, monkeypatch):
