@@ -63,12 +63,25 @@ def hf_documents(spec: str, text_field: str = "text", default_split: str = "trai
     return [(f"{spec}#{index}", text) for index, text in enumerate(rows[text_field]) if isinstance(text, str)]
 
 
+def read_utf8(path: Path) -> str:
+    """A data file's text; bytes that are not UTF-8 text (a binary file given by mistake) are refused
+    rather than scored as replacement characters."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"data {path} is not UTF-8 text (invalid byte at offset {exc.start}): give a text file") from None
+    require("\x00" not in text, f"data {path} holds NUL bytes, so it is binary, not text: give a text file")
+    return text
+
+
 def file_documents(path: Path, text_field: str = "text") -> list[tuple[str, str]]:
     """(name, text): a .jsonl file gives one document per line (`file.jsonl:LINE`); any other file is one."""
+    text = read_utf8(path)
     if path.suffix != ".jsonl":
-        return [(path.name, path.read_text(encoding="utf-8", errors="replace"))]
+        return [(path.name, text)]
     docs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -23,11 +23,25 @@ def pick_attn_implementation(device: str) -> str:
 
 
 def pick_device(device: str | None = None) -> str:
+    """--device, checked against this machine before any model loads; default cuda when available."""
     import torch
 
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA GPU is usable here (torch {torch.__version__}): use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available here: use --device cpu")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {device}: longctx runs on cpu, cuda or mps")
+    return device
 
 
 def pick_dtype(device: str, dtype: str | None = None):
@@ -45,6 +59,28 @@ def pick_dtype(device: str, dtype: str | None = None):
 
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
+
+
+def check_adapter(adapter_dir: Path, *, allow_pickle: bool = False) -> None:
+    """A LoRA adapter directory is loadable without running code: valid adapter_config.json, safetensors
+    weights (pickle only with allow_pickle) that are not truncated."""
+    from longctx.sources import check_safetensors
+
+    try:
+        config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UsageError(f"{adapter_dir}/adapter_config.json is not valid JSON: repair or re-save the adapter") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{adapter_dir}/adapter_config.json does not hold a JSON object: repair or re-save the adapter")
+    safe = adapter_dir / "adapter_model.safetensors"
+    if safe.is_file():
+        check_safetensors(safe)
+    elif (adapter_dir / "adapter_model.bin").is_file():
+        if not allow_pickle:
+            raise UsageError(f"{adapter_dir} has its adapter weights only as pickle (adapter_model.bin), which can run "
+                             "code on load: re-save it as safetensors (peft: save_pretrained(..., safe_serialization=True))")
+    else:
+        raise UsageError(f"{adapter_dir} has adapter_config.json but no adapter weights (adapter_model.safetensors)")
 
 
 def load_tokenizer(model_dir: str | Path, *, trust_remote_code: bool = False):
@@ -71,6 +107,7 @@ def load_model(source: str | Path, *, device: str | None = None, dtype: str | No
     adapter_dir = None
     if is_adapter_dir(source):
         adapter_dir = Path(source)
+        check_adapter(adapter_dir, allow_pickle=allow_pickle)
         base = base_model or json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base:
             raise UsageError(f"{adapter_dir} is a LoRA adapter without a base model: pass --base-model")

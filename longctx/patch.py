@@ -23,6 +23,9 @@ METHOD_HELP = {
     "yarn": "YaRN: NTK-by-parts ramp + attention temperature",
     "llama3": "Llama 3.1: wavelength-dependent interpolation",
 }
+# The longest context a patch may claim (2^24 = 16.8M tokens, above every published model): a larger
+# factor or length is a typo (`--factor 1e300`), and would write a config no run could use.
+MAX_CONTEXT = 1 << 24
 # Architectures whose transformers config accepts only some rope types (Phi-3: default or longrope).
 METHODS_BY_MODEL_TYPE = {"phi3": ("base", "ntk")}
 
@@ -58,9 +61,15 @@ def validate_spec(spec: PatchSpec) -> None:
     require(spec.method in METHODS, f"unknown method {spec.method!r}: choose one of {', '.join(METHODS)}")
     _finite_positive(spec.base, "--base")
     _finite_positive(spec.factor, "--factor")
-    _finite_positive(spec.attention_factor, "--attention-factor")
+    for value, flag in ((spec.attention_factor, "--attention-factor"), (spec.beta_fast, "--beta-fast"),
+                        (spec.beta_slow, "--beta-slow"), (spec.low_freq_factor, "--low-freq-factor"),
+                        (spec.high_freq_factor, "--high-freq-factor")):
+        _finite_positive(value, flag)
     for value, flag in ((spec.original_length, "--original-length"), (spec.target_length, "--target-length")):
         require(value is None or (isinstance(value, int) and value > 0), f"{flag} must be a positive integer, got {value}")
+        require(value is None or value <= MAX_CONTEXT, f"{flag} {value} is above {MAX_CONTEXT:,} tokens (2^24): check the number")
+    require(spec.factor is None or spec.factor <= MAX_CONTEXT, f"--factor {spec.factor} is absurdly large: "
+            f"the context it claims would exceed {MAX_CONTEXT:,} tokens (2^24)")
     if spec.method == "base":
         require(spec.base is not None, "method base needs --base (the new rope_theta, e.g. --base 1e6)")
         require(spec.factor is None, "--factor has no meaning for --method base: pick a scaling method (linear, ntk, dynamic, yarn, llama3)")
@@ -90,6 +99,8 @@ def resolve_lengths(spec: PatchSpec, original_length: int) -> tuple[float | None
         require(factor >= 1, f"--target-length {target} is below the trained length {original_length}: nothing to extend")
         factor = round(factor, 6)
     expected = int(round(factor * original_length))
+    require(expected <= MAX_CONTEXT, f"--factor {factor:g} × trained length {original_length} = {expected:,} tokens, "
+                                     f"above {MAX_CONTEXT:,} (2^24): check the factor")
     if target is not None and target != expected:
         raise UsageError(f"--factor {factor:g} × trained length {original_length} = {expected}, not --target-length {target}: give one of them")
     return float(factor), expected

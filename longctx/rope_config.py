@@ -3,12 +3,14 @@
 transformers 4.x stores `rope_theta` at the top level and scaling in `rope_scaling` {`rope_type` (older:
 `type`), `factor`, ...}; 5.x stores everything in `rope_parameters`, nested per layer type for models with
 several (Gemma 3). Code elsewhere never reads `config.rope_theta` directly: it goes through this module.
-Pure dict logic, no torch.
+Pure dict logic, no torch; a missing or non-numeric field is a UsageError naming it.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from longctx.errors import UsageError
 
 FULL_ATTENTION = "full_attention"
 DEFAULT_THETA = 10000.0
@@ -66,10 +68,34 @@ def rope_parameters(config: Any) -> dict:
     rope_type = params.pop("type", None)
     params["rope_type"] = params.get("rope_type") or rope_type or "default"
     theta = cfg.get("rope_theta") if isinstance(legacy, dict) and legacy and cfg.get("rope_theta") else None
-    params["rope_theta"] = float(theta or params.get("rope_theta") or cfg.get("rope_theta") or DEFAULT_THETA)
+    theta = theta or params.get("rope_theta") or cfg.get("rope_theta") or DEFAULT_THETA
+    try:
+        params["rope_theta"] = float(theta)
+    except (TypeError, ValueError):
+        raise UsageError(f"config.json has rope_theta = {theta!r}, not a number: repair the checkpoint's config") from None
     if "partial_rotary_factor" not in params and cfg.get("partial_rotary_factor") is not None:
         params["partial_rotary_factor"] = cfg["partial_rotary_factor"]
     return params
+
+
+def raw_rope_theta(config: Any):
+    """The rope_theta as written in the config (any type, None when absent), for validation."""
+    cfg = text_config(as_dict(config))
+    params = cfg.get("rope_parameters") or {}
+    if is_nested(params):
+        params = params.get(FULL_ATTENTION) or next((v for v in params.values() if v), {})
+    return cfg.get("rope_theta", params.get("rope_theta") if isinstance(params, dict) else None)
+
+
+def _max_positions(cfg: dict) -> int:
+    value = cfg.get("max_position_embeddings")
+    if value is None:
+        raise UsageError("config.json has no max_position_embeddings: add the context the model was trained at "
+                         "(e.g. \"max_position_embeddings\": 4096)")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"config.json has max_position_embeddings = {value!r}, not an integer: repair the config") from None
 
 
 def head_dim(config: Any) -> int:
@@ -89,7 +115,7 @@ def original_length(config: Any) -> int:
     cfg = text_config(as_dict(config))
     params = rope_parameters(cfg)
     value = params.get("original_max_position_embeddings") or cfg.get("original_max_position_embeddings")
-    return int(value or cfg["max_position_embeddings"])
+    return int(value) if value else _max_positions(cfg)
 
 
 def max_length(config: Any) -> int:
@@ -99,4 +125,4 @@ def max_length(config: Any) -> int:
     params = rope_parameters(cfg)
     if params["rope_type"] == "dynamic" and params.get("factor"):
         return int(round(float(params["factor"]) * original_length(cfg)))
-    return int(cfg["max_position_embeddings"])
+    return _max_positions(cfg)

@@ -11,10 +11,10 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from longctx.errors import UsageError
+from longctx.files import partial_dir
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -51,18 +51,70 @@ def weight_files(model_dir: Path) -> list[Path]:
     return sorted(p for p in Path(model_dir).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
 
 
+SAFETENSORS_MAX_HEADER = 100_000_000  # the limit the safetensors library itself enforces
+
+
+def check_safetensors(path: Path) -> None:
+    """The header of a .safetensors file parses and its tensors end exactly at the end of the file: a
+    truncated download or a file that is not safetensors fails here, in one line, before any work."""
+    size = path.stat().st_size
+    problem = None
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < length <= min(size - 8, SAFETENSORS_MAX_HEADER):
+            problem = "its header is missing or truncated"
+        else:
+            try:
+                header = json.loads(handle.read(length).decode("utf-8"))
+                ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+                expected = 8 + length + max(ends, default=0)
+                if expected != size:
+                    problem = f"its header describes {expected} bytes but the file has {size}"
+            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, IndexError, TypeError):
+                problem = "its header is not valid safetensors metadata"
+    if problem:
+        raise UsageError(f"{path} is truncated or not a safetensors file ({problem}): re-download or re-save the checkpoint")
+
+
+def check_rope_fields(config: dict, where: Path) -> None:
+    """The fields every rope computation reads are present and numeric (not `rope_theta: "abc"`)."""
+    import math
+
+    from longctx import rope_config
+
+    if not rope_config.has_rope(config):
+        return
+    text = rope_config.text_config(config)
+    length = text.get("max_position_embeddings")
+    if isinstance(length, bool) or not isinstance(length, (int, float)) or not length >= 1 or length != int(length):
+        raise UsageError(f"{where}/config.json has max_position_embeddings = {length!r}: it needs the context the "
+                         "model was trained at as a positive integer (e.g. 4096); repair the config")
+    theta = rope_config.raw_rope_theta(config)
+    try:
+        ok = theta is None or (not isinstance(theta, bool) and math.isfinite(float(theta)) and float(theta) > 1)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UsageError(f"{where}/config.json has rope_theta = {theta!r}: it must be a number > 1 (e.g. 10000.0); repair the config")
+
+
 def check_checkpoint(model_dir: Path, *, allow_pickle: bool = False, trust_remote_code: bool = False,
                      need_weights: bool = True) -> dict:
     """Validate a local checkpoint directory before anything is loaded or written; returns its config."""
     config = read_config_json(model_dir)
     if config.get("auto_map") and not trust_remote_code:
         raise UsageError(f"{model_dir} needs remote code (config.json has auto_map): pass --trust-remote-code if you trust it")
+    check_rope_fields(config, Path(model_dir))
     if need_weights:
         weights = weight_files(model_dir)
         if not weights:
             raise UsageError(f"{model_dir} holds no weight files (*.safetensors): download the full checkpoint")
         if not any(p.suffix == ".safetensors" for p in weights) and not allow_pickle:
             raise UsageError(f"{model_dir} has weights only as pickle (.bin/.pt), which can run code on load: pass --allow-pickle if you trust it")
+        for path in weights:
+            if path.suffix == ".safetensors":
+                check_safetensors(path)
     return config
 
 
@@ -116,6 +168,9 @@ def gguf_to_checkpoint(gguf_path: str | os.PathLike, out_dir: str | os.PathLike 
     out = Path(out_dir) if out_dir else _gguf_cache_dir(gguf_path)
     if (out / "config.json").exists():
         return out
+    with open(gguf_path, "rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise UsageError(f"{gguf_path} is not a GGUF file (it does not start with the GGUF magic bytes): re-download it")
     try:
         import gguf  # noqa: F401
     except ImportError:
@@ -124,15 +179,19 @@ def gguf_to_checkpoint(gguf_path: str | os.PathLike, out_dir: str | os.PathLike 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"gguf_file": gguf_path.name}
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
+    except Exception as exc:  # the gguf reader and transformers raise many types for a damaged or unsupported file
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise UsageError(f"could not read {gguf_path} as a GGUF model ({type(exc).__name__}: {first}): "
+                         "re-download it, or convert it with llama.cpp") from None
     # The weights are already dequantized; dropping the quantization record makes it an ordinary model.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
     model.config.name_or_path = gguf_path.stem
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = partial_dir(out)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
