@@ -32,6 +32,7 @@ from longctx.errors import UsageError
 
 def setup(args):
     """Everything that can reject the request, before any weights load: returns (spec, preflight, docs)."""
+    from longctx.checkpoint import check_not_source
     from longctx.corpus import load_documents
     from longctx.train.args import check_args, patch_spec
     from longctx.train.loop import check_resume_args, prepare_out_dir
@@ -49,8 +50,13 @@ def setup(args):
         random.Random(args.train.seed).shuffle(order)
         docs = [docs[i] for i in sorted(order[:args.data.max_docs])]
     checked = preflight(args, spec)
+    check_not_source(checked.source_dir, out)  # --force would delete the model being trained
     if args.train.resume:
+        from longctx.train.checkpoints import checkpoint_dirs, read_state
+
         check_resume_args(out, {**args.to_dict(), "seq_len": checked.seq_len})
+        if checkpoint_dirs(out):  # format, file sizes, foreign pickles: refused before any weights load
+            read_state(checkpoint_dirs(out)[-1])
     return spec, checked, docs
 
 
@@ -61,8 +67,9 @@ def main(args) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
+    from longctx.files import read_jsonl, write_text_atomic
     from longctx.train.export import export
-    from longctx.train.loop import ARGS_FILE, pick_tracker, train
+    from longctx.train.loop import ARGS_FILE, LOG_FILE, pick_tracker, train
     from longctx.train.model import build_model
 
     spec, checked, docs = setup(args)
@@ -78,7 +85,8 @@ def main(args) -> dict:
         if args.train.force and out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / ARGS_FILE).write_text(json.dumps({**args.to_dict(), "seq_len": built.seq_len}, indent=2) + "\n")
+        if not (args.train.resume and (out / ARGS_FILE).is_file()):  # a resumed run keeps the record of its start
+            write_text_atomic(out / ARGS_FILE, json.dumps({**args.to_dict(), "seq_len": built.seq_len}, indent=2) + "\n")
     accelerator.wait_for_everyone()
     if tracker:
         hparams = {k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool))}
@@ -90,8 +98,8 @@ def main(args) -> dict:
     summary = train(args, accelerator=accelerator, built=built, docs=docs)
     model = summary.pop("model")
     if summary["final_loss"] is None:  # resumed at --max-steps already: report the logged loss
-        lines = (out / "train_log.jsonl").read_text().splitlines()
-        summary["final_loss"] = json.loads(lines[-1])["loss"] if lines else None
+        lines = read_jsonl(out / LOG_FILE)
+        summary["final_loss"] = lines[-1].get("loss") if lines else None
     summary["world"] = accelerator.num_processes
     export(args, spec, built, summary, accelerator, model)
     accelerator.end_training()
@@ -100,12 +108,20 @@ def main(args) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> int:
+    from longctx.errors import close_progress_bars, environment_error
     from longctx.train.args import parse_args
 
     try:
         main(parse_args(argv))
     except UsageError as exc:
+        close_progress_bars()
         sys.stderr.write(f"finetune: error: {exc}\n")
+        return 2
+    except OSError as exc:  # a full disk or a read-only folder: one line; the last checkpoint stays resumable
+        if environment_error(exc) is None:
+            raise
+        close_progress_bars()
+        sys.stderr.write(f"finetune: error: {environment_error(exc)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("finetune: interrupted; rerun with --resume to continue from the last checkpoint\n")

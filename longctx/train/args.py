@@ -218,7 +218,19 @@ def check_args(args: FinetuneArgs) -> None:
     for name in ("max_steps", "batch_size", "grad_accum", "loss_chunk", "keep_last", "log_every"):
         require(getattr(t, name) >= 1, f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(t, name)}")
     require(t.save_every >= 0 and t.warmup_steps >= 0, "--save-every and --warmup-steps must be ≥ 0")
-    require(t.lr > 0, f"--lr must be > 0, got {t.lr}")
+    import math
+
+    def number(flag: str, value, ok: bool, rule: str) -> None:  # nan fails every comparison, inf is no rate
+        require(value is None or (math.isfinite(value) and ok), f"{flag} must be {rule}, got {value}")
+
+    number("--lr", t.lr, t.lr > 0, "a finite number > 0")
+    number("--weight-decay", t.weight_decay, t.weight_decay >= 0, "a finite number ≥ 0")
+    number("--adam-beta1", t.adam_beta1, 0 <= t.adam_beta1 < 1, "in [0, 1)")
+    number("--adam-beta2", t.adam_beta2, 0 <= t.adam_beta2 < 1, "in [0, 1)")
+    number("--max-grad-norm", t.max_grad_norm, t.max_grad_norm >= 0, "a finite number ≥ 0 (0: no clipping)")
+    number("--peak-flops", t.peak_flops, t.peak_flops is None or t.peak_flops > 0, "a finite number > 0")
+    number("--lora-alpha", args.tune.lora_alpha, args.tune.lora_alpha > 0, "a finite number > 0")
+    require(args.data.max_docs is None or args.data.max_docs >= 1, f"--max-docs must be ≥ 1, got {args.data.max_docs}")
     require(0 <= t.min_lr_ratio <= 1, f"--min-lr-ratio must be in [0, 1], got {t.min_lr_ratio}")
     require(not (t.resume and t.force), "give --resume or --force, not both")
     require(t.report_to in ("auto", "tensorboard", "none"), f"--report-to must be auto, tensorboard or none, got {t.report_to!r}")

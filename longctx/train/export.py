@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from longctx.files import kill_point
+
 ROPE_KEYS = ("rope_theta", "rope_scaling", "rope_parameters", "max_position_embeddings", "original_max_position_embeddings")
 
 
@@ -88,6 +90,7 @@ def export(args, spec, built, summary: dict, accelerator, model) -> Path:
         trained.save_pretrained(out, state_dict=state)
         write_patched_config(out, built.source_config, spec)
         kind = "full fine-tune" if args.model.init == "pretrained" else "trained from scratch"
+    kill_point("export:saved")
     (out / "README.md").write_text(model_card(args, spec, built, summary, kind))
     if args.train.merge and args.tune.finetune == "lora":
         merge(out, args, spec, built, summary)

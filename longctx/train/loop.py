@@ -1,25 +1,29 @@
 """The training loop: accelerate for devices, precision, accumulation and scale-out; atomic, resumable checkpoints.
 
-A checkpoint is `OUT/checkpoints/step-NNNNNN/`: accelerate's `save_state` (model or LoRA-only weights,
-optimizer, scheduler, RNG states of every process, accumulation step) plus `trainer_state.json` (step, rows
-of packed data consumed). It is written under a temporary name and renamed when complete, so a killed run
-never leaves a half checkpoint that --resume would pick. Data order is a function of the seed, so a resumed
-run skips the consumed rows and continues exactly as if it had never stopped.
+A checkpoint (`longctx.train.checkpoints`) holds model or LoRA-only weights, optimizer, scheduler, RNG states
+of every process and the rows of packed data consumed; it is written atomically and loaded without ever
+unpickling code. Data order is a function of the seed, so a resumed run skips the consumed rows and
+continues exactly as if it had never stopped. A step whose loss or gradient norm is not finite stops the
+run before anything is saved, so the newest checkpoint is always a good one.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 
 from longctx.errors import UsageError, require
+from longctx.files import append_jsonl, kill_point, read_jsonl, write_text_atomic
+from longctx.train.checkpoints import (
+    CHECKPOINTS,
+    checkpoint_dirs,
+    load_checkpoint,
+    remove_partial_checkpoints,
+    save_checkpoint,
+)
 
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.json"
 ARGS_FILE = "finetune_args.json"
 LOG_FILE = "train_log.jsonl"
 # Settings a resumed run must share with the run it continues (anything else, e.g. --max-steps, may change).
@@ -39,18 +43,12 @@ def lr_factor(step: int, *, warmup: int, total: int, schedule: str, min_ratio: f
     return min_ratio + (1 - min_ratio) * shape
 
 
-def checkpoint_dirs(out: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary dirs start with '.' and are never listed)."""
-    root = out / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
-
-
 def prepare_out_dir(out: Path, *, resume: bool, force: bool) -> None:
-    """Refuse to mix runs: an existing OUT needs --resume (continue) or --force (start over)."""
+    """Refuse to mix runs: an existing OUT needs --resume (continue) or --force (start over). --resume of a
+    run killed before its first checkpoint starts it again from step 0."""
     if resume:
-        require(checkpoint_dirs(out), f"--resume: no checkpoint in {out / CHECKPOINTS} to resume from")
+        require(checkpoint_dirs(out) or (out / ARGS_FILE).is_file(),
+                f"--resume: no checkpoint in {out / CHECKPOINTS} and no earlier run in {out} to resume")
         return
     if out.exists() and any(out.iterdir()):
         require(force, f"output directory {out} exists: pass --resume to continue it or --force to start over")
@@ -58,31 +56,15 @@ def prepare_out_dir(out: Path, *, resume: bool, force: bool) -> None:
 
 
 def check_resume_args(out: Path, current: dict) -> None:
-    saved = json.loads((out / ARGS_FILE).read_text()) if (out / ARGS_FILE).is_file() else {}
+    try:
+        saved = json.loads((out / ARGS_FILE).read_text()) if (out / ARGS_FILE).is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UsageError(f"--resume: {out / ARGS_FILE} is not valid JSON: start over with --force") from None
+    require(isinstance(saved, dict), f"--resume: {out / ARGS_FILE} does not hold the run's settings: start over with --force")
     for key in RESUME_MUST_MATCH:
         if key in saved and saved[key] != current.get(key):
             raise UsageError(f"--resume: --{key.replace('_', '-')} was {saved[key]!r} in {out}, now {current.get(key)!r}; "
                              "a resumed run must use the same settings")
-
-
-def save_checkpoint(accelerator, out: Path, step: int, rows_consumed: int, keep_last: int) -> Path:
-    """Write to a temporary dir, rename when every process is done, then drop all but the newest `keep_last`."""
-    root = out / CHECKPOINTS
-    final, tmp = root / f"step-{step:06d}", root / f".tmp-step-{step:06d}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        root.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "rows_consumed": rows_consumed}) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in checkpoint_dirs(out)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
 
 
 def lora_only_hooks(accelerator) -> None:
@@ -138,14 +120,15 @@ def train(args, *, accelerator, built, docs) -> dict:
     if accelerator.state.deepspeed_plugin is not None:  # no DataLoader is prepared to tell DeepSpeed the batch size
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = t.batch_size
     model, optimizer = accelerator.prepare(wrapper, optimizer)
-    # The scheduler is not prepared: accelerate would step it once per process. It is checkpointed as is.
-    accelerator.register_for_checkpointing(scheduler)
+    # The scheduler is not prepared (accelerate would step it once per process) nor registered for
+    # checkpointing (accelerate would pickle it): its state travels as JSON in trainer_state.json.
 
     step, rows_consumed = 0, 0
-    if t.resume:
+    if accelerator.is_main_process:
+        remove_partial_checkpoints(out)
+    if t.resume and checkpoint_dirs(out):
         last = checkpoint_dirs(out)[-1]
-        accelerator.load_state(str(last), **({"strict": False} if args.tune.finetune == "lora" else {}))
-        state = json.loads((last / STATE_FILE).read_text())
+        state = load_checkpoint(accelerator, last, scheduler=scheduler, strict=args.tune.finetune != "lora")
         step, rows_consumed = state["step"], state["rows_consumed"]
         accelerator.print(f"resumed from {last} (step {step})")
 
@@ -166,9 +149,9 @@ def train(args, *, accelerator, built, docs) -> dict:
     accelerator.print(f"MFU: {'6N' if full else '4N'} + 12·L·H·Q·T = {flops_token:.3e} FLOPs/token; "
                       f"peak {peak or 'unknown'} FLOP/s per device")
     log_path = out / LOG_FILE
-    if accelerator.is_main_process and log_path.exists():  # drop entries a resumed run will redo
-        kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        log_path.write_text("".join(line + "\n" for line in kept))
+    if accelerator.is_main_process and log_path.exists():  # drop entries a resumed run will redo (and a torn line)
+        kept = [r for r in read_jsonl(log_path) if isinstance(r.get("step"), int) and r["step"] <= step]
+        write_text_atomic(log_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     bar = tqdm(total=t.max_steps, initial=step, desc="finetune", disable=not accelerator.is_local_main_process)
     last_loss, started, window_start, window_tokens = None, time.perf_counter(), time.perf_counter(), 0
@@ -196,6 +179,13 @@ def train(args, *, accelerator, built, docs) -> dict:
         step, rows_consumed = step + 1, rows_consumed + rows_per_step
         window_tokens += rows_per_step * built.seq_len
         last_loss = float(accelerator.reduce(loss_sum, reduction="sum")) / max(1, n_labels)
+        bad = [f"{name} {value}" for name, value in (("loss", last_loss), ("gradient norm", grad_norm))
+               if value is not None and not math.isfinite(float(value))]
+        if bad:
+            kept = checkpoint_dirs(out)
+            raise UsageError(f"the {' and '.join(bad)} at step {step} {'is' if len(bad) == 1 else 'are'} not finite: "
+                             f"stopped without saving it; the last good checkpoint is "
+                             f"{kept[-1] if kept else 'none (no step was saved yet)'}: lower --lr or check the data")
         bar.update(1)
         if step % t.log_every == 0 or step == t.max_steps:
             elapsed = time.perf_counter() - window_start
@@ -207,10 +197,10 @@ def train(args, *, accelerator, built, docs) -> dict:
             bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tokens_per_s or 0:.0f}")
             accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, step=step)
             if accelerator.is_main_process:
-                with log_path.open("a") as log:
-                    log.write(json.dumps(record) + "\n")
+                append_jsonl(log_path, record)
             window_start, window_tokens = time.perf_counter(), 0
+        kill_point("train:step")
         if (t.save_every and step % t.save_every == 0) or step == t.max_steps:
-            save_checkpoint(accelerator, out, step, rows_consumed, t.keep_last)
+            save_checkpoint(accelerator, out, step, rows_consumed, t.keep_last, scheduler)
     bar.close()
     return {"step": step, "final_loss": last_loss, "tokens": rows_consumed * built.seq_len, "model": model}

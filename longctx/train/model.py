@@ -177,4 +177,5 @@ def link_patched_base(source_dir: Path, out_dir: Path, spec) -> Path:
     from longctx.checkpoint import write_patched_checkpoint
 
     # The source already passed the preflight checks (pickle / remote code) when training started.
-    return write_patched_checkpoint(source_dir, out_dir, spec, force=True, allow_pickle=True, trust_remote_code=True)
+    return write_patched_checkpoint(source_dir, out_dir, spec, force=True, allow_pickle=True, trust_remote_code=True,
+                                    written_by="recipes/finetune.py (longctx.train.export, the base of the LoRA adapter)")

@@ -1,0 +1,165 @@
+"""Resumable training checkpoints that are written atomically and never unpickle code.
+
+A checkpoint is `OUT/checkpoints/step-NNNNNN/`: accelerate's `save_state` (model or LoRA-only weights as
+safetensors, optimizer state, accelerate's own RNG files) plus, written by longctx, `rng_state_<rank>.json`
+(every process's torch RNG) and `trainer_state.json` (step, rows of packed data consumed, the lr
+scheduler's state, and the size of every file of the checkpoint). It is built under `.tmp-step-NNNNNN` and
+renamed when complete, so a killed run never leaves a half checkpoint that --resume would pick.
+
+Why not accelerate's `load_state` as it is: it unpickles registered custom objects (`custom_checkpoint_N.pkl`)
+with `weights_only=False`, so a crafted run folder would run code on `--resume` (and older accelerate
+versions load the optimizer and RNG files the same way). What longctx does instead:
+  * nothing is registered with accelerate: the scheduler's and the RNG states are JSON in files longctx
+    writes, so no checkpoint of longctx holds a custom-object pickle;
+  * `load_state` runs with every `torch.load` forced to `weights_only=True`: a pickle may hold tensors,
+    numbers, strings and containers only; anything else is refused in one line before it can run;
+  * a checkpoint is loaded only when its trainer_state.json has longctx's format tag and every file it
+    lists still has its recorded size, and it holds no pickle file that longctx did not list. This catches
+    truncated copies and foreign folders early; it is not what makes loading safe (a forger can write the
+    JSON too): the forced `weights_only` is.
+FSDP and DeepSpeed sharded states load through their own readers (torch.distributed.checkpoint reads its
+`.metadata` with pickle): resume such runs only from folders you wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+from longctx.errors import UsageError, require
+from longctx.files import kill_point
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+FORMAT = "longctx-checkpoint-2"  # 1: accelerate's pickled scheduler (refused: it needs weights_only=False)
+PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")
+
+
+def checkpoint_dirs(out: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary dirs start with '.' and are never listed)."""
+    root = Path(out) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
+
+
+def remove_partial_checkpoints(out: Path) -> None:
+    """`.tmp-step-*` folders of a run killed while saving: never resumed from, removed on the next start."""
+    root = Path(out) / CHECKPOINTS
+    if root.is_dir():
+        for tmp in root.glob(".tmp-step-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _rng_state() -> dict:
+    import torch
+
+    state = {"torch": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import torch
+
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def save_checkpoint(accelerator, out: Path, step: int, rows_consumed: int, keep_last: int, scheduler=None) -> Path:
+    """Write to a temporary dir, rename when every process is done, then drop all but the newest `keep_last`."""
+    root = Path(out) / CHECKPOINTS
+    final, tmp = root / f"step-{step:06d}", root / f".tmp-step-{step:06d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        (tmp / f"rng_state_{accelerator.process_index}.json").write_text(json.dumps(_rng_state()))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            kill_point("checkpoint:saved")
+            files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+            state = {"format": FORMAT, "step": step, "rows_consumed": rows_consumed, "accelerate_step": accelerator.step,
+                     "scheduler": scheduler.state_dict() if scheduler is not None else None, "files": files}
+            (tmp / STATE_FILE).write_text(json.dumps(state) + "\n")
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            kill_point("checkpoint:published")
+            for old in checkpoint_dirs(out)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half checkpoint behind
+        raise
+    accelerator.wait_for_everyone()
+    return final
+
+
+def read_state(path: Path) -> dict:
+    """trainer_state.json of a checkpoint, checked: longctx's format, every listed file at its size, no
+    unlisted pickle. Raises UsageError naming what is wrong."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise UsageError(f"--resume: {path / STATE_FILE} is unreadable: remove {path} to resume from an earlier checkpoint") from None
+    require(isinstance(state, dict) and state.get("format") == FORMAT,
+            f"--resume: {path} was not written by this longctx (checkpoint format {FORMAT}); longctx only resumes "
+            "its own checkpoints, whose state is never a code-carrying pickle: start over with --force")
+    listed = state.get("files")
+    require(isinstance(listed, dict), f"--resume: {path / STATE_FILE} lists no files")
+    root = path.resolve()
+    for rel, size in listed.items():
+        file = (path / rel).resolve()
+        require(root in file.parents, f"--resume: {path / STATE_FILE} names a file outside the checkpoint ({rel})")
+        require(file.is_file() and file.stat().st_size == size,
+                f"--resume: {path / rel} is missing or truncated (expected {size} bytes): remove {path} to resume "
+                "from an earlier checkpoint")
+    for file in path.rglob("*"):
+        if file.is_file() and file.suffix in PICKLE_SUFFIXES and str(file.relative_to(path)) not in listed:
+            raise UsageError(f"--resume: {file} was not written by longctx: refusing to load a foreign pickle")
+    return state
+
+
+@contextlib.contextmanager
+def weights_only_loads(path: Path):
+    """Every torch.load inside is weights_only=True, whatever its caller asked; a pickle that holds more
+    than tensors and plain data becomes a one-line UsageError."""
+    import torch
+
+    real = torch.load
+
+    def load(*args, **kwargs):
+        kwargs.pop("pickle_module", None)
+        return real(*args, **{**kwargs, "weights_only": True})
+
+    torch.load = load
+    try:
+        yield
+    except pickle.UnpicklingError as exc:
+        lines = [line for line in str(exc).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        why = f" ({lines[0].strip()[:160]})" if lines else ""
+        raise UsageError(f"--resume: {path} holds a pickle that is not plain tensors and data{why}: "
+                         "longctx never loads such a file") from None
+    finally:
+        torch.load = real
+
+
+def load_checkpoint(accelerator, path: Path, *, scheduler, strict: bool = True) -> dict:
+    """Restore model, optimizer, scheduler, accumulation step and RNG from a checkpoint; returns its state."""
+    state = read_state(path)
+    with weights_only_loads(path):
+        accelerator.load_state(str(path), **({} if strict else {"strict": False}))
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    rng = path / f"rng_state_{accelerator.process_index}.json"
+    if rng.is_file():
+        _set_rng_state(json.loads(rng.read_text()))
+    accelerator.step = int(state.get("accelerate_step") or 0)
+    return state
