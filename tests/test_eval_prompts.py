@@ -194,6 +194,8 @@ def test_shipped_suites_are_valid(name):
 
     tasks, _ = load_suite(Path(__file__).resolve().parents[1] / "eval" / "suites" / name)
     configs = {task: make_config(task, settings) for task, settings in tasks.items()}
-    assert set(configs) == {"ppl", "passkey", "niah"}
-    if name == "demo.yaml":
-        assert max(n for cfg in configs.values() for n in cfg.lengths) <= 2048
+    if name == "demo.yaml":  # one length inside SmolLM2's trained 8K and one past it, CPU-sized
+        assert set(configs) == {"ppl", "passkey"}
+        assert min(configs["ppl"].lengths) <= 8192 < max(configs["ppl"].lengths) <= 12288
+    else:
+        assert set(configs) == {"ppl", "passkey", "niah"}

@@ -222,9 +222,11 @@ def test_cli_suite_runs_every_task_for_every_model_then_reports(tiny_llama_dir, 
     assert str(tmp_path / "report.html") in capsys.readouterr().out
     for label in ("a", "b"):
         folder = tmp_path / "out" / label
-        assert sorted(p.name for p in folder.glob("*.jsonl")) == ["niah.jsonl", "passkey.jsonl", "ppl.jsonl"]
+        assert sorted(p.name for p in folder.glob("*.jsonl")) == ["niah.jsonl", "passkey.jsonl", "ppl.jsonl", "runs.jsonl"]
+        run = json.loads((folder / "runs.jsonl").read_text().splitlines()[-1])  # how the cells were made
+        assert "eval suite" in run["command"] and run["tasks"] == ["ppl", "passkey", "niah"]
         niah_cell = json.loads((folder / "niah.jsonl").read_text())
-        assert niah_cell["key"] == "niah|L=200|depth=0.5|needles=2|distractors=0|mode=forced"
+        assert niah_cell["key"] == "niah|L=200|depth=0.5|needles=2|distractors=0|mode=forced|protocol=2"
         assert 0 <= niah_cell["score"] <= 1 and len(niah_cell["samples"][0]["expected"]) == 2
     bad = tmp_path / "bad.yaml"
     bad.write_text("tasks:\n  nia: {lengths: 1k}\n")

@@ -96,10 +96,16 @@ def _suggest_close_task(parser: argparse.ArgumentParser, names: list[str]) -> No
     parser.error = error
 
 
+def _command(args) -> list[str] | None:
+    """The `longctx ...` command line as asked (main() records it), for the run record."""
+    argv = getattr(args, "argv", None)
+    return ["longctx", *argv] if argv is not None else None
+
+
 def _run_one(task: str, args, settings: dict) -> int:
     cfg = make_config(task, {"lengths": args.lengths, "seed": args.seed, **settings})
     run_tasks(args.model, {task: cfg}, args.out, label=args.label, device=args.device, dtype=args.dtype,
-              base_model=args.base_model)
+              base_model=args.base_model, command=_command(args))
     return 0
 
 
@@ -123,5 +129,5 @@ def run_niah(args) -> int:
 def run_suite_command(args) -> int:
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
     run_suite(args.suite, args.model, args.out, labels=labels, seed=args.seed, device=args.device, dtype=args.dtype,
-              base_model=args.base_model)
+              base_model=args.base_model, command=_command(args))
     return 0

@@ -42,6 +42,7 @@ from longctx.evals.scoring import Graded, Prompt, Query, contains_answer, run_gr
 
 NEEDLE = " The special magic number for {city} is {number}."
 QUESTION = "\n\nWhat is the special magic number for {city}? The special magic number for {city} is"
+PROTOCOL = 2  # part of every cell key: bump it when prompts change, so old cells are recomputed, not mixed in
 CITIES = (
     "Amsterdam", "Bangkok", "Barcelona", "Berlin", "Bogota", "Boston", "Budapest", "Cairo", "Chicago",
     "Copenhagen", "Dublin", "Edinburgh", "Helsinki", "Istanbul", "Jakarta", "Kyoto", "Lagos", "Lima", "Lisbon",
@@ -178,8 +179,9 @@ def run(model, tokenizer, cfg: Config, writer: ResultsWriter) -> list[dict]:
     sentences = SentenceTokens(tokenizer, load_texts(cfg.haystack))
 
     def key_fields(length: int, depth: float) -> dict:
+        # protocol 2: exact lengths, needles between real sentences (older results are not resumed into it)
         return {"length": length, "depth": depth, "needles": cfg.needles, "distractors": cfg.distractors,
-                "mode": cfg.mode}
+                "mode": cfg.mode, "protocol": PROTOCOL}
 
     def build(length: int, rng: random.Random) -> NiahTrial:
         return NiahTrial(tokenizer, length, rng, sentences, needles=cfg.needles, distractors=cfg.distractors)

@@ -34,7 +34,9 @@ from longctx.evals.summary import (  # the data model and judging rules the page
     fmt_len,
     fmt_ppl,
     load_results,
+    ppl_windows_text,
     rope_text,
+    run_text,
     summary_json,
     variant_name,
 )
@@ -142,7 +144,12 @@ def render_html(models: list[ModelSummary], context: dict, images: dict[str, str
         out.append("<h2>Warnings</h2><ul>" + "".join(f"<li><b>{e(m.label)}</b>: {e(w)}</li>" for m, w in warned)
                    + "</ul>")
     out.append("<h2>Models</h2><ul>" + "".join(f"<li><b>{e(m.label)}</b>: {e(_details(m))}</li>" for m in models)
-               + "</ul></body></html>\n")
+               + "</ul>")
+    made = _provenance(models)
+    if made:
+        out.append("<h2>How these numbers were made</h2><ul>" + "".join(
+            f"<li>{e(line).replace('`', '')}</li>" for line in made) + "</ul>")
+    out.append("</body></html>\n")
     return "\n".join(out)
 
 
@@ -221,7 +228,21 @@ def render_markdown(models: list[ModelSummary], context: dict) -> str:
     if warned:
         out += ["## Warnings", "", *(f"- **{m.label}**: {w}" for m, w in warned), ""]
     out += ["## Models", "", *(f"- **{m.label}**: {_details(m)}" for m in models), ""]
+    made = _provenance(models)
+    if made:
+        out += ["## How these numbers were made", "", *(f"- {line}" for line in made), ""]
     return "\n".join(out) + "\n"
+
+
+def _provenance(models: list[ModelSummary]) -> list[str]:
+    """Per model: where the perplexity windows came from, and every run (command, commit, machine, wall time)."""
+    lines = []
+    for m in models:
+        windows = ppl_windows_text(m)
+        if windows:
+            lines.append(f"**{m.label}** perplexity windows, each from one document: {windows}")
+        lines += [f"**{m.label}** run: {run_text(run)}" for run in m.runs]
+    return lines
 
 
 # --- writing ------------------------------------------------------------------------------------------

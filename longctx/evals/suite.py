@@ -127,15 +127,17 @@ def model_info(model, source: str, model_dir: Path, label: str, warnings: list[s
 
 
 def run_tasks(source: str, configs: dict, out_dir, *, label: str | None = None, device: str | None = None,
-              dtype: str | None = None, base_model: str | None = None, after_append=None) -> dict[str, list[dict]]:
-    """Load one model and run each {task: Config}; writes OUT/<label>/model.json and <task>.jsonl."""
+              dtype: str | None = None, base_model: str | None = None, after_append=None,
+              command: list[str] | None = None) -> dict[str, list[dict]]:
+    """Load one model and run each {task: Config}; writes OUT/<label>/model.json, <task>.jsonl and a line of
+    runs.jsonl (`command`, default sys.argv: how to rerun it; git commit, machine, wall time)."""
     from longctx import rope_config
     from longctx.evals.data import check_spec
     from longctx.evals.results import ResultsWriter, append_run, write_model_json
     from longctx.modeling import load_model
     from longctx.provenance import RunRecord
 
-    record = RunRecord()
+    record = RunRecord(command)
     label = label or default_label(source)
     for cfg in configs.values():
         check_spec(getattr(cfg, "data", None) or getattr(cfg, "haystack", None))
@@ -184,7 +186,8 @@ def load_suite(path) -> tuple[dict, int]:
 
 
 def run_suite(path, models: list[str], out_dir, *, labels: list[str] | None = None, seed: int | None = None,
-              device: str | None = None, dtype: str | None = None, base_model: str | None = None) -> list[Path]:
+              device: str | None = None, dtype: str | None = None, base_model: str | None = None,
+              command: list[str] | None = None) -> list[Path]:
     """Every task of the suite for every model, then the report when `longctx.evals.report` is there."""
     tasks, suite_seed = load_suite(path)
     seed = suite_seed if seed is None else seed
@@ -195,7 +198,8 @@ def run_suite(path, models: list[str], out_dir, *, labels: list[str] | None = No
     if len(set(labels)) != len(labels):
         raise UsageError(f"two models share the label {next(x for x in labels if labels.count(x) > 1)!r}: pass --labels a,b,...")
     for source, label in zip(models, labels, strict=True):
-        run_tasks(source, configs, out_dir, label=label, device=device, dtype=dtype, base_model=base_model)
+        run_tasks(source, configs, out_dir, label=label, device=device, dtype=dtype, base_model=base_model,
+                  command=command)
     try:
         from longctx.evals.report import write_report
     except ImportError:

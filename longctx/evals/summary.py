@@ -47,6 +47,7 @@ class ModelSummary:
     verdict: str = ""
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)             # verdict caveats, said before the verdict
+    runs: list[dict] = field(default_factory=list)              # runs.jsonl: command, commit, machine, wall time
 
     @property
     def trained(self) -> int | None:
@@ -153,9 +154,19 @@ def load_model_folder(folder: Path) -> ModelSummary:
         if path.is_file():
             for record in read_jsonl(path, warnings):
                 cells.setdefault(task, {}).setdefault(variant_of(task, record), []).append(record)
+    runs = []
+    if (folder / "runs.jsonl").is_file():
+        for line in (folder / "runs.jsonl").read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line of a killed run
+            if isinstance(record, dict):
+                runs.append(record)
     for message in warnings:
         log.warning("longctx report: %s: %s", folder.name, message)
-    return ModelSummary(label=str(meta.get("label") or folder.name), meta=meta, cells=cells, warnings=warnings)
+    return ModelSummary(label=str(meta.get("label") or folder.name), meta=meta, cells=cells, warnings=warnings,
+                        runs=runs)
 
 
 def load_results(results_dir: Path) -> list[ModelSummary]:
@@ -341,6 +352,30 @@ def build_summary(models: list[ModelSummary]) -> list[ModelSummary]:
     return models
 
 
+def ppl_windows_text(model: ModelSummary) -> str | None:
+    """Which documents the perplexity windows came from, per length: '2K: 2 windows (a.txt, b.txt); …'."""
+    parts = []
+    for record in sorted(model.records("ppl"), key=lambda r: r["length"]):
+        windows = record.get("windows")
+        if not isinstance(windows, list) or not windows:
+            continue
+        docs = ", ".join(dict.fromkeys(str(w.get("doc")) for w in windows if isinstance(w, dict)))
+        parts.append(f"{fmt_len(record['length'])}: {len(windows)} window{'s' * (len(windows) != 1)} ({docs})")
+    return "; ".join(parts) or None
+
+
+def run_text(run: dict) -> str:
+    """One evaluation run in a line: command, commit, machine, wall time."""
+    commit = str(run.get("commit") or "unknown")[:12] + (" (modified)" if run.get("dirty") else "")
+    machine = run.get("machine") if isinstance(run.get("machine"), dict) else {}
+    where = ", ".join(str(x) for x in (machine.get("gpu") or machine.get("cpu"),
+                                       machine.get("cores") and f"{machine['cores']} cores",
+                                       machine.get("torch") and f"torch {machine['torch']}") if x)
+    seconds = _as_float(run.get("wall_seconds"))
+    wall = f"{seconds / 60:.1f} min" if seconds is not None else "?"
+    return f"`{run.get('command')}` · commit {commit} · {where or 'machine unknown'} · {wall} · {run.get('started', '')}"
+
+
 def rope_text(rope: dict | None) -> str:
     if not isinstance(rope, dict) or not rope:
         return "–"
@@ -369,7 +404,8 @@ def summary_json(models: list[ModelSummary], title: str, figures: list[str]) -> 
                      "claimed_length": m.claimed, "rope": m.meta.get("rope"),
                      "series": {task: variant_name(task, variant) for task, variant in m.series.items()},
                      "ppl_ref": m.ppl_ref, "by_length": by_length, "effective_length": m.effective_length,
-                     "verdict": m.verdict, "superficial": bool(m.flags), "flags": m.flags, "warnings": m.warnings})
+                     "verdict": m.verdict, "superficial": bool(m.flags), "flags": m.flags, "warnings": m.warnings,
+                     "ppl_windows": ppl_windows_text(m), "runs": m.runs})
     return _strict_json({"title": title, "longctx_version": __version__, "thresholds": {
         "retrieval_ok": RETRIEVAL_OK, "retrieval_failed": RETRIEVAL_FAILED, "ppl_holds": PPL_HOLDS,
         "ppl_broken": PPL_BROKEN}, "models": rows, "figures": figures})

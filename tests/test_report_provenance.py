@@ -1,0 +1,35 @@
+"""The report says where every number came from: the documents of each perplexity window, and each run's
+command, git commit, machine and wall time (written by the real `run_tasks`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+
+def test_report_names_the_windows_documents_and_each_run(tiny_llama_dir, tmp_path):
+    from longctx.evals.report import write_report
+    from longctx.evals.suite import make_config, run_tasks
+    from longctx.provenance import git_commit
+
+    (tmp_path / "books").mkdir()
+    for name, word in (("first_book.txt", "alpha"), ("second_book.txt", "beta")):
+        (tmp_path / "books" / name).write_text(" ".join(f"{word}{i % 50}." for i in range(900)))
+    configs = {"ppl": make_config("ppl", {"lengths": "128", "docs": 2, "data": str(tmp_path / "books")})}
+    run_tasks(str(tiny_llama_dir), configs, tmp_path / "out", label="tiny")
+
+    run = json.loads((tmp_path / "out" / "tiny" / "runs.jsonl").read_text().splitlines()[0])
+    assert run["cells_computed"] == {"ppl": 1} and run["wall_seconds"] >= 0
+    assert run["machine"]["cores"] >= 1 and run["commit"] == git_commit()["commit"]
+
+    write_report(tmp_path / "out")
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    section = markdown.split("## How these numbers were made", 1)[1]
+    assert "128: 2 windows (first_book.txt, second_book.txt)" in section or \
+        "128: 2 windows (second_book.txt, first_book.txt)" in section
+    assert f"commit {str(run['commit'])[:12]}" in section and run["command"] in section
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["models"][0]
+    assert summary["runs"][0]["command"] == run["command"] and "first_book.txt" in summary["ppl_windows"]
