@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Context extension of SmolLM2-135M (trained to 8K) on CPU, measured by longctx's own harness, into
 # docs/results/smollm2-extension-cpu/ (report.md, report.html, summary.json, PNGs, one folder per model).
-#   1. ppl:      the original against every training-free method `longctx patch` writes, at scale 2 (8K -> 16K),
-#                perplexity 2K-16K on single-document windows of two books in ../shared/data/books;
-#   2. finetune: YaRN x2 + LoRA at 2K tokens on the two other books, with PoSE skips to 16K and without;
-#   3. tuned:    the same perplexity grid for both tuned models;
-#   4. passkey:  12K and 16K, 5 trials x 3 depths, for the original and the models that hold perplexity.
+#   ppl:      the original against every training-free method `longctx patch` writes, at scale 2 (8K -> 16K),
+#             perplexity 2K-16K on single-document windows of two books in ../shared/data/books;
+#   passkey:  12K and 16K, 5 trials x 3 depths, for the original and the models that hold perplexity (and
+#             base 1e6, below `longctx analyze`'s lower bound for 16K: the superficial case);
+#   finetune: YaRN x2 + LoRA at 2K tokens on the two other books, with PoSE skips to 16K and without;
+#   tuned:    the same perplexity grid for both tuned models (then passkey again adds them).
 # Every stage resumes where it stopped (cells, trials and training checkpoints): rerun to continue.
 #
 #   make extension-cpu                          # all stages (hours on 2 cores: spread over sessions)
@@ -17,8 +18,8 @@ LONGCTX=${LONGCTX:-.venv/bin/longctx}
 PYTHON=${PYTHON:-.venv/bin/python}
 MODELS=${LONGCTX_CACHE:-.cache}/extension
 OUT=${OUT:-docs/results/smollm2-extension-cpu}
-PASSKEY_MODELS=${PASSKEY_MODELS:-original yarn-x2 yarn-x2-pose16k-lora yarn-x2-lora dynamic-x2 ntk-x2}
-STAGES=${*:-ppl finetune tuned passkey}
+PASSKEY_MODELS=${PASSKEY_MODELS:-original yarn-x2 base-1e6 dynamic-x2 yarn-x2-pose16k-lora yarn-x2-lora}
+STAGES=${*:-ppl passkey finetune tuned passkey}  # passkey twice: the tuned models join it once they exist
 [ -d ../shared/data/books ] || { echo "this study needs ../shared/data/books (long single documents)" >&2; exit 2; }
 
 declare -A PATCH=(
@@ -64,7 +65,12 @@ for stage in $STAGES; do
         $PYTHON recipes/finetune.py --config "$config" "${resume[@]}" --report-to none
       done ;;
     tuned) suite eval/suites/extension-ppl.yaml yarn-x2-pose16k-lora yarn-x2-lora ;;
-    passkey) suite eval/suites/extension-passkey.yaml $PASSKEY_MODELS ;;
+    passkey)
+      ready=()
+      for name in $PASSKEY_MODELS; do  # tuned models count once their adapter exists
+        if [[ $name != *-lora ]] || [ -f "$(source_of "$name")/adapter_config.json" ]; then ready+=("$name"); fi
+      done
+      suite eval/suites/extension-passkey.yaml "${ready[@]}" ;;
     *) echo "unknown stage $stage: use ppl, finetune, tuned, passkey" >&2; exit 2 ;;
   esac
 done
