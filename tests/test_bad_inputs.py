@@ -320,7 +320,9 @@ RESUME_CASES = [
     ("finetune --resume: foreign pickle in the checkpoint", "custom_pickle", "was not written by longctx"),
     ("finetune --resume: code in optimizer.bin", "evil_optimizer", "not plain tensors and data"),
     ("finetune --resume: truncated checkpoint file", "truncated", "is missing or truncated"),
-    ("finetune --resume: checkpoint from an older format", "legacy", "was not written by this longctx"),
+    ("finetune --resume: code in an earlier longctx's scheduler pickle", "legacy_evil", "not plain tensors and data"),
+    ("finetune --resume: unknown pickle in an earlier longctx's checkpoint", "legacy_foreign", "was not written by longctx"),
+    ("finetune --resume: checkpoint format from the future", "future", "cannot read"),
     ("finetune --resume: trainer_state.json garbage", "garbage_state", "is unreadable"),
     ("finetune --resume: finetune_args.json garbage", "garbage_args", "is not valid JSON"),
     ("finetune --resume: torn finetune_args.json", "torn_args", "is not valid JSON"),
@@ -362,8 +364,13 @@ def craft(run: Path, how: str, marker: Path) -> None:
     elif how == "truncated":
         weights = step / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[:100])
-    elif how == "legacy":
-        state.pop("format")
+    elif how in ("legacy_evil", "legacy_foreign"):  # an earlier longctx: no format tag, accelerate's pickles
+        state = {"step": state["step"], "rows_consumed": state["rows_consumed"]}
+        state_path.write_text(json.dumps(state))
+        name = "custom_checkpoint_0.pkl" if how == "legacy_evil" else "extra.pkl"
+        (step / name).write_bytes(pickle.dumps(Evil(str(marker))))
+    elif how == "future":
+        state["format"] = "longctx-checkpoint-9"
         state_path.write_text(json.dumps(state))
     elif how == "garbage_state":
         state_path.write_text("{garbage")

@@ -197,3 +197,30 @@ def test_kill_9_during_finetune_then_resume_gives_the_uninterrupted_adapter(tiny
         assert json.loads((run / "base" / "config.json").read_text()) == json.loads((straight / "base" / "config.json").read_text())
         assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002", "step-000004"], name
         assert not [p for p in run.rglob(".*") if "longctx-" in p.name or ".tmp-" in p.name], name
+
+
+def test_a_checkpoint_of_an_earlier_longctx_resumes_identically(tiny_llama_dir, tmp_path, monkeypatch):
+    """Before the checkpoint format tag, the scheduler was accelerate's custom_checkpoint_0.pkl and the RNG only
+    accelerate's pickles: such a run still resumes exactly, every pickle read with weights_only=True."""
+    from safetensors.torch import load_file
+
+    (tmp_path / "docs.jsonl").write_text("".join(
+        json.dumps({"text": f"The grass is green. The sky is blue. Here we go {i}. " * 6}) + "\n" for i in range(8)))
+    common = ["--model", str(tiny_llama_dir), "--base", "1e5", "--data", str(tmp_path / "docs.jsonl"), "--seq-len", "32",
+              "--batch-size", "2", "--max-steps", "4", "--save-every", "2", "--lr", "5e-3", "--warmup-steps", "1",
+              "--lora-dropout", "0.1", "--report-to", "none", "--out", "run"]
+    cli = recipe_cli()
+    (tmp_path / "straight").mkdir()
+    assert in_folder(monkeypatch, tmp_path / "straight", common, cli) == 0
+    old = tmp_path / "old" / "run"
+    shutil.copytree(tmp_path / "straight" / "run", old)
+    shutil.rmtree(old / "checkpoints" / "step-000004")
+    step = old / "checkpoints" / "step-000002"
+    state = json.loads((step / "trainer_state.json").read_text())
+    torch.save(state["scheduler"], step / "custom_checkpoint_0.pkl")  # what accelerate wrote for a registered scheduler
+    (step / "trainer_state.json").write_text(json.dumps({"step": state["step"], "rows_consumed": state["rows_consumed"]}))
+    (step / "rng_state_0.json").unlink()
+    assert in_folder(monkeypatch, tmp_path / "old", [*common, "--resume"], cli) == 0
+    expected, got = load_file(tmp_path / "straight" / "run" / "adapter_model.safetensors"), load_file(old / "adapter_model.safetensors")
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=1e-6)

@@ -17,6 +17,8 @@ versions load the optimizer and RNG files the same way). What longctx does inste
     lists still has its recorded size, and it holds no pickle file that longctx did not list. This catches
     truncated copies and foreign folders early; it is not what makes loading safe (a forger can write the
     JSON too): the forced `weights_only` is.
+Checkpoints of earlier longctx versions (no format tag: the scheduler in accelerate's custom_checkpoint_0.pkl)
+still resume: that pickle, a plain state dict, is read with weights_only=True like every other.
 FSDP and DeepSpeed sharded states load through their own readers (torch.distributed.checkpoint reads its
 `.metadata` with pickle): resume such runs only from folders you wrote.
 """
@@ -27,6 +29,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -35,8 +38,12 @@ from longctx.files import kill_point
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
-FORMAT = "longctx-checkpoint-2"  # 1: accelerate's pickled scheduler (refused: it needs weights_only=False)
+FORMAT = "longctx-checkpoint-2"  # before: no tag, the scheduler pickled by accelerate (still read, weights only)
 PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")
+LEGACY_SCHEDULER = "custom_checkpoint_0.pkl"
+# what accelerate's save_state writes (earlier longctx checkpoints are not listed file by file)
+LEGACY_PICKLES = re.compile(r"(optimizer(_\d+)?\.bin|random_states_\d+\.pkl|scaler\.pt|pytorch_model(_\d+)?\.bin|"
+                            r"custom_checkpoint_0\.pkl)")
 
 
 def checkpoint_dirs(out: Path) -> list[Path]:
@@ -104,14 +111,21 @@ def save_checkpoint(accelerator, out: Path, step: int, rows_consumed: int, keep_
 
 def read_state(path: Path) -> dict:
     """trainer_state.json of a checkpoint, checked: longctx's format, every listed file at its size, no
-    unlisted pickle. Raises UsageError naming what is wrong."""
+    unlisted pickle (for an earlier longctx's checkpoint: only the pickles accelerate writes). Raises
+    UsageError naming what is wrong."""
     try:
         state = json.loads((path / STATE_FILE).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise UsageError(f"--resume: {path / STATE_FILE} is unreadable: remove {path} to resume from an earlier checkpoint") from None
-    require(isinstance(state, dict) and state.get("format") == FORMAT,
-            f"--resume: {path} was not written by this longctx (checkpoint format {FORMAT}); longctx only resumes "
-            "its own checkpoints, whose state is never a code-carrying pickle: start over with --force")
+    require(isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("rows_consumed"), int),
+            f"--resume: {path / STATE_FILE} was not written by longctx (no step and rows_consumed): start over with --force")
+    if "format" not in state:  # an earlier longctx
+        for file in path.rglob("*"):
+            if file.is_file() and file.suffix in PICKLE_SUFFIXES and not LEGACY_PICKLES.fullmatch(file.name):
+                raise UsageError(f"--resume: {file} was not written by longctx: refusing to load a foreign pickle")
+        return {**state, "legacy": True}
+    require(state["format"] == FORMAT, f"--resume: {path} has checkpoint format {state['format']!r}, which this "
+                                       f"longctx ({FORMAT}) cannot read: start over with --force")
     listed = state.get("files")
     require(isinstance(listed, dict), f"--resume: {path / STATE_FILE} lists no files")
     root = path.resolve()
@@ -154,8 +168,22 @@ def weights_only_loads(path: Path):
 def load_checkpoint(accelerator, path: Path, *, scheduler, strict: bool = True) -> dict:
     """Restore model, optimizer, scheduler, accumulation step and RNG from a checkpoint; returns its state."""
     state = read_state(path)
-    with weights_only_loads(path):
-        accelerator.load_state(str(path), **({} if strict else {"strict": False}))
+    # accelerate refuses a folder whose custom_checkpoint_N.pkl files do not match its registered objects: for
+    # an earlier longctx's checkpoint the scheduler is registered for this one load (read weights-only too)
+    registered = getattr(accelerator, "_custom_objects", None)
+    legacy = bool(state.get("legacy")) and scheduler is not None and (path / LEGACY_SCHEDULER).is_file()
+    require(not legacy or isinstance(registered, list), f"--resume: {path} comes from an earlier longctx and this "
+                                                        "accelerate version cannot read it: start over with --force")
+    if legacy:
+        accelerator.register_for_checkpointing(scheduler)
+    try:
+        with weights_only_loads(path):
+            accelerator.load_state(str(path), **({} if strict else {"strict": False}))
+    finally:
+        if legacy and scheduler in registered:
+            registered.remove(scheduler)  # new checkpoints keep the scheduler as JSON
+    if legacy:
+        state["scheduler"] = scheduler.state_dict()
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
     rng = path / f"rng_state_{accelerator.process_index}.json"
