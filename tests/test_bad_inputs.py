@@ -529,14 +529,16 @@ def test_a_cross_file_system_link_says_it_is_a_symlink(tiny_llama_dir, tmp_path,
     assert "symlinks to the source" in (tmp_path / "out" / "README.md").read_text()
 
 
-def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_llama_dir, tmp_path, capsys):
+@pytest.mark.parametrize("clip", ["1.0", "0"])
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_llama_dir, tmp_path, capsys, clip):
     """--lr 1e30 is a finite number, so it passes the flag checks; the weights explode in the first update and
-    the next step's gradient is not finite: exit 2 in one line, no step saved after it, the log stays JSON."""
+    the next step's gradient is not finite: exit 2 in one line, no step saved after it, the log stays JSON.
+    Without clipping (--max-grad-norm 0) the gradient norm is still computed and checked."""
     (tmp_path / "docs.jsonl").write_text(DOCS)
     capsys.readouterr()
     code = recipe_cli()(["--model", str(tiny_llama_dir), "--data", str(tmp_path / "docs.jsonl"), "--seq-len", "32",
                          "--max-steps", "4", "--save-every", "1", "--lr", "1e30", "--warmup-steps", "0", "--finetune", "full",
-                         "--report-to", "none", "--out", str(tmp_path / "run")])
+                         "--max-grad-norm", clip, "--report-to", "none", "--out", str(tmp_path / "run")])
     stderr = capsys.readouterr().err
     assert_one_line_error(code, stderr, "at step 2 is not finite", "finetune")
     records = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]  # strict JSON

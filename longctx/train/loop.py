@@ -170,8 +170,8 @@ def train(args, *, accelerator, built, docs) -> dict:
                 # gradient is that of the mean loss over every labelled token of the step.
                 accelerator.backward(summed * (t.grad_accum * world) / max(1, n_labels))
                 loss_sum += summed.detach()
-                if accelerator.sync_gradients and t.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                if accelerator.sync_gradients:  # max_norm inf: no clipping, but the norm is still logged and checked
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or float("inf"))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         lr = scheduler.get_last_lr()[0]
