@@ -4,11 +4,10 @@
 (θ, settings) → (θ', attention scaling), following transformers' `ROPE_INIT_FUNCTIONS` so a patched
 config and this module agree; tests check that parity for every method. No I/O, no transformers import.
 
-Theory helpers:
-- `critical_dim`, `extrapolation_bound`, `critical_base` — *Scaling Laws of RoPE-based Extrapolation*
-  (Liu et al., arXiv 2310.05209).
-- `long_term_decay`, `first_negative_position`, `base_lower_bound` — *Base of RoPE Bounds Context Length*
-  (Men et al., 2024): B(m) = Σᵢ cos(m·θᵢ) must stay ≥ 0 for every m ≤ L.
+Theory helpers live in the torch-free `longctx.rope_bounds` (so `longctx analyze` starts fast) and are re-exported
+here: `critical_dim`, `extrapolation_bound`, `critical_base`, … from *Scaling Laws of RoPE-based Extrapolation*
+(Liu et al., arXiv 2310.05209); `first_negative_position`, `satisfies_base_bound`, `base_lower_bound` from *Base
+of RoPE Bounds Context Length* (Men et al., arXiv 2405.14591): B(m) = Σᵢ cos(m·θᵢ) must stay ≥ 0 for every m ≤ L.
 """
 
 from __future__ import annotations
@@ -17,7 +16,16 @@ import math
 
 import torch
 
-TWO_PI = 2 * math.pi
+from longctx import rope_bounds
+from longctx.rope_bounds import (  # noqa: F401 - re-exported: the theory helpers of this module's users
+    TWO_PI,
+    base_for_extrapolation,
+    critical_base,
+    critical_dim,
+    extrapolation_bound,
+    ntk_base,
+    small_base_thresholds,
+)
 
 
 # ---------------------------------------------------------------------------------------------- frequencies
@@ -25,12 +33,6 @@ def default_inv_freq(base: float, dim: int) -> torch.Tensor:
     """θᵢ = base^(−2i/d): [d/2] float64."""
     exponents = torch.arange(0, dim, 2, dtype=torch.float64) / dim  # [d/2]
     return 1.0 / (float(base) ** exponents)
-
-
-def ntk_base(base: float, factor: float, dim: int) -> float:
-    """NTK-aware base: b·s^(d/(d−2)), which makes the lowest frequency's period s times longer (as linear
-    interpolation does) while leaving the highest frequency nearly untouched."""
-    return float(base) * float(factor) ** (dim / (dim - 2))
 
 
 def linear_inv_freq(base: float, dim: int, factor: float) -> torch.Tensor:
@@ -127,40 +129,6 @@ def periods(inv_freq: torch.Tensor) -> torch.Tensor:
     return TWO_PI / inv_freq
 
 
-# ------------------------------------------------------------------- Scaling Laws of RoPE-based Extrapolation
-def critical_dim(dim: int, base: float, train_length: int) -> int:
-    """d_extra = 2·⌈(d/2)·log_base(T_train/2π)⌉: the dimensions whose period fits in the training context
-    (they saw every phase); beyond them positions are out of distribution. Llama-2 (d=128, 4K, 1e4): 92."""
-    return min(dim, 2 * math.ceil((dim / 2) * math.log(train_length / TWO_PI) / math.log(base)))
-
-
-def extrapolation_bound(dim: int, base: float, train_length: int, pretrain_base: float | None = None) -> float:
-    """T_extra = 2π·β^(d_extra/d), d_extra fixed by pre-training (`pretrain_base`, default = base).
-
-    With β the base used when tuning at `train_length`, this is the paper's predicted context after
-    fine-tuning (Llama-2 4K, β=1e6: ≈1.29e5). With β = pretrain_base it is ≈ the training length itself.
-    """
-    d_extra = critical_dim(dim, pretrain_base or base, train_length)
-    return TWO_PI * float(base) ** (d_extra / dim)
-
-
-def base_for_extrapolation(dim: int, target_length: int, train_length: int, pretrain_base: float) -> float:
-    """Smallest tuned base β with extrapolation_bound ≥ target_length: (L/2π)^(d/d_extra)."""
-    d_extra = critical_dim(dim, pretrain_base, train_length)
-    return (target_length / TWO_PI) ** (dim / d_extra)
-
-
-def critical_base(train_length: int, tune_length: int, pretrain_base: float = 10000.0) -> float:
-    """β₀ = b^(log_{T_train/2π}(T_tune/2π)): tuning at T_tune with a base above β₀ extends beyond T_tune; at or
-    below it the ceiling is T_tune itself (2310.05209, with b the pre-training base)."""
-    return float(pretrain_base) ** (math.log(tune_length / TWO_PI) / math.log(train_length / TWO_PI))
-
-
-def small_base_thresholds(tune_length: int) -> dict[str, float]:
-    """β₁ = 2T/π, β₂ = T/π, β₃ = T/(2π): the small-base regimes of 2310.05209 (T = tuning length)."""
-    return {"beta1": 2 * tune_length / math.pi, "beta2": tune_length / math.pi, "beta3": tune_length / TWO_PI}
-
-
 # ------------------------------------------------------------------- Base of RoPE Bounds Context Length
 def long_term_decay(base: float, dim: int, positions: torch.Tensor) -> torch.Tensor:
     """B(m) = Σᵢ cos(m·θᵢ) for each relative distance m in `positions` [M] → [M] float64."""
@@ -168,39 +136,17 @@ def long_term_decay(base: float, dim: int, positions: torch.Tensor) -> torch.Ten
     return torch.cos(positions.to(torch.float64)[:, None] * theta[None, :]).sum(-1)
 
 
-def first_negative_position(base: float, dim: int, length: int, first_chunk: int = 1024,
-                            max_chunk: int = 1 << 16) -> int | None:
-    """Smallest m ≤ length with B(m) < 0, or None when the base satisfies the bound up to `length`.
-    Chunks grow geometrically: a base far too small fails within the first few hundred positions."""
-    start, chunk = 0, first_chunk
-    while start <= length:
-        positions = torch.arange(start, min(start + chunk, int(length) + 1), dtype=torch.float64)
-        negative = (long_term_decay(base, dim, positions) < 0).nonzero()
-        if len(negative):
-            return int(positions[negative[0, 0]].item())
-        start, chunk = start + chunk, min(chunk * 2, max_chunk)
-    return None
+def first_negative_position(base: float, dim: int, length: int) -> int | None:
+    """Smallest m ≤ length with B(m) < 0 (every m checked, float64), or None when the base satisfies the bound."""
+    return rope_bounds.first_negative(base, dim, length)
 
 
 def satisfies_base_bound(base: float, dim: int, length: int) -> bool:
-    return first_negative_position(base, dim, length) is None
+    """B(m) ≥ 0 for every integer m = 1 … length."""
+    return rope_bounds.first_negative(base, dim, length) is None
 
 
-def base_lower_bound(dim: int, length: int, *, start: float = 2.0, stop: float = 1e12, steps_per_decade: int = 50,
-                     refine_steps: int = 20) -> float:
-    """Smallest base whose B(m) stays ≥ 0 for all m ≤ length, found by scanning upward (the passing set is not
-    monotonic in the base, so bisection could land on a wrong point): a coarse geometric grid, then a finer
-    scan between the last failing and the first passing grid point."""
-    ratio = 10 ** (1 / steps_per_decade)
-    previous, base = start, start
-    while base <= stop:
-        if satisfies_base_bound(base, dim, length):
-            fine_ratio = ratio ** (1 / refine_steps)
-            candidate = previous
-            while candidate < base:
-                if satisfies_base_bound(candidate, dim, length):
-                    return candidate
-                candidate *= fine_ratio
-            return base
-        previous, base = base, base * ratio
-    raise ValueError(f"no base up to {stop:g} keeps B(m) ≥ 0 up to m = {length}")
+def base_lower_bound(dim: int, length: int, *, steps_per_decade: int | None = None) -> float:
+    """The smallest base on the grid 10^(k/K) that satisfies the bound (`rope_bounds.smallest_passing_base`: every
+    grid base below it is shown to fail). The passing bases are not an interval, so this is not a threshold."""
+    return rope_bounds.smallest_passing_base(dim, length, steps_per_decade=steps_per_decade).base

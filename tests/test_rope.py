@@ -21,6 +21,14 @@ def test_extrapolation_bound_after_tuning_llama2_at_4k(base, expected):
     assert rope.extrapolation_bound(128, base, 4096, pretrain_base=1e4) == pytest.approx(expected, rel=0.01)
 
 
+def test_extrapolation_bound_is_infinite_when_every_dimension_completes_a_period():
+    """Base 500 trained at 16K: all 128 dimensions complete a period in training (base < T/2π = β₃), no position
+    is out of distribution and 2310.05209 sets no limit; 2π·500^(128/128) = 3,142 tokens is not a bound."""
+    assert rope.critical_dim(128, 500, 16_384) == 128
+    assert rope.extrapolation_bound(128, 500, 16_384) == math.inf
+    assert rope.base_for_extrapolation(128, 65_536, 16_384, 500) == 500
+
+
 def test_base_for_extrapolation_inverts_the_bound():
     base = rope.base_for_extrapolation(128, 100_000, 4096, 1e4)
     assert rope.extrapolation_bound(128, base, 4096, pretrain_base=1e4) == pytest.approx(100_000)
