@@ -232,3 +232,14 @@ def test_cli_suite_runs_every_task_for_every_model_then_reports(tiny_llama_dir, 
     bad.write_text("tasks:\n  nia: {lengths: 1k}\n")
     assert main(["eval", "suite", str(bad), "--model", str(tiny_llama_dir)]) == 2
     assert "did you mean 'niah'" in capsys.readouterr().err
+
+
+def test_grading_uses_the_current_cache_argument_without_deprecation_warnings(tiny):
+    """transformers 5 renamed `past_key_values` to `cache` (the old name goes in 5.40): no FutureWarning."""
+    import warnings
+
+    model, tokenizer = tiny
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        grade_prompts(model, tokenizer, _passkey_prompts(tokenizer)[:2], mode="generate", share_prefix=True)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]

@@ -94,6 +94,14 @@ def crop_cache(cache, length: int) -> None:
         cache.crop(-extra)
 
 
+def _cache_kwarg(model) -> str:
+    """The KV-cache argument of the model's forward: `cache` in transformers 5 (where `past_key_values` is
+    deprecated, to be removed in 5.40), `past_key_values` in transformers 4."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
 def _forward(model, tokens: list[int], cache, logits_to_keep: int):
     import torch
 
@@ -102,7 +110,8 @@ def _forward(model, tokens: list[int], cache, logits_to_keep: int):
     if cache is None or cache.get_seq_length() == 0:
         reset_rope_state(model)  # a fresh sequence: dynamic NTK must not keep the base of an earlier prompt
     ids = torch.tensor([tokens], dtype=torch.long, device=model.device)
-    out = model(input_ids=ids, past_key_values=cache, use_cache=cache is not None, logits_to_keep=logits_to_keep)
+    out = model(input_ids=ids, **{_cache_kwarg(model): cache}, use_cache=cache is not None,
+                logits_to_keep=logits_to_keep)
     return out.logits[0].float()  # [logits_to_keep, vocab]
 
 
