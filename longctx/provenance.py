@@ -62,8 +62,9 @@ class RunRecord:
         self.command = shlex.join(command if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]])
         self.started = time.time()
         self._clock = time.perf_counter()
+        self.code = git_commit()  # the code that starts the work: a later commit may land while it runs
 
     def finish(self, **extra) -> dict:
-        return {"command": self.command, **git_commit(), "machine": machine(),
+        return {"command": self.command, **self.code, "machine": machine(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
                 "wall_seconds": round(time.perf_counter() - self._clock, 1), **extra}

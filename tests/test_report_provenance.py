@@ -33,3 +33,13 @@ def test_report_names_the_windows_documents_and_each_run(tiny_llama_dir, tmp_pat
     assert f"commit {str(run['commit'])[:12]}" in section and run["command"] in section
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())["models"][0]
     assert summary["runs"][0]["command"] == run["command"] and "first_book.txt" in summary["ppl_windows"]
+
+
+def test_a_run_records_the_commit_it_started_from(monkeypatch):
+    """A long run must not claim a commit that landed while it ran."""
+    from longctx import provenance
+
+    monkeypatch.setattr(provenance, "git_commit", lambda: {"commit": "a" * 40, "dirty": False})
+    record = provenance.RunRecord(["longctx", "eval"])
+    monkeypatch.setattr(provenance, "git_commit", lambda: {"commit": "b" * 40, "dirty": True})
+    assert record.finish()["commit"] == "a" * 40
