@@ -117,10 +117,6 @@ def append_run(out_dir: str | os.PathLike, label: str, record: dict) -> Path:
     return path
 
 
-def read_runs(out_dir: str | os.PathLike, label: str) -> list[dict]:
-    return _read_lines(Path(out_dir) / label / "runs.jsonl")
-
-
 def write_model_json(out_dir: str | os.PathLike, label: str, info: dict) -> Path:
     """OUT/<label>/model.json; warnings already recorded by an earlier run are kept (deduplicated)."""
     path = Path(out_dir) / label / "model.json"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from longctx.errors import UsageError
+from longctx.files import read_jsonl as read_json_lines
 
 log = logging.getLogger(__name__)
 
@@ -154,15 +155,7 @@ def load_model_folder(folder: Path) -> ModelSummary:
         if path.is_file():
             for record in read_jsonl(path, warnings):
                 cells.setdefault(task, {}).setdefault(variant_of(task, record), []).append(record)
-    runs = []
-    if (folder / "runs.jsonl").is_file():
-        for line in (folder / "runs.jsonl").read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line of a killed run
-            if isinstance(record, dict):
-                runs.append(record)
+    runs = read_json_lines(folder / "runs.jsonl", repair=False)  # a report only reads: a torn last line is skipped
     for message in warnings:
         log.warning("longctx report: %s: %s", folder.name, message)
     return ModelSummary(label=str(meta.get("label") or folder.name), meta=meta, cells=cells, warnings=warnings,
