@@ -57,6 +57,16 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny(tiny_llama_dir):
+    """(model, tokenizer) of the tiny checkpoint, loaded once for the evaluation tests (read-only: hooks a
+    test adds must be removed by it)."""
+    from longctx.modeling import load_model
+
+    model, tokenizer, _ = load_model(tiny_llama_dir, device="cpu")
+    return model, tokenizer
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The real SmolLM2-135M-Instruct (8K context, base 1e5), dequantized once into LONGCTX_CACHE."""
     from longctx.sources import smollm2_checkpoint

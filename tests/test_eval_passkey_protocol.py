@@ -32,14 +32,6 @@ def test_key_digits_setting():
             make_config("passkey", {"lengths": "1k", "key_digits": bad})
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_llama_dir):
-    from longctx.modeling import load_model
-
-    model, tokenizer, _ = load_model(tiny_llama_dir, device="cpu")
-    return model, tokenizer
-
-
 def test_every_depth_and_trial_draws_its_own_key_and_filler(tiny, tmp_path):
     model, tokenizer = tiny
     depths = [0.0, 0.25, 0.5, 0.75, 1.0]

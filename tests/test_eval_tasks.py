@@ -18,14 +18,6 @@ from longctx.evals.results import ResultsWriter
 from longctx.evals.scoring import grade_prompts, prefix_sharing_allowed
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_llama_dir):
-    from longctx.modeling import load_model
-
-    model, tokenizer, _ = load_model(tiny_llama_dir, device="cpu")
-    return model, tokenizer
-
-
 @pytest.fixture
 def count_forwards():
     """count(model) -> a counter of decoder forwards (every task's unit of work), unhooked after the test."""
