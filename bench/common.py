@@ -20,6 +20,8 @@ import time
 import traceback
 from pathlib import Path
 
+from longctx.files import write_text_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 GB = 1e9
 
@@ -316,7 +318,5 @@ def save_results(out_dir: Path, results: dict) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
     return path

@@ -57,7 +57,7 @@ def clean_leftovers(out: Path) -> None:
         if alive:
             continue
         if not out.exists():
-            os.replace(old, out)
+            replace_into_place(old, out)
         else:
             shutil.rmtree(old, ignore_errors=True)
     for partial, alive in _leftovers(out, PARTIAL):
@@ -84,9 +84,9 @@ def publish_dir(tmp: Path, out: Path) -> None:
     if out.exists() or out.is_symlink():
         old = out.with_name(f".{out.name}.{OLD}.{_host()}.{os.getpid()}")
         shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
+        os.replace(out, old)  # moving aside publishes nothing; the next line does
         kill_point("publish:moved-aside")
-    os.replace(tmp, out)
+    replace_into_place(tmp, out)
     if old is not None:
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
@@ -149,18 +149,59 @@ def read_jsonl(path: Path, *, repair: bool = True) -> list[dict]:
     return records
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write via a temporary file in the same folder and os.replace, so readers never see half a file."""
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (POSIX: the directory entry is data of the folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # platforms without directory handles (Windows): the rename itself is the best we get
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_into_place(src: Path, dst: Path) -> None:
+    """The one rename that publishes something in longctx: `src` (a finished file or folder beside `dst`)
+    becomes `dst` atomically, and the folder entry is fsynced so a power cut keeps either old or new."""
+    os.replace(src, dst)
+    fsync_dir(Path(dst).parent)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write to a uniquely named temporary file in the same folder, fsync it, then `replace_into_place`:
+    readers see the old file or the whole new one, never half, even after a crash; two writers never share
+    a temporary name."""
+    import tempfile
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{PARTIAL}.{_host()}.{os.getpid()}")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{PARTIAL}.", dir=path.parent)
+    tmp = Path(tmp_name)
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; a plain write would honour the umask
+        replace_into_place(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """`write_bytes_atomic` of UTF-8 text."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: Path, data) -> Path:

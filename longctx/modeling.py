@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,8 +10,11 @@ from longctx.sources import resolve_model_dir
 
 
 def flash_attn_available() -> bool:
-    """flash-attn is an optional GPU extra: only report it, never import it at module load."""
-    return importlib.util.find_spec("flash_attn") is not None
+    """flash-attn is an optional GPU extra. transformers' own probe decides, so we pick flash_attention_2
+    exactly when transformers would accept it (package, version and a CUDA device), never on a guess."""
+    from transformers.utils import is_flash_attn_2_available
+
+    return is_flash_attn_2_available()
 
 
 def pick_attn_implementation(device: str) -> str:

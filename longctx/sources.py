@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from longctx.errors import UsageError
-from longctx.files import partial_dir
+from longctx.files import partial_dir, replace_into_place
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -196,7 +196,7 @@ def gguf_to_checkpoint(gguf_path: str | os.PathLike, out_dir: str | os.PathLike 
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "longctx_source.json").write_text(json.dumps({"gguf": str(gguf_path.resolve())}, indent=2) + "\n")
-        os.replace(tmp, out)
+        replace_into_place(tmp, out)  # fails if a concurrent builder already published `out`
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         if not (out / "config.json").exists():  # a concurrent builder may have won the rename

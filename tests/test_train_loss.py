@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from longctx.loss import IGNORE_INDEX, CausalLMLoss, chunked_cross_entropy
 from longctx.train import flops
-from longctx.train.loss import IGNORE_INDEX, CausalLMLoss, chunked_cross_entropy
 
 
 def test_chunked_cross_entropy_matches_full_logits_value_and_gradients():
@@ -38,7 +38,9 @@ def test_causal_lm_loss_equals_transformers_loss(tiny_llama_dir):
     torch.testing.assert_close(summed / 39, mean, atol=1e-5, rtol=1e-5)
 
 
-def test_batch_flattened_for_flash_attention_gives_the_same_loss(tiny_llama_dir):
+def test_batch_flattened_with_restarting_position_ids_gives_the_same_loss(tiny_llama_dir):
+    """The flattening flash_attention_2 relies on ([B, T] -> [1, B·T], boundaries from position ids), checked
+    with SDPA, which derives the same per-document mask; the flash kernel itself: tests/test_gpu.py."""
     from transformers import AutoModelForCausalLM
 
     from longctx.corpus import load_documents

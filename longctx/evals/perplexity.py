@@ -56,8 +56,8 @@ def token_nll(model, input_ids, *, chunk_tokens: int = 1024):
     """
     import torch
 
+    from longctx.loss import chunked_token_nll, logit_transform
     from longctx.modeling import reset_rope_state
-    from longctx.train.loss import chunked_token_nll, logit_transform
 
     with torch.inference_mode():
         reset_rope_state(model)  # dynamic NTK: score this window as a freshly loaded model would

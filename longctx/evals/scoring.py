@@ -163,7 +163,12 @@ def grade_prompts(model, tokenizer, prompts: list[Prompt], *, mode: str = "force
             graded = []
             if share_prefix:
                 keep = common_prefix_length(cached, prompt.context)
-                crop_cache(cache, keep)
+                if keep < len(prompt.context) // 2:
+                    # Continuing a cache takes an explicit mask, off SDPA's causal fast path (measured on CPU:
+                    # 1.4x slower at 4K, 1.8x at 16K), so a short shared prefix costs more than it saves.
+                    cache, keep = DynamicCache(), 0
+                else:
+                    crop_cache(cache, keep)
                 if keep < len(prompt.context):
                     _forward(model, prompt.context[keep:], cache, logits_to_keep=1)
                 cached = prompt.context

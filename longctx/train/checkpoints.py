@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import pickle
 import re
 import shutil
 from pathlib import Path
 
 from longctx.errors import UsageError, require
-from longctx.files import kill_point
+from longctx.files import kill_point, replace_into_place
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -98,7 +97,7 @@ def save_checkpoint(accelerator, out: Path, step: int, rows_consumed: int, keep_
                      "scheduler": scheduler.state_dict() if scheduler is not None else None, "files": files}
             (tmp / STATE_FILE).write_text(json.dumps(state) + "\n")
             shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            replace_into_place(tmp, final)
             kill_point("checkpoint:published")
             for old in checkpoint_dirs(out)[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)

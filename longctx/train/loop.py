@@ -99,9 +99,9 @@ def train(args, *, accelerator, built, docs) -> dict:
     import torch
     from tqdm.auto import tqdm
 
+    from longctx.loss import CausalLMLoss, liger_available
     from longctx.train import flops
     from longctx.train.data import IGNORE_INDEX, PackedRows, collate
-    from longctx.train.loss import CausalLMLoss, liger_available
 
     t, out = args.train, Path(args.train.out)
     use_liger = t.liger and accelerator.device.type == "cuda" and liger_available()

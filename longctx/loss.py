@@ -95,12 +95,18 @@ def chunked_token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
 
 
 def liger_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
-                        bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Liger-Kernel's fused linear cross-entropy (GPU, Triton), summed like `chunked_cross_entropy`."""
+                        bias: torch.Tensor | None = None, softcap: float | None = None) -> torch.Tensor:
+    """Liger-Kernel's fused linear cross-entropy (GPU, Triton), summed like `chunked_cross_entropy`. It applies
+    Gemma-style soft-capping itself (`softcap`), so capped models keep the fused path."""
     from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
 
-    loss_fn = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum")
+    loss_fn = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum", softcap=softcap)
     return loss_fn(weight, hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1), bias)
+
+
+def liger_supports(config) -> bool:
+    """Liger's kernel knows soft-capping but not Granite's or Cohere's logit scaling: those keep the chunked loss."""
+    return not (getattr(config, "logits_scaling", None) or getattr(config, "logit_scale", None))
 
 
 class CausalLMLoss(torch.nn.Module):
@@ -146,6 +152,7 @@ class CausalLMLoss(torch.nn.Module):
             # which is what a merged, re-tied checkpoint will use.
             weight = hf.get_input_embeddings().weight
         transform = logit_transform(hf.config)
-        if self.use_liger and hidden.is_cuda and transform is None:
-            return liger_cross_entropy(hidden, weight, labels, bias=bias)
+        if self.use_liger and hidden.is_cuda and liger_supports(hf.config):
+            softcap = getattr(hf.config, "final_logit_softcapping", None) or None
+            return liger_cross_entropy(hidden, weight, labels, bias=bias, softcap=softcap)
         return chunked_cross_entropy(hidden, weight, labels, bias=bias, chunk=self.chunk, transform=transform)

@@ -1,0 +1,127 @@
+"""What only a CUDA GPU can show: the flash-attention varlen path, bf16 training, Liger's fused loss, and the
+memory of the chunked-loss perplexity at 32K. `make test-gpu` runs them; on CPU each skips with its reason.
+
+These need no download: random-weight Llama shapes, built on the device.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make test-gpu on a GPU machine)")
+
+
+def _flash_attn_ready() -> bool:
+    from transformers.utils import is_flash_attn_2_available
+
+    return is_flash_attn_2_available()
+
+
+def random_llama(*, attn: str, dtype=torch.bfloat16, vocab: int = 1024, hidden: int = 256, layers: int = 2,
+                 softcap: float | None = None, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4,
+                         max_position_embeddings=65536, tie_word_embeddings=False, attn_implementation=attn)
+    if softcap:
+        config.final_logit_softcapping = softcap  # Gemma-style capping, read by longctx.loss.logit_transform
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).to(device="cuda", dtype=dtype).eval()
+
+
+def packed_batch(lengths=(300, 500, 224), vocab: int = 1024, seed: int = 0):
+    """One row holding three documents: position ids restart at each, segment ids number them."""
+    generator = torch.Generator().manual_seed(seed)
+    total = sum(lengths)
+    ids = torch.randint(0, vocab, (1, total), generator=generator)
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    segments = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])[None]
+    labels = ids.clone()
+    starts = torch.tensor([0, *lengths]).cumsum(0)[:-1]
+    labels[0, starts] = -100  # no document predicts across its start
+    labels = torch.roll(labels, -1, dims=1)
+    labels[0, -1] = -100
+    return {k: v.cuda() for k, v in dict(input_ids=ids, position_ids=positions, labels=labels, segment_ids=segments).items()}
+
+
+@needs_cuda
+@pytest.mark.skipif(not importlib.util.find_spec("flash_attn"), reason="flash-attn is not installed (pip install -e '.[gpu]')")
+def test_flash_attention_varlen_packing_equals_sdpa_with_a_block_mask():
+    """flash_attention_2 finds document boundaries from restarting position ids (varlen kernel); SDPA gets the
+    block-diagonal causal mask explicitly. Same weights, same packed row: the same loss within bf16 tolerance."""
+    from longctx.loss import CausalLMLoss
+
+    assert _flash_attn_ready(), "flash_attn imports but transformers does not accept it"
+    batch = packed_batch()
+    flash = random_llama(attn="flash_attention_2")
+    sdpa = random_llama(attn="sdpa")
+    sdpa.load_state_dict(flash.state_dict())
+    with torch.no_grad():
+        varlen = CausalLMLoss(flash)(batch["input_ids"], batch["position_ids"], batch["labels"])
+        masked = CausalLMLoss(sdpa)(**batch)
+    assert torch.isfinite(varlen)
+    torch.testing.assert_close(varlen, masked, rtol=2e-2, atol=0)
+
+
+@needs_cuda
+def test_bf16_training_step_is_finite_and_matches_fp32():
+    from longctx.loss import CausalLMLoss
+
+    batch = packed_batch()
+    fp32 = random_llama(attn="sdpa", dtype=torch.float32).train()
+    bf16 = random_llama(attn="sdpa", dtype=torch.bfloat16).train()
+    bf16.load_state_dict({k: v.to(torch.bfloat16) for k, v in fp32.state_dict().items()})
+    losses = {}
+    for name, model in (("fp32", fp32), ("bf16", bf16)):
+        loss = CausalLMLoss(model)(**batch)
+        loss.backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads), name
+        losses[name] = loss.detach().float()
+    torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=2e-2, atol=0)
+
+
+@needs_cuda
+@pytest.mark.skipif(not importlib.util.find_spec("liger_kernel"), reason="liger-kernel is not installed (pip install -e '.[liger]')")
+@pytest.mark.parametrize("softcap", [None, 30.0], ids=["plain", "gemma-softcap"])
+def test_liger_fused_cross_entropy_gives_the_chunked_loss(softcap):
+    """Liger's fused linear cross-entropy (with Gemma-style soft-capping where the model has it) against the
+    chunked loss of the same weights."""
+    from longctx.loss import CausalLMLoss
+
+    model = random_llama(attn="sdpa", dtype=torch.float32, softcap=softcap)
+    batch = packed_batch()
+    with torch.no_grad():
+        fused = CausalLMLoss(model, use_liger=True)(**batch)
+        chunked = CausalLMLoss(model, use_liger=False)(**batch)
+    torch.testing.assert_close(fused, chunked, rtol=1e-3, atol=0)
+
+
+@needs_cuda
+def test_chunked_loss_perplexity_at_32k_stays_within_its_memory_bound():
+    """`perplexity.token_nll` at 32K with a 128K vocabulary: the logits never exist at once, so the memory above
+    the loaded model stays far below what the naive `model(ids, labels=ids)` loss needs for logits alone
+    (as bench/bench_ppl.py `naive_extra_bytes` counts: bf16 logits, their fp32 copy, fp32 log-softmax) and within
+    the chunk bound plus a few activations."""
+    from longctx.evals.perplexity import token_nll
+
+    length, vocab, chunk = 32768, 128256, 1024
+    model = random_llama(attn="sdpa", vocab=vocab, hidden=1024, layers=2)
+    ids = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(0))
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    nll = token_nll(model, ids.cuda())
+    torch.cuda.synchronize()
+    peak_extra = torch.cuda.max_memory_allocated() - start
+    assert torch.isfinite(nll).all() and nll.numel() == length - 1
+    naive = length * vocab * (2 + 4 + 4)
+    activations = 16 * length * 1024 * 2 * 2  # a generous handful of [T, hidden] bf16/fp32 tensors at once
+    assert peak_extra < chunk * vocab * 4 * 4 + activations, f"{peak_extra / 2**30:.2f} GiB above the model"
+    assert peak_extra < naive / 4
