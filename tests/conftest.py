@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,55 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LONGCTX_CACHE", str(ROOT / ".cache"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PACKAGE = str(ROOT / "longctx") + os.sep
+# Frames that only carry a call into the library that warns (torch's module call, functools wrappers).
+PLUMBING = (os.sep + os.path.join("torch", "nn", "modules") + os.sep, os.sep + "functools.py", os.sep + "contextlib.py")
+
+
+def deprecated_caller(filenames: list[str]) -> str | None:
+    """Who made the deprecated call, from the stack of a warnings.warn (innermost frame first): skip the frames
+    of the package that warns and call plumbing; the next frame is the caller. Returns its file when it is
+    longctx's own code, None when another library made the call (peft reading transformers'
+    `is_gradient_checkpointing` inside `get_peft_model` is peft's to fix, not ours)."""
+    if not filenames:
+        return None
+
+    def package_of(path: str) -> str:
+        parts = Path(path).parts
+        return parts[parts.index("site-packages") + 1] if "site-packages" in parts else str(Path(path).parent)
+
+    warner = package_of(filenames[0])
+    for path in filenames:
+        if package_of(path) == warner or any(p in path for p in PLUMBING):
+            continue
+        return path if path.startswith(PACKAGE) else None
+    return None
+
+
+@pytest.fixture(autouse=True, scope="session")
+def fail_on_deprecated_calls_from_longctx():
+    """A FutureWarning or DeprecationWarning caused by longctx's own call is an error (as `-W error` would
+    make it), so the next deprecation fails the suite the day a pin moves, not the day the API is removed.
+    pytest's `filterwarnings` cannot do this: a library's warning is attributed to its own frames
+    (transformers' `deprecate_kwarg` warns from inside torch's module call), not to the code that called it."""
+    original = warnings.warn
+
+    def guarded(message, category=None, stacklevel=1, source=None, **kwargs):
+        kind = category or (type(message) if isinstance(message, Warning) else UserWarning)
+        if issubclass(kind, (FutureWarning, DeprecationWarning)):
+            frames, frame = [], sys._getframe(1)
+            while frame is not None:
+                frames.append(frame.f_code.co_filename)
+                frame = frame.f_back
+            caller = deprecated_caller(frames)
+            if caller is not None:
+                raise kind(f"deprecated call from {caller}: {message}")
+        return original(message, category, stacklevel + 1, source, **kwargs)
+
+    warnings.warn = guarded
+    yield
+    warnings.warn = original
 
 
 def _train_tiny_tokenizer(out_dir: Path, vocab_size: int = 512):
