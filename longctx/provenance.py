@@ -59,7 +59,9 @@ class RunRecord:
     """Start it when work begins; `finish(**extra)` returns the record with the wall time."""
 
     def __init__(self, command: list[str] | None = None):
-        self.command = shlex.join(command if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]])
+        program = Path(sys.argv[0]).name
+        program = "longctx" if program == "__main__.py" else program  # `python -m longctx` runs the same command
+        self.command = shlex.join(command if command is not None else [program, *sys.argv[1:]])
         self.started = time.time()
         self._clock = time.perf_counter()
         self.code = git_commit()  # the code that starts the work: a later commit may land while it runs
