@@ -133,7 +133,12 @@ class CausalLMLoss(torch.nn.Module):
         hf = self.hf_model()
         decoder = getattr(hf, hf.base_model_prefix)
         mask = None
-        if segment_ids is not None:
+        if segment_ids is not None and bool((segment_ids == segment_ids[:, :1]).all()):
+            # PoSE rows of one document each: an all-ones 2-D mask stops transformers from reading the position
+            # jumps as document starts and keeps SDPA on its causal fast path (a 4-D mask does not; -17% time
+            # per SmolLM2 step at 2K on CPU).
+            mask = torch.ones_like(input_ids)
+        elif segment_ids is not None:
             # PoSE position ids jump inside a document, so they no longer mark documents: mask explicitly.
             from longctx.train.pose import block_causal_mask
 

@@ -112,3 +112,29 @@ def test_losses_from_hidden_states_apply_the_architectures_logit_postprocessing(
         summed = CausalLMLoss(model, chunk=5)(row["input_ids"][None], row["position_ids"][None], row["labels"][None])
     torch.testing.assert_close(token_nll(model, ids[None], chunk_tokens=5), reference, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(summed, reference.sum(), atol=1e-3, rtol=1e-4)
+
+
+def test_pose_rows_of_one_document_take_the_fast_mask_with_the_same_loss(tiny_llama_dir):
+    """One document per row (long books): an all-ones 2-D mask instead of the block mask, same loss; position
+    jumps are not read as document starts (that would give a different, wrong loss)."""
+    import random
+
+    from transformers import AutoModelForCausalLM
+
+    from longctx.train.pose import block_causal_mask, skip_positions
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32, attn_implementation="sdpa")
+    ids = torch.randint(3, 500, (2, 96), generator=torch.Generator().manual_seed(0))
+    positions = torch.tensor([skip_positions(96, 1024, random.Random(i), 2) for i in range(2)])
+    segments = torch.zeros(2, 96, dtype=torch.long)
+    labels = torch.roll(ids, -1, dims=1)
+    labels[:, -1] = -100
+    loss = CausalLMLoss(model)
+    with torch.no_grad():
+        fast = loss(ids, positions, labels, segments)
+        mask = block_causal_mask(segments, attn_implementation="sdpa", dtype=torch.float32)
+        hidden = model.model(input_ids=ids, position_ids=positions, attention_mask=mask).last_hidden_state
+        reference = chunked_cross_entropy(hidden, model.lm_head.weight, labels)
+        packed_reading = loss(ids, positions, labels)  # no segments: jumps would split the row into "documents"
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(packed_reading, reference, rtol=1e-4)
