@@ -4,7 +4,7 @@ Both start from the same model built by `longctx.train.model.build_model` (same 
 r=8 on q/k/v/o, same gradient-checkpointing setting), train on the same packed rows (`PackedRows` of the
 pydoc corpus; the Trainer gets the labels shifted the way transformers expects) with the same optimizer
 (AdamW β=(0.9, 0.95), lr 2e-4, cosine, clip 1.0), batch 1. longctx runs `longctx.train.loop.train` (the
-loop of `recipes/finetune.py`: accelerate, chunked cross-entropy from hidden states); the baseline runs
+loop of `longctx.train.finetune`: accelerate, chunked cross-entropy from hidden states); the baseline runs
 `Trainer.train` (the model's own loss over full logits). Each variant runs in a fresh process; tokens/s is
 measured over the steps after `warmup` (end of one optimizer step to the end of the next, data included).
 
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from bench import common
+from longctx.train.callbacks import Callback
 
 TARGET_SPEEDUP = 1.3
 TARGET_LORA_MFU_GPU = 0.40
@@ -72,8 +73,19 @@ def summarize_steps(step_seconds: list[float], tokens_per_step: int, warmup: int
             "tokens_per_s": tokens_per_step / median, "tokens_per_s_mean": tokens_per_step * len(measured) / sum(measured)}
 
 
+class PeakBeforeFinalSave(Callback):
+    """Reads the memory peak after the last step, before its checkpoint is saved (saving is not the step's cost)."""
+
+    def __init__(self, device: str, memory):
+        self.device, self.memory, self.peak_bytes = device, memory, None
+
+    def on_step(self, state) -> None:
+        if state.step == state.max_steps:
+            self.peak_bytes = memory_peak(self.device) - self.memory.start_bytes
+
+
 def run_longctx(args, built, device: str, warmup: int) -> dict:
-    """`longctx.train.loop.train`; the peak is read when the final checkpoint save starts (saving excluded)."""
+    """`longctx.train.loop.train`; the peak is read by a callback before the final checkpoint save."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -82,24 +94,16 @@ def run_longctx(args, built, device: str, warmup: int) -> dict:
 
     accelerator = Accelerator(mixed_precision="bf16" if device.startswith("cuda") else "no")
     set_seed(args.train.seed)
-    docs = load_documents(args.data.data, args.data.text_field)  # as recipes/finetune.py loads them
+    docs = load_documents(args.data.data, args.data.text_field)  # as longctx.train.finetune loads them
     Path(args.train.out).mkdir(parents=True, exist_ok=True)
-    peak = {}
-    original_save = loop.save_checkpoint
-
-    def save_after_measuring(*a, **k):
-        peak.setdefault("bytes", memory_peak(device) - memory.start_bytes)
-        return original_save(*a, **k)
-
-    loop.save_checkpoint = save_after_measuring
     with common.PeakMemory(device) as memory:
-        loop.train(args, accelerator=accelerator, built=built, docs=docs)
-    loop.save_checkpoint = original_save
+        peak = PeakBeforeFinalSave(device, memory)
+        loop.train(args, accelerator=accelerator, built=built, docs=docs, callbacks=[peak])
     log = [json.loads(line) for line in (Path(args.train.out) / loop.LOG_FILE).read_text().splitlines() if line]
     elapsed = [0.0] + [r["elapsed_s"] for r in log]  # cumulative, logged after every step (log_every 1)
     step_seconds = [b - a for a, b in zip(elapsed[:-1], elapsed[1:], strict=True)]
     result = summarize_steps(step_seconds, built.seq_len, warmup)
-    result.update(peak_bytes=peak.get("bytes"), memory_method=memory.how + " (read before the final checkpoint save)",
+    result.update(peak_bytes=peak.peak_bytes, memory_method=memory.how + " (read before the final checkpoint save)",
                   final_loss=log[-1]["loss"], losses=[r["loss"] for r in log], logged_mfu=[r["mfu"] for r in log])
     return result
 

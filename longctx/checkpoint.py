@@ -122,36 +122,11 @@ def files_line(files: dict) -> str:
 
 
 def model_card(record: dict) -> str:
-    before, after = record["rope_before"], record["rope_after"]
-    rows = "\n".join(f"| `{k}` | {before.get(k, '—')} | {after.get(k, '—')} |" for k in sorted(set(before) | set(after)))
-    analysis = record["analysis"]
-    bound = analysis.get("base_satisfies_lower_bound_at_claimed_length")
-    bound_line = "" if bound is None else (
-        f"- Base lower bound (*Base of RoPE Bounds Context Length*): B(m) = Σ cos(m·θᵢ) ≥ 0 for all m ≤ "
-        f"{analysis['claimed_length']}: **{'holds' if bound else 'violated'}**.\n")
-    origin = f"Command: `{record['command']}`" if record.get("command") else f"Written by {record['written_by']}."
-    return f"""---
-tags: [longctx, rope, long-context]
----
-# {Path(record['out']).name}
+    """README.md of a patched checkpoint: the patch section of the card template shared with the fine-tune."""
+    from longctx.templates import model_card as render_card
 
-Rotary position embeddings of `{record['source']}` patched by [longctx](https://github.com/longctx/longctx)
-{record['longctx_version']} on {record['created']} with method **{record['spec']['method']}**.
-
-| rope setting | before | after |
-|---|---|---|
-{rows}
-| `max_position_embeddings` | {record['max_position_embeddings_before']} | {record['max_position_embeddings']} |
-
-- Trained context: {analysis['trained_length']} tokens; context claimed now: {analysis['claimed_length']} tokens.
-{bound_line}- Weights are unchanged. Files: {files_line(record['files'])}.
-  Only `config.json` differs; it carries the patch in both transformers 4 (`rope_theta`, `rope_scaling`) and
-  transformers 5 (`rope_parameters`) form. Keep it with the weights: without it the model is the original.
-- A training-free patch often needs a short fine-tune at the original length before long-context retrieval
-  works; evaluate with `longctx eval suite` before trusting the claimed context.
-
-{origin}
-"""
+    return render_card(Path(record["out"]).name, tags=["longctx", "rope", "long-context"], patch=record,
+                       files=files_line(record["files"]))
 
 
 def write_patched_checkpoint(source, out, spec: PatchSpec, *, force: bool = False, copy: bool = False,

@@ -11,20 +11,27 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_SUITE = ROOT / "eval" / "suites" / "demo.yaml"
-FINETUNE = ROOT / "recipes" / "finetune.py"
-FINETUNE_CONFIG = ROOT / "recipes" / "configs" / "smollm2-135m-yarn2-pose.yaml"
+# Package data (pyproject.toml [tool.setuptools.package-data]), so a wheel install finds them as well as a checkout;
+# eval/suites/demo.yaml and recipes/configs/ hold byte-identical copies for readers of the repository.
+DEMO_SUITE = "evals/suites/demo.yaml"
+FINETUNE_CONFIG = "train/configs/smollm2-135m-yarn2-pose.yaml"
 PROMPT = "The capital of France is"
 FACTOR = 2
+
+
+def shipped(name: str) -> Path:
+    """A data file of the installed package, as a path (wheels install unzipped: it is a real file)."""
+    return Path(str(resources.files("longctx").joinpath(name)))
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="SmolLM2-135M: analyze, patch, fine-tune, evaluate and report (CPU minutes)")
     parser.add_argument("--out", default="demo-out", help="folder for the patched and tuned models, results and report")
-    parser.add_argument("--suite", default=str(DEMO_SUITE), help="eval suite YAML (default: eval/suites/demo.yaml)")
+    parser.add_argument("--suite", default=str(shipped(DEMO_SUITE)),
+                        help="eval suite YAML (default: the shipped copy of eval/suites/demo.yaml)")
     parser.add_argument("--skip-train", action="store_true", help="no fine-tune: compare original and patched only")
     parser.add_argument("--skip-eval", action="store_true", help="stop before the evaluation")
     parser.set_defaults(func=run)
@@ -49,8 +56,9 @@ def step(title: str) -> None:
 def run(args) -> int:
     from longctx import rope_config
     from longctx.analyze import analyze, format_table
+    from longctx.checkpoint import write_patched_checkpoint
     from longctx.errors import require
-    from longctx.patch import PatchSpec, patch_checkpoint
+    from longctx.patch import PatchSpec
     from longctx.sources import read_config_json, smollm2_checkpoint
 
     out = Path(args.out)
@@ -68,7 +76,7 @@ def run(args) -> int:
     patched = out / f"smollm2-yarn-x{FACTOR}"
     command = f"longctx patch --model smollm2 --method yarn --factor {FACTOR} --out {patched}"
     step(f"3. {command}")
-    patch_checkpoint(original, patched, PatchSpec(method="yarn", factor=FACTOR), force=True, command=command)
+    write_patched_checkpoint(original, patched, PatchSpec(method="yarn", factor=FACTOR), force=True, command=command)
     print(f"   rope {rope_config.rope_parameters(read_config_json(patched))}")
 
     step(f"4. does the patched model still answer? prompt: {PROMPT!r}")
@@ -79,9 +87,10 @@ def run(args) -> int:
     models, labels = [original, patched], ["smollm2-original", f"smollm2-yarn-x{FACTOR}"]
     if not args.skip_train:
         tuned = out / f"smollm2-yarn-x{FACTOR}-pose-lora"
-        cmd = [sys.executable, str(FINETUNE), "--config", str(FINETUNE_CONFIG), "--out", str(tuned), "--force"]
-        step(f"5. fine-tune at the original length: python {FINETUNE.relative_to(ROOT)} --config "
-             f"{FINETUNE_CONFIG.relative_to(ROOT)} --out {tuned}")
+        config = shipped(FINETUNE_CONFIG)  # = recipes/configs/smollm2-135m-yarn2-pose.yaml
+        # recipes/finetune.py is a launcher of this module; a wheel install has no recipes/ folder
+        cmd = [sys.executable, "-m", "longctx.train.finetune", "--config", str(config), "--out", str(tuned), "--force"]
+        step(f"5. fine-tune at the original length: python -m longctx.train.finetune --config {config} --out {tuned}")
         if subprocess.run(cmd).returncode != 0:
             return 1
         models.append(tuned)

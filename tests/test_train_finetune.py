@@ -1,4 +1,5 @@
-"""recipes/finetune.py end to end on the tiny model (and, marked slow, the real SmolLM2-135M)."""
+"""recipes/finetune.py (a launcher of longctx.train.finetune) end to end on the tiny model (and, marked slow, the
+real SmolLM2-135M)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ def _recipe():
     return module
 
 
-def finetune(*argv) -> int:
-    return _recipe().cli([str(a) for a in argv] + ["--report-to", "none"])
+def finetune(*argv, callbacks=()) -> int:
+    return _recipe().cli([str(a) for a in argv] + ["--report-to", "none"], callbacks=callbacks)
 
 
 def losses(out: Path) -> dict[int, float]:
@@ -55,25 +56,26 @@ def test_loss_falls_when_overfitting_one_batch(tiny_llama_dir, tmp_path):
     assert config["rope_theta"] == 1e5 and config["rope_parameters"]["rope_theta"] == 1e5  # both schemas
 
 
-def test_kill_and_resume_continues_identically(tiny_llama_dir, corpus, tmp_path, monkeypatch):
+class DieAfterSave:
+    """A callback that interrupts the run right after the checkpoint of `step` is published (Ctrl-C there)."""
+
+    def __init__(self, step: int):
+        self.step, self.saved = step, []
+
+    def on_save(self, state, path):
+        self.saved.append(path)
+        if state.step == self.step:
+            raise KeyboardInterrupt(f"killed after the step-{self.step} checkpoint")
+
+
+def test_kill_and_resume_continues_identically(tiny_llama_dir, corpus, tmp_path):
     common = ["--model", tiny_llama_dir, "--base", "1e5", "--data", corpus, "--seq-len", 64, "--batch-size", 2,
               "--grad-accum", 2, "--max-steps", 6, "--save-every", 3, "--lr", "5e-3", "--warmup-steps", 2,
               "--lora-dropout", "0.1", "--trainable-extra", "norm"]
     assert finetune(*common, "--out", tmp_path / "straight") == 0
-
-    import longctx.train.loop as loop
-
-    real_save = loop.save_checkpoint
-
-    def save_then_die(accelerator, out, step, *rest):
-        path = real_save(accelerator, out, step, *rest)
-        if step == 3:
-            raise KeyboardInterrupt("killed after the step-3 checkpoint")
-        return path
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
-    assert finetune(*common, "--out", tmp_path / "resumed") == 130
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    die = DieAfterSave(3)
+    assert finetune(*common, "--out", tmp_path / "resumed", callbacks=[die]) == 130
+    assert [p.name for p in die.saved] == ["step-000003"]
     (tmp_path / "resumed" / "checkpoints" / ".tmp-step-000004").mkdir()  # a half-written save is never resumed from
     assert finetune(*common, "--out", tmp_path / "resumed", "--resume") == 0
 
@@ -92,6 +94,31 @@ def test_kill_and_resume_continues_identically(tiny_llama_dir, corpus, tmp_path,
     changed = list(common)
     changed[changed.index("--seq-len") + 1] = 32
     assert finetune(*changed, "--out", tmp_path / "resumed", "--resume") == 2  # a resumed run keeps its data settings
+
+
+def test_callbacks_see_every_step_each_checkpoint_and_the_end(tiny_llama_dir, corpus, tmp_path):
+    from longctx.train.callbacks import Callback
+
+    class Record(Callback):
+        def __init__(self):
+            self.events = []
+
+        def on_step(self, state):
+            self.events.append(("step", state.step, state.tokens, round(state.loss, 6)))
+
+        def on_save(self, state, path):
+            self.events.append(("save", state.step, path.name))
+
+        def on_end(self, summary):
+            self.events.append(("end", summary["step"]))
+
+    record = Record()
+    out = tmp_path / "run"
+    assert finetune("--model", tiny_llama_dir, "--data", corpus, "--seq-len", 32, "--max-steps", 3, "--save-every", 2,
+                    "--out", out, callbacks=[record]) == 0
+    logged = losses(out)
+    assert record.events == [("step", 1, 32, logged[1]), ("step", 2, 64, logged[2]), ("save", 2, "step-000002"),
+                             ("step", 3, 96, logged[3]), ("save", 3, "step-000003"), ("end", 3)]
 
 
 def test_lora_output_loads_with_the_patched_rope_and_merges(tiny_llama_dir, corpus, tmp_path):

@@ -1,10 +1,16 @@
-"""Fine-tuning at the original context length after a rope patch (`recipes/finetune.py` is the entry point).
+"""Fine-tuning at the original context length after a rope patch (`finetune.finetune(args)`; `recipes/finetune.py`
+and `python -m longctx.train.finetune` launch it).
 
-args   -- dataclasses for every knob, YAML + flags
-data   -- corpora, packing with per-document positions and no cross-document attention
-loss   -- chunked (or Liger fused) cross-entropy from hidden states
-flops  -- MFU: PaLM's FLOPs-per-token formula and peak FLOP/s table
-model  -- load / patch / LoRA-wrap the model, reject bad requests early
-loop   -- the accelerate training loop and atomic, resumable checkpoints
-export -- adapter / merged / full checkpoint, model card
+finetune    -- the entry point: checks before any weights load, accelerate setup, train, export; the CLI
+args        -- dataclasses for every knob, YAML + flags
+data        -- corpora, packing with per-document positions and no cross-document attention
+pose        -- PoSE position skips (train at the original length, see positions up to a target)
+retrieval_mix -- synthetic passkey documents mixed into the training text
+flops       -- MFU: PaLM's FLOPs-per-token formula and peak FLOP/s table
+model       -- load / patch / LoRA-wrap the model, reject bad requests early
+loop        -- the accelerate training loop, split into its steps
+callbacks   -- on_step / on_save / on_end hooks; the loop's own log (train_log.jsonl, tracker, progress bar)
+checkpoints -- atomic, resumable checkpoints, loaded without unpickling code
+export      -- adapter / merged / full checkpoint, model card
+configs/, accelerate/ -- the shipped recipe and accelerate YAMLs (copies in recipes/)
 """

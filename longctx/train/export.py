@@ -42,31 +42,15 @@ def write_patched_config(checkpoint_dir: Path, source_config: dict, spec) -> Non
 
 
 def model_card(args, spec, built, summary: dict, kind: str) -> str:
+    """README.md of a fine-tune: the fine-tune section of the card template shared with `longctx patch`."""
     from longctx import rope_config
+    from longctx.templates import model_card as render_card
 
-    patch = json.dumps(spec.to_dict()) if spec is not None else "none (the source is used as patched)"
-    return f"""---
-library_name: transformers
-tags: [longctx, long-context, rope]
----
-# {Path(args.train.out).name}
-
-Fine-tuned with `longctx` (`recipes/finetune.py`): {kind}.
-
-| | |
-|---|---|
-| base model | `{args.model.model}` (`{built.source_dir}`), init: {args.model.init} |
-| rope patch | {patch} |
-| trained context of the base | {built.trained_length} tokens; source rope: `{json.dumps(rope_config.rope_parameters(built.source_config))}` |
-| fine-tune | {args.tune.finetune}{f" (r={args.tune.lora_r}, alpha={args.tune.lora_alpha}, targets {args.tune.lora_targets}, extra: {args.tune.trainable_extra or 'none'})" if args.tune.finetune == "lora" else ""} |
-| data | `{args.data.data}`, packed to {built.seq_len} tokens, documents isolated |
-| steps | {summary['step']} × {args.train.batch_size} rows × {args.train.grad_accum} accumulation × {summary.get('world', 1)} processes ({summary['tokens']:,} tokens) |
-| optimizer | AdamW lr {args.train.lr:g}, {args.train.schedule}, warmup {args.train.warmup_steps}, seed {args.train.seed} |
-| final training loss | {summary['final_loss'] if summary['final_loss'] is None else f"{summary['final_loss']:.4f}"} |
-
-The config carries the patched rope in both transformers-4 (`rope_theta`, `rope_scaling`) and 5 (`rope_parameters`)
-keys. Evaluate with `longctx eval <this directory>`.
-"""
+    return render_card(Path(args.train.out).name, library_name="transformers", tags=["longctx", "long-context", "rope"],
+                       finetune={"args": args, "summary": summary, "kind": kind, "source_dir": built.source_dir,
+                                 "trained_length": built.trained_length, "seq_len": built.seq_len,
+                                 "patch": json.dumps(spec.to_dict()) if spec is not None else "none (the source is used as patched)",
+                                 "source_rope": json.dumps(rope_config.rope_parameters(built.source_config))})
 
 
 def export(args, spec, built, summary: dict, accelerator, model) -> Path:

@@ -1,0 +1,168 @@
+"""Fine-tune a rope-patched model at its original context length: `finetune(args) -> summary` and its CLI.
+
+    python -m longctx.train.finetune --config CONFIG.yaml [--flag value ...]
+    accelerate launch -m longctx.train.finetune --config CONFIG.yaml            # recipes/finetune.py is the same
+
+`setup` rejects every bad request before any weights load; `finetune` builds the Accelerator, trains
+(`longctx.train.loop`) and exports (`longctx.train.export`); `cli` turns a UsageError or a full disk into
+one line and exit code 2. The configs shipped with the package are in `longctx/train/configs/`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from longctx.errors import UsageError, require
+from longctx.train.checkpoints import CHECKPOINTS, checkpoint_dirs, read_state
+
+ARGS_FILE = "finetune_args.json"
+# Settings a resumed run must share with the run it continues (anything else, e.g. --max-steps, may change).
+RESUME_MUST_MATCH = ("model", "init", "method", "base", "factor", "original_length", "target_length", "finetune",
+                     "lora_r", "lora_alpha", "lora_targets", "trainable_extra", "data", "seq_len", "max_docs",
+                     "batch_size", "grad_accum", "seed")
+
+
+def prepare_out_dir(out: Path, *, resume: bool, force: bool) -> None:
+    """Refuse to mix runs: an existing OUT needs --resume (continue) or --force (start over). --resume of a
+    run killed before its first checkpoint starts it again from step 0."""
+    if resume:
+        require(checkpoint_dirs(out) or (out / ARGS_FILE).is_file(),
+                f"--resume: no checkpoint in {out / CHECKPOINTS} and no earlier run in {out} to resume")
+        return
+    if out.exists() and any(out.iterdir()):
+        require(force, f"output directory {out} exists: pass --resume to continue it or --force to start over")
+        require((out / ARGS_FILE).is_file(), f"--force: {out} is not a finetune output (no {ARGS_FILE}); refusing to delete it")
+
+
+def check_resume_args(out: Path, current: dict) -> None:
+    try:
+        saved = json.loads((out / ARGS_FILE).read_text()) if (out / ARGS_FILE).is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UsageError(f"--resume: {out / ARGS_FILE} is not valid JSON: start over with --force") from None
+    require(isinstance(saved, dict), f"--resume: {out / ARGS_FILE} does not hold the run's settings: start over with --force")
+    for key in RESUME_MUST_MATCH:
+        if key in saved and saved[key] != current.get(key):
+            raise UsageError(f"--resume: --{key.replace('_', '-')} was {saved[key]!r} in {out}, now {current.get(key)!r}; "
+                             "a resumed run must use the same settings")
+
+
+def pick_tracker(report_to: str) -> str | None:
+    import importlib.util
+
+    if report_to == "none":
+        return None
+    have = importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
+    require(have or report_to == "auto", "--report-to tensorboard needs tensorboard: pip install tensorboard")
+    return "tensorboard" if have else None
+
+
+def setup(args):
+    """Everything that can reject the request, before any weights load: returns (spec, preflight, docs)."""
+    from longctx.checkpoint import check_not_source
+    from longctx.corpus import load_documents
+    from longctx.train.args import check_args, patch_spec
+    from longctx.train.model import preflight
+
+    check_args(args)
+    spec = patch_spec(args.patch)
+    out = Path(args.train.out)
+    prepare_out_dir(out, resume=args.train.resume, force=args.train.force)
+    docs = load_documents(args.data.data, args.data.text_field)
+    if args.data.max_docs:
+        import random
+
+        order = list(range(len(docs)))
+        random.Random(args.train.seed).shuffle(order)
+        docs = [docs[i] for i in sorted(order[:args.data.max_docs])]
+    checked = preflight(args, spec)
+    check_not_source(checked.source_dir, out)  # --force would delete the model being trained
+    if args.train.resume:
+        check_resume_args(out, {**args.to_dict(), "seq_len": checked.seq_len})
+        if checkpoint_dirs(out):  # format, file sizes, foreign pickles: refused before any weights load
+            read_state(checkpoint_dirs(out)[-1])
+    return spec, checked, docs
+
+
+def start_run(args, accelerator, seq_len: int) -> None:
+    """OUT emptied with --force, created, and the run's settings recorded (a resumed run keeps those of its start)."""
+    import shutil
+
+    from longctx.files import write_text_atomic
+
+    out = Path(args.train.out)
+    if accelerator.is_main_process:
+        if args.train.force and out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if not (args.train.resume and (out / ARGS_FILE).is_file()):
+            write_text_atomic(out / ARGS_FILE, json.dumps({**args.to_dict(), "seq_len": seq_len}, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+
+
+def finetune(args, *, callbacks=()) -> dict:
+    """Patch, train and export as `args` (a FinetuneArgs from `longctx.train.args.parse_args`) says; returns the
+    summary (step, final_loss, tokens, world). `callbacks`: see `longctx.train.callbacks`."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+
+    from longctx.files import read_jsonl
+    from longctx.train.export import export
+    from longctx.train.loop import LOG_FILE, train
+    from longctx.train.model import build_model
+
+    spec, checked, docs = setup(args)
+    out = Path(args.train.out)
+    tracker = pick_tracker(args.train.report_to)
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no",
+                              gradient_accumulation_steps=args.train.grad_accum, log_with=tracker,
+                              project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard")))
+    set_seed(args.train.seed)
+    built = build_model(args, spec, checked, device=str(accelerator.device))
+    start_run(args, accelerator, built.seq_len)
+    if tracker:
+        hparams = {k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("finetune", config=hparams)
+    trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in built.model.parameters())
+    accelerator.print(f"{args.tune.finetune}: {trainable:,} of {total:,} parameters trainable; seq_len {built.seq_len}; "
+                      f"{len(docs)} documents; patch {spec.to_dict() if spec else 'none'}")
+    summary = train(args, accelerator=accelerator, built=built, docs=docs, callbacks=callbacks)
+    model = summary.pop("model")
+    if summary["final_loss"] is None:  # resumed at --max-steps already: report the logged loss
+        lines = read_jsonl(out / LOG_FILE)
+        summary["final_loss"] = lines[-1].get("loss") if lines else None
+    summary["world"] = accelerator.num_processes
+    export(args, spec, built, summary, accelerator, model)
+    accelerator.end_training()
+    accelerator.print(f"done: {summary['step']} steps, final loss {summary['final_loss']}, saved to {out}")
+    return summary
+
+
+def cli(argv: list[str] | None = None, *, callbacks=()) -> int:
+    """Parse the flags (YAML first, flags override) and fine-tune; bad input is one line on stderr, exit 2."""
+    from longctx.errors import close_progress_bars, environment_error
+    from longctx.train.args import parse_args
+
+    try:
+        finetune(parse_args(argv), callbacks=callbacks)
+    except UsageError as exc:
+        close_progress_bars()
+        sys.stderr.write(f"finetune: error: {exc}\n")
+        return 2
+    except OSError as exc:  # a full disk or a read-only folder: one line; the last checkpoint stays resumable
+        if environment_error(exc) is None:
+            raise
+        close_progress_bars()
+        sys.stderr.write(f"finetune: error: {environment_error(exc)}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("finetune: interrupted; rerun with --resume to continue from the last checkpoint\n")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())
