@@ -24,6 +24,8 @@ class ModelArgs:
     attn_implementation: str | None = field(default=None, metadata={"help": "flash_attention_2 when flash-attn is importable, else sdpa"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory, ~30% slower)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow checkpoints whose config has auto_map"})
+    model_config: str | None = field(default=None, metadata={"help": "with --init scratch: a JSON/YAML file of config.json fields that override --model's (sizes of a new model)"})
+    tokenizer: str | None = field(default=None, metadata={"help": "with --init scratch: 'bytes' for one token per UTF-8 byte (longctx.byte_tokenizer) instead of --model's tokenizer"})
 
 
 @dataclass
@@ -60,6 +62,7 @@ class DataArgs:
     max_docs: int | None = field(default=None, metadata={"help": "use at most this many documents (after the seeded shuffle)"})
     pose_target_length: int | None = field(default=None, metadata={"help": "PoSE: skip position ids inside each document so relative distances up to this length are seen (arXiv 2309.10400)"})
     pose_chunks: int = field(default=2, metadata={"help": "PoSE: contiguous chunks per document (the paper uses 2)"})
+    retrieval_mix: float = field(default=0.0, metadata={"help": "fraction of training characters that are synthetic passkey documents (longctx.train.retrieval_mix), so retrieval is learnable"})
 
 
 @dataclass
@@ -241,6 +244,11 @@ def check_args(args: FinetuneArgs) -> None:
             f"--pose-target-length must exceed the training length (--seq-len), got {pose}")
     if args.model.init == "scratch":
         require(args.tune.finetune == "full", "--init scratch trains every weight: use --finetune full")
+    else:
+        require(args.model.model_config is None and args.model.tokenizer is None,
+                "--model-config and --tokenizer define a new model: use them with --init scratch")
+    require(args.model.tokenizer in (None, "bytes"), f"--tokenizer takes 'bytes', got {args.model.tokenizer!r}")
+    number("--retrieval-mix", args.data.retrieval_mix, 0 <= args.data.retrieval_mix < 1, "in [0, 1)")
     extras = {e.strip() for e in args.tune.trainable_extra.split(",") if e.strip()}
     require(extras <= {"embed", "norm"}, f"--trainable-extra takes embed and/or norm, got {args.tune.trainable_extra!r}")
     require(not extras or args.tune.finetune == "lora", "--trainable-extra only applies to --finetune lora")

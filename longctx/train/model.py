@@ -81,6 +81,28 @@ class Preflight:
     tokenizer: object
 
 
+def scratch_overrides(args, tokenizer) -> dict:
+    """config.json fields of a model built from scratch: --model-config's, plus the vocabulary and special ids
+    of the tokenizer it will be trained with (--tokenizer bytes brings its own). {} for a pretrained start."""
+    if args.model.init != "scratch":
+        return {}
+    overrides = {}
+    if args.model.model_config:
+        import yaml
+
+        path = Path(args.model.model_config)
+        require(path.is_file(), f"--model-config {path} does not exist")
+        try:
+            overrides = yaml.safe_load(path.read_text())  # JSON is YAML
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--model-config {path} is not valid JSON/YAML ({str(exc).splitlines()[0]})") from None
+        require(isinstance(overrides, dict), f"--model-config {path} must hold a mapping of config.json fields")
+    if args.model.tokenizer:
+        overrides.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return overrides
+
+
 def preflight(args, spec) -> Preflight:
     """Every check that needs the checkpoint but not its weights: source, length, patch, tokenizer, LoRA targets
     (on a weightless meta-device copy), so a bad request fails in a second with one line."""
@@ -92,14 +114,19 @@ def preflight(args, spec) -> Preflight:
     from longctx.sources import read_config_json
 
     source_dir = resolve_source(args.model.model, trust_remote_code=args.model.trust_remote_code)
-    source_config = read_config_json(source_dir)
+    if args.model.tokenizer == "bytes":
+        from longctx.byte_tokenizer import byte_tokenizer
+
+        tokenizer = byte_tokenizer()
+    else:
+        tokenizer = load_tokenizer(source_dir, trust_remote_code=args.model.trust_remote_code)
+    source_config = {**read_config_json(source_dir), **scratch_overrides(args, tokenizer)}
     trained = rope_config.original_length(source_config)
     seq_len = check_seq_len(args.data.seq_len, trained)
     if spec is not None:
         from longctx.patch import patch_config
 
         patch_config(source_config, spec)  # validates the patch against this checkpoint
-    tokenizer = load_tokenizer(source_dir, trust_remote_code=args.model.trust_remote_code)
     if args.tune.finetune == "lora":
         try:
             import peft  # noqa: F401
@@ -124,6 +151,8 @@ def build_model(args, spec, checked: Preflight, *, device: str) -> Built:
     kwargs = {"dtype": dtype, "attn_implementation": attn, "trust_remote_code": args.model.trust_remote_code}
     if args.model.init == "scratch":
         config = AutoConfig.from_pretrained(source_dir, trust_remote_code=args.model.trust_remote_code)
+        for key, value in scratch_overrides(args, checked.tokenizer).items():
+            setattr(config, key, value)
         model = AutoModelForCausalLM.from_config(config, **kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(source_dir, **kwargs)

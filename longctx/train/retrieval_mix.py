@@ -47,3 +47,12 @@ def mix_in_passkeys(docs: list[str], fraction: float, *, max_chars: int, seed: i
     mixed = list(docs) + extra
     rng.shuffle(mixed)
     return mixed
+
+
+def mix_for_training(docs: list[str], tokenizer, seq_len: int, fraction: float, *, seed: int = 0) -> list[str]:
+    """`mix_in_passkeys` with documents that fit the training length: its characters per token measured on
+    the corpus with the run's tokenizer (1 for the byte tokenizer), minus 10% for safety."""
+    sample = "".join(docs)[:50_000]
+    ids = tokenizer(sample, add_special_tokens=False, verbose=False)["input_ids"] if sample else []
+    chars_per_token = len(sample) / max(len(ids), 1)
+    return mix_in_passkeys(docs, fraction, max_chars=int(0.9 * seq_len * chars_per_token), seed=seed)

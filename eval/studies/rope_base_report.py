@@ -1,0 +1,122 @@
+"""The rope-base study's own page (docs/results/rope-base-scratch/README.md, bpb.png) from its eval results.
+
+    python eval/studies/rope_base_report.py docs/results/rope-base-scratch
+
+Reads OUT/<label>/{ppl,passkey}.jsonl and model.json as `longctx eval suite` wrote them. With a byte
+vocabulary the `bpb` of a perplexity cell is mean NLL / ln 2 per byte, exact. For each model: bpb by length,
+Δbpb against its own bpb at the training length, the measured break point (first length where Δbpb exceeds
+BREAK_DELTA) next to the extrapolation bound `longctx.rope_bounds` predicts (arXiv 2310.05209), whether its base
+keeps B(m) ≥ 0 up to each length (arXiv 2405.14591), and passkey accuracy by length. The general report
+(report.md/html) is written by the suite itself; this page adds what is specific to the study.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from longctx import rope_bounds, rope_config
+from longctx.files import read_jsonl, write_text_atomic
+
+BREAK_DELTA = 0.10  # bits per byte above the training-length value: the model no longer extrapolates
+PRETRAIN_BASE = 1e4  # the tuned models all start from the base-1e4 model
+
+
+def load(out: Path) -> list[dict]:
+    models = []
+    for folder in sorted(p for p in out.iterdir() if (p / "model.json").is_file()):
+        info = json.loads((folder / "model.json").read_text())
+        ppl = {r["length"]: r for r in read_jsonl(folder / "ppl.jsonl", repair=False)}
+        passkey: dict[int, list[float]] = {}
+        for cell in read_jsonl(folder / "passkey.jsonl", repair=False):
+            passkey.setdefault(cell["length"], []).append(cell["accuracy"])
+        models.append({"label": folder.name, "info": info, "bpb": {n: r["bpb"] for n, r in sorted(ppl.items())},
+                       "passkey": {n: sum(v) / len(v) for n, v in sorted(passkey.items())}})
+    return models
+
+
+def analyse(model: dict) -> dict:
+    info = model["info"]
+    base = float(info["rope"]["rope_theta"])
+    train = int(info["trained_length"])
+    dim = rope_config.rotary_dim(json.loads((Path(info["model_dir"]) / "config.json").read_text()))
+    tuned = model["label"].startswith("tune-")
+    bound = rope_bounds.extrapolation_bound(dim, base, train, PRETRAIN_BASE if tuned else None)
+    reference = model["bpb"].get(train)
+    deltas = {n: b - reference for n, b in model["bpb"].items()} if reference is not None else {}
+    broken = next((n for n, d in deltas.items() if n > train and d > BREAK_DELTA), None)
+    return {"base": base, "train": train, "dim": dim, "bound": bound, "deltas": deltas, "break": broken,
+            "b_m_ok": {n: rope_bounds.first_negative(base, dim, n) is None for n in model["bpb"]}}
+
+
+def fmt_len(n: float) -> str:
+    if n == math.inf:
+        return "∞"
+    return f"{n / 1024:g}K" if n >= 1024 else f"{n:.0f}"
+
+
+def render(models: list[dict]) -> str:
+    lengths = sorted({n for m in models for n in m["bpb"]})
+    head = "| model | base | " + " | ".join(fmt_len(n) for n in lengths) + " | break (Δ>{:.2f}) | predicted bound |"
+    lines = ["# Rope base from scratch: bits per byte and retrieval past the training length", "",
+             "Byte-level Llama (4 layers, width 256, head dim 64) trained at 512 tokens; evaluated on the held-out "
+             "book. Cells: bpb (Δ against the model's own 512-token bpb). Break: first length where Δbpb > "
+             f"{BREAK_DELTA}; predicted: `extrapolation_bound` of arXiv 2310.05209 (tuned models: d_extra from the "
+             "pre-training base 1e4). ⚠ marks lengths where the base breaks B(m) ≥ 0 (arXiv 2405.14591).", "",
+             head.format(BREAK_DELTA), "|" + "---|" * (len(lengths) + 4)]
+    for model in models:
+        a = analyse(model)
+        cells = []
+        for n in lengths:
+            if n not in model["bpb"]:
+                cells.append("–")
+                continue
+            warn = "" if a["b_m_ok"][n] else " ⚠"
+            cells.append(f"{model['bpb'][n]:.3f} ({a['deltas'].get(n, 0):+.3f}){warn}")
+        lines.append(f"| {model['label']} | {a['base']:g} | " + " | ".join(cells) +
+                     f" | {fmt_len(a['break']) if a['break'] else '> ' + fmt_len(lengths[-1])} | {fmt_len(a['bound'])} |")
+    lines += ["", "## Passkey accuracy by length (mean over depths, 5 trials each)", "",
+              "| model | " + " | ".join(fmt_len(n) for n in lengths) + " |", "|" + "---|" * (len(lengths) + 1)]
+    for model in models:
+        lines.append(f"| {model['label']} | " + " | ".join(
+            f"{model['passkey'][n]:.2f}" if n in model["passkey"] else "–" for n in lengths) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(models: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, prefix, title in ((axes[0], "scratch-", "trained from scratch at 512"), (axes[1], "tune-", "base 1e4, tuned at 512")):
+        for model in (m for m in models if m["label"].startswith(prefix)):
+            lengths = sorted(model["bpb"])
+            ax.plot(lengths, [model["bpb"][n] for n in lengths], marker="o", label=model["label"])
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("evaluation length (bytes = tokens)")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("bits per byte (held-out book)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(out: str) -> int:
+    folder = Path(out)
+    models = load(folder)
+    if not models:
+        print(f"no results in {folder}: run the eval stage first", file=sys.stderr)
+        return 2
+    write_text_atomic(folder / "study.md", render(models))
+    plot(models, folder / "bpb.png")
+    print(f"wrote {folder / 'study.md'} and {folder / 'bpb.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "docs/results/rope-base-scratch"))
