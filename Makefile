@@ -7,7 +7,7 @@ VENV_FLAGS ?=
 TORCH_SPEC ?= torch==2.13.0
 export LONGCTX_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: setup demo test test-compat test-gpu lint bench clean extension-cpu
+.PHONY: setup demo test test-compat test-gpu lint bench clean extension-cpu reproduce-rope-base
 
 setup: $(VENV)/.longctx-installed
 
@@ -51,6 +51,10 @@ bench: setup
 # SmolLM2-135M past its trained 8K on CPU (docs/results/smollm2-extension-cpu): hours, resumable, not in CI.
 extension-cpu: setup
 	bash eval/studies/smollm2-extension-cpu.sh $(STAGES)
+
+# The rope-base findings from scratch on CPU (docs/results/rope-base-scratch): byte-level models, resumable.
+reproduce-rope-base: setup
+	bash eval/studies/rope-base-scratch.sh $(STAGES)
 
 clean:
 	rm -rf demo-out .pytest_cache .ruff_cache
