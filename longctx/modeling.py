@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 from pathlib import Path
 
 from longctx.errors import UsageError
@@ -15,6 +17,15 @@ def flash_attn_available() -> bool:
     from transformers.utils import is_flash_attn_2_available
 
     return is_flash_attn_2_available()
+
+
+@contextlib.contextmanager
+def peft_deprecations_hidden():
+    """peft reads transformers' deprecated `is_gradient_checkpointing` itself when it wraps a model (its call,
+    not ours): keep longctx's output free of a FutureWarning its user cannot act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def pick_attn_implementation(device: str) -> str:
@@ -126,7 +137,8 @@ def load_model(source: str | Path, *, device: str | None = None, dtype: str | No
             from peft import PeftModel
         except ImportError:
             raise UsageError("loading a LoRA adapter needs peft: pip install 'longctx[eval]'") from None
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        with peft_deprecations_hidden():
+            model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     model.to(device).eval()
     return model, tokenizer, Path(model_dir)
 

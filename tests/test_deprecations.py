@@ -34,3 +34,18 @@ def test_the_guard_is_installed_and_raises_for_a_deprecated_call_from_longctx():
         exec(compile("old_api()\n", f"{SITE}/otherlib/x.py", "exec"), library)
         warnings.warn("a user warning", UserWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["old API", "a user warning"]
+
+
+def test_wrapping_a_model_in_lora_prints_no_future_warning(tiny_llama_dir):
+    """peft's own read of transformers' deprecated `is_gradient_checkpointing` is hidden where longctx wraps."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from longctx.modeling import peft_deprecations_hidden
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with peft_deprecations_hidden():
+            get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert not [w for w in seen if issubclass(w.category, FutureWarning)], [str(w.message) for w in seen]

@@ -176,7 +176,10 @@ def prepare_for_training(model, args, spec):
     if args.tune.finetune == "lora":
         from peft import get_peft_model
 
-        return get_peft_model(model, lora_config(model, args.tune))
+        from longctx.modeling import peft_deprecations_hidden
+
+        with peft_deprecations_hidden():
+            return get_peft_model(model, lora_config(model, args.tune))
     return model.requires_grad_(True)
 
 
