@@ -148,15 +148,22 @@ def run_tasks(source: str, configs: dict, out_dir, *, label: str | None = None, 
                 for n in too_long]
     info = model_info(model, source, model_dir, label, warnings)
     results, computed = {}, {}
-    for task, cfg in configs.items():
-        # model.json comes with a task's first result line: a task refused before any cell leaves nothing
-        writer = ResultsWriter(out_dir, label, task, after_append=after_append,
-                               before_first_write=lambda: write_model_json(out_dir, label, info))
-        before = len(writer.cells())
-        results[task] = get_task(task).run(model, tokenizer, cfg, writer)
+    try:
+        for task, cfg in configs.items():
+            # model.json comes with a task's first result line: a task refused before any cell leaves nothing
+            writer = ResultsWriter(out_dir, label, task, after_append=after_append,
+                                   before_first_write=lambda: write_model_json(out_dir, label, info))
+            before = len(writer.cells())
+            computed[task] = 0
+            results[task] = get_task(task).run(model, tokenizer, cfg, writer)
+            computed[task] = len(writer.cells()) - before
+            print(f"{label} {task}: {len(results[task])} cells in {writer.path}")
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (longctx.cli): the cells written so far are results too
         computed[task] = len(writer.cells()) - before
-        print(f"{label} {task}: {len(results[task])} cells in {writer.path}")
-    append_run(out_dir, label, record.finish(tasks=list(configs), cells_computed=computed))
+        append_run(out_dir, label, record.finish(tasks=list(configs), cells_computed=computed, interrupted=True))
+        raise
+    if any(computed.values()):  # a rerun that found every cell done adds no number, so no record
+        append_run(out_dir, label, record.finish(tasks=list(configs), cells_computed=computed))
     del model
     gc.collect()
     return results
