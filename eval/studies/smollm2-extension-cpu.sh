@@ -12,12 +12,14 @@
 #   make extension-cpu                          # all stages (hours on 2 cores: spread over sessions)
 #   bash eval/studies/smollm2-extension-cpu.sh ppl passkey     # chosen stages
 #   PASSKEY_MODELS="original yarn-x2" bash eval/studies/smollm2-extension-cpu.sh passkey
+#   PASSKEY_SUITE=eval/suites/extension-passkey-12k.yaml bash eval/studies/smollm2-extension-cpu.sh passkey
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LONGCTX=${LONGCTX:-.venv/bin/longctx}
 PYTHON=${PYTHON:-.venv/bin/python}
 MODELS=${LONGCTX_CACHE:-.cache}/extension
 OUT=${OUT:-docs/results/smollm2-extension-cpu}
+PASSKEY_SUITE=${PASSKEY_SUITE:-eval/suites/extension-passkey.yaml}  # or its 12K half, same cells
 PASSKEY_MODELS=${PASSKEY_MODELS:-original yarn-x2 base-1e6 dynamic-x2 yarn-x2-pose16k-lora yarn-x2-lora}
 STAGES=${*:-ppl passkey finetune tuned passkey}  # passkey twice: the tuned models join it once they exist
 [ -d ../shared/data/books ] || { echo "this study needs ../shared/data/books (long single documents)" >&2; exit 2; }
@@ -70,7 +72,7 @@ for stage in $STAGES; do
       for name in $PASSKEY_MODELS; do  # tuned models count once their adapter exists
         if [[ $name != *-lora ]] || [ -f "$(source_of "$name")/adapter_config.json" ]; then ready+=("$name"); fi
       done
-      suite eval/suites/extension-passkey.yaml "${ready[@]}" ;;
+      suite "$PASSKEY_SUITE" "${ready[@]}" ;;
     *) echo "unknown stage $stage: use ppl, finetune, tuned, passkey" >&2; exit 2 ;;
   esac
 done
