@@ -1,4 +1,4 @@
-"""Patch: `longctx.patch.patch_checkpoint` (hard links + a new config.json) vs `shutil.copytree`.
+"""Patch: `longctx.checkpoint.write_patched_checkpoint` (hard links + a new config.json) vs `shutil.copytree`.
 
 A fake checkpoint holds a real tiny Llama config.json, tokenizer-free, and weight shards of up to 4 GB
 made with `truncate`: sparse files, so 32 GB of "weights" take no disk. Patching only links them, so its
@@ -57,10 +57,11 @@ def allocated_bytes(path: Path) -> int:
 
 
 def time_patch(src: Path, out: Path) -> dict:
-    from longctx.patch import PatchSpec, patch_checkpoint
+    from longctx.checkpoint import write_patched_checkpoint
+    from longctx.patch import PatchSpec
 
     start = time.perf_counter()
-    patch_checkpoint(src, out, PatchSpec(method="base", base=1e6))
+    write_patched_checkpoint(src, out, PatchSpec(method="base", base=1e6))
     seconds = time.perf_counter() - start
     record = json.loads((out / "longctx_patch.json").read_text())
     return {"seconds": seconds, "link_kinds": sorted(set(record["files"].values())),
@@ -119,7 +120,7 @@ def run(opts) -> dict:
 
 
 def markdown(section: dict) -> str:
-    out = ["## Patch: `patch_checkpoint` (hard links) vs `shutil.copytree`\n",
+    out = ["## Patch: `write_patched_checkpoint` (hard links) vs `shutil.copytree`\n",
            "Fake checkpoints: a real tiny Llama config.json plus sparse weight shards (≤ 4 GB each, made with "
            "`truncate`, using no disk). Patch: `PatchSpec(method=\"base\", base=1e6)`. Copies of sparse files read "
            "holes as zeros without disk reads, so they are faster than copies of real weights; copies larger than "

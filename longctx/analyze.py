@@ -13,8 +13,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from longctx.errors import require
-
-MAX_TARGET = 1 << 24  # beyond this the exact bound search takes minutes
+from longctx.rope_methods import MAX_CONTEXT  # also where the exact bound search starts taking minutes
 
 
 @dataclass
@@ -48,7 +47,7 @@ def analyze(dim: int, base: float, train_length: int, target_length: int, *, all
     require(dim >= 4 and dim % 2 == 0, f"--head-dim must be an even number ≥ 4, got {dim}")
     require(math.isfinite(base) and base > 1, f"--base must be a finite number > 1, got {base}")
     require(train_length >= 8, f"--train-length must be at least 8 tokens, got {train_length}")
-    require(1 <= target_length <= MAX_TARGET, f"--target-length must be between 1 and {MAX_TARGET:,} (2^24) tokens, "
+    require(1 <= target_length <= MAX_CONTEXT, f"--target-length must be between 1 and {MAX_CONTEXT:,} (2^24) tokens, "
                                               f"got {target_length:,}: longer makes the exact bound search take minutes")
     theta = rb.inv_freq(base, dim)
     dimensions = [{"pair": i, "dims": f"{2 * i},{2 * i + 1}", "frequency": float(theta[i]),
@@ -149,7 +148,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--base", type=float, help="rope_theta (instead of --model)")
     parser.add_argument("--train-length", type=token_count, help="trained context (instead of --model)")
     parser.add_argument("--target-length", type=token_count,
-                        help=f"context you want, e.g. 65536, 64K or 1e6 (default: 8 × trained; at most {MAX_TARGET:,})")
+                        help=f"context you want, e.g. 65536, 64K or 1e6 (default: 8 × trained; at most {MAX_CONTEXT:,})")
     parser.add_argument("--all-pass", action="store_true",
                         help="also find the base from which every base (1%% apart) passes: seconds more for long targets")
     parser.add_argument("--json", action="store_true", help="print JSON for machines")

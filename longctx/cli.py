@@ -13,7 +13,7 @@ import signal
 import sys
 
 from longctx import __version__
-from longctx.errors import UsageError, close_progress_bars, environment_error
+from longctx.errors import OneLineParser, UsageError, close_progress_bars, environment_error
 
 # verb -> module whose add_parser(subparsers) registers it (and sets `func` on its parser)
 COMMANDS = {
@@ -23,14 +23,6 @@ COMMANDS = {
     "report": "longctx.evals.report",
     "demo": "longctx.demo",
 }
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad flags in one line (exit 2), pointing at --help instead of dumping usage."""
-
-    def error(self, message: str):  # noqa: D401 - argparse API
-        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-        raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +41,11 @@ def _interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:  # a bad flag: one line naming the verb's --help
+        sys.stderr.write(f"longctx: error: {exc}\n")
+        return 2
     args.argv = argv  # what was asked, for records such as longctx_patch.json
     if not getattr(args, "func", None):
         parser.print_help()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 
 
@@ -13,6 +14,14 @@ def require(condition: bool, message: str) -> None:
     """Raise UsageError(message) unless condition holds."""
     if not condition:
         raise UsageError(message)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose bad flags are a UsageError pointing at --help (one line, exit 2 where it is caught)
+    instead of a usage dump: `longctx` and the fine-tune recipe parse with it."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 # Failures of the machine rather than of longctx, reported in one line like a UsageError: errno -> advice.

@@ -5,13 +5,14 @@ from __future__ import annotations
 import shlex
 import sys
 
+from longctx import rope_methods
 from longctx.errors import require
 from longctx.patch import add_patch_arguments, spec_from_args
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "patch", help="rewrite the rotary config of a checkpoint (base, linear, ntk, dynamic, yarn, llama3)",
+        "patch", help=f"rewrite the rotary config of a checkpoint ({', '.join(rope_methods.METHODS)})",
         description="Write a copy of a checkpoint whose config extends its context. Weight files are "
                     "hard-linked (symlinked across file systems), other files copied; the source is never "
                     "modified, the output appears atomically.")

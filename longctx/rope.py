@@ -3,6 +3,7 @@
 θᵢ = b^(−2i/d) for i = 0 … d/2−1 (d = rotary dimension, b = base). Every scaling method maps
 (θ, settings) → (θ', attention scaling), following transformers' `ROPE_INIT_FUNCTIONS` so a patched
 config and this module agree; tests check that parity for every method. No I/O, no transformers import.
+Which function a config's rope_type uses is decided in `longctx.rope_methods`, the registry of methods.
 
 Theory helpers live in the torch-free `longctx.rope_bounds` (so `longctx analyze` starts fast) and are re-exported
 here: `critical_dim`, `extrapolation_bound`, `critical_base`, … from *Scaling Laws of RoPE-based Extrapolation*
@@ -16,7 +17,7 @@ import math
 
 import torch
 
-from longctx import rope_bounds
+from longctx import rope_bounds, rope_methods
 from longctx.rope_bounds import (  # noqa: F401 - re-exported: the theory helpers of this module's users
     TWO_PI,
     base_for_extrapolation,
@@ -102,26 +103,9 @@ def llama3_inv_freq(base: float, dim: int, factor: float, original_length: int, 
 
 def inv_freq_for(params: dict, dim: int, *, max_position_embeddings: int, seq_len: int | None = None
                  ) -> tuple[torch.Tensor, float]:
-    """(θ' [d/2] float64, attention scaling) for a flat rope-parameters dict (transformers 5 layout)."""
-    rope_type = params.get("rope_type", "default")
-    base = float(params["rope_theta"])
-    factor = float(params.get("factor") or 1.0)
-    original = int(params.get("original_max_position_embeddings") or max_position_embeddings)
-    if rope_type == "default":
-        return default_inv_freq(base, dim), 1.0
-    if rope_type == "linear":
-        return linear_inv_freq(base, dim, factor), 1.0
-    if rope_type == "dynamic":
-        return dynamic_inv_freq(base, dim, factor, seq_len or max_position_embeddings, max_position_embeddings), 1.0
-    if rope_type == "yarn":
-        return yarn_inv_freq(base, dim, factor, original, beta_fast=params.get("beta_fast") or 32.0,
-                             beta_slow=params.get("beta_slow") or 1.0, attention_factor=params.get("attention_factor"),
-                             mscale=params.get("mscale"), mscale_all_dim=params.get("mscale_all_dim"),
-                             truncate=params.get("truncate", True))
-    if rope_type == "llama3":
-        return llama3_inv_freq(base, dim, factor, original, low_freq_factor=params.get("low_freq_factor", 1.0),
-                               high_freq_factor=params.get("high_freq_factor", 4.0)), 1.0
-    raise ValueError(f"rope_type {rope_type!r} is not modelled by longctx.rope")
+    """(θ' [d/2] float64, attention scaling) for a flat rope-parameters dict (transformers 5 layout); which
+    function above applies is the registry's choice (`longctx.rope_methods`, by rope_type)."""
+    return rope_methods.inv_freq_for(params, dim, max_position_embeddings=max_position_embeddings, seq_len=seq_len)
 
 
 def periods(inv_freq: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from longctx import rope_methods
 from longctx.errors import UsageError
 
 FULL_ATTENTION = "full_attention"
@@ -21,10 +22,6 @@ ROPE_MODEL_TYPES = {
     "gemma3_text", "phi3", "phi", "olmo", "olmo2", "granite", "cohere", "cohere2", "starcoder2", "stablelm",
     "internlm2", "deepseek_v2", "deepseek_v3", "smollm3", "glm", "glm4", "exaone", "ministral", "helium",
 }
-# Keys of the v4 `rope_scaling` dict / v5 `rope_parameters` dict besides type and theta.
-SCALING_KEYS = ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "attention_factor",
-                "mscale", "mscale_all_dim", "truncate", "low_freq_factor", "high_freq_factor",
-                "short_factor", "long_factor")
 
 
 def as_dict(config: Any) -> dict:
@@ -119,10 +116,11 @@ def original_length(config: Any) -> int:
 
 
 def max_length(config: Any) -> int:
-    """The context the config claims to support. Dynamic NTK keeps `max_position_embeddings` at the trained
-    length (raising it would switch the scaling off below it), so its claim is factor × that length."""
+    """The context the config claims to support. A method that keeps `max_position_embeddings` at the trained
+    length (dynamic NTK: raising it would switch the scaling off below it) claims factor × that length."""
     cfg = text_config(as_dict(config))
     params = rope_parameters(cfg)
-    if params["rope_type"] == "dynamic" and params.get("factor"):
+    method = rope_methods.for_rope_type(params["rope_type"])
+    if method is not None and method.keeps_trained_length and params.get("factor"):
         return int(round(float(params["factor"]) * original_length(cfg)))
     return _max_positions(cfg)

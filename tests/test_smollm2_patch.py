@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longctx.patch import PatchSpec, patch_checkpoint, patch_model
+from longctx.checkpoint import write_patched_checkpoint
+from longctx.patch import PatchSpec, patch_model
 
 pytestmark = pytest.mark.slow
 PROMPT = "The capital of France is"
@@ -37,7 +38,7 @@ def original(smollm2_dir, prompt_ids):
 @pytest.mark.parametrize("spec", [PatchSpec(method="linear", factor=1), PatchSpec(method="dynamic", factor=8)],
                          ids=["linear-1", "dynamic-below-trained-length"])
 def test_identity_patches_keep_logits(smollm2_dir, tmp_path, prompt_ids, original, spec):
-    out = patch_checkpoint(smollm2_dir, tmp_path / "p", spec)
+    out = write_patched_checkpoint(smollm2_dir, tmp_path / "p", spec)
     logits, _ = logits_of(out, prompt_ids[1])
     torch.testing.assert_close(logits, original[0], rtol=1e-5, atol=1e-5)
 
@@ -47,7 +48,7 @@ def test_identity_patches_keep_logits(smollm2_dir, tmp_path, prompt_ids, origina
                          ids=["base-1e6", "yarn-8", "ntk-8", "llama3-8"])
 def test_real_patches_load_change_logits_and_still_answer(smollm2_dir, tmp_path, prompt_ids, original, spec):
     tokenizer, ids = prompt_ids
-    out = patch_checkpoint(smollm2_dir, tmp_path / "p", spec)
+    out = write_patched_checkpoint(smollm2_dir, tmp_path / "p", spec)
     logits, model = logits_of(out, ids)
     assert (logits - original[0]).abs().max() > 1e-3  # the patch really reaches the model
     short = tokenizer(PROMPT, return_tensors="pt").input_ids
@@ -58,7 +59,7 @@ def test_real_patches_load_change_logits_and_still_answer(smollm2_dir, tmp_path,
 
 def test_patch_model_in_place_equals_loading_the_patched_checkpoint(smollm2_dir, tmp_path, prompt_ids):
     spec = PatchSpec(method="yarn", factor=4, base=2e5)
-    from_disk, _ = logits_of(patch_checkpoint(smollm2_dir, tmp_path / "p", spec), prompt_ids[1])
+    from_disk, _ = logits_of(write_patched_checkpoint(smollm2_dir, tmp_path / "p", spec), prompt_ids[1])
     _, model = logits_of(smollm2_dir, prompt_ids[1])
     params = patch_model(model, spec)
     assert params["rope_type"] == "yarn" and model.config.max_position_embeddings == 32768

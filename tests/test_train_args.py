@@ -1,4 +1,4 @@
-"""Fine-tune settings: YAML + flags, schedule, patch options, shipped configs."""
+"""Fine-tune settings: YAML + flags (precedence, coercion, unknown keys), schedule, patch options, shipped configs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from longctx import rope_methods
 from longctx.errors import UsageError
 from longctx.train.args import check_args, known_keys, load_yaml, parse_args, patch_spec
 from longctx.train.loop import lr_factor
@@ -30,8 +31,7 @@ def test_every_recipe_yaml_has_only_known_keys(path):
     check_args(args)
     spec = patch_spec(args.patch)
     assert spec is not None  # every shipped recipe extends the context: a larger base or a scaling method
-    assert (spec.base and spec.base >= 1e6) or (spec.method in ("linear", "ntk", "dynamic", "yarn", "llama3")
-                                                and spec.factor and spec.factor > 1)
+    assert (spec.base and spec.base >= 1e6) or (rope_methods.METHODS[spec.method].scales and spec.factor > 1)
 
 
 @pytest.mark.parametrize("path", ACCELERATE, ids=lambda p: p.name)
@@ -82,13 +82,57 @@ def test_patch_spec_from_flags():
         patch_spec(parse_args(["--method", "base"]).patch)
 
 
-def test_patch_options_are_those_of_longctx_patch():
-    import dataclasses
+def sample(option) -> float:
+    """A valid value for a numeric patch option that differs from its default."""
+    return 2 * (option.default or 1)
 
-    from longctx.patch import PatchSpec
-    from longctx.train.args import PatchArgs
 
-    assert {f.name for f in dataclasses.fields(PatchArgs)} == {f.name for f in dataclasses.fields(PatchSpec)} - {"extra"}
+NUMERIC = [m for m in rope_methods.METHODS.values() if m.scales and all(o.type in (int, float) for o in m.options)]
+
+
+@pytest.mark.parametrize("method", NUMERIC, ids=lambda m: m.name)  # a method taking a file tests its flag itself
+def test_every_registry_option_of_a_method_reaches_the_patch_spec_from_flags_and_yaml(method, tmp_path):
+    """PatchArgs is derived from longctx.rope_methods: each method's own options are recipe flags and YAML keys,
+    and patch_spec carries their values to the PatchSpec that `longctx patch` would build."""
+    values = {"method": method.name, "factor": 2.0, **{o.name: o.type(sample(o)) for o in method.options}}
+    flags = [arg for name, value in values.items() for arg in (f"--{name.replace('_', '-')}", str(value))]
+    config = tmp_path / "c.yaml"
+    config.write_text("".join(f"{name}: {value}\n" for name, value in values.items()))
+    from_flags, from_yaml = patch_spec(parse_args(flags).patch), patch_spec(parse_args(["--config", str(config)]).patch)
+    assert from_flags == from_yaml
+    assert from_flags.to_dict() == values
+
+
+def test_patch_options_in_yaml_are_coerced_and_overridden_by_flags(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("method: yarn\nfactor: 4\nbeta-fast: '16'\ntarget_length: 1024.0\noriginal_length: 256\n")
+    spec = patch_spec(parse_args(["--config", str(config)]).patch)
+    assert spec.factor == 4.0 and spec.beta_fast == 16.0 and spec.target_length == 1024
+    assert isinstance(spec.target_length, int)  # YAML reads 1024.0 as a float: coerced to the field's type
+    spec = patch_spec(parse_args(["--config", str(config), "--factor", "2", "--target_length", "512"]).patch)
+    assert spec.factor == 2.0 and spec.target_length == 512 and spec.beta_fast == 16.0
+    config.write_text("target_length: 1.5\n")
+    with pytest.raises(UsageError, match="target_length must be an integer"):
+        load_yaml(str(config))
+
+
+def test_unknown_patch_key_suggests_the_registry_name(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("beta_fst: 16\n")
+    with pytest.raises(UsageError, match="unknown key 'beta_fst'.*did you mean 'beta_fast'"):
+        parse_args(["--config", str(config)])
+    config.write_text("method: rope-magic\n")
+    with pytest.raises(UsageError, match="method must be one of base, linear"):
+        load_yaml(str(config))
+
+
+def test_bad_flags_are_one_line_usage_errors():
+    with pytest.raises(UsageError, match=r"unrecognized arguments: --beta-fst 16 \(see finetune --help\)"):
+        parse_args(["--beta-fst", "16"])
+    with pytest.raises(UsageError, match="argument --factor: invalid float value: 'two'"):
+        parse_args(["--factor", "two"])
+    with pytest.raises(UsageError, match="--beta-fast only apply to --method yarn"):
+        patch_spec(parse_args(["--method", "linear", "--factor", "2", "--beta-fast", "16"]).patch)
 
 
 def test_check_args_names_the_flag():

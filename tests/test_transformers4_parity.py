@@ -1,6 +1,6 @@
 """The same patched config.json, read by a real transformers 4 install, gives longctx's frequencies.
 
-transformers 4 lives in its own folder (`make test` installs it with `pip install --target
+transformers 4 lives in its own folder (`make test-compat` installs it with `pip install --target
 $LONGCTX_CACHE/tf4 'transformers<5'`) and runs in a subprocess, so the suite's transformers 5 is untouched.
 """
 
@@ -20,6 +20,7 @@ from longctx import rope, rope_config
 from longctx.patch import patch_config
 
 TF4 = Path(os.environ.get("LONGCTX_TF4_PATH") or Path(os.environ["LONGCTX_CACHE"]) / "tf4")
+pytestmark = pytest.mark.compat  # deselected by default; `make test-compat` installs transformers 4 and runs it
 
 CHILD = r"""
 import json, sys
@@ -35,7 +36,7 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.skipif(not (TF4 / "transformers").is_dir(), reason=f"no transformers 4 install at {TF4} (make test makes one)")
+@pytest.mark.skipif(not (TF4 / "transformers").is_dir(), reason=f"no transformers 4 install at {TF4} (make test-compat makes one)")
 def test_transformers4_reads_the_patched_config_like_longctx(tmp_path):
     configs = {name: patch_config(LLAMA, spec) for name, spec in SPECS.items()}
     configs.update({f"{name}/v4-keys-only": {k: v for k, v in config.items() if k != "rope_parameters"}

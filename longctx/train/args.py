@@ -3,6 +3,12 @@ config first and lets command-line flags override it (TRL's `--config` conventio
 
 Every field is a flag (`--seq-len` or `--seq_len`) and a YAML key (`seq_len`). An unknown YAML key is an
 error, not a silently ignored typo.
+
+Why not `transformers.HfArgumentParser` (TRL's choice): its `--no-x` exists only for booleans that default to
+True, so a YAML `gradient_checkpointing: true` could not be switched off by a flag; `parse_dict`/`parse_yaml_file`
+pass YAML values through uncoerced (PyYAML reads `1e6` as a string) and reject unknown keys in one ValueError
+listing them, with no "did you mean"; flags-over-YAML needs a subclass (TRL's `TrlParser`); its errors print
+the usage block. Keeping all of that on top of it would leave this module as long, so the bridge below stays.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from longctx.errors import UsageError, require
+from longctx import rope_methods
+from longctx.errors import OneLineParser, UsageError, require
 
 
 @dataclass
@@ -28,20 +35,15 @@ class ModelArgs:
     tokenizer: str | None = field(default=None, metadata={"help": "with --init scratch: 'bytes' for one token per UTF-8 byte (longctx.byte_tokenizer) instead of --model's tokenizer"})
 
 
-@dataclass
-class PatchArgs:
-    """The rope patch, same options as `longctx patch`; leave `method` and `base` unset for an already patched model."""
+def _patch_field(option) -> tuple:
+    metadata = {"help": rope_methods.option_help(option)} | ({"choices": option.choices} if option.choices else {})
+    return option.name, f"{option.type.__name__} | None", field(default=None, metadata=metadata)
 
-    method: str | None = field(default=None, metadata={"help": "base | linear | ntk | dynamic | yarn | llama3 (default: base when --base is given)"})
-    base: float | None = field(default=None, metadata={"help": "new rope_theta, e.g. 1e6"})
-    factor: float | None = field(default=None, metadata={"help": "scale factor s of the scaling methods"})
-    original_length: int | None = field(default=None, metadata={"help": "trained context (default: from config.json)"})
-    target_length: int | None = field(default=None, metadata={"help": "new max_position_embeddings (default: factor × original)"})
-    beta_fast: float | None = field(default=None, metadata={"help": "yarn β_fast (default 32)"})
-    beta_slow: float | None = field(default=None, metadata={"help": "yarn β_slow (default 1)"})
-    attention_factor: float | None = field(default=None, metadata={"help": "yarn attention temperature (default 0.1·ln s + 1)"})
-    low_freq_factor: float | None = field(default=None, metadata={"help": "llama3 low-frequency factor (default 1)"})
-    high_freq_factor: float | None = field(default=None, metadata={"help": "llama3 high-frequency factor (default 4)"})
+
+PatchArgs = dataclasses.make_dataclass(
+    "PatchArgs", [_patch_field(option) for option in rope_methods.options()],
+    namespace={"__module__": __name__, "__doc__": "The rope patch, same options as `longctx patch` (one field per "
+               "`longctx.rope_methods` option); leave `method` and `base` unset for an already patched model."})
 
 
 @dataclass
@@ -166,11 +168,6 @@ def load_yaml(path: str) -> dict:
         if choices is not None and out[key] not in choices:
             raise UsageError(f"config key {key} must be one of {', '.join(choices)}, got {value!r}")
     return out
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):  # noqa: D401 - argparse API
-        raise UsageError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
