@@ -214,7 +214,7 @@ def test_two_processes_match_one_process_with_twice_the_batch_and_resume(tiny_ll
     checkpoint under DDP's "module." names)."""
     common = ["--model", tiny_llama_dir, "--base", "1e5", "--data", corpus, "--seq-len", 64, "--grad-accum", 2,
               "--max-steps", 3, "--lr", "5e-3", "--report-to", "none"]
-    common = [str(a) for a in common]
+    common = [str(a) for a in common] + ["--merge"]
     assert finetune(*common, "--batch-size", 2, "--out", tmp_path / "one") == 0
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
@@ -228,6 +228,22 @@ def test_two_processes_match_one_process_with_twice_the_batch_and_resume(tiny_ll
     for step in one:
         assert two[step] == pytest.approx(one[step], abs=1e-5), (one, two)
     assert "× 2 processes" in (tmp_path / "two" / "README.md").read_text()
+    # what the sharded run exported (the adapter and the merged weights) loads and scores like the 1-process export
+    import torch
+
+    from longctx.modeling import load_model
+
+    ids = torch.arange(3, 67).unsqueeze(0)
+    for export in ("", "merged"):
+        logits = []
+        for run in ("one", "two"):
+            model, _, _ = load_model(tmp_path / run / export, device="cpu")
+            with torch.no_grad():
+                logits.append(model(input_ids=ids).logits)
+        assert torch.allclose(*logits, atol=1e-4), (export, (logits[0] - logits[1]).abs().max())
+    base, _, _ = load_model(tiny_llama_dir, device="cpu")
+    with torch.no_grad():
+        assert (base(input_ids=ids).logits - logits[0]).abs().max() > 1e-3  # the training is in what was exported
 
 
 def test_exported_model_is_the_trained_model_with_tied_embeddings(tiny_llama_dir, corpus, tmp_path):
@@ -256,3 +272,20 @@ def test_exported_model_is_the_trained_model_with_tied_embeddings(tiny_llama_dir
             loss = CausalLMLoss(model)(**batch) / (batch["labels"] != -100).sum()
         assert float(loss) == pytest.approx(losses(tmp_path / "five")[5], abs=1e-5)
         assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+@pytest.mark.parametrize("variable,expect", [
+    ("ACCELERATE_USE_FSDP", "asks for FSDP but accelerate runs one plain process"),
+    ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed is not installed"),  # accelerate's own check comes first here
+])
+def test_a_sharding_engine_accelerate_cannot_give_is_refused_in_one_line(tiny_llama_dir, corpus, tmp_path, variable,
+                                                                         expect):
+    """accelerate turns FSDP on only for GPU-like devices (never MULTI_CPU): where the launch config asks for it
+    and accelerate would silently train unsharded, the recipe says so in one line instead of training."""
+    env = {**os.environ, variable: "true", "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run([sys.executable, str(RECIPE), "--model", tiny_llama_dir, "--base", "1e5", "--data", corpus,
+                             "--seq-len", "64", "--max-steps", "1", "--report-to", "none", "--out", tmp_path / "out"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert expect in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

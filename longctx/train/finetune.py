@@ -11,6 +11,7 @@ one line and exit code 2. The configs shipped with the package are in `longctx/t
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -105,6 +106,24 @@ def start_run(args, accelerator, seq_len: int) -> None:
     accelerator.wait_for_everyone()
 
 
+# accelerate launch exports ACCELERATE_USE_<ENGINE>=true from the config file; what it must then give.
+ASKED_ENGINES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DEEPSPEED"}
+
+
+def require_asked_engine(accelerator) -> None:
+    """Refuse to train when the launch config asks for FSDP or DeepSpeed and accelerate silently fell back to
+    plain (or DDP) training: accelerate (≤ 1.15 at least) turns FSDP on only for accelerator devices, never
+    for MULTI_CPU, and DeepSpeed never with `use_cpu`, so a CPU run of fsdp.yaml would train unsharded."""
+    for variable, engine in ASKED_ENGINES.items():
+        asked = os.environ.get(variable, "false").lower() in ("1", "true", "yes")
+        given = accelerator.distributed_type.name
+        require(not asked or given == engine,
+                f"the accelerate config asks for {engine} but accelerate runs "
+                f"{ {'NO': 'one plain process', 'MULTI_CPU': 'DDP on CPU'}.get(given, given)} here ({engine} needs "
+                f"GPUs/accelerators, not CPU): launch with recipes/accelerate/cpu.yaml (or torchrun with "
+                f"ACCELERATE_USE_CPU=true for DDP on CPU), or on GPUs")
+
+
 def finetune(args, *, callbacks=()) -> dict:
     """Patch, train and export as `args` (a FinetuneArgs from `longctx.train.args.parse_args`) says; returns the
     summary (step, final_loss, tokens, world). `callbacks`: see `longctx.train.callbacks`."""
@@ -120,9 +139,14 @@ def finetune(args, *, callbacks=()) -> dict:
     spec, checked, docs = setup(args)
     out = Path(args.train.out)
     tracker = pick_tracker(args.train.report_to)
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no",
-                              gradient_accumulation_steps=args.train.grad_accum, log_with=tracker,
-                              project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard")))
+    try:
+        accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no",
+                                  gradient_accumulation_steps=args.train.grad_accum, log_with=tracker,
+                                  project_config=ProjectConfiguration(project_dir=str(out),
+                                                                      logging_dir=str(out / "tensorboard")))
+    except ImportError as exc:  # the launch config names an engine that is not installed (DeepSpeed)
+        raise UsageError(f"accelerate cannot start: {exc}") from None
+    require_asked_engine(accelerator)
     set_seed(args.train.seed)
     built = build_model(args, spec, checked, device=str(accelerator.device))
     start_run(args, accelerator, built.seq_len)
