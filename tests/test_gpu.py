@@ -1,5 +1,5 @@
-"""What only a CUDA GPU can show: the flash-attention varlen path, bf16 training, Liger's fused loss, and the
-memory of the chunked-loss perplexity at 32K. `make test-gpu` runs them; on CPU each skips with its reason.
+"""What only a CUDA GPU can show: the flash-attention varlen path, bf16 training, Liger's fused loss, the
+memory of the chunked-loss perplexity at 32K, and an FSDP launch of the recipe. `make test-gpu` runs them; on CPU each skips with its reason.
 
 These need no download: random-weight Llama shapes, built on the device.
 """
@@ -125,3 +125,49 @@ def test_chunked_loss_perplexity_at_32k_stays_within_its_memory_bound():
     activations = 16 * length * 1024 * 2 * 2  # a generous handful of [T, hidden] bf16/fp32 tensors at once
     assert peak_extra < chunk * vocab * 4 * 4 + activations, f"{peak_extra / 2**30:.2f} GiB above the model"
     assert peak_extra < naive / 4
+
+
+@needs_cuda
+def test_fsdp_launch_trains_like_one_plain_process_and_exports_what_loads(tmp_path):
+    """recipes/accelerate/fsdp.yaml on the GPUs present (FSDP2 full shard, one process per GPU; one GPU is a valid
+    world of 1) gives the loss curve of a plain run on the same global batch, and its exported adapter (gathered
+    from the shards) scores like the plain run's. CPU cannot run this: accelerate enables FSDP only for GPUs."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from longctx.byte_tokenizer import byte_tokenizer
+    from longctx.modeling import load_model
+
+    root = Path(__file__).resolve().parents[1]
+    model_dir = tmp_path / "model"
+    config = LlamaConfig(vocab_size=260, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rope_theta=1e4)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    byte_tokenizer().save_pretrained(model_dir)
+    gpus = torch.cuda.device_count()
+    common = ["--model", model_dir, "--base", "1e5", "--data", "pydoc", "--seq-len", 128, "--max-steps", 3,
+              "--lr", "5e-3", "--grad-accum", 1, "--report-to", "none"]
+    runs = {"plain": [sys.executable, root / "recipes" / "finetune.py", *common, "--batch-size", gpus],
+            "fsdp": ["accelerate", "launch", "--config_file", root / "recipes" / "accelerate" / "fsdp.yaml",
+                     "--num_processes", gpus, "--mixed_precision", "no", root / "recipes" / "finetune.py", *common,
+                     "--batch-size", 1]}
+    for name, argv in runs.items():
+        result = subprocess.run([str(a) for a in argv] + ["--out", str(tmp_path / name)], capture_output=True,
+                                text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+        assert result.returncode == 0, (name, result.stderr[-3000:])
+    losses = {name: [json.loads(line)["loss"] for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
+              for name in runs}
+    assert losses["fsdp"] == pytest.approx(losses["plain"], rel=1e-2), losses  # both train under bf16 autocast
+    ids = torch.arange(3, 131).unsqueeze(0).cuda()
+    logits = []
+    for name in runs:
+        model, _, _ = load_model(tmp_path / name, device="cuda", dtype="fp32")
+        with torch.no_grad():
+            logits.append(model(input_ids=ids).logits)
+    assert torch.allclose(*logits, atol=5e-2), (logits[0] - logits[1]).abs().max()
