@@ -25,6 +25,29 @@ def test_chunked_cross_entropy_matches_full_logits_value_and_gradients():
         torch.testing.assert_close(got, want)
 
 
+def test_chunked_cross_entropy_keeps_at_most_one_chunk_of_logits_for_backward():
+    """The memory bound: autograd keeps [chunk × vocab] tensors of one chunk only (the last, which backward needs
+    first); every other chunk is recomputed. Without the checkpoints it would keep all ten chunks' logits."""
+    torch.manual_seed(0)
+    vocab, chunk = 1000, 20
+    hidden = torch.randn(200, 16, requires_grad=True)
+    weight = torch.randn(vocab, 16, requires_grad=True)
+    labels = torch.randint(0, vocab, (200,))
+    saved = []
+
+    def keep(tensor):
+        logits = tensor.shape[-1:] == (vocab,) and tensor.untyped_storage().data_ptr() != weight.untyped_storage().data_ptr()
+        saved.append(tensor.numel() if logits else 0)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        loss = chunked_cross_entropy(hidden, weight, labels, chunk=chunk)
+    assert 0 < sum(saved) <= 2 * chunk * vocab  # the last chunk's logits (and their log-softmax), nothing more
+    loss.backward()
+    reference = F.cross_entropy(hidden.detach() @ weight.detach().T, labels, reduction="sum")
+    torch.testing.assert_close(loss.detach(), reference)
+
+
 def test_causal_lm_loss_equals_transformers_loss(tiny_llama_dir):
     from transformers import AutoModelForCausalLM
 
