@@ -7,6 +7,7 @@ import json
 import warnings
 from pathlib import Path
 
+from longctx import rope_methods
 from longctx.errors import UsageError
 from longctx.sources import resolve_model_dir
 
@@ -146,7 +147,7 @@ def load_model(source: str | Path, *, device: str | None = None, dtype: str | No
 def reset_rope_state(model) -> None:
     """Put every rotary embedding back to the checkpoint's own frequencies before a fresh forward.
 
-    transformers' dynamic rope (and only it) keeps state: a long input grows `inv_freq` and it stays grown
+    transformers' dynamic rope (and only it: `RopeMethod.stateful`) keeps state: a long input grows `inv_freq` and it stays grown
     for every later input longer than the trained length (it resets only below it). A model loaded once
     and run at 16K, then 10K, would score the 10K input with the 16K base. Calling this before each forward
     that starts at position 0 makes every score independent of what ran before. Other rope types are left
@@ -156,7 +157,7 @@ def reset_rope_state(model) -> None:
     for module in model.modules():
         rope_type = getattr(module, "rope_type", None)
         types = rope_type.values() if isinstance(rope_type, dict) else [rope_type]
-        if not any(isinstance(t, str) and "dynamic" in t for t in types):
+        if not any(isinstance(t, str) and getattr(rope_methods.for_rope_type(t), "stateful", False) for t in types):
             continue
         original_length = getattr(module, "original_max_seq_len", None)
         for name in [n for n, _ in module.named_buffers(recurse=False)] + list(vars(module)):

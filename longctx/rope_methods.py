@@ -86,6 +86,10 @@ class RopeMethod:
     scales = True  # takes --factor / --target-length (False: changes only the base)
     writes_original_length = False  # transformers reads original_max_position_embeddings, else falls back to the max
     keeps_trained_length = False  # max_position_embeddings stays the trained length (dynamic NTK scales only past it)
+    # Frequencies that depend on the current sequence length: keys cached for a shorter prefix were rotated under
+    # other frequencies than a longer continuation's queries, so a KV cache may not be reused across lengths.
+    length_dependent = False
+    stateful = False  # transformers keeps the frequencies of the longest input seen (reset before each scored forward)
 
     def check(self, values: dict) -> None:
         """Rules between this method's settings (each one alone is checked by its Option)."""
@@ -184,6 +188,7 @@ class Dynamic(RopeMethod):
     writes = "`rope_type: dynamic`, `factor`"
     notes = "`max_position_embeddings` stays the trained length (transformers scales only past it)"
     keeps_trained_length = True
+    length_dependent = stateful = True
 
     def inv_freq(self, params, dim, *, max_position_embeddings, seq_len=None):
         from longctx import rope
@@ -273,6 +278,7 @@ class LongRope(RopeMethod):
     writes = "`rope_type: longrope`, `factor`, `short_factor`, `long_factor`, `original_max_position_embeddings`"
     notes = ("factors searched offline (arXiv 2402.13753; Phi-3 ships them): `long_factor` past the trained length; "
              "the only scaling Phi-3 configs take")
+    length_dependent = True  # short factors up to the trained length, long ones past it
     options = (Option("rope_factors", str, "JSON file with short_factor and long_factor lists (rotary dim / 2 each)",
                       check=rope_factors, metavar="FILE.json"),)
 
@@ -366,7 +372,8 @@ def methods_for(model_type: str | None) -> tuple[str, ...]:
 
 
 def for_rope_type(rope_type: str) -> RopeMethod | None:
-    """The method that reads a config's rope_type (the first registered: `default` is read as plain rope)."""
+    """The method that reads a config's rope_type (the first registered: `default` is read as plain rope); None
+    for a type longctx does not model (`getattr(for_rope_type(t), "stateful", False)` then answers False)."""
     return next((m for m in METHODS.values() if m.rope_type == rope_type), None)
 
 
