@@ -2,7 +2,7 @@
 # The rope-base findings reproduced from scratch on CPU (issue 13) into docs/results/rope-base-scratch/:
 #   train:  byte-level 4x256 Llamas from random init at 512 tokens, base 500 / 1e4 / 1e5 / 1e6, equal tokens
 #           and seed, 5% synthetic passkey documents in the mix (recipes/configs/rope-base-scratch/scratch-*.yaml);
-#   tune:   the base-1e4 model trained on at 512 tokens with base 500 / 1e4 (control) / 1e5 / 1e6, equal steps
+#   tune:   the base-1e4 model trained on at 512 tokens with base 80 / 500 / 1e4 (control) / 1e5 / 1e6, equal steps
 #           (tune-base1e4-to-*.yaml: arXiv 2310.05209's base change at the original length);
 #   eval:   bits per byte and passkey at 1x-16x the training length on the held-out book
 #           (eval/suites/rope-base-scratch.yaml);
@@ -19,7 +19,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-docs/results/rope-base-scratch}
 CONFIGS=recipes/configs/rope-base-scratch
 SCRATCH=(scratch-base500 scratch-base1e4 scratch-base1e5 scratch-base1e6)
-TUNED=(tune-base1e4-to-500 tune-base1e4-to-1e4 tune-base1e4-to-1e5 tune-base1e4-to-1e6)
+TUNED=(tune-base1e4-to-80 tune-base1e4-to-500 tune-base1e4-to-1e4 tune-base1e4-to-1e5 tune-base1e4-to-1e6)
 STAGES=${*:-train tune eval report}
 [ -d ../shared/data/books ] || { echo "this study needs ../shared/data/books (long single documents)" >&2; exit 2; }
 
