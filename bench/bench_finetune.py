@@ -15,12 +15,12 @@ GPU), and on GPU also the data-sheet number.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
 
 from bench import common
+from longctx.files import read_jsonl
 from longctx.train.callbacks import Callback
 
 TARGET_SPEEDUP = 1.3
@@ -99,7 +99,7 @@ def run_longctx(args, built, device: str, warmup: int) -> dict:
     with common.PeakMemory(device) as memory:
         peak = PeakBeforeFinalSave(device, memory)
         loop.train(args, accelerator=accelerator, built=built, docs=docs, callbacks=[peak])
-    log = [json.loads(line) for line in (Path(args.train.out) / loop.LOG_FILE).read_text().splitlines() if line]
+    log = read_jsonl(Path(args.train.out) / loop.LOG_FILE, repair=False)
     elapsed = [0.0] + [r["elapsed_s"] for r in log]  # cumulative, logged after every step (log_every 1)
     step_seconds = [b - a for a, b in zip(elapsed[:-1], elapsed[1:], strict=True)]
     result = summarize_steps(step_seconds, built.seq_len, warmup)

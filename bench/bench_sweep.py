@@ -1,12 +1,13 @@
-"""Passkey / NIAH sweep: longctx's task `run` vs a naive loop calling `model.generate` for every cell.
+"""Retrieval sweep (every retrieval task: passkey, NIAH): longctx's task `run` vs a naive loop calling
+`model.generate` for every cell.
 
 longctx grades each answer with one teacher-forced forward and reuses the KV cache of the text before the
 needle across depths (`longctx.evals.scoring.grade_prompts`). The baseline takes the SAME prompts (same
-token ids, rebuilt from the same per-trial seeds with the tasks' own builders), and for each (length,
+token ids: the task's `prompts`, built from the same per-trial seeds as its `run`), and for each (length,
 depth, trial) calls `model.generate` greedily with exactly len(answer) new tokens (enough for the answer,
 and the cheapest setting for the baseline, so the ratio is a lower bound), then grades the text the way the
-tasks grade generated text (passkey: first integer; NIAH: substring). Reported: wall time of each
-path, their ratio, and every cell where the two grades disagree.
+task grades generated text (its `grade`: passkey the first integer, NIAH a substring). Reported: wall time
+of each path, their ratio, and every cell where the two grades disagree.
 
 Why the ratio is bounded: both paths must prefill every prompt; generation adds len(answer) cached decode
 steps per cell, which matter only while prompts are short. Prefix sharing saves only the text before the
@@ -16,7 +17,6 @@ depths), so for long prompts the ratio tends to that bound. The bench reports wh
 
 from __future__ import annotations
 
-import random
 import tempfile
 import time
 
@@ -27,7 +27,6 @@ CPU_LENGTHS = [512, 1024, 2048]
 GPU_LENGTHS = [4096, 8192, 16384]
 DEPTHS = [0.1, 0.5, 0.9]
 TRIALS = 1
-TASKS = ("passkey", "niah")
 WARMUP_LENGTH = 256
 
 
@@ -50,38 +49,10 @@ def load_smollm2(device: str):
     return model, tokenizer
 
 
-def task_config(task: str, lengths: list[int], depths: list[float], trials: int, seed: int):
-    from longctx.evals import get_task
-
-    module = get_task(task)
-    return module, module.Config(lengths=lengths, depths=depths, trials=trials, seed=seed)
-
-
-def trials_of(task: str, tokenizer, cfg, length: int):
-    """(seed, trial object) of every trial of one length, built exactly as the task's `run` builds them."""
-    from longctx.evals.scoring import trial_seed
-
-    seeds = [trial_seed(cfg.seed, task, length, trial) for trial in range(cfg.trials)]
-    if task == "passkey":
-        from longctx.evals.passkey import PasskeyTrial
-
-        return [(s, PasskeyTrial(tokenizer, length, random.Random(s))) for s in seeds]
-    from longctx.evals.data import SentenceTokens, load_texts
-    from longctx.evals.niah import NiahTrial
-
-    sentences = SentenceTokens(tokenizer, load_texts(cfg.haystack))
-    return [(s, NiahTrial(tokenizer, length, random.Random(s), sentences, needles=cfg.needles,
-                          distractors=cfg.distractors)) for s in seeds]
-
-
-def naive_grade(task: str, model, tokenizer, prompt) -> tuple[bool, str]:
+def naive_grade(task, model, tokenizer, prompt) -> tuple[bool, str]:
     """One `generate` per query: the prompt's context + question, greedy, exactly len(answer) new tokens."""
     import torch
 
-    from longctx.evals.passkey import grade_passkey
-    from longctx.evals.scoring import contains_answer
-
-    grade = grade_passkey if task == "passkey" else contains_answer
     answers, correct = [], True
     for query in prompt.queries:
         ids = torch.tensor([prompt.context + query.question], device=model.device)
@@ -90,27 +61,30 @@ def naive_grade(task: str, model, tokenizer, prompt) -> tuple[bool, str]:
                                  do_sample=False, pad_token_id=tokenizer.eos_token_id)
         text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         answers.append(text.strip())
-        correct = correct and grade(text, query.expected)
+        correct = correct and task.grade(text, query.expected)
     return correct, " | ".join(answers)
 
 
 def measure(variant: str, task: str, lengths: list[int], depths: list[float], trials: int, device: str,
             seed: int = 0) -> dict:
     """Grades {length|depth|seed: correct} and seconds per length of one path, in this (fresh) process."""
+    from longctx.evals import get_task
+
     model, tokenizer = load_smollm2(device)
-    module, cfg = task_config(task, lengths, depths, trials, seed)
+    task = get_task(task)
+    cfg = task.Config(lengths=lengths, depths=depths, trials=trials, seed=seed)
     grades, answers, seconds = {}, {}, {}
-    warm = module.Config(lengths=[WARMUP_LENGTH], depths=[0.5], trials=1, seed=seed + 1)
+    warm = task.Config(lengths=[WARMUP_LENGTH], depths=[0.5], trials=1, seed=seed + 1)
     if variant == "longctx":
         from longctx.evals.results import ResultsWriter
 
         with tempfile.TemporaryDirectory(prefix="longctx-bench-sweep-") as tmp:
-            module.run(model, tokenizer, warm, ResultsWriter(tmp, "warmup", task))  # untimed: kernels, allocator
+            task.run(model, tokenizer, warm, ResultsWriter(tmp, "warmup", task.name))  # untimed: kernels, allocator
             for length in lengths:  # one run per length so each length has its own wall time
-                one = module.Config(lengths=[length], depths=depths, trials=trials, seed=seed)
+                one = task.Config(lengths=[length], depths=depths, trials=trials, seed=seed)
                 common.synchronize(device)
                 start = time.perf_counter()
-                cells = module.run(model, tokenizer, one, ResultsWriter(tmp, f"L{length}", task))
+                cells = task.run(model, tokenizer, one, ResultsWriter(tmp, f"L{length}", task.name))
                 common.synchronize(device)
                 seconds[length] = time.perf_counter() - start
                 for cell in cells:
@@ -118,18 +92,17 @@ def measure(variant: str, task: str, lengths: list[int], depths: list[float], tr
                         key = f"{length}|{cell['depth']:g}|{sample['seed']}"
                         grades[key], answers[key] = bool(sample["correct"]), sample["answer"]
     else:
-        for _, trial in trials_of(task, tokenizer, warm, WARMUP_LENGTH):  # untimed: kernels, allocator
-            naive_grade(task, model, tokenizer, trial.prompt(0.5))
+        for _, _, prompt in task.prompts(tokenizer, warm, WARMUP_LENGTH):  # untimed: kernels, allocator
+            naive_grade(task, model, tokenizer, prompt)
         for length in lengths:
             common.synchronize(device)
             start = time.perf_counter()  # building the prompts counts, as it does inside the task's run
-            for s, trial in trials_of(task, tokenizer, cfg, length):
-                for depth in depths:
-                    key = f"{length}|{depth:g}|{s}"
-                    grades[key], answers[key] = naive_grade(task, model, tokenizer, trial.prompt(depth))
+            for depth, trial_seed, prompt in task.prompts(tokenizer, cfg, length):
+                key = f"{length}|{depth:g}|{trial_seed}"
+                grades[key], answers[key] = naive_grade(task, model, tokenizer, prompt)
             common.synchronize(device)
             seconds[length] = time.perf_counter() - start
-    return {"variant": variant, "task": task, "grades": grades, "answers": answers,
+    return {"variant": variant, "task": task.name, "grades": grades, "answers": answers,
             "seconds_by_length": {str(k): v for k, v in seconds.items()}, "seconds": sum(seconds.values())}
 
 
@@ -147,10 +120,12 @@ def compare(fast: dict, naive: dict) -> dict:
 
 
 def run(opts) -> dict:
+    from longctx.evals.summary import retrieval_tasks
+
     device = opts.device
     lengths = opts.sizes or (GPU_LENGTHS if device.startswith("cuda") else CPU_LENGTHS)
     tasks = {}
-    for task in TASKS:
+    for task in [task.name for task in retrieval_tasks()]:
         result = {}
         for variant in ("longctx", "generate"):
             print(f"  sweep {task} {variant} lengths={lengths} ...", flush=True)

@@ -95,14 +95,15 @@ def publish_dir(tmp: Path, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------- JSON and JSON lines
-def sanitize(record):
-    """JSON has no NaN/inf: write them as null so every line parses everywhere."""
-    if isinstance(record, float):
-        return record if math.isfinite(record) else None
+def sanitize(record, *, inf_as_text: bool = False):
+    """JSON has no NaN/inf: NaN becomes null, and so does ±inf unless `inf_as_text` writes it "inf"/"-inf" (a
+    report's perplexity that blew up is a result, not a missing one). Tuples become lists."""
+    if isinstance(record, float) and not math.isfinite(record):
+        return "inf" if inf_as_text and record > 0 else "-inf" if inf_as_text and record < 0 else None
     if isinstance(record, dict):
-        return {key: sanitize(value) for key, value in record.items()}
+        return {key: sanitize(value, inf_as_text=inf_as_text) for key, value in record.items()}
     if isinstance(record, (list, tuple)):
-        return [sanitize(value) for value in record]
+        return [sanitize(value, inf_as_text=inf_as_text) for value in record]
     return record
 
 
@@ -125,27 +126,36 @@ def append_jsonl(path: Path, record: dict) -> None:
         os.fsync(handle.fileno())
 
 
-def read_jsonl(path: Path, *, repair: bool = True) -> list[dict]:
-    """Every complete JSON object line of `path` ([] if absent). A torn last line (a kill mid-append) is
-    dropped, and cut off the file when `repair`, so later appends start on a fresh line; a garbled line
-    is skipped."""
+def read_jsonl(path: Path, *, repair: bool = True, skipped: list[str] | None = None) -> list[dict]:
+    """Every JSON object line of `path` ([] if absent); `skipped` gets a message for each other line. A last
+    line without its newline is torn when it does not parse (a kill mid-append): with `repair` it is cut off
+    the file, and a whole one gets its newline, so later appends start on a fresh line."""
     path = Path(path)
     if not path.is_file():
         return []
     data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
-        if repair:
-            with open(path, "r+b") as handle:
-                handle.truncate(len(data))
-    records = []
-    for line in data.decode("utf-8", errors="replace").splitlines():
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    records, tail_kept = [], False
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            record = None
         if isinstance(record, dict):
             records.append(record)
+            tail_kept = number == len(lines)
+        elif skipped is not None:
+            skipped.append(f"{path.name} line {number} is not valid JSON (interrupted run?): skipped"
+                           if record is None else f"{path.name} line {number} is not a JSON object: skipped")
+    if repair and data and not data.endswith(b"\n"):
+        with open(path, "r+b") as handle:
+            if tail_kept:
+                handle.seek(0, os.SEEK_END)
+                handle.write(b"\n")
+            else:
+                handle.truncate(data.rfind(b"\n") + 1)
     return records
 
 

@@ -36,7 +36,7 @@ def test_every_depth_and_trial_draws_its_own_key_and_filler(tiny, tmp_path):
     model, tokenizer = tiny
     depths = [0.0, 0.25, 0.5, 0.75, 1.0]
     cfg = passkey.Config(lengths=[180], depths=depths, trials=4, seed=3)
-    cells = passkey.run(model, tokenizer, cfg, ResultsWriter(tmp_path, "tiny", "passkey"))
+    cells = passkey.TASK.run(model, tokenizer, cfg, ResultsWriter(tmp_path, "tiny", "passkey"))
     samples = [sample for cell in cells for sample in cell["samples"]]
     assert len(samples) == 20 and len({s["seed"] for s in samples}) == 20
     assert len({s["passkey"] for s in samples}) == 20  # not one key per trial shared by every depth
@@ -55,7 +55,7 @@ def test_every_depth_and_trial_draws_its_own_key_and_filler(tiny, tmp_path):
 def test_key_digits_reach_the_prompts_and_the_cell_key(tiny, tmp_path):
     model, tokenizer = tiny
     cfg = make_config("passkey", {"lengths": 160, "depths": "0,1", "trials": 3, "key_digits": 3})
-    cells = passkey.run(model, tokenizer, cfg, ResultsWriter(tmp_path, "tiny", "passkey"))
+    cells = passkey.TASK.run(model, tokenizer, cfg, ResultsWriter(tmp_path, "tiny", "passkey"))
     assert all(len(s["passkey"]) == 3 for cell in cells for s in cell["samples"])
     assert all("|key_digits=3|" in cell["key"] for cell in cells)
     trial = passkey.PasskeyTrial(tokenizer, 160, random.Random(0), key_digits=(7, 7))

@@ -15,8 +15,9 @@ import pytest
 
 from longctx import cli
 from longctx.errors import UsageError
+from longctx.evals import get_task
 from longctx.evals.report import write_report
-from longctx.evals.summary import effective_length, fmt_len, judge_length, load_results, read_jsonl
+from longctx.evals.summary import effective_length, fmt_len, judge_length, load_results, read_cells
 
 LENGTHS = [2048, 4096, 8192, 16384, 32768]
 DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -50,7 +51,8 @@ def _buckets(length: int, nll: float, in_distribution_nll: float, trained: int =
 
 
 def write_synthetic_results(root: Path) -> Path:
-    """RESULTS_DIR/<label>/{model.json, ppl.jsonl, passkey.jsonl, niah.jsonl} in the schema `longctx eval` writes."""
+    """RESULTS_DIR/<label>/{model.json, ppl.jsonl, passkey.jsonl, niah.jsonl} in the schema `longctx eval` writes
+    (tests/test_report_contract.py checks that these cells hold only fields real cells hold)."""
     for label, (rope, claimed, ppls, passkeys, niahs) in MODELS.items():
         folder = root / label
         folder.mkdir(parents=True)
@@ -144,7 +146,8 @@ def test_last_line_of_a_key_wins_and_half_lines_are_skipped(report):
     assert by_length[16384]["passkey"] == pytest.approx(0.2)  # the stale 1.0 written first was superseded
     assert any("not valid JSON" in w for w in patched["warnings"])
     warnings: list[str] = []
-    records = read_jsonl(report[0] / "patched" / "passkey.jsonl", warnings)
+    variants = read_cells(report[0] / "patched" / "passkey.jsonl", get_task("passkey"), warnings)
+    records = [record for records in variants.values() for record in records]
     assert len(records) == len(LENGTHS) * len(DEPTHS) and len(warnings) == 1
 
 

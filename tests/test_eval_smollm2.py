@@ -21,7 +21,7 @@ def smollm2(smollm2_dir):
 def test_smollm2_retrieves_the_passkey_at_1k(smollm2, tmp_path):
     model, tokenizer = smollm2
     cfg = passkey.Config(lengths=[1024], depths=[0.0, 0.5, 1.0], trials=4, seed=0)
-    cells = passkey.run(model, tokenizer, cfg, ResultsWriter(tmp_path, "smollm2", "passkey"))
+    cells = passkey.TASK.run(model, tokenizer, cfg, ResultsWriter(tmp_path, "smollm2", "passkey"))
     samples = [s for cell in cells for s in cell["samples"]]
     accuracy = sum(s["correct"] for s in samples) / len(samples)
     assert len(samples) == 12 and accuracy >= 0.9, samples

@@ -120,12 +120,20 @@ def test_prefix_sharing_does_less_work(tiny):
     assert 0 < shared_tokens < 0.8 * sum(tokens)
 
 
-def test_dynamic_ntk_refuses_prefix_sharing(tiny):
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0},
+    {"rope_type": "longrope", "rope_theta": 10000.0, "factor": 2.0, "original_max_position_embeddings": 256,
+     "short_factor": [1.0] * 8, "long_factor": [2.0] * 8},  # short factors up to 256 tokens, long ones past them
+])
+def test_length_dependent_rope_refuses_prefix_sharing(tiny, rope):
     model, _ = tiny
-    dynamic = types.SimpleNamespace(config=type(model.config).from_dict(
-        {**model.config.to_dict(), "rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}}))
-    allowed, why = prefix_sharing_allowed(dynamic)
-    assert not allowed and "dynamic" in why
+    patched = types.SimpleNamespace(config=type(model.config).from_dict({**model.config.to_dict(), "rope_parameters": rope}))
+    allowed, why = prefix_sharing_allowed(patched)
+    assert not allowed and rope["rope_type"] in why
+    for rope_type in ("yarn", "linear"):  # their frequencies do not depend on the length
+        plain = types.SimpleNamespace(config=type(model.config).from_dict({**model.config.to_dict(), "rope_parameters": {
+            "rope_type": rope_type, "rope_theta": 10000.0, "factor": 2.0, "original_max_position_embeddings": 256}}))
+        assert prefix_sharing_allowed(plain)[0], rope_type
 
 
 class Crash(RuntimeError):
@@ -142,16 +150,16 @@ def test_interrupted_passkey_sweep_resumes_without_recomputing(tiny, tmp_path, c
             raise Crash
 
     with pytest.raises(Crash):
-        passkey.run(model, tokenizer, cfg, ResultsWriter(tmp_path / "a", "tiny", "passkey", after_append=crash_after_second))
+        passkey.TASK.run(model, tokenizer, cfg, ResultsWriter(tmp_path / "a", "tiny", "passkey", after_append=crash_after_second))
     calls[0] = 0
-    resumed = passkey.run(model, tokenizer, cfg, ResultsWriter(tmp_path / "a", "tiny", "passkey"))
+    resumed = passkey.TASK.run(model, tokenizer, cfg, ResultsWriter(tmp_path / "a", "tiny", "passkey"))
     resumed_forwards = calls[0]
     # reference: the row that was never started, from scratch; the crashed row's depth 1.0 comes from the journal
     calls[0] = 0
-    passkey.run(model, tokenizer, passkey.Config(lengths=[200], depths=cfg.depths, trials=2, seed=1),
+    passkey.TASK.run(model, tokenizer, passkey.Config(lengths=[200], depths=cfg.depths, trials=2, seed=1),
                 ResultsWriter(tmp_path / "b", "tiny", "passkey"))
     assert resumed_forwards == calls[0] > 0
-    clean = passkey.run(model, tokenizer, cfg, ResultsWriter(tmp_path / "c", "tiny", "passkey"))
+    clean = passkey.TASK.run(model, tokenizer, cfg, ResultsWriter(tmp_path / "c", "tiny", "passkey"))
     strip = [{k: v for k, v in c.items() if k != "seconds"} for c in resumed]
     assert strip == [{k: v for k, v in c.items() if k != "seconds"} for c in clean]
     assert len((tmp_path / "a" / "tiny" / "passkey.jsonl").read_text().splitlines()) == 6

@@ -97,3 +97,5 @@ def test_a_wheel_installs_and_runs_help_patch_and_an_eval(wheel_venv, tiny_llama
         "--out", "results", cwd=work, env=env)
     cells = [json.loads(line) for line in (work / "results" / "patched" / "ppl.jsonl").read_text().splitlines()]
     assert len(cells) == 1 and cells[0]["length"] == 64
+    run(bin_dir / "longctx", "report", "results", cwd=work, env=env)
+    assert "<h2>Summary</h2><table>" in (work / "results" / "report.html").read_text()  # its template is shipped

@@ -1,28 +1,36 @@
 """Evaluation tasks: perplexity, passkey retrieval, needle in a haystack.
 
-Every task module exposes a `Config` dataclass and `run(model, tokenizer, cfg, writer) -> list[cell dicts]`
-(writer: `longctx.evals.results.ResultsWriter`). The registry maps task names to module paths so that
-importing it costs nothing; `get_task(name)` imports the module.
+A task is one module of this package that defines `TASK`, an instance of a `longctx.evals.task.Task`
+subclass: adding a module adds the task to the suite, the CLI, the report and the bench. `tasks()` finds
+them (importing this package's modules, none of which imports torch at the top); `get_task(name)` is one.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
+import pkgutil
 
 from longctx.errors import UsageError
 
-TASKS = {
-    "ppl": "longctx.evals.perplexity",
-    "passkey": "longctx.evals.passkey",
-    "niah": "longctx.evals.niah",
-}
+
+@functools.cache
+def tasks() -> dict:
+    """name -> `Task` of every task module, in their `order` (the report's tables and figures)."""
+    found = []
+    for module in pkgutil.iter_modules(__path__):
+        task = getattr(importlib.import_module(f"{__name__}.{module.name}"), "TASK", None)
+        if task is not None:
+            found.append(task)
+    return {task.name: task for task in sorted(found, key=lambda task: task.order)}
 
 
 def get_task(name: str):
-    """The task module for `name`; an unknown name answers with the closest valid one."""
-    if name not in TASKS:
-        close = difflib.get_close_matches(name, TASKS, n=1)
+    """The task called `name`; an unknown name answers with the closest valid one."""
+    names = list(tasks())
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise UsageError(f"unknown task {name!r}: {hint}valid tasks: {', '.join(TASKS)}")
-    return importlib.import_module(TASKS[name])
+        raise UsageError(f"unknown task {name!r}: {hint}valid tasks: {', '.join(names)}")
+    return tasks()[name]

@@ -37,8 +37,8 @@ from longctx.evals.data import (
     special_prefix,
 )
 from longctx.evals.passkey import place
-from longctx.evals.results import ResultsWriter
-from longctx.evals.scoring import Graded, Prompt, Query, contains_answer, run_grid, wilson_interval
+from longctx.evals.scoring import Graded, Prompt, Query, contains_answer, wilson_interval
+from longctx.evals.task import RetrievalTask
 
 NEEDLE = " The special magic number for {city} is {number}."
 QUESTION = "\n\nWhat is the special magic number for {city}? The special magic number for {city} is"
@@ -172,21 +172,40 @@ def summarize_for(needles: int):
     return summarize
 
 
-def run(model, tokenizer, cfg: Config, writer: ResultsWriter) -> list[dict]:
-    """Every (length, depth) cell of the sweep, finished ones read back from `writer`."""
-    if cfg.trials < 1:
-        raise UsageError("--trials must be at least 1")
-    sentences = SentenceTokens(tokenizer, load_texts(cfg.haystack))
+class Niah(RetrievalTask):
+    name, label, metric, order = "niah", "NIAH", "NIAH score", 2
+    help = "needle in a haystack: lengths × depths grid"
+    Config = Config
+    value_key, counts = "score", ("retrieved", "questions")
+    grade = staticmethod(contains_answer)
+    flag_defaults = {"depths": "11", "trials": 3}
+    heatmap_title = "Needle in a haystack score"
+    heatmap_caption = "Needle in a haystack: score by context length and needle depth (0% = start)."
 
-    def key_fields(length: int, depth: float) -> dict:
+    def add_arguments(self, parser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument("--haystack", help="haystack text: pydoc (default), stdlib, FILE, DIR or hf:NAME")
+        parser.add_argument("--needles", type=int, default=1, help="needles to retrieve, spaced evenly after the first")
+        parser.add_argument("--distractors", type=int, default=0, help="needle-like sentences with other cities")
+
+    def variant(self, record: dict) -> tuple:  # one heatmap row per variant
+        return (record.get("needles", 1), record.get("distractors", 0), record.get("mode"))
+
+    def variant_name(self, variant: tuple) -> str:
+        return f"needles={variant[0]}, distractors={variant[1]}, mode={variant[2]}"
+
+    def key_fields(self, cfg: Config, length: int, depth: float) -> dict:
         # protocol 2: exact lengths, needles between real sentences (older results are not resumed into it)
         return {"length": length, "depth": depth, "needles": cfg.needles, "distractors": cfg.distractors,
                 "mode": cfg.mode, "protocol": PROTOCOL}
 
-    def build(length: int, rng: random.Random) -> NiahTrial:
-        return NiahTrial(tokenizer, length, rng, sentences, needles=cfg.needles, distractors=cfg.distractors)
+    def builder(self, tokenizer, cfg: Config):
+        sentences = SentenceTokens(tokenizer, load_texts(cfg.haystack))
+        return lambda length, rng: NiahTrial(tokenizer, length, rng, sentences, needles=cfg.needles,
+                                             distractors=cfg.distractors)
 
-    return run_grid(model, tokenizer, writer, task="niah", lengths=cfg.lengths, depths=cfg.depths,
-                    trials=cfg.trials, seed=cfg.seed, mode=cfg.mode, key_fields=key_fields, build=build,
-                    grade=contains_answer, summarize=summarize_for(cfg.needles), share_prefix=cfg.share_prefix)
+    def summarizer(self, cfg: Config):
+        return summarize_for(cfg.needles)
 
+
+TASK = Niah()

@@ -33,8 +33,8 @@ from longctx.evals.data import (
     special_prefix,
     tokenize_pieces,
 )
-from longctx.evals.results import ResultsWriter
-from longctx.evals.scoring import Graded, Prompt, Query, first_integer, run_grid, wilson_interval
+from longctx.evals.scoring import Graded, Prompt, Query, first_integer, wilson_interval
+from longctx.evals.task import RetrievalTask
 
 TASK_LINE = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
              "I will quiz you about the important information there.")
@@ -148,17 +148,32 @@ def summarize(samples: list[dict]) -> dict:
             "accuracy_ci95": wilson_interval(correct, len(samples))}
 
 
-def run(model, tokenizer, cfg: Config, writer: ResultsWriter) -> list[dict]:
-    """Every (length, depth) cell of the sweep, finished ones read back from `writer`."""
-    if cfg.trials < 1:
-        raise UsageError("--trials must be at least 1")
-    digits = key_digit_range(cfg.key_digits)
+class Passkey(RetrievalTask):
+    name, label, metric, order = "passkey", "passkey", "passkey accuracy", 1
+    help = "passkey retrieval accuracy by length and depth"
+    Config = Config
+    value_key, counts = "accuracy", ("correct", "trials")
+    grade = staticmethod(grade_passkey)
+    independent_depths = True
+    flag_defaults = {"depths": "0:1:5", "trials": 5}
+    heatmap_title = "Passkey accuracy"
+    heatmap_caption = "Passkey retrieval accuracy by context length and depth of the key."
 
-    def key_fields(length: int, depth: float) -> dict:  # key_digits in the key: other keys are other cells
+    def variant(self, record: dict) -> tuple:  # keys of another digit count are another experiment (older: None)
+        return (record.get("mode"), record.get("key_digits"))
+
+    def variant_name(self, variant: tuple) -> str:
+        return f"mode={variant[0]}" + (f", key_digits={variant[1]}" if variant[1] else "")
+
+    def key_fields(self, cfg: Config, length: int, depth: float) -> dict:  # key_digits in the key: other keys, other cells
         return {"length": length, "depth": depth, "key_digits": cfg.key_digits, "mode": cfg.mode}
 
-    return run_grid(model, tokenizer, writer, task="passkey", lengths=cfg.lengths, depths=cfg.depths,
-                    trials=cfg.trials, seed=cfg.seed, mode=cfg.mode, key_fields=key_fields,
-                    build=lambda length, rng: PasskeyTrial(tokenizer, length, rng, key_digits=digits),
-                    grade=grade_passkey, summarize=summarize, share_prefix=cfg.share_prefix,
-                    independent_depths=True)
+    def builder(self, tokenizer, cfg: Config):
+        digits = key_digit_range(cfg.key_digits)
+        return lambda length, rng: PasskeyTrial(tokenizer, length, rng, key_digits=digits)
+
+    def summarizer(self, cfg: Config):
+        return summarize
+
+
+TASK = Passkey()

@@ -23,12 +23,15 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from longctx.corpus import data_name, load_named_documents
 from longctx.errors import UsageError
 from longctx.evals.data import DocumentTokens, Window, special_prefix
 from longctx.evals.results import ResultsWriter, cell_key
 from longctx.evals.scoring import length_warnings
+from longctx.evals.summary import fmt_len
+from longctx.evals.task import PERPLEXITY, Figure, Task, as_float
 
 # two-sided 95% Student t quantiles by degrees of freedom; 1.96 beyond 30
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -179,3 +182,54 @@ def run(model, tokenizer, cfg: Config, writer: ResultsWriter) -> list[dict]:
         bar.update(1)
     bar.close()
     return [writer.cell(keys[length]) for length in cfg.lengths]
+
+
+class Perplexity(Task):
+    name, label, metric, kind, order, value_key = "ppl", "perplexity", "perplexity", PERPLEXITY, 0, "ppl"
+    help = "perplexity and bits per byte by context length"
+    Config = Config
+    run = staticmethod(run)
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--data", help="pydoc (default, embedded), stdlib, FILE, DIR, *.jsonl or hf:NAME[:CONFIG][:SPLIT]")
+        parser.add_argument("--stride", type=int, help="sliding-window step in tokens (default: non-overlapping windows)")
+        parser.add_argument("--docs", type=int, default=4, help="chunks of each length to score (default: 4)")
+
+    def variant(self, record: dict) -> tuple:
+        return (record.get("data"), record.get("stride"))
+
+    def variant_name(self, variant: tuple) -> str:
+        return f"data={variant[0]}, stride={'none' if variant[1] is None else variant[1]}"
+
+    def value(self, record: dict) -> float:
+        """A cell's perplexity; a missing or NaN one counts as infinite (it blew up)."""
+        return as_float(record.get(self.value_key), default=math.inf)
+
+    def values(self, records: list[dict]) -> dict[int, float]:
+        return {r["length"]: self.value(r) for r in sorted(records, key=lambda r: r["length"])}
+
+    def ci95(self, records: list[dict]) -> dict[int, list[float] | None]:
+        """The t interval over windows each cell records."""
+        return {r["length"]: r.get("ppl_ci95") for r in sorted(records, key=lambda r: r["length"])}
+
+    def windows_text(self, records: list[dict]) -> str | None:
+        """Which documents the windows came from, per length: '2K: 2 windows (a.txt, b.txt); …'."""
+        parts = []
+        for record in sorted(records, key=lambda r: r["length"]):
+            windows = record.get("windows")
+            if not isinstance(windows, list) or not windows:
+                continue
+            docs = ", ".join(dict.fromkeys(str(w.get("doc")) for w in windows if isinstance(w, dict)))
+            parts.append(f"{fmt_len(record['length'])}: {len(windows)} window{'s' * (len(windows) != 1)} ({docs})")
+        return "; ".join(parts) or None
+
+    def figures(self) -> list[Figure]:
+        from longctx.evals import plots
+
+        return [Figure("ppl_vs_length.png", "Perplexity by context length (dashed: each model's trained length; bars: "
+                       "95% CI).", partial(plots.ppl_vs_length, task=self)),
+                Figure("ppl_buckets.png", "Loss by token position at each model's longest evaluated length: where "
+                       "extrapolation breaks.", partial(plots.ppl_buckets, task=self), detail=True)]
+
+
+TASK = Perplexity()

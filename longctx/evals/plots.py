@@ -1,7 +1,8 @@
 """The report's figures, drawn with matplotlib's object API (no pyplot: no global state, no display needed).
 
-Each function takes the report's `ModelSummary` list and a PNG path, draws one figure comparing all models,
-and returns False without writing when no model has the data (the report then leaves the figure out).
+Each function takes the report's `ModelSummary` list, a PNG path and the task whose cells it draws (a task's
+`figures()` binds it), draws one figure comparing all models, and returns False without writing when no model
+has the data (the report then leaves the figure out).
 A model keeps the same colour in every figure; its trained length is a dashed line in that colour.
 """
 
@@ -11,7 +12,7 @@ import math
 from pathlib import Path
 
 from longctx.errors import UsageError
-from longctx.evals.summary import ModelSummary, fmt_len, variant_name
+from longctx.evals.summary import ModelSummary, fmt_len
 
 DPI = 110
 HEATMAP_CMAP = "RdYlGn"   # red = fails, green = retrieves; the colour scale is fixed to 0..1 across panels
@@ -40,9 +41,9 @@ def _length_axis(ax, lengths) -> None:
     ax.xaxis.set_minor_locator(NullLocator())
 
 
-def ppl_vs_length(models: list[ModelSummary], path: Path) -> bool:
+def ppl_vs_length(models: list[ModelSummary], path: Path, task) -> bool:
     """One perplexity curve per model over context length, error bars from ppl_ci95, trained lengths dashed."""
-    if not any(m.ppl for m in models):
+    if not any(m.values.get(task.name) for m in models):
         return False
     matplotlib, Figure = _matplotlib()
     from matplotlib.lines import Line2D
@@ -51,7 +52,8 @@ def ppl_vs_length(models: list[ModelSummary], path: Path) -> bool:
     ax = fig.add_subplot()
     lengths, values = set(), []
     for index, model in enumerate(models):
-        points = [(n, model.ppl_value(n), r.get("ppl_ci95")) for n, r in model.ppl.items()]
+        intervals = model.ci95.get(task.name, {})
+        points = [(n, ppl, intervals.get(n)) for n, ppl in model.values.get(task.name, {}).items()]
         finite = [(n, p, ci) for n, p, ci in points if p is not None and math.isfinite(p)]
         blown = [fmt_len(n) for n, p, _ in points if p is not None and not math.isfinite(p)]
         if not finite:
@@ -73,8 +75,8 @@ def ppl_vs_length(models: list[ModelSummary], path: Path) -> bool:
         ax.set_yscale("log")
     ax.set_xlabel("context length (tokens, log2 scale)")
     ax.set_ylabel("perplexity" + (" (log scale)" if ax.get_yscale() == "log" else ""))
-    series = {m.ppl_series for m in models if m.ppl}
-    ax.set_title("Perplexity vs context length" + (f" ({variant_name('ppl', next(iter(series)))})"
+    series = {m.series.get(task.name) for m in models if m.values.get(task.name)}
+    ax.set_title("Perplexity vs context length" + (f" ({task.variant_name(next(iter(series)))})"
                                                    if len(series) == 1 else ""))
     ax.grid(alpha=0.3)
     handles, _ = ax.get_legend_handles_labels()
@@ -92,18 +94,11 @@ def _ci_offsets(ppl: float, ci) -> tuple[float, float]:
     return (max(ppl - low, 0.0) if math.isfinite(low) else 0.0, max(high - ppl, 0.0) if math.isfinite(high) else 0.0)
 
 
-def passkey_heatmaps(models: list[ModelSummary], path: Path) -> bool:
-    return _heatmaps(models, "passkey", "accuracy", path, "Passkey accuracy")
-
-
-def niah_heatmaps(models: list[ModelSummary], path: Path) -> bool:
-    return _heatmaps(models, "niah", "score", path, "Needle in a haystack score")
-
-
-def _heatmaps(models: list[ModelSummary], task: str, value_key: str, path: Path, title: str) -> bool:
-    """Kamradt's layout: x = context length, y = depth from 0% (top) to 100% (bottom), one panel per model
-    side by side and one row per variant (NIAH needles/distractors, passkey mode)."""
-    present = [m for m in models if m.cells.get(task)]
+def heatmaps(models: list[ModelSummary], path: Path, task) -> bool:
+    """Kamradt's layout of a retrieval task's `value_key`: x = context length, y = depth from 0% (top) to 100%
+    (bottom), one panel per model side by side and one row per variant (NIAH needles/distractors, passkey mode)."""
+    value_key = task.value_key
+    present = [m for m in models if m.cells.get(task.name)]
     if not present:
         return False
     matplotlib, Figure = _matplotlib()
@@ -111,13 +106,13 @@ def _heatmaps(models: list[ModelSummary], task: str, value_key: str, path: Path,
 
     counts: dict[tuple, int] = {}
     for model in present:
-        for variant, records in model.cells[task].items():
+        for variant, records in model.cells[task.name].items():
             counts[variant] = counts.get(variant, 0) + len(records)
     variants = sorted(counts, key=lambda v: (-counts[v], str(v)))
     grids = {}  # (row, column) -> (lengths, depths, grid)
     for row, variant in enumerate(variants):
         for column, model in enumerate(present):
-            cells = {(r.get("depth"), r["length"]): r.get(value_key) for r in model.cells[task].get(variant, [])
+            cells = {(r.get("depth"), r["length"]): r.get(value_key) for r in model.cells[task.name].get(variant, [])
                      if isinstance(r.get("depth"), (int, float))}
             if not cells:
                 continue
@@ -141,7 +136,7 @@ def _heatmaps(models: list[ModelSummary], task: str, value_key: str, path: Path,
     for row, variant in enumerate(variants):
         for column, model in enumerate(present):
             ax = axes[row][column]
-            panel_title = model.label + (f"\n{variant_name(task, variant)}" if n_rows > 1 else "")
+            panel_title = model.label + (f"\n{task.variant_name(variant)}" if n_rows > 1 else "")
             if (row, column) not in grids:
                 ax.set_axis_off()
                 ax.set_title(panel_title, fontsize=10)
@@ -167,12 +162,12 @@ def _heatmaps(models: list[ModelSummary], task: str, value_key: str, path: Path,
                 ax.set_ylabel("depth")
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.85, label=value_key)
-    fig.suptitle(f"{title} (dashed: trained length)")
+    fig.suptitle(f"{task.heatmap_title} (dashed: trained length)")
     fig.savefig(path, dpi=DPI)
     return True
 
 
-def ppl_buckets(models: list[ModelSummary], path: Path) -> bool:
+def ppl_buckets(models: list[ModelSummary], path: Path, task) -> bool:
     """Loss by position bucket at each model's longest perplexity length: the position where loss climbs is
     where extrapolation breaks, which a single perplexity number averages away."""
     matplotlib, Figure = _matplotlib()
@@ -182,11 +177,12 @@ def ppl_buckets(models: list[ModelSummary], path: Path) -> bool:
     ax = fig.add_subplot()
     drawn = False
     for index, model in enumerate(models):
-        with_buckets = [n for n, r in model.ppl.items() if r.get("buckets")]
+        records = model.latest(task.name)
+        with_buckets = [n for n, r in records.items() if r.get("buckets")]
         if not with_buckets:
             continue
         longest = max(with_buckets)
-        points = sorted(((b["start"] + b["end"]) / 2, b["nll"]) for b in model.ppl[longest]["buckets"]
+        points = sorted(((b["start"] + b["end"]) / 2, b["nll"]) for b in records[longest]["buckets"]
                         if isinstance(b, dict) and all(isinstance(b.get(k), (int, float)) for k in ("start", "end", "nll"))
                         and math.isfinite(b["nll"]))
         if not points:

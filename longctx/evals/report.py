@@ -1,8 +1,9 @@
 """`longctx report RESULTS_DIR`: one page that compares every evaluated model and says whether it worked.
 
-Reads `RESULTS_DIR/<label>/model.json` and `<task>.jsonl` (ppl, passkey, niah) as written by `longctx eval`,
-and writes `report.html` (self-contained: figures embedded as data URIs, so it can be mailed), `report.md`
-(same content, linking the PNGs beside it), `summary.json` (the table and flags for machines) and the PNGs.
+Reads `RESULTS_DIR/<label>/model.json` and `<task>.jsonl` (one per task of `longctx.evals.tasks()`) as written
+by `longctx eval`, and writes `report.html` (templates/report.html.j2, self-contained: figures embedded as data
+URIs, so it can be mailed), `report.md` (same content, linking the PNGs beside it), `summary.json` (the table
+and flags for machines) and the PNGs. Every task contributes its table, its figures and its summary.json columns.
 
 The point of the page is the verdict column. Perplexity alone is the classic trap of context extension:
 a patched rotary config often keeps perplexity flat far beyond the trained length while the model can no
@@ -15,46 +16,30 @@ SUPERFICIAL in red. Effective length follows RULER: the longest length L such th
 from __future__ import annotations
 
 import base64
-import html
 import json
-import math
 from datetime import datetime, timezone
 from pathlib import Path
 
+from longctx.evals import tasks
 from longctx.evals.summary import (  # the data model and judging rules the page renders
-    FIGURES,
     PPL_BROKEN,
     PPL_HOLDS,
     RETRIEVAL_FAILED,
     RETRIEVAL_OK,
-    TASKS,
     ModelSummary,
-    _as_float,
     build_summary,
     fmt_len,
     fmt_ppl,
     load_results,
+    perplexity_task,
     ppl_windows_text,
+    retrieval_tasks,
     rope_text,
     run_text,
     summary_json,
-    variant_name,
 )
+from longctx.evals.task import PERPLEXITY, RETRIEVAL
 
-CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#222;max-width:1500px;margin:24px auto;
- padding:0 18px;line-height:1.4}
-h1{margin:0 0 4px;font-size:1.7em} h2{margin-top:30px;border-bottom:1px solid #ddd;padding-bottom:4px}
-.meta,figcaption,.legend{color:#666;font-size:.88em}
-.badge{display:inline-block;padding:1px 8px;border-radius:4px;color:#fff;font-weight:700;font-size:.8em;
- letter-spacing:.03em;margin-right:6px;white-space:nowrap}
-.bad{background:#c62828}.good{background:#2e7d32}.warn{background:#e65100}.neutral{background:#607d8b}
-.alert{background:#fdecea;border-left:6px solid #c62828;padding:9px 14px;margin:8px 0;font-size:1.05em}
-.ok{background:#edf7ee;border-left:6px solid #2e7d32;padding:9px 14px;margin:8px 0}
-table{border-collapse:collapse;font-size:.86em;margin:8px 0} th,td{border:1px solid #d5d5d5;padding:4px 7px;
- text-align:center} th{background:#f3f3f3} td.txt{text-align:left;max-width:380px} td.beyond{font-style:italic}
-figure{margin:20px 0} figure img{max-width:100%;border:1px solid #eee} ul{padding-left:22px}
-"""
 STATUS_BADGE = {"superficial": "bad", "breaks": "warn", "degrades": "warn", "extends": "good"}
 
 
@@ -75,19 +60,25 @@ def _ppl_colour(model: ModelSummary, length: int) -> str | None:
     return _score_colour(1.0 if ratio <= PPL_HOLDS else 0.5 if ratio <= PPL_BROKEN else 0.0)
 
 
-def _columns(models: list[ModelSummary]) -> list[tuple[str, str, list[int]]]:
-    """(name, attribute, lengths) for each metric group some model has, lengths the union over models."""
-    groups = [("Perplexity", "ppl"), ("Passkey accuracy", "passkey"), ("NIAH score", "niah")]
-    return [(name, attr, sorted(set().union(*(getattr(m, attr) for m in models))))
-            for name, attr in groups if any(getattr(m, attr) for m in models)]
+def _columns(models: list[ModelSummary]) -> list[tuple]:
+    """(task, lengths) for each task some model has numbers of, lengths the union over models."""
+    columns = [(task, sorted(set().union(*(m.values.get(task.name, {}) for m in models)))) for task in tasks().values()]
+    return [(task, lengths) for task, lengths in columns if lengths]
 
 
-def _cell(model: ModelSummary, attr: str, length: int) -> tuple[str, str | None]:
-    """(text, background colour) of one metric cell."""
-    if attr == "ppl":
-        return (fmt_ppl(model.ppl_value(length)), _ppl_colour(model, length)) if length in model.ppl else ("–", None)
-    value = getattr(model, attr).get(length)
-    return ("–", None) if value is None else (f"{value:.2f}", _score_colour(value))
+def _cell(model: ModelSummary, task, length: int) -> tuple[str, str | None]:
+    """(text, background colour) of one metric cell: a perplexity is coloured by its ratio to the
+    in-distribution one, a retrieval score by itself."""
+    value = model.values.get(task.name, {}).get(length)
+    if value is None:
+        return "–", None
+    if task.kind == PERPLEXITY:
+        return fmt_ppl(value), _ppl_colour(model, length)
+    return f"{value:.2f}", _score_colour(value)
+
+
+def _beyond(model: ModelSummary, length: int) -> bool:
+    return model.status.get(length, "in-distribution") != "in-distribution"
 
 
 def _verdict_badge(model: ModelSummary) -> str:
@@ -99,72 +90,37 @@ def _verdict_badge(model: ModelSummary) -> str:
 
 
 def render_html(models: list[ModelSummary], context: dict, images: dict[str, str]) -> str:
-    e = html.escape
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(context['title'])}</title>"
-           f"<style>{CSS}</style></head><body><h1>{e(context['title'])}</h1>",
-           f"<div class='meta'>{len(models)} model(s) from <code>{e(context['results_dir'])}</code> · "
-           f"generated {e(context['generated'])}</div>"]
-    flagged = [m for m in models if m.flags]
-    for m in flagged:
-        out.append(f"<div class='alert'><span class='badge bad'>SUPERFICIAL</span><b>{e(m.label)}</b>: "
-                   f"{e(m.verdict)}</div>")
-    if not flagged:
-        out.append("<div class='ok'>No superficial long context: no model keeps low perplexity beyond its "
-                   "trained length while failing retrieval.</div>")
-    out.append("<ul>" + "".join(f"<li><span class='badge {_verdict_badge(m)}'>{e(m.label)}</span>{e(m.verdict)}</li>"
-                                for m in models) + "</ul>")
+    """The page of templates/report.html.j2; `images` holds each figure's PNG in base64."""
+    from longctx.templates import html_page
 
     columns = _columns(models)
-    out.append("<h2>Summary</h2><table><tr><th rowspan=2>Model</th><th rowspan=2>Trained</th>"
-               "<th rowspan=2>Claimed</th><th rowspan=2>RoPE</th>"
-               + "".join(f"<th colspan={len(lengths)}>{name}</th>" for name, _, lengths in columns)
-               + "<th rowspan=2>Effective length</th><th rowspan=2>Verdict</th></tr><tr>"
-               + "".join(f"<th>{fmt_len(n)}</th>" for _, _, lengths in columns for n in lengths) + "</tr>")
-    for m in models:
-        cells = []
-        for _, attr, lengths in columns:
-            for n in lengths:
-                text, colour = _cell(m, attr, n)
-                style = f" style='background:{colour}'" if colour else ""
-                beyond = " class='beyond'" if m.status.get(n, "in-distribution") != "in-distribution" else ""
-                cells.append(f"<td{beyond}{style}>{text}</td>")
-        badge = "<span class='badge bad'>SUPERFICIAL</span><br>" if m.flags else ""
-        out.append(f"<tr><td class='txt'><b>{e(m.label)}</b></td><td>{_len_or_dash(m.trained)}</td>"
-                   f"<td>{_len_or_dash(m.claimed)}</td><td>{e(rope_text(m.meta.get('rope')))}</td>{''.join(cells)}"
-                   f"<td><b>{_effective_text(m)}</b></td><td class='txt'>{badge}{e(m.verdict)}</td></tr>")
-    out.append(f"</table><div class='legend'>{e(_legend(models))}</div>")
+    rows = [(m, [(*_cell(m, task, n), _beyond(m, n)) for task, lengths in columns for n in lengths]) for m in models]
+    return html_page("report.html.j2", **context, models=models, columns=columns, rows=rows, fmt_len=fmt_len,
+                     badge=_verdict_badge, len_or_dash=_len_or_dash, rope_text=rope_text, effective=_effective_text,
+                     legend=_legend(models), images=images, captions=_captions(),
+                     warned=[(m, w) for m in models for w in m.warnings],
+                     details=_details, made=_provenance(models))
 
-    if context["figures"]:
-        out.append("<h2>Figures</h2>")
-    for name in context["figures"]:
-        out.append(f"<figure><img alt='{e(name)}' src='data:image/png;base64,{images[name]}'>"
-                   f"<figcaption>{e(FIGURES[name])} (<a href='{e(name)}'>{e(name)}</a>)</figcaption></figure>")
-    warned = [(m, w) for m in models for w in m.warnings]
-    if warned:
-        out.append("<h2>Warnings</h2><ul>" + "".join(f"<li><b>{e(m.label)}</b>: {e(w)}</li>" for m, w in warned)
-                   + "</ul>")
-    out.append("<h2>Models</h2><ul>" + "".join(f"<li><b>{e(m.label)}</b>: {e(_details(m))}</li>" for m in models)
-               + "</ul>")
-    made = _provenance(models)
-    if made:
-        out.append("<h2>How these numbers were made</h2><ul>" + "".join(
-            f"<li>{e(line).replace('`', '')}</li>" for line in made) + "</ul>")
-    out.append("</body></html>\n")
-    return "\n".join(out)
+
+def _captions() -> dict[str, str]:
+    return {figure.file: figure.caption for task in tasks().values() for figure in task.figures()}
 
 
 def _legend(models: list[ModelSummary]) -> str:
-    names = {"ppl": "perplexity", "passkey": "passkey", "niah": "NIAH"}
-    shown = dict.fromkeys(f"{names[t]} {variant_name(t, m.series[t])}" for t in TASKS for m in models if t in m.series)
-    return LEGEND + (f" Series in the table: {'; '.join(shown)}." if shown else "")
+    shown = dict.fromkeys(f"{t.label} {t.variant_name(m.series[t.name])}" for t in tasks().values() for m in models
+                          if t.name in m.series)
+    return _retrieval_legend() + (f" Series in the table: {'; '.join(shown)}." if shown else "")
 
 
-LEGEND = (f"Retrieval = mean of passkey accuracy and NIAH score (mean over depths; in brackets in report.md, the "
-          f"Wilson 95% interval of all depths' trials pooled). Effective length (RULER): "
-          f"the longest length L with retrieval >= {RETRIEVAL_OK} at every evaluated length <= L. Italic cells lie "
-          f"beyond the model's trained length; their perplexity is coloured by its ratio to the in-distribution "
-          f"perplexity (green <= {PPL_HOLDS}x, yellow <= {PPL_BROKEN}x, red above). SUPERFICIAL: perplexity "
-          f"<= {PPL_HOLDS}x in-distribution beyond the trained length while retrieval < {RETRIEVAL_FAILED}.")
+def _retrieval_legend() -> str:
+    metrics = [task.metric for task in retrieval_tasks()]
+    mean_of = " and ".join([", ".join(metrics[:-1]), metrics[-1]] if len(metrics) > 1 else metrics)
+    return (f"Retrieval = mean of {mean_of} (mean over depths; in brackets in report.md, the "
+            f"Wilson 95% interval of all depths' trials pooled). Effective length (RULER): "
+            f"the longest length L with retrieval >= {RETRIEVAL_OK} at every evaluated length <= L. Italic cells lie "
+            f"beyond the model's trained length; their perplexity is coloured by its ratio to the in-distribution "
+            f"perplexity (green <= {PPL_HOLDS}x, yellow <= {PPL_BROKEN}x, red above). SUPERFICIAL: perplexity "
+            f"<= {PPL_HOLDS}x in-distribution beyond the trained length while retrieval < {RETRIEVAL_FAILED}.")
 
 
 def _len_or_dash(length: int | None) -> str:
@@ -182,11 +138,11 @@ def _details(model: ModelSummary) -> str:
     parts = [f"{k}={model.meta[k]}" for k in keys if model.meta.get(k) not in (None, "")]
     if model.meta.get("rope"):
         parts.append("rope=" + json.dumps(model.meta["rope"], sort_keys=True))
-    for series, records in model.cells.get("ppl", {}).items():  # series the table leaves out, with their values
-        if series != model.ppl_series:
-            parts.append(f"perplexity {variant_name('ppl', series)}: " + ", ".join(
-                f"{fmt_len(r['length'])}: {fmt_ppl(_as_float(r.get('ppl'), math.inf))}"
-                for r in sorted(records, key=lambda r: r["length"])))
+    ppl = perplexity_task()
+    other_series = {s: r for s, r in model.cells.get(ppl.name, {}).items() if s != model.ppl_series} if ppl else {}
+    for series, records in other_series.items():  # perplexity series the table leaves out, with their values
+        parts.append(f"{ppl.label} {ppl.variant_name(series)}: " + ", ".join(
+            f"{fmt_len(r['length'])}: {fmt_ppl(ppl.value(r))}" for r in sorted(records, key=lambda r: r["length"])))
     return "; ".join(parts) or "no model.json"
 
 
@@ -208,22 +164,22 @@ def render_markdown(models: list[ModelSummary], context: dict) -> str:
         verdict_text = f"🟥 **{m.verdict}**" if m.flags else m.verdict
         out.append(row([f"**{m.label}**", _len_or_dash(m.trained), _len_or_dash(m.claimed),
                         rope_text(m.meta.get("rope")), _effective_text(m), verdict_text]))
-    for name, attr, lengths in _columns(models):
-        out += ["", f"### {name}", "", row(["Model", *map(fmt_len, lengths)]), row(["---"] * (len(lengths) + 1))]
+    for task, lengths in _columns(models):
+        out += ["", f"### {task.title}", "", row(["Model", *map(fmt_len, lengths)]), row(["---"] * (len(lengths) + 1))]
         for m in models:
             texts = []
             for n in lengths:
-                text = _cell(m, attr, n)[0]
-                interval = m.ci95.get(attr, {}).get(n) if text != "–" else None
+                text = _cell(m, task, n)[0]
+                interval = m.ci95.get(task.name, {}).get(n) if text != "–" and task.kind == RETRIEVAL else None
                 if interval:  # pooled over depths: Wilson 95%
                     text += f" [{interval[0]:.2f}, {interval[1]:.2f}]"
-                texts.append(f"*{text}*" if text != "–" and m.status.get(n, "in-distribution") != "in-distribution"
-                             else text)
+                texts.append(f"*{text}*" if text != "–" and _beyond(m, n) else text)
             out.append(row([f"**{m.label}**", *texts]))
     out += ["", _legend(models), ""]
     if context["figures"]:
         out += ["## Figures", ""]
-        out += [line for name in context["figures"] for line in (f"![{FIGURES[name]}]({name})", "", FIGURES[name], "")]
+        captions = _captions()
+        out += [line for name in context["figures"] for line in (f"![{captions[name]}]({name})", "", captions[name], "")]
     warned = [(m, w) for m in models for w in m.warnings]
     if warned:
         out += ["## Warnings", "", *(f"- **{m.label}**: {w}" for m, w in warned), ""]
@@ -249,8 +205,6 @@ def _provenance(models: list[ModelSummary]) -> list[str]:
 
 def write_report(results_dir: Path | str, out_dir: Path | str | None = None, title: str | None = None) -> list[Path]:
     """Render RESULTS_DIR into report.html, report.md, summary.json and the PNGs; returns the files written."""
-    from longctx.evals import plots
-
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir
     models = build_summary(load_results(results_dir))
@@ -258,11 +212,11 @@ def write_report(results_dir: Path | str, out_dir: Path | str | None = None, tit
     out_dir.mkdir(parents=True, exist_ok=True)
 
     figures: list[str] = []
-    for name, draw in (("ppl_vs_length.png", plots.ppl_vs_length), ("passkey_heatmaps.png", plots.passkey_heatmaps),
-                       ("niah_heatmaps.png", plots.niah_heatmaps), ("ppl_buckets.png", plots.ppl_buckets)):
-        path = out_dir / name
-        if draw(models, path):
-            figures.append(name)
+    every = [figure for task in tasks().values() for figure in task.figures()]
+    for figure in sorted(every, key=lambda figure: figure.detail):  # each task's overview first, then details
+        path = out_dir / figure.file
+        if figure.draw(models, path):
+            figures.append(figure.file)
         elif path.exists():
             path.unlink()  # a figure from an earlier run of other results would contradict this report
 

@@ -15,8 +15,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from longctx import files
-from longctx.files import append_jsonl, kill_point, read_jsonl, sanitize
+from longctx.files import append_jsonl, kill_point, read_jsonl, sanitize, write_json_atomic
 
 
 def format_value(value) -> str:
@@ -32,16 +31,6 @@ def cell_key(task: str, **fields) -> str:
     """'ppl|L=4096|stride=none|data=pydoc': the task, then each field in the order given (length as L)."""
     parts = [f"{'L' if name == 'length' else name}={format_value(value)}" for name, value in fields.items()]
     return "|".join([task, *parts])
-
-
-def _append_line(path: Path, record: dict) -> None:
-    append_jsonl(path, record)
-
-
-def _read_lines(path: Path) -> list[dict]:
-    """Every complete JSON line; a partial last line (a crash mid-write) is cut off so appends stay valid,
-    and a garbled line is treated as not finished: its cell is computed again."""
-    return read_jsonl(path)
 
 
 class ResultsWriter:
@@ -61,9 +50,10 @@ class ResultsWriter:
         self.path = self.dir / f"{task}.jsonl"
         self.journal_path = self.dir / f"{task}.partial"
         self.after_append = after_append
-        self._cells = {cell["key"]: cell for cell in _read_lines(self.path) if "key" in cell}
+        # a torn last line (a crash mid-write) is cut off so appends stay valid; a garbled line's cell is redone
+        self._cells = {cell["key"]: cell for cell in read_jsonl(self.path) if "key" in cell}
         self._samples: dict[str, dict] = {}
-        for record in _read_lines(self.journal_path):
+        for record in read_jsonl(self.journal_path):
             if "key" in record and "sample" in record:
                 self._samples.setdefault(record["key"], {})[record["sample"]["seed"]] = record["sample"]
 
@@ -85,7 +75,7 @@ class ResultsWriter:
     def append(self, cell: dict) -> None:
         cell = sanitize(cell)
         self._ready()
-        _append_line(self.path, cell)
+        append_jsonl(self.path, cell)
         self._cells[cell["key"]] = cell
         if self.after_append is not None:
             self.after_append(cell)
@@ -95,7 +85,7 @@ class ResultsWriter:
         """Journal one finished trial of a cell that is not finished yet."""
         sample = sanitize(sample)
         self._ready()
-        _append_line(self.journal_path, {"key": key, "sample": sample})
+        append_jsonl(self.journal_path, {"key": key, "sample": sample})
         kill_point("results:journaled")
         self._samples.setdefault(key, {})[sample["seed"]] = sample
 
@@ -104,16 +94,11 @@ class ResultsWriter:
         return dict(self._samples.get(key, {}))
 
 
-def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
-    """Write via a temporary file and os.replace, so readers never see half a file."""
-    return files.write_json_atomic(Path(path), data)
-
-
 def append_run(out_dir: str | os.PathLike, label: str, record: dict) -> Path:
     """OUT/<label>/runs.jsonl: one line per evaluation run (command, commit, machine, wall time, cells)."""
     path = Path(out_dir) / label / "runs.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _append_line(path, sanitize(record))
+    append_jsonl(path, record)
     return path
 
 
@@ -127,4 +112,4 @@ def write_model_json(out_dir: str | os.PathLike, label: str, info: dict) -> Path
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             old_warnings = []
     warnings = list(dict.fromkeys([*old_warnings, *(info.get("warnings") or [])]))
-    return write_json_atomic(path, {**info, "warnings": warnings})
+    return write_json_atomic(path, {**info, "warnings": warnings})  # readers never see half a file

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from longctx import rope_config
+from longctx import rope_config, rope_methods
 from longctx.evals.results import ResultsWriter, cell_key, format_value
 
 
@@ -57,13 +57,15 @@ class Graded:
 def prefix_sharing_allowed(model) -> tuple[bool, str]:
     """Whether a KV cache computed for one prompt may be reused by another, and if not, why.
 
-    Dynamic NTK picks its rotary base from the current sequence length: keys cached for a short prefix
-    were rotated under another base than the queries of the full prompt (transformers #25104), so reuse
-    would grade a model that does not exist. Sliding-window caches cannot be cropped back reliably.
+    Dynamic NTK picks its rotary base from the current sequence length, and LongRoPE its factors (short up to
+    the trained length, long past it): keys cached for a short prefix were rotated under other frequencies than
+    the queries of the full prompt (transformers #25104), so reuse would grade a model that does not exist. Sliding-window caches cannot be cropped back reliably.
     """
     config = model.config
-    if rope_config.rope_parameters(config).get("rope_type") == "dynamic":
-        return False, "dynamic NTK changes the rotary base with the sequence length, so cached keys would not match"
+    rope_type = rope_config.rope_parameters(config).get("rope_type")
+    if getattr(rope_methods.for_rope_type(rope_type), "length_dependent", False):
+        return False, (f"{rope_type} rope changes its frequencies with the sequence length, so keys cached for a "
+                       "shorter prefix would not match")
     if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
         return False, "sliding-window caches cannot be cropped back to a shared prefix"
     return True, ""
@@ -202,6 +204,14 @@ def trial_seed(seed: int, task: str, length: int, trial: int, depth: float | Non
     return int.from_bytes(digest, "big") & 0x7FFFFFFF
 
 
+def trial_seeds(seed: int, task: str, length: int, depths: list[float], trials: int,
+                independent_depths: bool) -> dict[tuple[float, int], int]:
+    """(depth, trial) -> the seed its prompt is built from; without independent depths a trial's seed is the
+    same at every depth (one trial object moves its needle)."""
+    return {(depth, trial): trial_seed(seed, task, length, trial, depth if independent_depths else None)
+            for depth in depths for trial in range(trials)}
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> list[float]:
     """Wilson score interval of a binomial proportion (95% by default): [low, high], [0, 1] when n == 0.
 
@@ -248,8 +258,7 @@ def run_grid(model, tokenizer, writer: ResultsWriter, *, task: str, lengths: lis
         warnings = length_warnings(model, length)
         if todo and warnings:
             print(f"warning: {task}: {warnings[0]}", file=sys.stderr)
-        seeds = {(depth, trial): trial_seed(seed, task, length, trial, depth if independent_depths else None)
-                 for depth in depths for trial in range(trials)}
+        seeds = trial_seeds(seed, task, length, depths, trials, independent_depths)
         for trial in range(trials):
             need = [d for d in sorted(todo) if seeds[d, trial] not in writer.samples(keys[length, d])]
             if not need:

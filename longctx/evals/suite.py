@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from longctx.errors import UsageError
-from longctx.evals import TASKS, get_task
+from longctx.evals import get_task
 
 _LENGTH = re.compile(r"^(\d+(?:\.\d+)?)([km]?)$", re.IGNORECASE)
 
@@ -87,8 +87,8 @@ def parse_depths(spec) -> list[float]:
 
 def make_config(task: str, settings: dict, *, where: str = ""):
     """The task's Config from a mapping (YAML or flags): lengths/depths parsed, unknown keys refused."""
-    module = get_task(task)
-    fields = {f.name for f in dataclasses.fields(module.Config)}
+    config = get_task(task).Config
+    fields = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(settings) - fields)
     if unknown:
         raise UsageError(f"unknown key {unknown[0]!r} for task {task}{where}: valid keys: {', '.join(sorted(fields))}")
@@ -103,7 +103,7 @@ def make_config(task: str, settings: dict, *, where: str = ""):
     for name in ("trials", "docs", "needles", "distractors", "stride", "seed"):
         if values.get(name) is not None and not isinstance(values[name], int):
             raise UsageError(f"{name} of task {task}{where} must be an integer, not {values[name]!r}")
-    return module.Config(**values)
+    return config(**values)
 
 
 def default_label(source: str) -> str:
@@ -218,4 +218,4 @@ def run_suite(path, models: list[str], out_dir, *, labels: list[str] | None = No
     return paths
 
 
-__all__ = ["TASKS", "parse_lengths", "parse_depths", "make_config", "run_tasks", "run_suite", "load_suite"]
+__all__ = ["parse_lengths", "parse_depths", "make_config", "run_tasks", "run_suite", "load_suite"]

@@ -11,21 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from longctx.errors import UsageError
-from longctx.files import read_jsonl as read_json_lines
+from longctx.evals import tasks
+from longctx.evals.task import PERPLEXITY, RETRIEVAL, as_float
+from longctx.files import read_jsonl, sanitize
 
 log = logging.getLogger(__name__)
 
-TASKS = ("ppl", "passkey", "niah")
 RETRIEVAL_OK = 0.85      # RULER's threshold: a length counts as usable when retrieval stays at or above it
 RETRIEVAL_FAILED = 0.5   # below this, retrieval has failed (used by the SUPERFICIAL flag)
 PPL_HOLDS = 1.25         # ppl(L) <= 1.25 x in-distribution ppl: perplexity "holds" at L
 PPL_BROKEN = 2.0         # ppl(L) > 2 x in-distribution ppl: the model breaks at L
-FIGURES = {  # file name -> caption
-    "ppl_vs_length.png": "Perplexity by context length (dashed: each model's trained length; bars: 95% CI).",
-    "passkey_heatmaps.png": "Passkey retrieval accuracy by context length and depth of the key.",
-    "niah_heatmaps.png": "Needle in a haystack: score by context length and needle depth (0% = start).",
-    "ppl_buckets.png": "Loss by token position at each model's longest evaluated length: where extrapolation breaks.",
-}
 
 
 @dataclass
@@ -36,11 +31,9 @@ class ModelSummary:
     meta: dict                                  # model.json
     cells: dict[str, dict[tuple, list[dict]]]   # task -> variant -> records (one per key, the last line wins)
     series: dict[str, tuple] = field(default_factory=dict)   # task -> variant shown in the table
-    ppl: dict[int, dict] = field(default_factory=dict)        # length -> ppl record of that series
-    passkey: dict[int, float] = field(default_factory=dict)   # length -> accuracy, mean over depths
-    niah: dict[int, float] = field(default_factory=dict)      # length -> score, mean over depths
-    retrieval: dict[int, float] = field(default_factory=dict)  # mean of passkey and niah where both exist
-    ci95: dict[str, dict[int, list[float]]] = field(default_factory=dict)  # task -> length -> pooled Wilson 95%
+    values: dict[str, dict[int, float]] = field(default_factory=dict)  # task -> length -> number in its table
+    ci95: dict[str, dict[int, list[float]]] = field(default_factory=dict)  # task -> length -> 95% interval
+    retrieval: dict[int, float] = field(default_factory=dict)  # mean of the retrieval tasks where they exist
     ppl_ref: float | None = None                # perplexity at the longest evaluated length <= trained
     status: dict[int, str] = field(default_factory=dict)      # length -> in-distribution/extends/...
     flags: list[dict] = field(default_factory=list)
@@ -60,26 +53,37 @@ class ModelSummary:
 
     @property
     def ppl_series(self) -> tuple | None:
-        return self.series.get("ppl")
+        task = perplexity_task()
+        return self.series.get(task.name) if task else None
 
     def records(self, task: str) -> list[dict]:
         """Cells of the variant of `task` that the table shows."""
         return self.cells.get(task, {}).get(self.series.get(task), [])
 
+    def latest(self, task: str) -> dict[int, dict]:
+        """Length -> the table's record there (the last written, where older keys share a length)."""
+        return {r["length"]: r for r in sorted(self.records(task), key=lambda r: r["length"])}
+
+    def lengths(self) -> list[int]:
+        """Every length some task has a number at."""
+        return sorted(set().union(*self.values.values()))
+
     def ppl_value(self, length: int) -> float | None:
-        record = self.ppl.get(length)
-        return None if record is None else _as_float(record.get("ppl"), default=math.inf)
+        task = perplexity_task()
+        return self.values.get(task.name, {}).get(length) if task else None
+
+
+def perplexity_task():
+    """The task whose perplexity the verdict weighs against retrieval, or None."""
+    return next((task for task in tasks().values() if task.kind == PERPLEXITY), None)
+
+
+def retrieval_tasks() -> list:
+    return [task for task in tasks().values() if task.kind == RETRIEVAL]
 
 
 def _positive_int(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def _as_float(value, default=None) -> float | None:
-    """A finite-or-infinite float from JSON; NaN and junk become `default` (a NaN perplexity means it blew up)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        return default
-    return float(value)
 
 
 def fmt_len(length: int) -> str:
@@ -99,41 +103,21 @@ def fmt_ppl(ppl: float | None) -> str:
 
 # --- reading results ---------------------------------------------------------------------------------
 
-def variant_of(task: str, record: dict) -> tuple:
-    """The settings besides length and depth that make cells comparable (one heatmap row per NIAH variant)."""
-    if task == "ppl":
-        return (record.get("data"), record.get("stride"))
-    if task == "passkey":  # keys of another digit count are another experiment (older results: None)
-        return (record.get("mode"), record.get("key_digits"))
-    return (record.get("needles", 1), record.get("distractors", 0), record.get("mode"))
-
-
-def variant_name(task: str, variant: tuple) -> str:
-    if task == "ppl":
-        return f"data={variant[0]}, stride={'none' if variant[1] is None else variant[1]}"
-    if task == "passkey":
-        return f"mode={variant[0]}" + (f", key_digits={variant[1]}" if len(variant) > 1 and variant[1] else "")
-    return f"needles={variant[0]}, distractors={variant[1]}, mode={variant[2]}"
-
-
-def read_jsonl(path: Path, warnings: list[str]) -> list[dict]:
-    """Records of one task file; a half-written line (killed run) is skipped with a warning, the last line of a key wins."""
+def read_cells(path: Path, task, warnings: list[str]) -> dict[tuple, list[dict]]:
+    """Variant -> records of one task file; lines that do not parse (a killed run) and records without a length
+    are skipped with a warning, and the last line of a key wins."""
     by_key: dict[str, dict] = {}
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
+    for index, record in enumerate(read_jsonl(path, repair=False, skipped=warnings)):
+        key = str(record.get("key") or f"record {index}")
+        if _positive_int(record.get("length")) is None:
+            warnings.append(f"{path.name}: {key} has no positive integer `length`: skipped")
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            warnings.append(f"{path.name} line {number} is not valid JSON (interrupted run?): skipped")
-            continue
-        if not isinstance(record, dict) or _positive_int(record.get("length")) is None:
-            warnings.append(f"{path.name} line {number} has no positive integer `length`: skipped")
-            continue
-        key = str(record.get("key") or f"line {number}")
         by_key.pop(key, None)  # re-insert so the order follows the last write
         by_key[key] = record
-    return list(by_key.values())
+    cells: dict[tuple, list[dict]] = {}
+    for record in by_key.values():
+        cells.setdefault(task.variant(record), []).append(record)
+    return cells
 
 
 def load_model_folder(folder: Path) -> ModelSummary:
@@ -149,13 +133,12 @@ def load_model_folder(folder: Path) -> ModelSummary:
             meta = {}
     else:
         warnings.append("no model.json: trained/claimed lengths unknown")
-    cells: dict[str, dict[tuple, list[dict]]] = {}
-    for task in TASKS:
-        path = folder / f"{task}.jsonl"
-        if path.is_file():
-            for record in read_jsonl(path, warnings):
-                cells.setdefault(task, {}).setdefault(variant_of(task, record), []).append(record)
-    runs = read_json_lines(folder / "runs.jsonl", repair=False)  # a report only reads: a torn last line is skipped
+    cells = {}
+    for task in tasks().values():
+        variants = read_cells(folder / f"{task.name}.jsonl", task, warnings)
+        if variants:
+            cells[task.name] = variants
+    runs = read_jsonl(folder / "runs.jsonl", repair=False)  # a report only reads: a torn last line is skipped
     for message in warnings:
         log.warning("longctx report: %s: %s", folder.name, message)
     return ModelSummary(label=str(meta.get("label") or folder.name), meta=meta, cells=cells, warnings=warnings,
@@ -170,7 +153,7 @@ def load_results(results_dir: Path) -> list[ModelSummary]:
         raise UsageError(f"no results in {results_dir} (not a directory): {hint}")
 
     def is_model_folder(folder: Path) -> bool:
-        return (folder / "model.json").is_file() or any((folder / f"{t}.jsonl").is_file() for t in TASKS)
+        return (folder / "model.json").is_file() or any((folder / f"{t}.jsonl").is_file() for t in tasks())
 
     folders = [results_dir] if is_model_folder(results_dir) else sorted(
         p for p in results_dir.iterdir() if p.is_dir() and is_model_folder(p))
@@ -195,33 +178,6 @@ def _pick(model: ModelSummary, task: str, preferred: tuple | None) -> tuple | No
     if preferred in variants:
         return preferred
     return min(variants, key=lambda v: (-len({r["length"] for r in variants[v]}), str(v))) if variants else None
-
-
-def mean_by_length(records: list[dict], value_key: str) -> dict[int, float]:
-    """Mean over depths of `value_key` per length (cells without a number are left out)."""
-    values: dict[int, list[float]] = {}
-    for record in records:
-        value = _as_float(record.get(value_key))
-        if value is not None:
-            values.setdefault(record["length"], []).append(value)
-    return {length: sum(v) / len(v) for length, v in sorted(values.items())}
-
-
-def pooled_ci95(records: list[dict], task: str) -> dict[int, list[float]]:
-    """Per length, the Wilson 95% interval of all its depths' trials pooled (passkey: correct of trials, NIAH:
-    retrieved of questions); a length with a cell lacking those counts (older results) has none."""
-    from longctx.evals.scoring import wilson_interval
-
-    hits, totals = ("correct", "trials") if task == "passkey" else ("retrieved", "questions")
-    counts: dict[int, list[int]] = {}
-    for record in records:
-        k, n = record.get(hits), record.get(totals)
-        pooled = counts.setdefault(record["length"], [0, 0])
-        if isinstance(k, int) and isinstance(n, int) and pooled[1] >= 0:
-            pooled[0], pooled[1] = pooled[0] + k, pooled[1] + n
-        else:
-            pooled[1] = -1
-    return {length: wilson_interval(k, n) for length, (k, n) in sorted(counts.items()) if n > 0}
 
 
 def effective_length(retrieval: dict[int, float]) -> int | None:
@@ -253,19 +209,20 @@ def judge_length(ratio: float | None, retrieval: float | None) -> str:
 def summarize(model: ModelSummary, primaries: dict[str, tuple | None]) -> None:
     """Fill in the per-length numbers, flags, effective length and verdict of one model."""
     model.series = {task: _pick(model, task, primaries.get(task)) for task in model.cells}
-    model.ppl = {r["length"]: r for r in sorted(model.records("ppl"), key=lambda r: r["length"])}
-    model.passkey = mean_by_length(model.records("passkey"), "accuracy")
-    model.niah = mean_by_length(model.records("niah"), "score")
-    model.ci95 = {task: pooled_ci95(model.records(task), task) for task in ("passkey", "niah")}
-    for length in sorted(set(model.passkey) | set(model.niah)):
-        scores = [s[length] for s in (model.passkey, model.niah) if length in s]
+    for task in tasks().values():
+        model.values[task.name] = task.values(model.records(task.name))
+        model.ci95[task.name] = task.ci95(model.records(task.name))
+    by_task = [model.values[task.name] for task in retrieval_tasks()]
+    for length in sorted(set().union(*by_task)):
+        scores = [values[length] for values in by_task if length in values]
         model.retrieval[length] = sum(scores) / len(scores)
     model.effective_length = effective_length(model.retrieval)
 
-    trained, lengths = model.trained, sorted(set(model.ppl) | set(model.retrieval))
-    if model.ppl:
-        in_distribution = [n for n in model.ppl if trained is not None and n <= trained]
-        model.ppl_ref = model.ppl_value(max(in_distribution) if in_distribution else min(model.ppl))
+    trained, lengths = model.trained, model.lengths()
+    ppl_lengths = [n for n in lengths if model.ppl_value(n) is not None]
+    if ppl_lengths:
+        in_distribution = [n for n in ppl_lengths if trained is not None and n <= trained]
+        model.ppl_ref = model.ppl_value(max(in_distribution) if in_distribution else min(ppl_lengths))
     if trained is None:
         model.warnings.append("model.json has no trained_length: no verdict on extension is possible")
     # A model that cannot retrieve even within its trained length (a random or chat-formatted model) says
@@ -339,7 +296,7 @@ def _cell_warnings(model: ModelSummary) -> list[str]:
 
 
 def build_summary(models: list[ModelSummary]) -> list[ModelSummary]:
-    primaries = {task: primary_variant(models, task) for task in TASKS}
+    primaries = {task: primary_variant(models, task) for task in tasks()}
     for model in models:
         summarize(model, primaries)
     return models
@@ -347,14 +304,8 @@ def build_summary(models: list[ModelSummary]) -> list[ModelSummary]:
 
 def ppl_windows_text(model: ModelSummary) -> str | None:
     """Which documents the perplexity windows came from, per length: '2K: 2 windows (a.txt, b.txt); …'."""
-    parts = []
-    for record in sorted(model.records("ppl"), key=lambda r: r["length"]):
-        windows = record.get("windows")
-        if not isinstance(windows, list) or not windows:
-            continue
-        docs = ", ".join(dict.fromkeys(str(w.get("doc")) for w in windows if isinstance(w, dict)))
-        parts.append(f"{fmt_len(record['length'])}: {len(windows)} window{'s' * (len(windows) != 1)} ({docs})")
-    return "; ".join(parts) or None
+    task = perplexity_task()
+    return task and task.windows_text(model.records(task.name))
 
 
 def run_text(run: dict) -> str:
@@ -364,7 +315,7 @@ def run_text(run: dict) -> str:
     where = ", ".join(str(x) for x in (machine.get("gpu") or machine.get("cpu"),
                                        machine.get("cores") and f"{machine['cores']} cores",
                                        machine.get("torch") and f"torch {machine['torch']}") if x)
-    seconds = _as_float(run.get("wall_seconds"))
+    seconds = as_float(run.get("wall_seconds"))
     wall = f"{seconds / 60:.1f} min" if seconds is not None else "?"
     return f"`{run.get('command')}` · commit {commit} · {where or 'machine unknown'} · {wall} · {run.get('started', '')}"
 
@@ -373,10 +324,10 @@ def rope_text(rope: dict | None) -> str:
     if not isinstance(rope, dict) or not rope:
         return "–"
     text = str(rope.get("rope_type") or rope.get("type") or "default")
-    theta = _as_float(rope.get("rope_theta"))
+    theta = as_float(rope.get("rope_theta"))
     if theta is not None:
         text += " θ=" + f"{theta:.4g}".replace("e+0", "e").replace("e+", "e")  # 1e5, 5e5, 1.25e6
-    factor = _as_float(rope.get("factor"))
+    factor = as_float(rope.get("factor"))
     if factor is not None:
         text += f" ×{factor:g}"
     return text
@@ -387,32 +338,20 @@ def summary_json(models: list[ModelSummary], title: str, figures: list[str]) -> 
 
     rows = []
     for m in models:
-        by_length = [{"length": n, "ppl": m.ppl_value(n),
-                      "ppl_ci95": m.ppl.get(n, {}).get("ppl_ci95"), "passkey": m.passkey.get(n),
-                      "passkey_ci95": m.ci95.get("passkey", {}).get(n), "niah": m.niah.get(n),
-                      "niah_ci95": m.ci95.get("niah", {}).get(n), "retrieval": m.retrieval.get(n),
-                      "status": m.status.get(n)}
-                     for n in sorted(set(m.ppl) | set(m.retrieval))]
+        by_length = []
+        for n in m.lengths():
+            row = {"length": n}
+            for task in tasks():
+                row[task] = m.values.get(task, {}).get(n)
+                row[f"{task}_ci95"] = m.ci95.get(task, {}).get(n)
+            by_length.append({**row, "retrieval": m.retrieval.get(n), "status": m.status.get(n)})
         rows.append({"label": m.label, "source": m.meta.get("source"), "trained_length": m.trained,
                      "claimed_length": m.claimed, "rope": m.meta.get("rope"),
-                     "series": {task: variant_name(task, variant) for task, variant in m.series.items()},
+                     "series": {task: tasks()[task].variant_name(variant) for task, variant in m.series.items()},
                      "ppl_ref": m.ppl_ref, "by_length": by_length, "effective_length": m.effective_length,
                      "verdict": m.verdict, "superficial": bool(m.flags), "flags": m.flags, "warnings": m.warnings,
                      "ppl_windows": ppl_windows_text(m), "runs": m.runs})
-    return _strict_json({"title": title, "longctx_version": __version__, "thresholds": {
+    # an infinite perplexity is a result: "inf" (JSON parsers outside Python reject Infinity and NaN)
+    return sanitize({"title": title, "longctx_version": __version__, "thresholds": {
         "retrieval_ok": RETRIEVAL_OK, "retrieval_failed": RETRIEVAL_FAILED, "ppl_holds": PPL_HOLDS,
-        "ppl_broken": PPL_BROKEN}, "models": rows, "figures": figures})
-
-
-def _strict_json(value):
-    """Infinite perplexities as the string "inf" and NaN as null: JSON parsers outside Python reject both."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else "inf" if value > 0 else "-inf"
-    if isinstance(value, dict):
-        return {key: _strict_json(v) for key, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict_json(v) for v in value]
-    return value
-
-
-# --- rendering ----------------------------------------------------------------------------------------
+        "ppl_broken": PPL_BROKEN}, "models": rows, "figures": figures}, inf_as_text=True)

@@ -1,0 +1,178 @@
+"""What an evaluation task is to the rest of longctx: the protocol every task module's `TASK` follows.
+
+A task declares its settings (`Config`, whose fields are also its suite YAML keys and, where it adds them, its
+`longctx eval NAME` flags), runs its cells, and says how the report reads them: which records are comparable
+(`variant`), the number shown per length (`values`) with its interval (`ci95`), and its figures. The suite, the
+CLI, the summary, the report and the bench iterate over `longctx.evals.tasks()` and never name a task.
+
+`kind` is what the verdict weighs a task as: the perplexity (one task, which also has `value(record)` and
+`windows_text(records)` for the verdict and the provenance lines) against retrieval (the mean of every
+retrieval task, which the SUPERFICIAL flag and the effective length judge). `RetrievalTask` is everything a
+needle-style task shares (a lengths × depths grid graded by `scoring.run_grid`, pooled Wilson intervals, a
+heatmap, the bench's `prompts`); a subclass adds its prompts.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from longctx.errors import UsageError
+from longctx.evals.scoring import run_grid, trial_seeds, wilson_interval
+
+PERPLEXITY, RETRIEVAL = "perplexity", "retrieval"
+DEPTHS_HELP = "needle depths: start:stop:count (0:1:5 = 0,.25,.5,.75,1), a count (11) or a list (0,0.5,1)"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One PNG of the report: `draw(models, path)` writes it and returns False when no model has its data."""
+
+    file: str
+    caption: str
+    draw: Callable
+    detail: bool = False   # shown after every task's overview figures
+
+
+class Task:
+    """The protocol; a subclass sets the class attributes and implements the methods that raise."""
+
+    name: str       # suite key, `longctx eval NAME`, OUT/<label>/NAME.jsonl, its column in summary.json
+    label: str      # how the report names its series: "perplexity", "NIAH"
+    metric: str     # what its table shows per length: "perplexity", "NIAH score"
+    kind: str       # PERPLEXITY or RETRIEVAL
+    value_key: str  # the field of a cell that its table shows per length (retrieval: mean over depths)
+    order: int      # position among the report's tables and figures
+    help: str       # its line in `longctx eval --help`
+    Config: type    # dataclass of its settings; `lengths` and `seed` are common to every task
+
+    @property
+    def title(self) -> str:
+        """Heading of its table: the metric, capitalised."""
+        return self.metric[:1].upper() + self.metric[1:]
+
+    def add_arguments(self, parser) -> None:
+        """Its own flags of `longctx eval NAME` (beyond --model, --lengths, --seed...), each named after a
+        Config field so that the CLI passes it on."""
+
+    def run(self, model, tokenizer, cfg, writer) -> list[dict]:
+        """Every cell of `cfg`, finished ones read back from `writer` (a `results.ResultsWriter`)."""
+        raise NotImplementedError
+
+    def variant(self, record: dict) -> tuple:
+        """The settings besides length and depth that make cells comparable (one series per variant)."""
+        raise NotImplementedError
+
+    def variant_name(self, variant: tuple) -> str:
+        raise NotImplementedError
+
+    def values(self, records: list[dict]) -> dict[int, float]:
+        """Length -> the number its table shows, from the records of one variant."""
+        raise NotImplementedError
+
+    def ci95(self, records: list[dict]) -> dict[int, list[float] | None]:
+        """Length -> a 95% interval around that number, where the records allow one."""
+        return {}
+
+    def figures(self) -> list[Figure]:
+        return []
+
+
+def as_float(value, default=None) -> float | None:
+    """A finite-or-infinite float from JSON; NaN and junk become `default` (a NaN perplexity means it blew up)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return default
+    return float(value)
+
+
+def mean_by_length(records: list[dict], value_key: str) -> dict[int, float]:
+    """Mean over depths of `value_key` per length (cells without a number are left out)."""
+    values: dict[int, list[float]] = {}
+    for record in records:
+        value = as_float(record.get(value_key))
+        if value is not None:
+            values.setdefault(record["length"], []).append(value)
+    return {length: sum(v) / len(v) for length, v in sorted(values.items())}
+
+
+def pooled_ci95(records: list[dict], hits: str, totals: str) -> dict[int, list[float]]:
+    """Per length, the Wilson 95% interval of all its depths' trials pooled (`hits` of `totals`); a length
+    with a cell lacking those counts (older results) has none."""
+    counts: dict[int, list[int]] = {}
+    for record in records:
+        k, n = record.get(hits), record.get(totals)
+        pooled = counts.setdefault(record["length"], [0, 0])
+        if isinstance(k, int) and isinstance(n, int) and pooled[1] >= 0:
+            pooled[0], pooled[1] = pooled[0] + k, pooled[1] + n
+        else:
+            pooled[1] = -1
+    return {length: wilson_interval(k, n) for length, (k, n) in sorted(counts.items()) if n > 0}
+
+
+class RetrievalTask(Task):
+    """A lengths × depths grid of retrieval cells, `trials` trials each (see `scoring.run_grid`). A subclass
+    sets the attributes below and implements `key_fields`, `builder` and `summarizer`; its Config has at
+    least lengths, depths, trials, mode, seed and share_prefix."""
+
+    kind = RETRIEVAL
+    counts: tuple[str, str]         # (hits, totals) of a cell that the pooled Wilson interval adds up
+    grade: Callable[[str, str], bool]   # generate mode: does the generated text hold the expected answer?
+    independent_depths = False      # each (length, depth, trial) its own prompt, not one trial moved in depth
+    flag_defaults: dict             # {"depths": spec, "trials": n}: defaults of --depths and --trials
+    heatmap_title: str              # its figure: one heatmap of `value_key` per model and variant
+    heatmap_caption: str
+
+    def key_fields(self, cfg, length: int, depth: float) -> dict:
+        """The fields of a cell's key (a rerun skips keys already written; other fields, other cells)."""
+        raise NotImplementedError
+
+    def builder(self, tokenizer, cfg) -> Callable[[int, random.Random], object]:
+        """`build(length, rng)` -> a trial object with `.prompt(depth)` and `.sample(seed, grades)`."""
+        raise NotImplementedError
+
+    def summarizer(self, cfg) -> Callable[[list[dict]], dict]:
+        """The cell's numbers from its trials' samples (must include `value_key` and `counts`)."""
+        raise NotImplementedError
+
+    def run(self, model, tokenizer, cfg, writer) -> list[dict]:
+        if cfg.trials < 1:
+            raise UsageError("--trials must be at least 1")
+        return run_grid(model, tokenizer, writer, task=self.name, lengths=cfg.lengths, depths=cfg.depths,
+                        trials=cfg.trials, seed=cfg.seed, mode=cfg.mode, key_fields=partial(self.key_fields, cfg),
+                        build=self.builder(tokenizer, cfg), grade=self.grade, summarize=self.summarizer(cfg),
+                        share_prefix=cfg.share_prefix, independent_depths=self.independent_depths)
+
+    def prompts(self, tokenizer, cfg, length: int) -> list[tuple[float, int, object]]:
+        """(depth, trial seed, `scoring.Prompt`) of every trial of one length, built as `run` builds them: the
+        bench's baseline grades exactly these."""
+        build, trials, prompts = self.builder(tokenizer, cfg), {}, []
+        for (depth, _), seed in trial_seeds(cfg.seed, self.name, length, cfg.depths, cfg.trials,
+                                            self.independent_depths).items():
+            if seed not in trials:  # without independent depths one trial serves every depth
+                trials[seed] = build(length, random.Random(seed))
+            prompts.append((depth, seed, trials[seed].prompt(depth)))
+        return prompts
+
+    def add_arguments(self, parser) -> None:
+        depths, trials = self.flag_defaults["depths"], self.flag_defaults["trials"]
+        parser.add_argument("--depths", default=depths, help=f"{DEPTHS_HELP} (default: {depths})")
+        parser.add_argument("--trials", type=int, default=trials, help=f"trials per (length, depth) (default: {trials})")
+        parser.add_argument("--mode", choices=("forced", "generate"), default="forced",
+                            help="forced: one teacher-forced forward, correct iff greedy argmax matches every answer "
+                                 "token (what greedy decoding would emit); generate: greedy decoding (default: forced)")
+        parser.add_argument("--no-prefix-cache", dest="share_prefix", action="store_false",
+                            help="a full forward for every depth instead of reusing the KV cache of the shared filler")
+
+    def values(self, records: list[dict]) -> dict[int, float]:
+        return mean_by_length(records, self.value_key)
+
+    def ci95(self, records: list[dict]) -> dict[int, list[float]]:
+        return pooled_ci95(records, *self.counts)
+
+    def figures(self) -> list[Figure]:
+        from longctx.evals import plots
+
+        return [Figure(f"{self.name}_heatmaps.png", self.heatmap_caption, partial(plots.heatmaps, task=self))]

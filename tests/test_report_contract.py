@@ -1,0 +1,118 @@
+"""The report contract, checked on what `longctx report` writes from a results folder that `longctx eval suite`
+really wrote (every registered task, two models), not on hand-written cells: every number the eval wrote
+reaches summary.json, report.md and report.html, and the synthetic results of test_eval_report.py use only
+fields the eval writes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from longctx.cli import main
+from longctx.evals import tasks
+from longctx.evals.scoring import wilson_interval
+from longctx.evals.summary import fmt_len, fmt_ppl
+from longctx.evals.task import PERPLEXITY, RETRIEVAL
+from longctx.files import read_jsonl
+
+pytest.importorskip("matplotlib")
+
+LABELS = ("a", "b")
+# the tiny model claims 256 tokens: lengths within and beyond it, for every registered task
+SETTINGS = {PERPLEXITY: "{lengths: '128,320'}", RETRIEVAL: "{lengths: '160,320', depths: '0,1', trials: 2}"}
+
+
+@pytest.fixture(scope="module")
+def results(tiny_llama_dir, tmp_path_factory):
+    """(results folder, summary.json, report.md, report.html) of a real suite run and `longctx report`."""
+    root = tmp_path_factory.mktemp("contract")
+    suite = root / "suite.yaml"
+    suite.write_text("seed: 1\ntasks:\n" + "".join(f"  {t.name}: {SETTINGS[t.kind]}\n" for t in tasks().values()))
+    argv = ["eval", "suite", suite, "--labels", ",".join(LABELS), "--out", root / "results"]
+    assert main([*argv[:3], "--model", tiny_llama_dir, "--model", tiny_llama_dir, *argv[3:]]) == 0
+    assert main(["report", root / "results", "--out", root / "report"]) == 0
+    out = root / "report"
+    summary = json.loads((out / "summary.json").read_text(),
+                         parse_constant=lambda name: pytest.fail(f"summary.json holds {name}: not strict JSON"))
+    return root / "results", summary, (out / "report.md").read_text(), (out / "report.html").read_text()
+
+
+def written_cells(folder, task) -> dict[int, list[dict]]:
+    """Length -> the cells `longctx eval` wrote for `task`."""
+    by_length: dict[int, list[dict]] = {}
+    for cell in read_jsonl(folder / f"{task}.jsonl", repair=False):
+        by_length.setdefault(cell["length"], []).append(cell)
+    return by_length
+
+
+def test_every_task_of_every_model_reaches_summary_json(results):
+    folder, summary, _, _ = results
+    assert [m["label"] for m in summary["models"]] == list(LABELS)
+    for model in summary["models"]:
+        rows = {row["length"]: row for row in model["by_length"]}
+        for row in rows.values():
+            assert set(row) == {"length", "retrieval", "status", *tasks(), *(f"{t}_ci95" for t in tasks())}
+        assert set(model["series"]) == set(tasks())
+        assert not [w for w in model["warnings"] if "skipped" in w], model["warnings"]
+        for name, task in tasks().items():
+            for length, cells in written_cells(folder / model["label"], name).items():
+                shown = rows[length][name]
+                assert shown == pytest.approx(sum(c[task.value_key] for c in cells) / len(cells)), (name, length)
+                interval = rows[length][f"{name}_ci95"]
+                assert interval is not None and interval[0] <= shown <= interval[1], (name, length, interval)
+                if task.kind == RETRIEVAL:  # every depth's trials pooled
+                    hits, totals = (sum(c[key] for c in cells) for key in task.counts)
+                    assert interval == pytest.approx(wilson_interval(hits, totals))
+        retrieval_lengths = {n for t in tasks().values() if t.kind == RETRIEVAL
+                             for n in written_cells(folder / model["label"], t.name)}
+        assert {n for n, row in rows.items() if row["retrieval"] is not None} == retrieval_lengths
+        assert rows[320]["status"] != "in-distribution" and rows[128]["status"] == "in-distribution"
+        assert model["trained_length"] == 256 and model["verdict"] and model["ppl_windows"]
+        assert len(model["runs"]) == 1 and "eval suite" in model["runs"][0]["command"]
+
+
+def test_every_task_has_its_table_and_figures_in_both_pages(results):
+    _, summary, markdown, page = results
+    files = [figure.file for task in tasks().values() for figure in task.figures()]
+    assert sorted(summary["figures"]) == sorted(files)
+    rows = {m["label"]: {r["length"]: r for r in m["by_length"]} for m in summary["models"]}
+    for name, task in tasks().items():
+        table = markdown.split(f"\n### {task.title}\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+        lengths = sorted({n for label in LABELS for n, row in rows[label].items() if row[name] is not None})
+        assert table[0] == "| Model | " + " | ".join(map(fmt_len, lengths)) + " |"
+        assert f"<th colspan={len(lengths)}>{task.title}</th>" in page
+        for label, line in zip(LABELS, table[2:], strict=True):
+            shown = [rows[label][n][name] for n in lengths]
+            texts = [fmt_ppl(v) if task.kind != RETRIEVAL else f"{v:.2f}" for v in shown]
+            cells = [cell.strip(" *") for cell in line.split("|")[2:-1]]
+            assert [cell.split(" [")[0] for cell in cells] == texts, (name, label)
+            assert all(f"<td>{text}</td>" in page or f">{text}</td>" in page for text in texts)
+    for name in files:
+        assert f"]({name})" in markdown and f"<img alt='{name}' src='data:image/png;base64," in page
+    assert "## How these numbers were made" in markdown and "perplexity windows, each from one document" in markdown
+    assert page.count("<tr><td class='txt'>") == len(LABELS)
+
+
+def test_the_demo_reads_the_real_summary(results, tmp_path):
+    from longctx.demo import headline
+
+    folder = results[0]
+    (tmp_path / "summary.json").write_text(json.dumps(results[1]))
+    text = headline(tmp_path / "summary.json", *LABELS)
+    ppl = {n: c[0]["ppl"] for n, c in written_cells(folder / LABELS[0], "ppl").items()}
+    assert all(fmt_ppl(value) in text for value in ppl.values() if math.isfinite(value))
+    assert "passkey 160" in text
+    assert all(f"{m['label']}: {m['verdict']}" in text for m in results[1]["models"])
+
+
+def test_synthetic_results_use_only_fields_the_eval_writes(results, tmp_path):
+    """test_eval_report.py judges hand-written cells: they must stay a subset of what `longctx eval` writes."""
+    from test_eval_report import write_synthetic_results
+
+    synthetic = write_synthetic_results(tmp_path)
+    for name in tasks():
+        real = {key for cells in written_cells(results[0] / LABELS[0], name).values() for c in cells for key in c}
+        made_up = {key for c in read_jsonl(synthetic / "patched" / f"{name}.jsonl", repair=False) for key in c}
+        assert made_up and made_up <= real, (name, made_up - real)
