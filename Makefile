@@ -7,7 +7,7 @@ VENV_FLAGS ?=
 TORCH_SPEC ?= torch==2.13.0
 export LONGCTX_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: setup demo test test-compat test-gpu lint bench clean extension-cpu reproduce-rope-base
+.PHONY: setup demo test test-compat test-gpu lint bench bench-gpu study-gpu clean extension-cpu reproduce-rope-base
 
 setup: $(VENV)/.longctx-installed
 
@@ -47,6 +47,18 @@ lint: setup
 
 bench: setup
 	$(PY) bench/run.py
+
+# One GPU, one command each (not run on a GPU yet). DRY_RUN=1: the same code path on CPU with a tiny random
+# Llama in about a minute (what tests/test_gpu_study.py runs); OUT=... for another results folder.
+# Llama-2-7B shape, random weights (docs/results/bench-<gpu>, e.g. bench-h100): perplexity forward tok/s and
+# peak memory at 32K and 128K with the chunked loss, LoRA step tok/s and MFU at 8K.
+bench-gpu: setup
+	$(PY) bench/gpu.py $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(OUT),--out $(OUT))
+
+# SmolLM2-135M 8K -> 64K (docs/results/smollm2-extension-<gpu>): training-free methods x8, LoRA at 8K with YaRN
+# and a base change, with and without PoSE, perplexity/passkey/NIAH to 64K. Resumable; STAGES="ppl retrieval" runs chosen stages.
+study-gpu: setup
+	bash eval/studies/smollm2-extension-gpu.sh $(STAGES)
 
 # SmolLM2-135M past its trained 8K on CPU (docs/results/smollm2-extension-cpu): hours, resumable, not in CI.
 extension-cpu: setup

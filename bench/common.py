@@ -36,6 +36,10 @@ SHAPES = {
                num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=True),
     "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,  # Llama-3-8B
                num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=False),
+    # Llama-2-7B for bench/gpu.py (`make bench-gpu`); its 32,000-token vocabulary is smaller than SmolLM2's, so
+    # it trains on bytes there (longctx.byte_tokenizer), never on SmolLM2 token ids (bench_finetune's `build`).
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,  # Llama-2-7B
+               num_key_value_heads=32, head_dim=128, vocab_size=32000, tie_word_embeddings=False, rope_theta=1e4),
 }
 
 
@@ -196,18 +200,19 @@ def child_main() -> None:
 
 # ---------------------------------------------------------------- models
 
-def random_llama(shape: str, device: str, dtype: str, max_position_embeddings: int = 131072):
+def random_llama(shape: str, device: str, dtype: str, max_position_embeddings: int = 131072,
+                 attn_implementation: str = "sdpa"):
     """A randomly initialised Llama of a named shape, built directly on `device` in `dtype`."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from longctx.modeling import pick_dtype
 
-    config = LlamaConfig(**SHAPES[shape], max_position_embeddings=max_position_embeddings, rope_theta=5e5,
+    config = LlamaConfig(**{"rope_theta": 5e5, **SHAPES[shape]}, max_position_embeddings=max_position_embeddings,
                          bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=pick_dtype(device, dtype), attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_config(config, dtype=pick_dtype(device, dtype), attn_implementation=attn_implementation)
     return model.eval()
 
 
@@ -272,6 +277,19 @@ def environment(device: str) -> dict:
         record["cuda"] = torch.version.cuda
         record["cudnn"] = torch.backends.cudnn.version()
     return record
+
+
+def device_slug(device: str = "cuda") -> str:
+    """Short lower-case name of the accelerator for result folders: 'h100', 'h200', 'a100', 'l40s'; 'gpu' for a
+    CUDA device without such a model number, 'cpu' without CUDA."""
+    import re
+
+    import torch
+
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return "cpu"
+    match = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Z]?)\b", torch.cuda.get_device_name(0))
+    return match.group(1).lower() if match else "gpu"
 
 
 def fmt_bytes(n: float | None) -> str:

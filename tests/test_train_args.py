@@ -153,3 +153,11 @@ def test_lr_schedule_warmup_then_decay_to_min():
     assert lr_factor(12, schedule="linear", **kw) == pytest.approx(0.55)
     assert lr_factor(8, schedule="linear", **kw) == pytest.approx(0.1 + 0.9 * 0.75)
     assert lr_factor(15, schedule="constant", **kw) == 1.0
+
+
+def test_every_help_line_renders_as_written():
+    """argparse %-formats help strings: a literal % in a field's help (``~30% slower``) must reach --help intact."""
+    from longctx.train.args import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "~30% slower" in text and "{'" not in text

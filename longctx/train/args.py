@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         for f in dataclasses.fields(group):
             kind = _field_type(f)
             flags = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
-            kwargs = {"dest": f.name, "help": f.metadata.get("help", "")}
+            kwargs = {"dest": f.name, "help": f.metadata.get("help", "").replace("%", "%%")}  # argparse formats help
             if kind is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
             else:

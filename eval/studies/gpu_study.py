@@ -1,0 +1,101 @@
+"""Helpers of eval/studies/smollm2-extension-gpu.sh that are easier in Python than in bash.
+
+    python eval/studies/gpu_study.py tiny-model DIR --trained-length 128   # the dry run's stand-in for SmolLM2
+    python eval/studies/gpu_study.py record FILE -- COMMAND...             # run COMMAND, append its run record
+
+`tiny-model` writes a 2-layer, hidden-64 Llama with random weights and the byte tokenizer
+(`longctx.byte_tokenizer`): no download, no tokenizer training, and any text tokenizes. `record` runs a
+command and, when it succeeds, appends one JSON line to FILE with the command, git commit, machine and wall
+time (`longctx.provenance.RunRecord`), the record `longctx eval` keeps in every model's runs.jsonl. A command
+`PYTHON SCRIPT.py ARGS` whose PYTHON is this interpreter runs in this process, as `python SCRIPT.py` would
+run it (`runpy`, `__name__ == "__main__"`): no second interpreter start and torch import per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+
+def tiny_model(out: Path, trained_length: int, seed: int = 0) -> Path:
+    """A random 2-layer Llama (hidden 64, head dim 16) with the byte tokenizer, trained length `trained_length`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from longctx.byte_tokenizer import VOCAB_SIZE, byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    config = LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         max_position_embeddings=trained_length, rope_theta=10000.0,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    partial = out.with_name(out.name + ".partial")
+    LlamaForCausalLM(config).save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(out)  # a stopped run leaves no half-written model behind
+    return out
+
+
+def same_interpreter(command: list[str]) -> bool:
+    """`PYTHON SCRIPT.py ...` with PYTHON this very interpreter (a venv's python is a link: compare as given)."""
+    if len(command) < 2 or not command[1].endswith(".py"):
+        return False
+    return os.path.abspath(command[0]) == os.path.abspath(sys.executable)
+
+
+def run_here(command: list[str]) -> int:
+    """Run `python SCRIPT.py ARGS` in this process; its exit status."""
+    saved = sys.argv
+    sys.argv = command[1:]
+    try:
+        runpy.run_path(command[1], run_name="__main__")
+    except SystemExit as stop:  # what the interpreter would do with it
+        if stop.code is None or isinstance(stop.code, int):
+            return stop.code or 0
+        print(stop.code, file=sys.stderr)
+        return 1
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def record(path: Path, command: list[str]) -> int:
+    """Run `command`; on success append its RunRecord (command, commit, machine, wall time) to `path`."""
+    from longctx.files import append_jsonl
+    from longctx.provenance import RunRecord
+
+    run = RunRecord(command)
+    code = run_here(command) if same_interpreter(command) else subprocess.call(command)
+    if code == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        append_jsonl(path, run.finish())
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpu_study.py", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    tiny = sub.add_parser("tiny-model", help="write the dry run's tiny random Llama")
+    tiny.add_argument("out", type=Path)
+    tiny.add_argument("--trained-length", type=int, default=128)
+    rec = sub.add_parser("record", help="run a command and append its run record to a JSON-lines file")
+    rec.add_argument("file", type=Path)
+    rec.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.what == "tiny-model":
+        print(tiny_model(args.out, args.trained_length))
+        return 0
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("record needs a command after --")
+    return record(args.file, command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
