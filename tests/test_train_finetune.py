@@ -228,6 +228,10 @@ def test_two_processes_match_one_process_with_twice_the_batch_and_resume(tiny_ll
     for step in one:
         assert two[step] == pytest.approx(one[step], abs=1e-5), (one, two)
     assert "× 2 processes" in (tmp_path / "two" / "README.md").read_text()
+    runs = [json.loads(line) for line in (tmp_path / "two" / "runs.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["world"]) for r in runs] == [(2, 2), (3, 2)]  # the run and its resume, written once each
+    assert all(r["command"].startswith("python ") and "--resume" in runs[1]["command"] and r["wall_seconds"] > 0
+               and "machine" in r for r in runs)
     # what the sharded run exported (the adapter and the merged weights) loads and scores like the 1-process export
     import torch
 

@@ -136,6 +136,10 @@ def finetune(args, *, callbacks=()) -> dict:
     from longctx.train.loop import LOG_FILE, train
     from longctx.train.model import build_model
 
+    from longctx.files import append_jsonl
+    from longctx.provenance import RunRecord
+
+    record = RunRecord(["python", *sys.argv] if sys.argv and sys.argv[0].endswith(".py") else None)
     spec, checked, docs = setup(args)
     out = Path(args.train.out)
     tracker = pick_tracker(args.train.report_to)
@@ -164,6 +168,9 @@ def finetune(args, *, callbacks=()) -> dict:
         summary["final_loss"] = lines[-1].get("loss") if lines else None
     summary["world"] = accelerator.num_processes
     export(args, spec, built, summary, accelerator, model)
+    if accelerator.is_main_process:  # OUT/runs.jsonl: command, commit, machine, wall time of each (resumed) run
+        append_jsonl(out / "runs.jsonl", record.finish(step=summary["step"], final_loss=summary["final_loss"],
+                                                       tokens=summary.get("tokens"), world=summary["world"]))
     accelerator.end_training()
     accelerator.print(f"done: {summary['step']} steps, final loss {summary['final_loss']}, saved to {out}")
     return summary
