@@ -117,7 +117,8 @@ def test_the_bench_baseline_grades_the_prompts_that_run_grades(tiny, tmp_path, n
 
 
 ITERATORS = ["longctx/evals/summary.py", "longctx/evals/report.py", "longctx/evals/plots.py",
-             "longctx/evals/suite.py", "longctx/evals/cli.py", "bench/bench_sweep.py"]
+             "longctx/evals/suite.py", "longctx/evals/cli.py", "bench/bench_sweep.py",
+             "longctx/evals/results.py", "longctx/evals/scoring.py", "longctx/evals/parallel.py"]  # shared machinery
 
 
 @pytest.mark.parametrize("path", ITERATORS)

@@ -167,13 +167,22 @@ def test_interrupted_passkey_sweep_resumes_without_recomputing(tiny, tmp_path, c
 
 
 def test_deleted_ppl_cell_is_the_only_one_recomputed(tiny, tmp_path, count_forwards):
+    """A deleted cell comes back from its journaled windows without a forward; with its journal lines deleted too,
+    its windows (and only they) are scored again."""
     model, tokenizer = tiny
     cfg = perplexity.Config(lengths=[64, 128], docs=2)
     perplexity.run(model, tokenizer, cfg, ResultsWriter(tmp_path, "tiny", "ppl"))
-    path = tmp_path / "tiny" / "ppl.jsonl"
+    path, journal = tmp_path / "tiny" / "ppl.jsonl", tmp_path / "tiny" / "ppl.partial"
     lines = path.read_text().splitlines()
-    path.write_text(lines[0] + "\n")
+    assert len(journal.read_text().splitlines()) == 4  # two windows per length
     calls = count_forwards(model)
+    path.write_text(lines[0] + "\n")
+    cells = perplexity.run(model, tokenizer, cfg, ResultsWriter(tmp_path, "tiny", "ppl"))
+    assert calls[0] == 0 and cells[1] == json.loads(lines[1])
+    path.write_text(lines[0] + "\n")
+    kept = [line for line in journal.read_text().splitlines() if "|L=64|" in line]
+    assert len(kept) == 2
+    journal.write_text("".join(line + "\n" for line in kept))
     cells = perplexity.run(model, tokenizer, cfg, ResultsWriter(tmp_path, "tiny", "ppl"))
     assert calls[0] == 2 and [c["length"] for c in cells] == [64, 128]
     assert cells[1]["nll"] == pytest.approx(json.loads(lines[1])["nll"], abs=1e-6)

@@ -6,6 +6,11 @@
     longctx eval suite   eval/suites/quick.yaml --model ORIG --model PATCHED --out results/
 
 Results go to OUT/<label>/<task>.jsonl (one line per finished cell); rerunning skips finished cells.
+
+Several processes share the work (data parallel, one model copy each; see longctx/evals/parallel.py):
+    accelerate launch --num_processes 8 -m longctx eval suite ...
+    ACCELERATE_USE_CPU=true torchrun --standalone --nproc_per_node 2 -m longctx eval suite ...   (CPU)
+`ppl --context-parallel` splits each window's sequence across them instead (longctx/evals/context_parallel.py).
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ scored text: comparable across tokenizers), and the NLL by position in the windo
 where a model stops extrapolating.
 
 Memory: [L × vocab] fp32 logits would be 25 GB at L=128K for a 49K vocabulary. `token_nll` runs the decoder
-once, then applies `lm_head` to `chunk_tokens` positions at a time with an fp32 cross-entropy.
+once, then applies `lm_head` to `chunk_tokens` positions at a time with an fp32 cross-entropy. Past one device:
+several processes share the (length, window) units (`longctx.evals.parallel`), or, with `context_parallel`,
+split each window's sequence between them (`longctx.evals.context_parallel`) when one window does not fit one.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Config:
     buckets: int = 8             # position buckets of the loss-by-position curve
     chunk_tokens: int = 1024     # positions per lm_head + cross-entropy step
     seed: int = 0
+    context_parallel: bool = False  # several processes: each window's sequence split across all of them
 
 
 def token_nll(model, input_ids, *, chunk_tokens: int = 1024):
@@ -83,11 +86,13 @@ def mean_ci95(values: list[float]) -> tuple[float, float | None]:
     return mean, t * sd / math.sqrt(n)
 
 
-def score_windows(model, prefix: list[int], tokens: list[int], window: int, stride: int, *, chunk_tokens: int):
+def score_windows(model, prefix: list[int], tokens: list[int], window: int, stride: int, *, chunk_tokens: int,
+                  nll_fn=token_nll):
     """(text index, position in its window, nll) of every scored token of `tokens`, by sliding windows.
 
     Each window is `prefix` (e.g. BOS) + up to `window` text tokens and scores only the tokens no earlier
-    window scored; the first text token is scored only when a prefix predicts it.
+    window scored; the first text token is scored only when a prefix predicts it. `nll_fn` is `token_nll` or
+    its context-parallel counterpart.
     """
     import torch
 
@@ -95,7 +100,7 @@ def score_windows(model, prefix: list[int], tokens: list[int], window: int, stri
     for begin in range(0, len(tokens), stride):
         end = min(begin + window, len(tokens))
         ids = torch.tensor([prefix + tokens[begin:end]], dtype=torch.long)
-        nll = token_nll(model, ids, chunk_tokens=chunk_tokens).tolist()
+        nll = nll_fn(model, ids, chunk_tokens=chunk_tokens).tolist()
         for index in range(max(done, begin), end):
             position = len(prefix) + index - begin  # of the target token in this window
             if position > 0:
@@ -126,60 +131,106 @@ def plan_windows(tokenizer, cfg: Config, lengths: list[int]) -> dict[int, list[W
     return plans
 
 
+def window_id(window: Window) -> str:
+    """A window's unit id in the journal: its document and first token."""
+    return f"{window.doc}@{window.start}"
+
+
+def score_window(model, tokenizer, window: Window, prefix: list[int], cfg: Config, edges: list[int], nll_fn) -> dict:
+    """One window's journal record: its totals (NLL, tokens, UTF-8 bytes of the scored text) and per bucket of
+    position [NLL sum, tokens], from which `cell` adds up the length's numbers."""
+    start = time.perf_counter()
+    body = edges[-1] - len(prefix)
+    scored = score_windows(model, prefix, window.tokens, body, cfg.stride or body, chunk_tokens=cfg.chunk_tokens,
+                           nll_fn=nll_fn)
+    buckets = [[0.0, 0] for _ in range(len(edges) - 1)]
+    for _, position, nll in scored:
+        bucket = buckets[bisect.bisect_right(edges, position) - 1]
+        bucket[0] += nll
+        bucket[1] += 1
+    text = tokenizer.decode([window.tokens[index] for index, _, _ in scored])
+    return {"doc": window.doc, "start": window.start, "tokens": len(window.tokens),
+            "nll_sum": sum(nll for _, _, nll in scored), "n_tokens": len(scored), "n_bytes": len(text.encode("utf-8")),
+            "buckets": buckets, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def cell(key: str, length: int, name: str, cfg: Config, windows: list[dict], edges: list[int],
+         warnings: list[str]) -> dict:
+    """A length's cell from its windows' records (in plan order). A NaN sum (a model that blew up) is null in
+    JSON and NaN again here."""
+    def number(value) -> float:
+        return math.nan if value is None else value
+
+    total_nll, n_tokens = sum(number(w["nll_sum"]) for w in windows), sum(w["n_tokens"] for w in windows)
+    n_bytes = sum(w["n_bytes"] for w in windows)
+    mean_nll = total_nll / n_tokens
+    _, half = mean_ci95([number(w["nll_sum"]) / w["n_tokens"] for w in windows])
+    sums = [[sum(number(w["buckets"][b][i]) for w in windows) for i in (0, 1)] for b in range(len(edges) - 1)]
+    return {
+        "task": "ppl", "key": key, "length": length, "stride": cfg.stride, "data": name,
+        "n_docs": len({w["doc"] for w in windows}), "n_windows": len(windows),
+        "windows": [{"doc": w["doc"], "start": w["start"], "tokens": w["tokens"]} for w in windows],
+        "n_tokens": n_tokens, "nll": mean_nll, "ppl": math.exp(mean_nll),
+        "ppl_ci95": [math.exp(mean_nll - half), math.exp(mean_nll + half)] if half is not None else None,
+        "bpb": total_nll / math.log(2) / n_bytes if n_bytes else None,
+        "buckets": [{"start": edges[b], "end": edges[b + 1], "nll": total / count}
+                    for b, (total, count) in enumerate(sums) if count],
+        "seconds": round(sum(w["seconds"] for w in windows), 3), "warnings": warnings,
+    }
+
+
 def run(model, tokenizer, cfg: Config, writer: ResultsWriter) -> list[dict]:
-    """Every length's cell, finished ones read back from `writer`."""
+    """Every length's cell, finished ones read back from `writer`. A (length, window) is the unit of work:
+    journaled when scored, shared between processes under data parallel (`parallel.run_units`); with
+    `context_parallel` every process scores every window together (`longctx.evals.context_parallel`)."""
     from tqdm.auto import tqdm
+
+    from longctx.evals.parallel import run_units
 
     if cfg.docs < 1:
         raise UsageError("--docs must be at least 1")
     if cfg.stride is not None and not 0 < cfg.stride < min(cfg.lengths):
         raise UsageError(f"--stride must be between 1 and the smallest length - 1 ({min(cfg.lengths) - 1})")
-    name = data_name(cfg.data)
+    name, main = data_name(cfg.data), writer.world.main
     keys = {length: cell_key("ppl", length=length, stride=cfg.stride, data=name, windows="document")
             for length in cfg.lengths}
     todo = [length for length in cfg.lengths if not writer.done(keys[length])]
+    nll_fn = token_nll
+    if cfg.context_parallel and todo:
+        from longctx.evals import context_parallel
+
+        nll_fn = context_parallel.nll_function(model, writer.world)
     plans = plan_windows(tokenizer, cfg, todo) if todo else {}
     prefix = special_prefix(tokenizer)
-    bar = tqdm(total=len(cfg.lengths), desc=f"{writer.dir.name} ppl", unit="cell", disable=None)
-    bar.update(len(cfg.lengths) - len(todo))
+    edges = {length: [round(i * length / cfg.buckets) for i in range(cfg.buckets + 1)] for length in todo}
+    warnings = {length: length_warnings(model, length) for length in todo}
     for length in todo:
-        start = time.perf_counter()
-        warnings = length_warnings(model, length)
-        windows = plans[length]
-        if len(windows) < cfg.docs:
-            warnings.append(f"data {name!r} holds only {len(windows)} windows of {length} tokens in single "
-                            f"documents, not {cfg.docs}")
-        for warning in warnings:
+        if len(plans[length]) < cfg.docs:
+            warnings[length].append(f"data {name!r} holds only {len(plans[length])} windows of {length} tokens in "
+                                    f"single documents, not {cfg.docs}")
+        for warning in warnings[length] if main else ():
             print(f"warning: ppl: {warning}", file=sys.stderr)
-        body = length - len(prefix)
-        edges = [round(i * length / cfg.buckets) for i in range(cfg.buckets + 1)]
-        per_bucket: list[list[float]] = [[] for _ in range(cfg.buckets)]
-        per_window: list[list[float]] = []
-        total_nll, n_tokens, n_bytes = 0.0, 0, 0
-        for window in windows:
-            scored = score_windows(model, prefix, window.tokens, body, cfg.stride or body,
-                                   chunk_tokens=cfg.chunk_tokens)
-            per_window.append([nll for _, _, nll in scored])
-            for _, position, nll in scored:
-                per_bucket[bisect.bisect_right(edges, position) - 1].append(nll)
-            total_nll += sum(per_window[-1])
-            n_tokens += len(scored)
-            n_bytes += len(tokenizer.decode([window.tokens[index] for index, _, _ in scored]).encode("utf-8"))
-        mean_nll = total_nll / n_tokens
-        _, half = mean_ci95([sum(v) / len(v) for v in per_window])
-        cell = {
-            "task": "ppl", "key": keys[length], "length": length, "stride": cfg.stride, "data": name,
-            "n_docs": len({w.doc for w in windows}), "n_windows": len(windows),
-            "windows": [{"doc": w.doc, "start": w.start, "tokens": len(w.tokens)} for w in windows],
-            "n_tokens": n_tokens, "nll": mean_nll, "ppl": math.exp(mean_nll),
-            "ppl_ci95": [math.exp(mean_nll - half), math.exp(mean_nll + half)] if half is not None else None,
-            "bpb": total_nll / math.log(2) / n_bytes if n_bytes else None,
-            "buckets": [{"start": edges[b], "end": edges[b + 1], "nll": sum(v) / len(v)}
-                        for b, v in enumerate(per_bucket) if v],
-            "seconds": round(time.perf_counter() - start, 3), "warnings": warnings,
-        }
-        writer.append(cell)
-        bar.update(1)
+    bar = tqdm(total=len(cfg.lengths), desc=f"{writer.dir.name} ppl", unit="cell", disable=None if main else True)
+    bar.update(len(cfg.lengths) - len(todo))
+
+    def work(length: int, index: int) -> list[tuple[str, str, dict]]:
+        window = plans[length][index]
+        record = score_window(model, tokenizer, window, prefix, cfg, edges[length], nll_fn)
+        bar.update(1 / len(plans[length]))
+        return [(keys[length], window_id(window), record)]
+
+    def finish(length: int) -> None:
+        if writer.done(keys[length]):
+            return
+        journal = writer.samples(keys[length])
+        writer.append(cell(keys[length], length, name, cfg, [journal[window_id(w)] for w in plans[length]],
+                           edges[length], warnings[length]))
+        bar.n = sum(writer.done(keys[n]) for n in cfg.lengths)
+        bar.refresh()
+
+    rows = [(length, [i for i, w in enumerate(plans[length]) if window_id(w) not in writer.samples(keys[length])])
+            for length in todo]
+    run_units(writer, rows, work, finish, shard=not cfg.context_parallel)
     bar.close()
     return [writer.cell(keys[length]) for length in cfg.lengths]
 
@@ -194,6 +245,9 @@ class Perplexity(Task):
         parser.add_argument("--data", help="pydoc (default, embedded), stdlib, FILE, DIR, *.jsonl or hf:NAME[:CONFIG][:SPLIT]")
         parser.add_argument("--stride", type=int, help="sliding-window step in tokens (default: non-overlapping windows)")
         parser.add_argument("--docs", type=int, default=4, help="chunks of each length to score (default: 4)")
+        parser.add_argument("--context-parallel", action="store_true",
+                            help="launched as several processes: split each window's sequence across all of them "
+                                 "(torch context parallel) instead of sharing out the windows")
 
     def variant(self, record: dict) -> tuple:
         return (record.get("data"), record.get("stride"))

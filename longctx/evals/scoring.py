@@ -242,49 +242,64 @@ def run_grid(model, tokenizer, writer: ResultsWriter, *, task: str, lengths: lis
     `build(length, rng)` returns a trial object with `.prompt(depth) -> Prompt` and
     `.sample(seed, grades) -> dict`. One trial object serves every depth of a (length, trial), so they
     share the filler's KV cache, unless `independent_depths`: then each (length, depth, trial) is built from
-    its own seed. One trial's prompts of all depths are graded together. Each finished trial is journaled;
-    a cell is written once all its trials are.
+    its own seed. One trial's prompts of all depths are graded together: a (length, trial) is the unit of
+    work, journaled when done, and what processes share under data parallel (`parallel.run_units`); a cell
+    is written once all its trials are journaled.
     """
     from tqdm.auto import tqdm
 
+    from longctx.evals.parallel import run_units
+
+    main = writer.world.main
     if share_prefix:
         allowed, why = prefix_sharing_allowed(model)
-        if not allowed:
+        if not allowed and main:
             print(f"{task}: full forwards for every depth: {why}", file=sys.stderr)
     keys = {(length, depth): cell_key(task, **key_fields(length, depth)) for length in lengths for depth in depths}
-    bar = tqdm(total=len(keys), desc=f"{writer.dir.name} {task}", unit="cell", disable=None)
-    for row, length in enumerate(lengths):
-        todo = [depth for depth in depths if not writer.done(keys[length, depth])]
+    todo = {length: [depth for depth in depths if not writer.done(keys[length, depth])] for length in lengths}
+    seeds = {length: trial_seeds(seed, task, length, depths, trials, independent_depths) for length in lengths}
+
+    def need(length: int, trial: int) -> list[float]:
+        return [d for d in sorted(todo[length]) if seeds[length][d, trial] not in writer.samples(keys[length, d])]
+
+    bar = tqdm(total=len(keys), desc=f"{writer.dir.name} {task}", unit="cell", disable=None if main else True)
+    bar.update(sum(len(depths) - len(todo[length]) for length in lengths))
+    for length in lengths:
         warnings = length_warnings(model, length)
-        if todo and warnings:
+        if todo[length] and warnings and main:
             print(f"warning: {task}: {warnings[0]}", file=sys.stderr)
-        seeds = trial_seeds(seed, task, length, depths, trials, independent_depths)
-        for trial in range(trials):
-            need = [d for d in sorted(todo) if seeds[d, trial] not in writer.samples(keys[length, d])]
-            if not need:
+
+    def work(length: int, trial: int) -> list[tuple[str, int, dict]]:
+        depths_needed = need(length, trial)
+        if independent_depths:
+            trial_objs = [build(length, random.Random(seeds[length][d, trial])) for d in depths_needed]
+        else:
+            trial_objs = [build(length, random.Random(seeds[length][depths_needed[0], trial]))] * len(depths_needed)
+        prompts = [obj.prompt(depth) for obj, depth in zip(trial_objs, depths_needed, strict=True)]
+        timings: list[float] = []
+        grades = grade_prompts(model, tokenizer, prompts, mode=mode, share_prefix=share_prefix, grade=grade,
+                               timings=timings)
+        bar.update(len(depths_needed) / trials)
+        return [(keys[length, depth], seeds[length][depth, trial],
+                 {**obj.sample(seeds[length][depth, trial], graded), "seconds": round(spent, 3)})
+                for depth, obj, graded, spent in zip(depths_needed, trial_objs, grades, timings, strict=True)]
+
+    def finish(length: int) -> None:
+        for depth in todo[length]:
+            if writer.done(keys[length, depth]):
                 continue
-            if independent_depths:
-                trial_objs = [build(length, random.Random(seeds[d, trial])) for d in need]
-            else:
-                trial_objs = [build(length, random.Random(seeds[need[0], trial]))] * len(need)
-            prompts = [obj.prompt(depth) for obj, depth in zip(trial_objs, need, strict=True)]
-            timings: list[float] = []
-            grades = grade_prompts(model, tokenizer, prompts, mode=mode, share_prefix=share_prefix, grade=grade,
-                                   timings=timings)
-            for depth, obj, graded, spent in zip(need, trial_objs, grades, timings, strict=True):
-                sample = {**obj.sample(seeds[depth, trial], graded), "seconds": round(spent, 3)}
-                writer.add_sample(keys[length, depth], sample)
-            bar.update(len(need) / trials)
-        for depth in todo:
             journal = writer.samples(keys[length, depth])
-            cell_seeds = [seeds[depth, trial] for trial in range(trials)]
+            cell_seeds = [seeds[length][depth, trial] for trial in range(trials)]
             samples = [{k: v for k, v in journal[s].items() if k != "seconds"} for s in cell_seeds]
             seconds = sum(journal[s].get("seconds") or 0.0 for s in cell_seeds)
             cell = {"task": task, "key": keys[length, depth], **key_fields(length, depth), "trials": trials,
-                    **summarize(samples), "samples": samples, "seconds": round(seconds, 3), "warnings": warnings}
+                    **summarize(samples), "samples": samples, "seconds": round(seconds, 3),
+                    "warnings": length_warnings(model, length)}
             writer.append(cell)
-        bar.n = (row + 1) * len(depths)  # fractional per-trial updates end on whole cells
+        bar.n = sum(writer.done(key) for key in keys.values())
         bar.refresh()
+
+    rows = [(length, [trial for trial in range(trials) if need(length, trial)]) for length in lengths if todo[length]]
+    run_units(writer, rows, work, finish)
     bar.close()
-    cells = [writer.cell(keys[length, depth]) for length in lengths for depth in depths]
-    return cells
+    return [writer.cell(keys[length, depth]) for length in lengths for depth in depths]

@@ -100,6 +100,9 @@ def make_config(task: str, settings: dict, *, where: str = ""):
         values["depths"] = parse_depths(values["depths"])
     if values.get("mode", "forced") not in ("forced", "generate"):
         raise UsageError(f"bad mode {values['mode']!r} for task {task}{where}: use forced or generate")
+    for field in dataclasses.fields(config):  # a switch (share_prefix, context_parallel) takes true or false
+        if isinstance(field.default, bool) and not isinstance(values.get(field.name, field.default), bool):
+            raise UsageError(f"{field.name} of task {task}{where} must be true or false, not {values[field.name]!r}")
     for name in ("trials", "docs", "needles", "distractors", "stride", "seed"):
         if values.get(name) is not None and not isinstance(values[name], int):
             raise UsageError(f"{name} of task {task}{where} must be an integer, not {values[name]!r}")
@@ -130,9 +133,14 @@ def run_tasks(source: str, configs: dict, out_dir, *, label: str | None = None, 
               dtype: str | None = None, base_model: str | None = None, after_append=None,
               command: list[str] | None = None) -> dict[str, list[dict]]:
     """Load one model and run each {task: Config}; writes OUT/<label>/model.json, <task>.jsonl and a line of
-    runs.jsonl (`command`, default sys.argv: how to rerun it; git commit, machine, wall time)."""
+    runs.jsonl (`command`, default sys.argv: how to rerun it; git commit, machine, wall time, `world`: processes).
+
+    Launched as several processes (`longctx.evals.parallel`), each loads the model on its own device and
+    computes a share of every task; process 0 alone writes model.json, the cells and runs.jsonl.
+    """
     from longctx import rope_config
     from longctx.evals.data import check_spec
+    from longctx.evals.parallel import current_world
     from longctx.evals.results import ResultsWriter, append_run, write_model_json
     from longctx.modeling import load_model
     from longctx.provenance import RunRecord
@@ -141,29 +149,39 @@ def run_tasks(source: str, configs: dict, out_dir, *, label: str | None = None, 
     label = label or default_label(source)
     for cfg in configs.values():
         check_spec(getattr(cfg, "data", None) or getattr(cfg, "haystack", None))
-    model, tokenizer, model_dir = load_model(source, device=device, dtype=dtype, base_model=base_model)
+    world = current_world(device)
+    with world.main_first():
+        model, tokenizer, model_dir = load_model(source, device=world.device or device, dtype=dtype,
+                                                 base_model=base_model)
     claimed = rope_config.max_length(model.config.to_dict())
     too_long = sorted({n for cfg in configs.values() for n in cfg.lengths if n > claimed})
     warnings = [f"length {n} exceeds the {claimed} tokens the config claims (rope_config.max_length); ran anyway"
                 for n in too_long]
     info = model_info(model, source, model_dir, label, warnings)
     results, computed = {}, {}
+
+    def write_model():
+        write_model_json(out_dir, label, info)
+
     try:
         for task, cfg in configs.items():
             # model.json comes with a task's first result line: a task refused before any cell leaves nothing
-            writer = ResultsWriter(out_dir, label, task, after_append=after_append,
-                                   before_first_write=lambda: write_model_json(out_dir, label, info))
+            writer = ResultsWriter(out_dir, label, task, after_append=after_append, world=world,
+                                   before_first_write=write_model if world.main else None)
             before = len(writer.cells())
             computed[task] = 0
             results[task] = get_task(task).run(model, tokenizer, cfg, writer)
             computed[task] = len(writer.cells()) - before
-            print(f"{label} {task}: {len(results[task])} cells in {writer.path}")
+            if world.main:
+                print(f"{label} {task}: {len(results[task])} cells in {writer.path}")
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (longctx.cli): the cells written so far are results too
         computed[task] = len(writer.cells()) - before
-        append_run(out_dir, label, record.finish(tasks=list(configs), cells_computed=computed, interrupted=True))
+        if world.main:
+            append_run(out_dir, label, record.finish(tasks=list(configs), cells_computed=computed, interrupted=True,
+                                                     world=world.size))
         raise
-    if any(computed.values()):  # a rerun that found every cell done adds no number, so no record
-        append_run(out_dir, label, record.finish(tasks=list(configs), cells_computed=computed))
+    if any(computed.values()) and world.main:  # a rerun that found every cell done adds no number, so no record
+        append_run(out_dir, label, record.finish(tasks=list(configs), cells_computed=computed, world=world.size))
     del model
     gc.collect()
     return results
@@ -207,6 +225,10 @@ def run_suite(path, models: list[str], out_dir, *, labels: list[str] | None = No
     for source, label in zip(models, labels, strict=True):
         run_tasks(source, configs, out_dir, label=label, device=device, dtype=dtype, base_model=base_model,
                   command=command)
+    from longctx.evals.parallel import current_world
+
+    if not current_world(device).main:  # process 0 writes the report
+        return []
     try:
         from longctx.evals.report import write_report
     except ImportError:

@@ -315,6 +315,9 @@ def run_text(run: dict) -> str:
     where = ", ".join(str(x) for x in (machine.get("gpu") or machine.get("cpu"),
                                        machine.get("cores") and f"{machine['cores']} cores",
                                        machine.get("torch") and f"torch {machine['torch']}") if x)
+    world = run.get("world")
+    if isinstance(world, int) and world > 1:  # launched as several processes (longctx.evals.parallel)
+        where = f"{where or 'machine unknown'} × {world} processes"
     seconds = as_float(run.get("wall_seconds"))
     wall = f"{seconds / 60:.1f} min" if seconds is not None else "?"
     return f"`{run.get('command')}` · commit {commit} · {where or 'machine unknown'} · {wall} · {run.get('started', '')}"

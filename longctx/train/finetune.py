@@ -131,13 +131,11 @@ def finetune(args, *, callbacks=()) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
-    from longctx.files import read_jsonl
+    from longctx.files import append_jsonl, read_jsonl
+    from longctx.provenance import RunRecord
     from longctx.train.export import export
     from longctx.train.loop import LOG_FILE, train
     from longctx.train.model import build_model
-
-    from longctx.files import append_jsonl
-    from longctx.provenance import RunRecord
 
     record = RunRecord(["python", *sys.argv] if sys.argv and sys.argv[0].endswith(".py") else None)
     spec, checked, docs = setup(args)
