@@ -1,14 +1,13 @@
 """Helpers of eval/studies/smollm2-extension-gpu.sh that are easier in Python than in bash.
 
     python eval/studies/gpu_study.py tiny-model DIR --trained-length 128   # the dry run's stand-in for SmolLM2
-    python eval/studies/gpu_study.py record FILE -- COMMAND...             # run COMMAND, append its run record
+    python eval/studies/gpu_study.py run -- COMMAND...                     # run COMMAND (in process if it can)
 
 `tiny-model` writes a 2-layer, hidden-64 Llama with random weights and the byte tokenizer
-(`longctx.byte_tokenizer`): no download, no tokenizer training, and any text tokenizes. `record` runs a
-command and, when it succeeds, appends one JSON line to FILE with the command, git commit, machine and wall
-time (`longctx.provenance.RunRecord`), the record `longctx eval` keeps in every model's runs.jsonl. A command
-`PYTHON SCRIPT.py ARGS` whose PYTHON is this interpreter runs in this process, as `python SCRIPT.py` would
-run it (`runpy`, `__name__ == "__main__"`): no second interpreter start and torch import per run.
+(`longctx.byte_tokenizer`): no download, no tokenizer training, and any text tokenizes. `run` runs a command;
+a command `PYTHON SCRIPT.py ARGS` whose PYTHON is this interpreter runs in this process, as `python SCRIPT.py`
+would run it (`runpy`, `__name__ == "__main__"`): no second interpreter start and torch import per fine-tune
+of the dry run. The recipe itself records each run (command, commit, machine, wall time) in OUT/runs.jsonl.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ def tiny_model(out: Path, trained_length: int, seed: int = 0) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from longctx.byte_tokenizer import VOCAB_SIZE, byte_tokenizer
+    from longctx.files import partial_dir, publish_dir
 
     tokenizer = byte_tokenizer()
     config = LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -35,10 +35,10 @@ def tiny_model(out: Path, trained_length: int, seed: int = 0) -> Path:
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
     torch.manual_seed(seed)
-    partial = out.with_name(out.name + ".partial")
+    partial = partial_dir(out)  # a stopped run leaves no half-written model behind
     LlamaForCausalLM(config).save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    partial.rename(out)  # a stopped run leaves no half-written model behind
+    publish_dir(partial, out)
     return out
 
 
@@ -65,17 +65,9 @@ def run_here(command: list[str]) -> int:
     return 0
 
 
-def record(path: Path, command: list[str]) -> int:
-    """Run `command`; on success append its RunRecord (command, commit, machine, wall time) to `path`."""
-    from longctx.files import append_jsonl
-    from longctx.provenance import RunRecord
-
-    run = RunRecord(command)
-    code = run_here(command) if same_interpreter(command) else subprocess.call(command)
-    if code == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        append_jsonl(path, run.finish())
-    return code
+def run(command: list[str]) -> int:
+    """Run `command` (in this process when it is `PYTHON SCRIPT.py ...` with this interpreter)."""
+    return run_here(command) if same_interpreter(command) else subprocess.call(command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     tiny = sub.add_parser("tiny-model", help="write the dry run's tiny random Llama")
     tiny.add_argument("out", type=Path)
     tiny.add_argument("--trained-length", type=int, default=128)
-    rec = sub.add_parser("record", help="run a command and append its run record to a JSON-lines file")
-    rec.add_argument("file", type=Path)
+    rec = sub.add_parser("run", help="run a command, in this process when it is a script of this interpreter")
     rec.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.what == "tiny-model":
@@ -93,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
-        parser.error("record needs a command after --")
-    return record(args.file, command)
+        parser.error("run needs a command after --")
+    return run(command)
 
 
 if __name__ == "__main__":

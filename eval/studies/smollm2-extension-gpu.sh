@@ -112,11 +112,11 @@ finetune() {  # label: train unless its adapter exists, resume a stopped run; lo
       grep -q '^pose_target_length:' "$config" && args+=(--pose-target-length "$TARGET")
       grep -q '^target_length:' "$config" && args+=(--target-length "$TARGET")
     fi
-    $PYTHON eval/studies/gpu_study.py record "$OUT/finetune/$name/runs.jsonl" -- \
+    $PYTHON eval/studies/gpu_study.py run -- \
       $PYTHON recipes/finetune.py --config "$config" "${TUNE_ARGS[@]}" "${args[@]}" --out "$out" --report-to none
   fi
   mkdir -p "$OUT/finetune/$name"
-  cp "$out/train_log.jsonl" "$out/finetune_args.json" "$OUT/finetune/$name/"
+  cp "$out/train_log.jsonl" "$out/finetune_args.json" "$out/runs.jsonl" "$OUT/finetune/$name/"
   cp "$out/README.md" "$OUT/finetune/$name/model-card.md"
 }
 
