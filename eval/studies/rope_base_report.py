@@ -22,6 +22,7 @@ from longctx.files import read_jsonl, write_text_atomic
 
 BREAK_DELTA = 0.10  # bits per byte above the training-length value: the model no longer extrapolates
 PRETRAIN_BASE = 1e4  # the tuned models all start from the base-1e4 model
+ARCHITECTURE = Path(__file__).resolve().parents[2] / "recipes/configs/rope-base-scratch/byte-llama-4x256.json"
 
 
 def load(out: Path) -> list[dict]:
@@ -32,16 +33,43 @@ def load(out: Path) -> list[dict]:
         passkey: dict[int, list[float]] = {}
         for cell in read_jsonl(folder / "passkey.jsonl", repair=False):
             passkey.setdefault(cell["length"], []).append(cell["accuracy"])
+        model_dir = Path(info["model_dir"])
+        log = read_jsonl(model_dir / "train_log.jsonl", repair=False)
         models.append({"label": folder.name, "info": info, "bpb": {n: r["bpb"] for n, r in sorted(ppl.items())},
-                       "passkey": {n: sum(v) / len(v) for n, v in sorted(passkey.items())}})
+                       "passkey": {n: sum(v) / len(v) for n, v in sorted(passkey.items())},
+                       "trained": log[-1] if log else {},  # step, loss, tokens, elapsed_s of its last step
+                       "train_runs": read_jsonl(model_dir / "runs.jsonl", repair=False),
+                       "eval_runs": read_jsonl(folder / "runs.jsonl", repair=False)})
     return models
+
+
+def provenance(models: list[dict]) -> list[str]:
+    """Each model's training (from its output folder: last logged step, recipe run records) and evaluation runs
+    (OUT/<label>/runs.jsonl): command, commit, machine and wall time."""
+    lines = ["", "## Runs", "", "| model | steps | tokens | final loss (nats/byte) | training wall | training runs "
+             "(commit, wall) | evaluation runs (commit, wall) |", "|---|---|---|---|---|---|---|"]
+    commands = set()
+    for model in models:
+        trained = model["trained"]
+        runs = [(r.get("commit", "?")[:7], r.get("wall_seconds"), r.get("command")) for r in model["train_runs"]]
+        evals = [(r.get("commit", "?")[:7], r.get("wall_seconds"), r.get("command")) for r in model["eval_runs"]]
+        commands.update(c for _, _, c in runs + evals if c)
+        lines.append(f"| {model['label']} | {trained.get('step', '–')} | {trained.get('tokens', 0):,} | "
+                     f"{trained.get('loss', float('nan')):.3f} | {trained.get('elapsed_s', 0) / 60:.1f} min | "
+                     + (", ".join(f"{c} {w / 60:.1f} min" for c, w, _ in runs) or "–") + " | "
+                     + (", ".join(f"{c} {w / 60:.1f} min" for c, w, _ in evals) or "–") + " |")
+    machines = {json.dumps(r.get("machine"), sort_keys=True) for m in models for r in m["train_runs"] + m["eval_runs"]}
+    lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in sorted(commands)) if commands else "",
+              "Machines: " + "; ".join(sorted(machines)) if machines else ""]
+    return lines
 
 
 def analyse(model: dict) -> dict:
     info = model["info"]
     base = float(info["rope"]["rope_theta"])
     train = int(info["trained_length"])
-    dim = rope_config.rotary_dim(json.loads((Path(info["model_dir"]) / "config.json").read_text()))
+    config = Path(info["model_dir"]) / "config.json"  # gone where only the results were kept: the study's shape
+    dim = rope_config.rotary_dim(json.loads((config if config.is_file() else ARCHITECTURE).read_text()))
     tuned = model["label"].startswith("tune-")
     bound = rope_bounds.extrapolation_bound(dim, base, train, PRETRAIN_BASE if tuned else None)
     reference = model["bpb"].get(train)
@@ -82,6 +110,7 @@ def render(models: list[dict]) -> str:
     for model in models:
         lines.append(f"| {model['label']} | " + " | ".join(
             f"{model['passkey'][n]:.2f}" if n in model["passkey"] else "–" for n in lengths) + " |")
+    lines += provenance(models)
     return "\n".join(lines) + "\n"
 
 
