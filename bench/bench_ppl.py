@@ -121,17 +121,27 @@ def run(opts) -> dict:
             print(f"  ppl {variant} L={length} ...", flush=True)
             row[variant] = common.run_child("bench.bench_ppl:measure", {
                 "variant": variant, "model": model, "length": length, "device": device}, timeout=opts.timeout)
-        a, b = row["longctx"], row["naive"]
-        if "ppl" in a and "ppl" in b:
-            row["ppl_rel_diff"] = abs(a["ppl"] - b["ppl"]) / b["ppl"]
-            row["memory_ratio"] = a["peak_bytes"] / b["peak_bytes"] if b["peak_bytes"] > 0 else None
-            row["speedup"] = b["seconds"] / a["seconds"]
-        rows.append(row)
-    growth = {}
+        rows.append(compare(row))
+    return {"model": model, "device": device, "rows": rows, "growth_exponent": growth(rows), "targets": targets(rows)}
+
+
+def compare(row: dict) -> dict:
+    """A length's row with longctx against the naive loss: perplexity agreement, memory ratio, speedup."""
+    a, b = row["longctx"], row["naive"]
+    if "ppl" in a and "ppl" in b:
+        row["ppl_rel_diff"] = abs(a["ppl"] - b["ppl"]) / b["ppl"]
+        row["memory_ratio"] = a["peak_bytes"] / b["peak_bytes"] if b["peak_bytes"] > 0 else None
+        row["speedup"] = b["seconds"] / a["seconds"]
+    return row
+
+
+def growth(rows: list[dict]) -> dict:
+    """Per variant, the exponent of seconds against length over the lengths it ran."""
+    exponents = {}
     for variant in ("longctx", "naive"):
         done = [(r["length"], r[variant]["seconds"]) for r in rows if "seconds" in r[variant]]
-        growth[variant] = common.growth_exponent([n for n, _ in done], [t for _, t in done])
-    return {"model": model, "device": device, "rows": rows, "growth_exponent": growth, "targets": targets(rows)}
+        exponents[variant] = common.growth_exponent([n for n, _ in done], [t for _, t in done])
+    return exponents
 
 
 def targets(rows: list[dict]) -> dict:

@@ -130,18 +130,9 @@ def ppl_section(opts, plan: dict, attn: str) -> dict:
             print(f"  ppl {variant} {shape} L={length} ...", flush=True)
             row[variant] = common.run_child("bench.gpu:measure_ppl", {
                 "variant": variant, "shape": shape, "length": length, "device": device, "attn": attn}, timeout=opts.timeout)
-        a, b = row["longctx"], row["naive"]
-        if "ppl" in a and "ppl" in b:
-            row["ppl_rel_diff"] = abs(a["ppl"] - b["ppl"]) / b["ppl"]
-            row["memory_ratio"] = a["peak_bytes"] / b["peak_bytes"] if b["peak_bytes"] > 0 else None
-            row["speedup"] = b["seconds"] / a["seconds"]
-        rows.append(row)
-    growth = {}
-    for variant in ("longctx", "naive"):
-        done = [(r["length"], r[variant]["seconds"]) for r in rows if "seconds" in r[variant]]
-        growth[variant] = common.growth_exponent([n for n, _ in done], [t for _, t in done])
-    return {"model": shape, "device": device, "attn_implementation": attn, "rows": rows, "growth_exponent": growth,
-            "targets": bench_ppl.targets(rows)}
+        rows.append(bench_ppl.compare(row))
+    return {"model": shape, "device": device, "attn_implementation": attn, "rows": rows,
+            "growth_exponent": bench_ppl.growth(rows), "targets": bench_ppl.targets(rows)}
 
 
 def matmul_ceiling(plan: dict) -> dict:
