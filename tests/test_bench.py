@@ -128,6 +128,20 @@ def test_finetune_rate_comes_from_the_median_measured_step():
     assert summary["tokens_per_s"] == 200.0 and summary["tokens_per_s_mean"] == pytest.approx(1500 / 12.5)
 
 
+def test_finetune_runs_of_one_implementation_pool_their_measured_steps():
+    """ABBA runs: the rate is the median over both runs' measured steps (warm-up of each run dropped)."""
+    from bench.bench_finetune import pooled
+
+    first = {"step_seconds": [9.0, 1.0, 1.2], "peak_bytes": 5, "losses": [3.0], "tokens_per_s": 1}
+    second = {"step_seconds": [7.0, 2.0, 1.1], "peak_bytes": 7, "losses": [3.0], "tokens_per_s": 2}
+    result = pooled([first, second], tokens_per_step=100, warmup=1)
+    assert result["measured_steps"] == 4 and result["seconds_per_step"] == pytest.approx(1.15)
+    assert result["tokens_per_s"] == pytest.approx(100 / 1.15) and result["peak_bytes"] == 7
+    assert result["step_seconds"] == [[9.0, 1.0, 1.2], [7.0, 2.0, 1.1]] and result["tokens_per_s_by_run"] == [1, 2]
+    assert pooled([first, {"error": "child exited 1"}], 100, 1) == {"error": "child exited 1"}
+    assert pooled([first], 100, 1) is first
+
+
 def test_prefix_sharing_bound_counts_the_tokens_a_shared_prefix_skips():
     assert bench_sweep.prefix_sharing_bound([0.9, 0.1, 0.5]) == pytest.approx(3 / 2.4)
     assert bench_sweep.prefix_sharing_bound([0.5]) == 1.0

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from result_cells import cells_by_key, without_timings
 
 from longctx.cli import main
 from longctx.evals import passkey
@@ -39,17 +40,8 @@ def torchrun(*argv, cwd=None) -> subprocess.CompletedProcess:
     return result
 
 
-def strip(value):
-    """A cell without its timings (the one thing two runs never share)."""
-    if isinstance(value, dict):
-        return {k: strip(v) for k, v in value.items() if k != "seconds"}
-    if isinstance(value, list):
-        return [strip(v) for v in value]
-    return value
-
-
 def cells(folder: Path, task: str) -> dict[str, dict]:
-    return {c["key"]: strip(c) for c in map(json.loads, (folder / f"{task}.jsonl").read_text().splitlines())}
+    return cells_by_key(folder / f"{task}.jsonl")
 
 
 def assert_close(a, b, where="", rel=0.0):
@@ -188,7 +180,7 @@ def test_units_are_dealt_round_robin_and_a_single_process_reuses_another_process
         again = passkey.TASK.run(model, tokenizer, cfg, ResultsWriter(tmp_path, "tiny", "passkey"))
     finally:
         handle.remove()
-    assert calls[0] == 0 and strip(again) == strip(first)
+    assert calls[0] == 0 and without_timings(again) == without_timings(first)
     assert sorted(p.name for p in folder.iterdir()) == ["passkey.jsonl", "passkey.partial"]
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from result_cells import cells_by_key
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "finetune.py"
@@ -114,15 +115,7 @@ EVAL_POINTS = ["results:journaled@2", "results:appended@1", "jsonl:torn@3"]
 
 def cells(folder: Path) -> dict[str, dict]:
     """Finished cells by key, without their timings."""
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k != "seconds"}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    lines = (folder / "results" / "tiny" / "passkey.jsonl").read_text().splitlines()
-    return {cell["key"]: strip(cell) for cell in map(json.loads, lines)}
+    return cells_by_key(folder / "results" / "tiny" / "passkey.jsonl")
 
 
 def test_kill_9_during_eval_then_rerun_gives_the_uninterrupted_cells(tiny_llama_dir, tmp_path, monkeypatch):

