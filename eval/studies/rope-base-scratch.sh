@@ -4,6 +4,9 @@
 #           and seed, 5% synthetic passkey documents in the mix (recipes/configs/rope-base-scratch/scratch-*.yaml);
 #   tune:   the base-1e4 model trained on at 512 tokens with base 80 / 500 / 1e4 (control) / 1e5 / 1e6, equal steps
 #           (tune-base1e4-to-*.yaml: arXiv 2310.05209's base change at the original length);
+#   bound:  the base-1e4 model trained from scratch with half of its text synthetic passkey documents, so that
+#           it retrieves within its context, then trained on at 512 tokens with base 80 / 1e4 / 1e6
+#           (bound-*.yaml: the lower bound of the base, arXiv 2405.14591);
 #   eval:   bits per byte and passkey at 1x-16x the training length on the held-out book
 #           (eval/suites/rope-base-scratch.yaml);
 #   report: the tables (bpb, Δbpb against each model's own 512-token bpb, measured vs predicted break point,
@@ -11,7 +14,7 @@
 # Every stage resumes where it stopped (training checkpoints, eval cells): rerun to continue.
 #
 #   make reproduce-rope-base                      # all stages
-#   bash eval/studies/rope-base-scratch.sh eval report
+#   bash eval/studies/rope-base-scratch.sh bound eval report
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LONGCTX=${LONGCTX:-.venv/bin/longctx}
@@ -20,7 +23,8 @@ OUT=${OUT:-docs/results/rope-base-scratch}
 CONFIGS=recipes/configs/rope-base-scratch
 SCRATCH=(scratch-base500 scratch-base1e4 scratch-base1e5 scratch-base1e6)
 TUNED=(tune-base1e4-to-80 tune-base1e4-to-500 tune-base1e4-to-1e4 tune-base1e4-to-1e5 tune-base1e4-to-1e6)
-STAGES=${*:-train tune eval report}
+BOUND=(bound-scratch-base1e4 bound-tune-to-80 bound-tune-to-1e4 bound-tune-to-1e6)  # in order: the tunes start from the first
+STAGES=${*:-train tune bound eval report}
 [ -d ../shared/data/books ] || { echo "this study needs ../shared/data/books (long single documents)" >&2; exit 2; }
 
 config_out() { sed -n 's/^out: *//p' "$1"; }
@@ -35,9 +39,10 @@ for stage in $STAGES; do
   case $stage in
     train) for name in "${SCRATCH[@]}"; do train "$name"; done ;;
     tune) for name in "${TUNED[@]}"; do train "$name"; done ;;
+    bound) for name in "${BOUND[@]}"; do train "$name"; done ;;
     eval)
       args=(); labels=()
-      for name in "${SCRATCH[@]}" "${TUNED[@]}"; do
+      for name in "${SCRATCH[@]}" "${TUNED[@]}" "${BOUND[@]}"; do
         out=$(config_out "$CONFIGS/$name.yaml")
         [ -f "$out/config.json" ] || { echo "skip $name: not trained yet" >&2; continue; }
         args+=(--model "$out"); labels+=("$name")
@@ -45,6 +50,6 @@ for stage in $STAGES; do
       [ ${#labels[@]} -gt 0 ] && $LONGCTX eval suite eval/suites/rope-base-scratch.yaml "${args[@]}" \
         --labels "$(IFS=,; echo "${labels[*]}")" --out "$OUT" ;;
     report) $PYTHON eval/studies/rope_base_report.py "$OUT" ;;
-    *) echo "unknown stage $stage: use train, tune, eval, report" >&2; exit 2 ;;
+    *) echo "unknown stage $stage: use train, tune, bound, eval, report" >&2; exit 2 ;;
   esac
 done

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from longctx import rope_bounds, rope_config
+from longctx.evals.summary import RETRIEVAL_FAILED, RETRIEVAL_OK  # the general report's passkey thresholds
 from longctx.files import read_jsonl, write_text_atomic
 
 BREAK_DELTA = 0.10  # bits per byte above the training-length value: the model no longer extrapolates
@@ -31,16 +32,31 @@ def load(out: Path) -> list[dict]:
         info = json.loads((folder / "model.json").read_text())
         ppl = {r["length"]: r for r in read_jsonl(folder / "ppl.jsonl", repair=False)}
         passkey: dict[int, list[float]] = {}
+        by_depth: dict[int, dict[float, tuple[int, int]]] = {}
         for cell in read_jsonl(folder / "passkey.jsonl", repair=False):
             passkey.setdefault(cell["length"], []).append(cell["accuracy"])
-        model_dir = Path(info["model_dir"])
-        log = read_jsonl(model_dir / "train_log.jsonl", repair=False)
+            by_depth.setdefault(cell["length"], {})[float(cell["depth"])] = (cell["correct"], cell["trials"])
+        training = training_record(folder, Path(info["model_dir"]))
         models.append({"label": folder.name, "info": info, "bpb": {n: r["bpb"] for n, r in sorted(ppl.items())},
                        "passkey": {n: sum(v) / len(v) for n, v in sorted(passkey.items())},
-                       "trained": log[-1] if log else {},  # step, loss, tokens, elapsed_s of its last step
-                       "train_runs": read_jsonl(model_dir / "runs.jsonl", repair=False),
+                       "passkey_by_depth": {n: dict(sorted(d.items())) for n, d in sorted(by_depth.items())},
+                       "trained": training["last_step"],  # step, loss, tokens, elapsed_s of its last step
+                       "train_runs": training["runs"],
                        "eval_runs": read_jsonl(folder / "runs.jsonl", repair=False)})
     return models
+
+
+def training_record(folder: Path, model_dir: Path) -> dict:
+    """{last_step, runs} of a model's training, kept in OUT/<label>/training.json: written from the model's
+    folder (last line of train_log.jsonl, the recipe's runs.jsonl) while it exists, read back once the model
+    is gone (models live in .cache, results in git)."""
+    path = folder / "training.json"
+    log = read_jsonl(model_dir / "train_log.jsonl", repair=False)
+    if log:
+        record = {"last_step": log[-1], "runs": read_jsonl(model_dir / "runs.jsonl", repair=False)}
+        write_text_atomic(path, json.dumps(record, indent=1) + "\n")
+        return record
+    return json.loads(path.read_text()) if path.is_file() else {"last_step": {}, "runs": []}
 
 
 def provenance(models: list[dict]) -> list[str]:
@@ -70,7 +86,7 @@ def analyse(model: dict) -> dict:
     train = int(info["trained_length"])
     config = Path(info["model_dir"]) / "config.json"  # gone where only the results were kept: the study's shape
     dim = rope_config.rotary_dim(json.loads((config if config.is_file() else ARCHITECTURE).read_text()))
-    tuned = model["label"].startswith("tune-")
+    tuned = "tune-" in model["label"]  # tune-base1e4-to-*, bound-tune-to-*: trained on from a base-1e4 model
     bound = rope_bounds.extrapolation_bound(dim, base, train, PRETRAIN_BASE if tuned else None)
     reference = model["bpb"].get(train)
     deltas = {n: b - reference for n, b in model["bpb"].items()} if reference is not None else {}
@@ -82,10 +98,70 @@ def analyse(model: dict) -> dict:
 def fmt_len(n: float) -> str:
     if n == math.inf:
         return "∞"
-    return f"{n / 1024:g}K" if n >= 1024 else f"{n:.0f}"
+    return f"{n / 1024:.3g}K" if n >= 1024 else f"{n:.0f}"
+
+
+def is_bound_model(model: dict) -> bool:
+    """The 13.3 models (bound-*.yaml): half of their training text passkey documents, reported on their own."""
+    return model["label"].startswith("bound-")
+
+
+def superficial_lengths(model: dict, a: dict) -> list[int]:
+    """Lengths past training where bits per byte hold (Δ ≤ BREAK_DELTA) while retrieval, solid at the training
+    length (≥ RETRIEVAL_OK), fails (< RETRIEVAL_FAILED): the pattern of arXiv 2405.14591."""
+    train = a["train"]
+    if model["passkey"].get(train, 0.0) < RETRIEVAL_OK:
+        return []
+    return [n for n, d in a["deltas"].items() if n > train and d <= BREAK_DELTA and model["passkey"].get(n, 1.0) < RETRIEVAL_FAILED]
+
+
+def bound_section(models: list[dict]) -> list[str]:
+    """13.3: bits per byte next to passkey accuracy (and by depth) for the retrieval-trained models, with
+    the lower bound of the base at each length and a verdict per model."""
+    if not models:
+        return []
+    lengths = sorted({n for m in models for n in m["bpb"]} | {n for m in models for n in m["passkey"]})
+    dim = analyse(models[0])["dim"]
+    lower = {n: rope_bounds.smallest_passing_base(dim, n).base for n in lengths}
+    lines = ["", "## Lower bound of the base: bits per byte against retrieval (13.3)", "",
+             "The base-1e4 model trained from scratch with half of its text synthetic passkey documents "
+             "(`bound-scratch-base1e4.yaml`), then trained on at 512 tokens with its base changed "
+             "(`bound-tune-to-*.yaml`). Cells: bpb (Δ against the model's own 512-token bpb) · passkey accuracy "
+             f"(mean over depths). ⚠: the base breaks B(m) ≥ 0 at that length. Lower bound of the base for head dim {dim} "
+             "(smallest base with B(m) ≥ 0 for all m ≤ L, `longctx.rope_bounds`): "
+             + ", ".join(f"{fmt_len(n)}: {lower[n]:.3g}" for n in lengths) + ".", "",
+             "| model | base | " + " | ".join(fmt_len(n) for n in lengths) + " |", "|" + "---|" * (len(lengths) + 2)]
+    verdicts = []
+    for model in models:
+        a = analyse(model)
+        cells = []
+        for n in lengths:
+            bpb = f"{model['bpb'][n]:.3f} ({a['deltas'].get(n, 0):+.2f})" if n in model["bpb"] else "–"
+            key = f"{model['passkey'][n]:.2f}" if n in model["passkey"] else "–"
+            cells.append(f"{bpb} · {key}" + ("" if rope_bounds.first_negative(a["base"], a["dim"], n) is None else " ⚠"))
+        lines.append(f"| {model['label']} | {a['base']:g} | " + " | ".join(cells) + " |")
+        flagged = superficial_lengths(model, a)
+        verdicts.append(f"- **{model['label']}**: " + (
+            f"SUPERFICIAL at {', '.join(fmt_len(n) for n in flagged)}: bits per byte hold (Δ ≤ {BREAK_DELTA}) while "
+            f"retrieval < {RETRIEVAL_FAILED}" if flagged else
+            f"retrieval at its training length {model['passkey'].get(a['train'], 0.0):.2f}"
+            + (" (below the " + f"{RETRIEVAL_OK} needed to judge longer lengths)" if model["passkey"].get(a["train"], 0.0) < RETRIEVAL_OK
+               else "; no length where bits per byte hold and retrieval fails")))
+    depths = sorted({d for m in models for by in m["passkey_by_depth"].values() for d in by})
+    lines += ["", "Passkey by depth of the key (correct of trials; depth 0 = the key at the start, farthest from "
+              "the question): " + " / ".join(f"{d:g}" for d in depths), "",
+              "| model | " + " | ".join(fmt_len(n) for n in lengths) + " |", "|" + "---|" * (len(lengths) + 1)]
+    for model in models:
+        by = model["passkey_by_depth"]
+        lines.append(f"| {model['label']} | " + " | ".join(
+            " / ".join(str(by[n][d][0]) if d in by.get(n, {}) else "–" for d in depths) + f" of {by[n][depths[0]][1]}"
+            if n in by else "–" for n in lengths) + " |")
+    return lines + ["", "Verdicts:", "", *verdicts]
 
 
 def render(models: list[dict]) -> str:
+    bound_models = [m for m in models if is_bound_model(m)]
+    models = [m for m in models if not is_bound_model(m)]
     lengths = sorted({n for m in models for n in m["bpb"]})
     head = "| model | base | " + " | ".join(fmt_len(n) for n in lengths) + " | break (Δ>{:.2f}) | predicted bound |"
     lines = ["# Rope base from scratch: bits per byte and retrieval past the training length", "",
@@ -110,7 +186,8 @@ def render(models: list[dict]) -> str:
     for model in models:
         lines.append(f"| {model['label']} | " + " | ".join(
             f"{model['passkey'][n]:.2f}" if n in model["passkey"] else "–" for n in lengths) + " |")
-    lines += provenance(models)
+    lines += bound_section(bound_models)
+    lines += provenance(models + bound_models)
     return "\n".join(lines) + "\n"
 
 
@@ -135,6 +212,32 @@ def plot(models: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_bound(models: list[dict], path: Path) -> None:
+    """13.3 at a glance: bits per byte (left) next to passkey accuracy (right) by length, one line per base."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for model in models:
+        label = f"{model['label']} (base {float(model['info']['rope']['rope_theta']):g})"
+        lengths = sorted(model["bpb"])
+        left.plot(lengths, [model["bpb"][n] for n in lengths], marker="o", label=label)
+        lengths = sorted(model["passkey"])
+        right.plot(lengths, [model["passkey"][n] for n in lengths], marker="o", label=label)
+    for ax, ylabel in ((left, "bits per byte (held-out book)"), (right, "passkey accuracy (mean over depths)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("evaluation length (bytes = tokens)")
+        ax.set_ylabel(ylabel)
+    right.set_ylim(-0.05, 1.05)
+    right.legend(fontsize=8)
+    fig.suptitle("retrieval-trained byte model at 512 tokens, base changed: perplexity vs retrieval")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(out: str) -> int:
     folder = Path(out)
     models = load(folder)
@@ -142,8 +245,12 @@ def main(out: str) -> int:
         print(f"no results in {folder}: run the eval stage first", file=sys.stderr)
         return 2
     write_text_atomic(folder / "study.md", render(models))
-    plot(models, folder / "bpb.png")
-    print(f"wrote {folder / 'study.md'} and {folder / 'bpb.png'}")
+    plot([m for m in models if not is_bound_model(m)], folder / "bpb.png")
+    written = ["study.md", "bpb.png"]
+    if any(map(is_bound_model, models)):
+        plot_bound([m for m in models if is_bound_model(m)], folder / "bound.png")
+        written.append("bound.png")
+    print(f"wrote {', '.join(str(folder / name) for name in written)}")
     return 0
 
 

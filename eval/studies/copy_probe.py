@@ -1,0 +1,62 @@
+"""Has a model learned to copy at all? Mean NLL of the key's digits at its three occurrences in the synthetic
+passkey documents it was trained on (longctx.train.retrieval_mix): in the needle ("The pass key is K."),
+repeated right after it ("K is the pass key.", ~15 tokens later) and as the answer after the question.
+
+    python eval/studies/copy_probe.py .cache/rope-base-scratch/bound-scratch-base1e4
+
+A model that copies predicts the 2nd and 3rd occurrence far better than the 1st (which is random: ln 10 =
+2.303 nats per digit). Equal values mean no copying even at short range, so passkey retrieval at any length
+cannot be expected (the situation of issue 13.3 at this scale); a drop at the 2nd but not the 3rd means
+copying over short distances only.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+
+
+def key_nll(model, tokenizer, document: str, key: str) -> list[float]:
+    """Mean NLL (nats) of the key's tokens at each place the key occurs in `document`."""
+    import torch
+
+    ids = tokenizer(document, add_special_tokens=True)["input_ids"]
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    nll = -logp[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+    prefix = len(ids) - len(tokenizer(document, add_special_tokens=False)["input_ids"])  # BOS
+    starts = [i for i in range(len(document)) if document.startswith(key, i)]
+    out = []
+    for start in starts:  # byte tokenizer: token i of the text is character i (ASCII text)
+        positions = [prefix + start + j - 1 for j in range(len(key))]
+        out.append(float(nll[positions].mean()))
+    return out
+
+
+def main(path: str, documents: int = 20, seed: int = 0) -> int:
+    from transformers import AutoModelForCausalLM
+
+    from longctx.modeling import load_tokenizer
+    from longctx.train.retrieval_mix import passkey_document
+
+    tokenizer = load_tokenizer(path)
+    if len(tokenizer("12345", add_special_tokens=False)["input_ids"]) != 5:
+        print("copy_probe reads one token per character: use it on a byte-level model", file=sys.stderr)
+        return 2
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    rng = random.Random(seed)
+    sums = [0.0, 0.0, 0.0]
+    for _ in range(documents):
+        document = passkey_document(rng, 460)
+        key = document.split("The pass key is ", 1)[1].split(".", 1)[0]
+        for i, value in enumerate(key_nll(model, tokenizer, document, key)[:3]):
+            sums[i] += value / documents
+    for name, value in zip(("needle (1st, random)", "repeat in needle (2nd)", "answer (3rd)"), sums, strict=True):
+        print(f"{name:24s} {value:.3f} nats/digit")
+    print(f"uniform over digits: {math.log(10):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
