@@ -2,7 +2,7 @@
 
     python bench/run.py                                   # all, CPU defaults, into docs/results/bench-cpu
     python bench/run.py --only patch --sizes 2,8,32       # one benchmark (sizes in its own unit), others kept
-    python bench/run.py --device cuda --out docs/results/bench-gpu   # GPU mode (random Llama shapes, bf16)
+    python bench/run.py --device cuda                     # GPU mode (random Llama shapes, bf16) -> bench-suite-<gpu>
     python bench/run.py --only ppl --shape tiny --sizes 256,512      # GPU code path, exercised on CPU
 
 Writes OUT/results.json (every benchmark's numbers, merged with what is already there) and OUT/README.md
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--shape", choices=sorted(common.SHAPES), default=None,
                         help="random Llama shape instead of the default model (GPU default: 8b for ppl, 1b for finetune)")
-    parser.add_argument("--out", default=None, help="output directory (default docs/results/bench-cpu or bench-gpu)")
+    parser.add_argument("--out", default=None, help="output directory (default docs/results/bench-cpu, or bench-suite-<gpu> on a GPU)")
     parser.add_argument("--steps", type=int, default=None, help="finetune: measured optimizer steps (after warm-up)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per measured process")
     parser.add_argument("--render", action="store_true", help="only rewrite OUT/README.md from OUT/results.json")
@@ -51,7 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.out is None:
-        args.out = str(common.ROOT / "docs" / "results" / ("bench-gpu" if args.device.startswith("cuda") else "bench-cpu"))
+        # GPU: bench-suite-<gpu> (e.g. bench-suite-h100), apart from `make bench-gpu`'s bench-<gpu> 7B-shape page
+        args.out = str(common.ROOT / "docs" / "results" / (f"bench-suite-{common.device_slug(args.device)}"
+                                                           if args.device.startswith("cuda") else "bench-cpu"))
     try:
         args.sizes = [float(s) if "." in s else int(s) for s in args.sizes.split(",")] if args.sizes else None
     except ValueError:
