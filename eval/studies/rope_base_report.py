@@ -154,7 +154,7 @@ def bound_section(models: list[dict]) -> list[str]:
     for model in models:
         by = model["passkey_by_depth"]
         lines.append(f"| {model['label']} | " + " | ".join(
-            " / ".join(str(by[n][d][0]) if d in by.get(n, {}) else "–" for d in depths) + f" of {by[n][depths[0]][1]}"
+            " / ".join(str(by[n][d][0]) if d in by[n] else "–" for d in depths) + f" of {max(t for _, t in by[n].values())}"
             if n in by else "–" for n in lengths) + " |")
     return lines + ["", "Verdicts:", "", *verdicts]
 
