@@ -74,3 +74,16 @@ def test_suite_scores_do_not_depend_on_cell_order(dynamic_dir, tmp_path):
     first = _suite_cells(dynamic_dir, tmp_path / "a", ["passkey", "ppl"])
     second = _suite_cells(dynamic_dir, tmp_path / "b", ["ppl", "passkey"])
     assert first == second
+
+
+def test_forced_passkey_cells_of_a_dynamic_model_say_generation_may_grade_differently(dynamic_dir, tiny_llama_dir, tmp_path):
+    """Forced grading equals greedy decoding only for frequencies that do not depend on the length: the cells of a
+    dynamic-NTK model say so, those of a plain model do not, and generate mode needs no such note."""
+    from longctx.evals.scoring import grading_warnings
+
+    dynamic = _suite_cells(dynamic_dir, tmp_path / "dynamic", ["passkey"])["passkey"]
+    plain = _suite_cells(tiny_llama_dir, tmp_path / "plain", ["passkey"])["passkey"]
+    assert dynamic and all(any("transformers #25104" in w for w in cell["warnings"]) for cell in dynamic)
+    assert plain and not any("#25104" in w for cell in plain for w in cell["warnings"])
+    model, _ = _load(dynamic_dir)
+    assert grading_warnings(model, "generate") == [] and grading_warnings(model, "forced")

@@ -5,7 +5,11 @@ answer counts as correct iff the argmax at every answer position equals the gold
 condition under which greedy generation emits those tokens (greedy decoding feeds back its own argmax, so
 while every argmax matches, its inputs equal the teacher-forced ones), hence the same grade, at the cost of
 one forward instead of one per generated token. It is stricter only when greedy decoding would spell the
-right string with a different tokenization. Generate mode decodes greedily and grades the text instead.
+right string with a different tokenization, and it holds for rotary frequencies that do not change with the
+sequence length: under dynamic NTK or LongRoPE the forced forward runs at the frequencies of prompt + answer,
+generation with a KV cache at the prefill's, so a marginal trial can differ (`grading_warnings`; 1 of the 20
+dynamic-NTK trials regraded in docs/results/smollm2-extension-cpu). Generate mode decodes greedily and grades the
+text instead.
 
 Within one NIAH (length, trial) the haystack is fixed and only the needle moves, so prompts of different
 depths share the text before the needle (passkey draws each depth independently: they share the task line).
@@ -232,6 +236,16 @@ def length_warnings(model, length: int) -> list[str]:
     return []
 
 
+def grading_warnings(model, mode: str) -> list[str]:
+    """Why forced grades may differ from greedy decoding for this model (see the module docstring)."""
+    rope_type = rope_config.rope_parameters(model.config).get("rope_type")
+    if mode == "forced" and getattr(rope_methods.for_rope_type(rope_type), "length_dependent", False):
+        return [f"{rope_type} rope: forced grading scores the answer at the frequencies of prompt + answer, greedy "
+                "decoding with a KV cache at the prefill's (transformers #25104): a marginal trial can grade "
+                "differently in generate mode"]
+    return []
+
+
 def run_grid(model, tokenizer, writer: ResultsWriter, *, task: str, lengths: list[int], depths: list[float],
              trials: int, seed: int, mode: str, key_fields: Callable[[int, float], dict],
              build: Callable[[int, random.Random], object], grade: Callable[[str, str], bool],
@@ -251,6 +265,9 @@ def run_grid(model, tokenizer, writer: ResultsWriter, *, task: str, lengths: lis
     from longctx.evals.parallel import run_units
 
     main = writer.world.main
+    grading = grading_warnings(model, mode)
+    if grading and main:
+        print(f"warning: {task}: {grading[0]}", file=sys.stderr)
     if share_prefix:
         allowed, why = prefix_sharing_allowed(model)
         if not allowed and main:
@@ -294,7 +311,7 @@ def run_grid(model, tokenizer, writer: ResultsWriter, *, task: str, lengths: lis
             seconds = sum(journal[s].get("seconds") or 0.0 for s in cell_seeds)
             cell = {"task": task, "key": keys[length, depth], **key_fields(length, depth), "trials": trials,
                     **summarize(samples), "samples": samples, "seconds": round(seconds, 3),
-                    "warnings": length_warnings(model, length)}
+                    "warnings": length_warnings(model, length) + grading}
             writer.append(cell)
         bar.n = sum(writer.done(key) for key in keys.values())
         bar.refresh()
