@@ -115,6 +115,17 @@ def superficial_lengths(model: dict, a: dict) -> list[int]:
     return [n for n, d in a["deltas"].items() if n > train and d <= BREAK_DELTA and model["passkey"].get(n, 1.0) < RETRIEVAL_FAILED]
 
 
+def bound_verdict(model: dict, a: dict) -> str:
+    flagged = superficial_lengths(model, a)
+    if flagged:
+        return (f"SUPERFICIAL at {', '.join(fmt_len(n) for n in flagged)}: bits per byte hold (Δ ≤ {BREAK_DELTA}) "
+                f"while retrieval < {RETRIEVAL_FAILED}")
+    at_train = model["passkey"].get(a["train"], 0.0)
+    if at_train < RETRIEVAL_OK:
+        return f"retrieval at its training length {at_train:.2f} (below the {RETRIEVAL_OK} needed to judge longer lengths)"
+    return f"retrieval at its training length {at_train:.2f}; no length where bits per byte hold and retrieval fails"
+
+
 def bound_section(models: list[dict]) -> list[str]:
     """13.3: bits per byte next to passkey accuracy (and by depth) for the retrieval-trained models, with
     the lower bound of the base at each length and a verdict per model."""
@@ -140,13 +151,7 @@ def bound_section(models: list[dict]) -> list[str]:
             key = f"{model['passkey'][n]:.2f}" if n in model["passkey"] else "–"
             cells.append(f"{bpb} · {key}" + ("" if rope_bounds.first_negative(a["base"], a["dim"], n) is None else " ⚠"))
         lines.append(f"| {model['label']} | {a['base']:g} | " + " | ".join(cells) + " |")
-        flagged = superficial_lengths(model, a)
-        verdicts.append(f"- **{model['label']}**: " + (
-            f"SUPERFICIAL at {', '.join(fmt_len(n) for n in flagged)}: bits per byte hold (Δ ≤ {BREAK_DELTA}) while "
-            f"retrieval < {RETRIEVAL_FAILED}" if flagged else
-            f"retrieval at its training length {model['passkey'].get(a['train'], 0.0):.2f}"
-            + (" (below the " + f"{RETRIEVAL_OK} needed to judge longer lengths)" if model["passkey"].get(a["train"], 0.0) < RETRIEVAL_OK
-               else "; no length where bits per byte hold and retrieval fails")))
+        verdicts.append(f"- **{model['label']}**: {bound_verdict(model, a)}")
     depths = sorted({d for m in models for by in m["passkey_by_depth"].values() for d in by})
     lines += ["", "Passkey by depth of the key (correct of trials; depth 0 = the key at the start, farthest from "
               "the question): " + " / ".join(f"{d:g}" for d in depths), "",
