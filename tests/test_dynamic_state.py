@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
+from result_cells import without_timings  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +62,7 @@ def _suite_cells(model_dir, out_dir, order: list[str]) -> dict:
                 "passkey": {"lengths": "320,640", "depths": "0,1", "trials": 1, "mode": "forced"}}
     configs = {task: make_config(task, {"seed": 0, **settings[task]}) for task in order}
     results = run_tasks(str(model_dir), configs, out_dir, label="m")
-
-    def stable(cell: dict) -> dict:  # everything but timings
-        samples = [{k: v for k, v in s.items() if k != "seconds"} for s in cell.get("samples", [])]
-        return {**{k: v for k, v in cell.items() if k != "seconds"}, "samples": samples}
-
-    return {task: [stable(cell) for cell in cells] for task, cells in results.items()}
+    return {task: without_timings(cells) for task, cells in results.items()}
 
 
 def test_suite_scores_do_not_depend_on_cell_order(dynamic_dir, tmp_path):

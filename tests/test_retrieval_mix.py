@@ -1,4 +1,5 @@
-"""Synthetic passkey documents mixed into training text: the eval's format, the answer at the end, the asked fraction."""
+"""Synthetic documents mixed into training text: passkey documents in the eval's format with the answer at the
+end, copy documents whose every segment is repeated, each kind at the asked fraction of characters."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import pytest
 
 from longctx.errors import UsageError
 from longctx.evals.passkey import QUESTION, TASK_LINE
-from longctx.train.retrieval_mix import mix_in_passkeys, passkey_document
+from longctx.train.retrieval_mix import (
+    COPY_ALPHABET,
+    copy_document,
+    mix_in_passkeys,
+    mix_in_synthetic,
+    passkey_document,
+)
 
 
 def test_document_is_the_eval_prompt_followed_by_its_key():
@@ -37,3 +44,33 @@ def test_mix_has_the_fraction_of_characters_and_is_seeded():
 def test_fraction_outside_zero_one_is_refused(fraction):
     with pytest.raises(UsageError, match="--retrieval-mix"):
         mix_in_passkeys(["text"], fraction, max_chars=512)
+
+
+def test_copy_document_repeats_every_random_segment():
+    rng = random.Random(0)
+    for max_chars in (400, 460, 2000):
+        doc = copy_document(rng, max_chars)
+        lines = doc.splitlines()
+        assert len(doc) <= max_chars and doc.endswith("\n") and len(lines) >= 5
+        for line in lines:
+            first, second = line.split("|")
+            assert first == second and 8 <= len(first) <= 40 and set(first) <= set(COPY_ALPHABET)
+    assert copy_document(random.Random(1), 500) == copy_document(random.Random(1), 500)
+
+
+def test_both_kinds_at_their_fractions():
+    books = ["x" * 60_000, "y" * 40_000]
+    mixed = mix_in_synthetic(books, retrieval=0.2, copy=0.5, max_chars=512, seed=0)
+    total = sum(map(len, mixed))
+    passkeys = sum(len(d) for d in mixed if d.startswith(TASK_LINE))
+    copies = sum(len(d) for d in mixed if "|" in d)
+    assert 0.2 <= passkeys / total < 0.21 and 0.5 <= copies / total < 0.51
+    assert passkeys + copies + sum(map(len, books)) == total
+    assert mixed == mix_in_synthetic(books, retrieval=0.2, copy=0.5, max_chars=512, seed=0)
+
+
+@pytest.mark.parametrize("retrieval, copy, flag", [(0.0, 1.0, "--copy-mix"), (0.0, -0.2, "--copy-mix"),
+                                                   (0.6, 0.4, "stay below 1")])
+def test_copy_fraction_outside_range_is_refused(retrieval, copy, flag):
+    with pytest.raises(UsageError, match=flag):
+        mix_in_synthetic(["text"], retrieval=retrieval, copy=copy, max_chars=512)

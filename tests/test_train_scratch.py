@@ -27,14 +27,15 @@ def test_byte_level_model_from_scratch_with_a_passkey_mix_then_a_base_change(tin
     doc.write_text("It was a bright cold day in April, and the clocks were striking thirteen. " * 60)
     out = tmp_path / "scratch"
     assert finetune("--model", tiny_llama_dir, "--init", "scratch", "--finetune", "full", "--model-config", small,
-                    "--tokenizer", "bytes", "--base", "500", "--retrieval-mix", "0.2", "--data", doc, "--seq-len", 512,
+                    "--tokenizer", "bytes", "--base", "500", "--retrieval-mix", "0.2", "--copy-mix", "0.3", "--data", doc, "--seq-len", 512,
                     "--max-steps", 3, "--lr", "1e-3", "--out", out) == 0
     config = json.loads((out / "config.json").read_text())
     assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (32, 1, 259)
     assert config["max_position_embeddings"] == 512 and config["rope_theta"] == 500
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer("Ab", add_special_tokens=False)["input_ids"] == [ord("A") + BYTE_OFFSET, ord("b") + BYTE_OFFSET]
-    assert json.loads((out / "finetune_args.json").read_text())["retrieval_mix"] == 0.2
+    saved = json.loads((out / "finetune_args.json").read_text())
+    assert (saved["retrieval_mix"], saved["copy_mix"]) == (0.2, 0.3)
     assert sorted(losses(out)) == [1, 2, 3]
 
     tuned = tmp_path / "tuned"  # continued training at the same length with another base (arXiv 2310.05209)
@@ -50,6 +51,8 @@ def test_byte_level_model_from_scratch_with_a_passkey_mix_then_a_base_change(tin
     (["--init", "scratch", "--finetune", "full", "--tokenizer", "chars"], "--tokenizer takes 'bytes'"),
     (["--init", "scratch", "--finetune", "full", "--model-config", "missing.json"], "does not exist"),
     (["--retrieval-mix", "1.5"], "--retrieval-mix must be in [0, 1)"),
+    (["--copy-mix", "-0.5"], "--copy-mix must be in [0, 1)"),
+    (["--retrieval-mix", "0.5", "--copy-mix", "0.5"], "must stay below 1"),
 ])
 def test_bad_scratch_options_fail_in_one_line(tiny_llama_dir, small, tmp_path, capsys, flags, message):
     flags = [f.format(small=small) for f in flags]

@@ -53,7 +53,7 @@ class Prompt:
 
 @dataclass
 class Graded:
-    answer: str      # decoded argmax tokens (forced) or generated text (generate)
+    answer: str      # forced: argmax at each answer position given the gold prefix (not free text); generate: the text
     correct: bool
     logits: object = None  # [len(answer), vocab] fp32 answer-position logits, only when asked for
 

@@ -5,7 +5,7 @@ finetune    -- the entry point: checks before any weights load, accelerate setup
 args        -- dataclasses for every knob, YAML + flags
 data        -- corpora, packing with per-document positions and no cross-document attention
 pose        -- PoSE position skips (train at the original length, see positions up to a target)
-retrieval_mix -- synthetic passkey documents mixed into the training text
+retrieval_mix -- synthetic passkey and copy documents mixed into the training text
 flops       -- MFU: PaLM's FLOPs-per-token formula and peak FLOP/s table
 model       -- load / patch / LoRA-wrap the model, reject bad requests early
 loop        -- the accelerate training loop, split into its steps

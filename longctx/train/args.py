@@ -65,6 +65,7 @@ class DataArgs:
     pose_target_length: int | None = field(default=None, metadata={"help": "PoSE: skip position ids inside each document so relative distances up to this length are seen (arXiv 2309.10400)"})
     pose_chunks: int = field(default=2, metadata={"help": "PoSE: contiguous chunks per document (the paper uses 2)"})
     retrieval_mix: float = field(default=0.0, metadata={"help": "fraction of training characters that are synthetic passkey documents (longctx.train.retrieval_mix), so retrieval is learnable"})
+    copy_mix: float = field(default=0.0, metadata={"help": "fraction of training characters that are dense copy documents (random segments written twice), so a model from scratch forms an induction circuit"})
 
 
 @dataclass
@@ -246,6 +247,8 @@ def check_args(args: FinetuneArgs) -> None:
                 "--model-config and --tokenizer define a new model: use them with --init scratch")
     require(args.model.tokenizer in (None, "bytes"), f"--tokenizer takes 'bytes', got {args.model.tokenizer!r}")
     number("--retrieval-mix", args.data.retrieval_mix, 0 <= args.data.retrieval_mix < 1, "in [0, 1)")
+    number("--copy-mix", args.data.copy_mix, 0 <= args.data.copy_mix < 1, "in [0, 1)")
+    require(args.data.retrieval_mix + args.data.copy_mix < 1, "--retrieval-mix + --copy-mix must stay below 1: leave some of --data")
     extras = {e.strip() for e in args.tune.trainable_extra.split(",") if e.strip()}
     require(extras <= {"embed", "norm"}, f"--trainable-extra takes embed and/or norm, got {args.tune.trainable_extra!r}")
     require(not extras or args.tune.finetune == "lora", "--trainable-extra only applies to --finetune lora")

@@ -22,7 +22,8 @@ ARGS_FILE = "finetune_args.json"
 # Settings a resumed run must share with the run it continues (anything else, e.g. --max-steps, may change).
 RESUME_MUST_MATCH = ("model", "init", "method", "base", "factor", "original_length", "target_length", "finetune",
                      "lora_r", "lora_alpha", "lora_targets", "trainable_extra", "data", "seq_len", "max_docs",
-                     "batch_size", "grad_accum", "seed", "model_config", "tokenizer", "retrieval_mix")
+                     "batch_size", "grad_accum", "seed", "model_config", "tokenizer", "retrieval_mix",
+                     "copy_mix")
 
 
 def prepare_out_dir(out: Path, *, resume: bool, force: bool) -> None:
@@ -79,10 +80,11 @@ def setup(args):
         docs = [docs[i] for i in sorted(order[:args.data.max_docs])]
     checked = preflight(args, spec)
     check_not_source(checked.source_dir, out)  # --force would delete the model being trained
-    if args.data.retrieval_mix:
+    if args.data.retrieval_mix or args.data.copy_mix:
         from longctx.train.retrieval_mix import mix_for_training
 
-        docs = mix_for_training(docs, checked.tokenizer, checked.seq_len, args.data.retrieval_mix, seed=args.train.seed)
+        docs = mix_for_training(docs, checked.tokenizer, checked.seq_len, retrieval=args.data.retrieval_mix,
+                                copy=args.data.copy_mix, seed=args.train.seed)
     if args.train.resume:
         check_resume_args(out, {**args.to_dict(), "seq_len": checked.seq_len})
         if checkpoint_dirs(out):  # format, file sizes, foreign pickles: refused before any weights load

@@ -1,4 +1,5 @@
-"""Synthetic retrieval documents mixed into training text (`--retrieval-mix FRACTION`).
+"""Synthetic documents mixed into training text: passkey documents (`--retrieval-mix FRACTION`) and dense copy
+documents (`--copy-mix FRACTION`).
 
 A model trained from scratch on books cannot do passkey retrieval unless it learns the format, so retrieval
 at long range would measure nothing. These documents are the eval's passkey prompt (`longctx.evals.passkey`:
@@ -6,6 +7,12 @@ task line, filler, "The pass key is K. Remember it. K is the pass key.", filler,
 the answer " K.", at random lengths up to the training length and random depths: the model learns to copy
 the key within the trained context, and the eval then asks how far past it the skill carries — the
 setting of *Base of RoPE Bounds Context Length* (arXiv 2405.14591), where perplexity alone hides failure.
+
+Copying is what retrieval needs and what a small model from scratch learns last: an induction circuit forms
+abruptly after enough copy targets (Olsson et al. 2022). A passkey document has ~14 of ~300 bytes to copy, and
+4.1M bytes of a half-passkey mix formed none (docs/results/rope-base-scratch). Copy documents are random
+segments each written twice ("x7fq2|x7fq2"), so half their bytes are copy targets: the 4x256 byte Llama of that
+study forms the circuit after ~3M tokens of them (loss on the repeats 3.6 → 0.4 nats within 100 steps).
 """
 
 from __future__ import annotations
@@ -31,28 +38,55 @@ def passkey_document(rng: random.Random, max_chars: int) -> str:
     return TASK_LINE + "".join(filler[:cut]) + needle + "".join(filler[cut:]) + QUESTION + answer
 
 
-def mix_in_passkeys(docs: list[str], fraction: float, *, max_chars: int, seed: int = 0) -> list[str]:
-    """`docs` plus passkey documents making up `fraction` of all characters (0 ≤ fraction < 1), in a seeded
-    order, so every run with the same seed trains on the same mix."""
-    require(0 <= fraction < 1, f"--retrieval-mix must be in [0, 1), got {fraction}")
-    require(max_chars >= 400, f"retrieval samples need room: the training length gives only {max_chars} characters")
-    if fraction == 0:
+COPY_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def copy_document(rng: random.Random, max_chars: int) -> str:
+    """Random segments of 8-40 letters and digits, each written twice ("seg|seg\n"), up to `max_chars`."""
+    lines, size = [], 0
+    while True:
+        segment = "".join(rng.choice(COPY_ALPHABET) for _ in range(rng.randint(8, 40)))
+        line = f"{segment}|{segment}\n"
+        if size + len(line) > max_chars:
+            return "".join(lines) or line[:max_chars]
+        lines.append(line)
+        size += len(line)
+
+
+def mix_in_synthetic(docs: list[str], *, retrieval: float = 0.0, copy: float = 0.0, max_chars: int,
+                     seed: int = 0) -> list[str]:
+    """`docs` plus passkey documents making up `retrieval` of all characters and copy documents making up
+    `copy` of them (each ≥ 0, together < 1), in a seeded order, so every run with the same seed trains on the
+    same mix."""
+    require(0 <= retrieval < 1, f"--retrieval-mix must be in [0, 1), got {retrieval}")
+    require(0 <= copy < 1, f"--copy-mix must be in [0, 1), got {copy}")
+    require(retrieval + copy < 1, f"--retrieval-mix + --copy-mix must stay below 1 (leave some of --data), got {retrieval + copy}")
+    if retrieval == copy == 0:
         return list(docs)
+    require(max_chars >= 400, f"synthetic samples need room: the training length gives only {max_chars} characters")
     rng = random.Random(seed)
-    wanted = fraction / (1 - fraction) * sum(map(len, docs))
-    extra, total = [], 0
-    while total < wanted:
-        extra.append(passkey_document(rng, max_chars))
-        total += len(extra[-1])
-    mixed = list(docs) + extra
+    data_chars = sum(map(len, docs)) / (1 - retrieval - copy)
+    mixed = list(docs)
+    for fraction, make in ((retrieval, passkey_document), (copy, copy_document)):
+        total = 0
+        while total < fraction * data_chars:
+            mixed.append(make(rng, max_chars))
+            total += len(mixed[-1])
     rng.shuffle(mixed)
     return mixed
 
 
-def mix_for_training(docs: list[str], tokenizer, seq_len: int, fraction: float, *, seed: int = 0) -> list[str]:
-    """`mix_in_passkeys` with documents that fit the training length: its characters per token measured on
+def mix_in_passkeys(docs: list[str], fraction: float, *, max_chars: int, seed: int = 0) -> list[str]:
+    """`docs` plus passkey documents making up `fraction` of all characters (0 ≤ fraction < 1)."""
+    return mix_in_synthetic(docs, retrieval=fraction, max_chars=max_chars, seed=seed)
+
+
+def mix_for_training(docs: list[str], tokenizer, seq_len: int, *, retrieval: float = 0.0, copy: float = 0.0,
+                     seed: int = 0) -> list[str]:
+    """`mix_in_synthetic` with documents that fit the training length: its characters per token measured on
     the corpus with the run's tokenizer (1 for the byte tokenizer), minus 10% for safety."""
     sample = "".join(docs)[:50_000]
     ids = tokenizer(sample, add_special_tokens=False, verbose=False)["input_ids"] if sample else []
     chars_per_token = len(sample) / max(len(ids), 1)
-    return mix_in_passkeys(docs, fraction, max_chars=int(0.9 * seq_len * chars_per_token), seed=seed)
+    return mix_in_synthetic(docs, retrieval=retrieval, copy=copy, max_chars=int(0.9 * seq_len * chars_per_token),
+                            seed=seed)
