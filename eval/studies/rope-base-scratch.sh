@@ -4,9 +4,10 @@
 #           and seed, 5% synthetic passkey documents in the mix (recipes/configs/rope-base-scratch/scratch-*.yaml);
 #   tune:   the base-1e4 model trained on at 512 tokens with base 80 / 500 / 1e4 (control) / 1e5 / 1e6, equal steps
 #           (tune-base1e4-to-*.yaml: arXiv 2310.05209's base change at the original length);
-#   bound:  the base-1e4 model trained from scratch with half of its text synthetic passkey documents, so that
-#           it retrieves within its context, then trained on at 512 tokens with base 80 / 1e4 / 1e6
-#           (bound-*.yaml: the lower bound of the base, arXiv 2405.14591);
+#   bound:  a base-1e4 model trained from scratch on dense copy text (so an induction circuit forms), then on
+#           books with half of the text synthetic passkey documents, so that it retrieves within its context,
+#           then trained on at 512 tokens with base 80 / 1e4 / 1e6 (bound-*.yaml: the lower bound of the base,
+#           arXiv 2405.14591);
 #   eval:   bits per byte and passkey at 1x-16x the training length on the held-out book
 #           (eval/suites/rope-base-scratch.yaml);
 #   report: the tables (bpb, Δbpb against each model's own 512-token bpb, measured vs predicted break point,
@@ -23,7 +24,7 @@ OUT=${OUT:-docs/results/rope-base-scratch}
 CONFIGS=recipes/configs/rope-base-scratch
 SCRATCH=(scratch-base500 scratch-base1e4 scratch-base1e5 scratch-base1e6)
 TUNED=(tune-base1e4-to-80 tune-base1e4-to-500 tune-base1e4-to-1e4 tune-base1e4-to-1e5 tune-base1e4-to-1e6)
-BOUND=(bound-scratch-base1e4 bound-tune-to-80 bound-tune-to-1e4 bound-tune-to-1e6)  # in order: the tunes start from the first
+BOUND=(bound-copy-base1e4 bound-scratch-base1e4 bound-tune-to-80 bound-tune-to-1e4 bound-tune-to-1e6)  # in order: each of the first two starts the next
 STAGES=${*:-train tune bound eval report}
 [ -d ../shared/data/books ] || { echo "this study needs ../shared/data/books (long single documents)" >&2; exit 2; }
 
