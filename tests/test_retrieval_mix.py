@@ -74,3 +74,11 @@ def test_both_kinds_at_their_fractions():
 def test_copy_fraction_outside_range_is_refused(retrieval, copy, flag):
     with pytest.raises(UsageError, match=flag):
         mix_in_synthetic(["text"], retrieval=retrieval, copy=copy, max_chars=512)
+
+
+def test_copy_documents_fit_short_rows_passkeys_do_not():
+    mixed = mix_in_synthetic(["x" * 5_000], copy=0.5, max_chars=230, seed=0)
+    copies = [d for d in mixed if "|" in d]
+    assert len(copies) == len(mixed) - 1 and all(len(d) <= 230 for d in copies)
+    with pytest.raises(UsageError, match="passkey samples need room"):
+        mix_in_synthetic(["x" * 5_000], retrieval=0.5, max_chars=230)

@@ -63,7 +63,9 @@ def mix_in_synthetic(docs: list[str], *, retrieval: float = 0.0, copy: float = 0
     require(retrieval + copy < 1, f"--retrieval-mix + --copy-mix must stay below 1 (leave some of --data), got {retrieval + copy}")
     if retrieval == copy == 0:
         return list(docs)
-    require(max_chars >= 400, f"synthetic samples need room: the training length gives only {max_chars} characters")
+    require(not retrieval or max_chars >= 400,
+            f"passkey samples need room: the training length gives only {max_chars} characters, 400 needed")
+    require(not copy or max_chars >= 100, f"copy samples need room: the training length gives only {max_chars} characters, 100 needed")
     rng = random.Random(seed)
     data_chars = sum(map(len, docs)) / (1 - retrieval - copy)
     mixed = list(docs)
