@@ -43,7 +43,7 @@ for stage in $STAGES; do
     bound) for name in "${BOUND[@]}"; do train "$name"; done ;;
     eval)
       args=(); labels=()
-      for name in "${SCRATCH[@]}" "${TUNED[@]}" "${BOUND[@]}"; do
+      for name in "${SCRATCH[@]}" "${TUNED[@]}" "${BOUND[@]:1}"; do  # not the copy warm-up (256 tokens, no passkey)
         out=$(config_out "$CONFIGS/$name.yaml")
         [ -f "$out/config.json" ] || { echo "skip $name: not trained yet" >&2; continue; }
         args+=(--model "$out"); labels+=("$name")

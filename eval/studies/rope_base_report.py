@@ -102,7 +102,8 @@ def fmt_len(n: float) -> str:
 
 
 def is_bound_model(model: dict) -> bool:
-    """The 13.3 models (bound-*.yaml): half of their training text passkey documents, reported on their own."""
+    """The 13.3 models (bound-*.yaml): trained to retrieve (copy warm-up, then half of their text passkey
+    documents), reported on their own."""
     return model["label"].startswith("bound-")
 
 
@@ -135,8 +136,9 @@ def bound_section(models: list[dict]) -> list[str]:
     dim = analyse(models[0])["dim"]
     lower = {n: rope_bounds.smallest_passing_base(dim, n).base for n in lengths}
     lines = ["", "## Lower bound of the base: bits per byte against retrieval (13.3)", "",
-             "The base-1e4 model trained from scratch with half of its text synthetic passkey documents "
-             "(`bound-scratch-base1e4.yaml`), then trained on at 512 tokens with its base changed "
+             "The base-1e4 model trained from scratch on dense copy text (`bound-copy-base1e4.yaml`), then at "
+             "512 tokens with half of its text synthetic passkey documents (`bound-scratch-base1e4.yaml`), then "
+             "trained on at 512 tokens with its base changed "
              "(`bound-tune-to-*.yaml`). Cells: bpb (Δ against the model's own 512-token bpb) · passkey accuracy "
              f"(mean over depths). ⚠: the base breaks B(m) ≥ 0 at that length. Lower bound of the base for head dim {dim} "
              "(smallest base with B(m) ≥ 0 for all m ≤ L, `longctx.rope_bounds`): "
