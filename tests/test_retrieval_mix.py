@@ -12,7 +12,9 @@ from longctx.errors import UsageError
 from longctx.evals.passkey import QUESTION, TASK_LINE
 from longctx.train.retrieval_mix import (
     COPY_ALPHABET,
+    PIECE_ROWS,
     copy_document,
+    cut_into_pieces,
     mix_in_passkeys,
     mix_in_synthetic,
     passkey_document,
@@ -34,7 +36,8 @@ def test_mix_has_the_fraction_of_characters_and_is_seeded():
     synthetic = [d for d in mixed if d.startswith(TASK_LINE)]
     share = sum(map(len, synthetic)) / sum(map(len, mixed))
     assert 0.1 <= share < 0.11
-    assert set(books) <= set(mixed)
+    data = "".join(d for d in mixed if not d.startswith(TASK_LINE))
+    assert (data.count("x"), data.count("y")) == (50_000, 30_000)
     assert mixed == mix_in_passkeys(books, 0.1, max_chars=512, seed=3)
     assert mixed != mix_in_passkeys(books, 0.1, max_chars=512, seed=4)
     assert mix_in_passkeys(books, 0.0, max_chars=512) == books
@@ -69,6 +72,28 @@ def test_both_kinds_at_their_fractions():
     assert mixed == mix_in_synthetic(books, retrieval=0.2, copy=0.5, max_chars=512, seed=0)
 
 
+def test_books_are_cut_into_pieces_spread_through_the_mix():
+    """A whole book shuffled among short synthetic documents would be hundreds of training steps of one kind."""
+    rng = random.Random(0)
+    book = " ".join("".join(rng.choice("abcdefgh") for _ in range(rng.randint(1, 12))) for _ in range(20_000))
+    mixed = mix_in_synthetic([book], copy=0.5, max_chars=400, seed=0)
+    pieces = [d for d in mixed if "|" not in d]
+    assert len(pieces) > 50 and all(len(p) <= PIECE_ROWS * 400 for p in pieces)
+    assert sorted(pieces) == sorted(cut_into_pieces(book, PIECE_ROWS * 400))
+    assert "".join(cut_into_pieces(book, PIECE_ROWS * 400)) == book
+    assert all(p.endswith(" ") for p in cut_into_pieces(book, PIECE_ROWS * 400)[:-1])  # cut between words
+    longest = run = 0
+    for doc in mixed:  # the longest stretch of book text between two synthetic documents
+        run = run + len(doc) if "|" not in doc else 0
+        longest = max(longest, run)
+    assert longest <= 6 * PIECE_ROWS * 400
+
+
+def test_cut_without_whitespace_is_exact():
+    assert cut_into_pieces("x" * 10, 4) == ["xxxx", "xxxx", "xx"]
+    assert cut_into_pieces("", 4) == [] and cut_into_pieces("abc", 4) == ["abc"]
+
+
 @pytest.mark.parametrize("retrieval, copy, flag", [(0.0, 1.0, "--copy-mix"), (0.0, -0.2, "--copy-mix"),
                                                    (0.6, 0.4, "stay below 1")])
 def test_copy_fraction_outside_range_is_refused(retrieval, copy, flag):
@@ -79,6 +104,7 @@ def test_copy_fraction_outside_range_is_refused(retrieval, copy, flag):
 def test_copy_documents_fit_short_rows_passkeys_do_not():
     mixed = mix_in_synthetic(["x" * 5_000], copy=0.5, max_chars=230, seed=0)
     copies = [d for d in mixed if "|" in d]
-    assert len(copies) == len(mixed) - 1 and all(len(d) <= 230 for d in copies)
+    assert len(copies) + len(cut_into_pieces("x" * 5_000, PIECE_ROWS * 230)) == len(mixed)
+    assert all(len(d) <= 230 for d in copies)
     with pytest.raises(UsageError, match="passkey samples need room"):
         mix_in_synthetic(["x" * 5_000], retrieval=0.5, max_chars=230)
