@@ -270,3 +270,19 @@ def test_no_superficial_flag_when_retrieval_fails_even_within_the_trained_length
     assert not model["superficial"]
     assert model["verdict"] == ("retrieval fails within the trained length (0.00 at 256), so it cannot judge the "
                                 "extension; ppl holds at 512")
+
+
+def test_no_superficial_flag_for_a_model_that_retrieves_at_no_length(tmp_path):
+    """Retrieval measured only past the trained length and failing everywhere (linear interpolation without
+    training, whose perplexity is poor at every length) is no evidence of superficial long context."""
+    folder = tmp_path / "linear"
+    folder.mkdir()
+    (folder / "model.json").write_text(json.dumps({"label": "linear", "trained_length": 8192}))
+    lines = [{"key": f"ppl|L={n}", "length": n, "ppl": ppl} for n, ppl in ((8192, 57.7), (12288, 51.4))]
+    lines_pk = [{"key": f"pk|L=12288|{d}", "length": 12288, "depth": d, "accuracy": 0.0} for d in (0.0, 0.5, 1.0)]
+    (folder / "ppl.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (folder / "passkey.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines_pk))
+    write_report(tmp_path, tmp_path / "out")
+    model = json.loads((tmp_path / "out" / "summary.json").read_text())["models"][0]
+    assert not model["superficial"]
+    assert model["verdict"].startswith("retrieval fails at every evaluated length (at best 0.00, at 12K)")

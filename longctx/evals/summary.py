@@ -226,12 +226,22 @@ def summarize(model: ModelSummary, primaries: dict[str, tuple | None]) -> None:
     if trained is None:
         model.warnings.append("model.json has no trained_length: no verdict on extension is possible")
     # A model that cannot retrieve even within its trained length (a random or chat-formatted model) says
-    # nothing about extension through retrieval: judge its longer lengths on perplexity alone.
+    # nothing about extension through retrieval: judge its longer lengths on perplexity alone. Where nothing
+    # within it was measured, a model that retrieves at no evaluated length (a patch that damages the model at
+    # every length, such as linear interpolation without training) gives no evidence either.
     baseline = max((n for n in model.retrieval if trained is not None and n <= trained), default=None)
-    retrieval_judges = baseline is None or model.retrieval[baseline] >= RETRIEVAL_FAILED
-    if not retrieval_judges:
-        model.notes.append(f"retrieval fails within the trained length ({model.retrieval[baseline]:.2f} at "
-                           f"{fmt_len(baseline)}), so it cannot judge the extension")
+    if baseline is not None:
+        retrieval_judges = model.retrieval[baseline] >= RETRIEVAL_FAILED
+        if not retrieval_judges:
+            model.notes.append(f"retrieval fails within the trained length ({model.retrieval[baseline]:.2f} at "
+                               f"{fmt_len(baseline)}), so it cannot judge the extension")
+    else:
+        best = max(model.retrieval, key=model.retrieval.get, default=None)
+        retrieval_judges = best is None or model.retrieval[best] >= RETRIEVAL_FAILED
+        if not retrieval_judges:
+            model.notes.append(f"retrieval fails at every evaluated length (at best {model.retrieval[best]:.2f}, "
+                               f"at {fmt_len(best)}) and was not measured within the trained length, so it "
+                               "cannot judge the extension")
     for length in lengths:
         ppl, retrieval = model.ppl_value(length), model.retrieval.get(length)
         if trained is None or length <= trained:
