@@ -7,7 +7,8 @@ repeated right after it ("K is the pass key.", ~15 tokens later) and as the answ
 A model that copies predicts the 2nd and 3rd occurrence far better than the 1st (which is random: ln 10 =
 2.303 nats per digit). Equal values mean no copying even at short range, so passkey retrieval at any length
 cannot be expected (the situation of issue 13.3 at this scale); a drop at the 2nd but not the 3rd means
-copying over short distances only.
+copying over short distances only. The last line does the same on dense copy documents ("seg|seg" lines of
+random letters and digits): a model with an induction circuit predicts the second copy far better than the first.
 """
 
 from __future__ import annotations
@@ -34,11 +35,31 @@ def key_nll(model, tokenizer, document: str, key: str) -> list[float]:
     return out
 
 
+def segment_nll(model, tokenizer, document: str) -> tuple[float, float]:
+    """Mean NLL (nats) of the characters of each segment's first and second copy in a copy document
+    ("seg|seg" lines, longctx.train.retrieval_mix.copy_document)."""
+    import torch
+
+    ids = tokenizer(document, add_special_tokens=True)["input_ids"]
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    nll = -logp[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+    prefix = len(ids) - len(tokenizer(document, add_special_tokens=False)["input_ids"])  # BOS
+    first, second, start = [], [], 0
+    for line in document.splitlines(keepends=True):
+        size = line.index("|")
+        first += [prefix + start + j - 1 for j in range(size)]
+        second += [prefix + start + size + 1 + j - 1 for j in range(size)]
+        start += len(line)
+    first = [i for i in first if i >= 0]  # the document's first character has no prediction
+    return float(nll[first].mean()), float(nll[second].mean())
+
+
 def main(path: str, documents: int = 20, seed: int = 0) -> int:
     from transformers import AutoModelForCausalLM
 
     from longctx.modeling import load_tokenizer
-    from longctx.train.retrieval_mix import passkey_document
+    from longctx.train.retrieval_mix import COPY_ALPHABET, copy_document, passkey_document
 
     tokenizer = load_tokenizer(path)
     if len(tokenizer("12345", add_special_tokens=False)["input_ids"]) != 5:
@@ -55,6 +76,9 @@ def main(path: str, documents: int = 20, seed: int = 0) -> int:
     for name, value in zip(("needle (1st, random)", "repeat in needle (2nd)", "answer (3rd)"), sums, strict=True):
         print(f"{name:24s} {value:.3f} nats/digit")
     print(f"uniform over digits: {math.log(10):.3f}")
+    firsts, seconds = zip(*(segment_nll(model, tokenizer, copy_document(rng, 460)) for _ in range(documents)), strict=True)
+    print(f"copy documents, 1st copy {sum(firsts) / documents:.3f}, 2nd copy {sum(seconds) / documents:.3f} nats/char "
+          f"(uniform over the {len(COPY_ALPHABET)} characters: {math.log(len(COPY_ALPHABET)):.3f})")
     return 0
 
 
