@@ -33,13 +33,21 @@ def load(out: Path) -> list[dict]:
         ppl = {r["length"]: r for r in read_jsonl(folder / "ppl.jsonl", repair=False)}
         passkey: dict[int, list[float]] = {}
         by_depth: dict[int, dict[float, tuple[int, int]]] = {}
+        digits: dict[int, list[int]] = {}  # length -> [key digits right, key digits]
         for cell in read_jsonl(folder / "passkey.jsonl", repair=False):
             passkey.setdefault(cell["length"], []).append(cell["accuracy"])
             by_depth.setdefault(cell["length"], {})[float(cell["depth"])] = (cell["correct"], cell["trials"])
+            if cell.get("mode", "forced") == "forced":
+                tally = digits.setdefault(cell["length"], [0, 0])
+                for sample in cell.get("samples", []):
+                    if "answer_hits" in sample:  # one token per byte: the last len(key) answer tokens are the digits
+                        tally[0] += sum(sample["answer_hits"][-len(sample["passkey"]):])
+                        tally[1] += len(sample["passkey"])
         training = training_record(folder, Path(info["model_dir"]))
         models.append({"label": folder.name, "info": info, "bpb": {n: r["bpb"] for n, r in sorted(ppl.items())},
                        "passkey": {n: sum(v) / len(v) for n, v in sorted(passkey.items())},
                        "passkey_by_depth": {n: dict(sorted(d.items())) for n, d in sorted(by_depth.items())},
+                       "passkey_digits": dict(sorted(digits.items())),
                        "trained": training["last_step"],  # step, loss, tokens, elapsed_s of its last step
                        "train_runs": training["runs"],
                        "eval_runs": read_jsonl(folder / "runs.jsonl", repair=False)})
@@ -163,6 +171,16 @@ def bound_section(models: list[dict]) -> list[str]:
         lines.append(f"| {model['label']} | " + " | ".join(
             " / ".join(str(by[n][d][0]) if d in by[n] else "–" for d in depths) + f" of {max(t for _, t in by[n].values())}"
             if n in by else "–" for n in lengths) + " |")
+    lines += ["", "Digits of the key right in the forced answer (`answer_hits` of the passkey samples: each digit "
+              "the argmax given the gold digits before it; chance ≈ 0.10; right of total over all depths and trials; "
+              "– where the cells predate `answer_hits`): a graded score that shows partial retrieval where exact "
+              "keys are all missed.", "",
+              "| model | " + " | ".join(fmt_len(n) for n in lengths) + " |", "|" + "---|" * (len(lengths) + 1)]
+    for model in models:
+        tally = model["passkey_digits"]
+        lines.append(f"| {model['label']} | " + " | ".join(
+            f"{tally[n][0] / tally[n][1]:.2f} ({tally[n][0]}/{tally[n][1]})" if tally.get(n, [0, 0])[1] else "–"
+            for n in lengths) + " |")
     return lines + ["", "Verdicts:", "", *verdicts]
 
 

@@ -133,8 +133,11 @@ class PasskeyTrial:
 
     def sample(self, seed: int, grades: list[Graded]) -> dict:
         graded = grades[0]
-        return {"seed": seed, "passkey": self.passkey, "filler_start": self.filler_start,
-                "answer": graded.answer.strip(), "correct": bool(graded.correct)}
+        sample = {"seed": seed, "passkey": self.passkey, "filler_start": self.filler_start,
+                  "answer": graded.answer.strip(), "correct": bool(graded.correct)}
+        if graded.hits is not None:  # forced: which answer tokens (" " + key) the argmax got right, for partial credit
+            sample["answer_hits"] = graded.hits
+        return sample
 
 
 def grade_passkey(generated: str, expected: str) -> bool:

@@ -56,6 +56,7 @@ class Graded:
     answer: str      # forced: argmax at each answer position given the gold prefix (not free text); generate: the text
     correct: bool
     logits: object = None  # [len(answer), vocab] fp32 answer-position logits, only when asked for
+    hits: list[int] | None = None  # forced: 1 where the argmax is the gold token, per answer position (partial credit)
 
 
 def prefix_sharing_allowed(model) -> tuple[bool, str]:
@@ -127,7 +128,8 @@ def _forced(model, tokenizer, query: Query, cache, context: list[int] | None, ke
     logits = _forward(model, (context or []) + tokens, cache, logits_to_keep=len(query.answer))
     predicted = logits.argmax(-1).tolist()
     return Graded(answer=tokenizer.decode(predicted), correct=predicted == query.answer,
-                  logits=logits.cpu() if keep_logits else None)
+                  logits=logits.cpu() if keep_logits else None,
+                  hits=[int(p == g) for p, g in zip(predicted, query.answer, strict=True)])
 
 
 def _generate(model, tokenizer, query: Query, cache, grade: Callable[[str, str], bool], max_new_tokens: int) -> Graded:
