@@ -18,8 +18,9 @@ import random
 import sys
 
 
-def key_nll(model, tokenizer, document: str, key: str) -> list[float]:
-    """Mean NLL (nats) of the key's tokens at each place the key occurs in `document`."""
+def char_nll(model, tokenizer, document: str):
+    """NLL (nats) of each character of `document` given the ones before it (byte tokenizer: token i of the text
+    is character i, ASCII text); the first character, predicted from BOS alone where there is one, is NaN without."""
     import torch
 
     ids = tokenizer(document, add_special_tokens=True)["input_ids"]
@@ -27,32 +28,27 @@ def key_nll(model, tokenizer, document: str, key: str) -> list[float]:
         logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
     nll = -logp[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
     prefix = len(ids) - len(tokenizer(document, add_special_tokens=False)["input_ids"])  # BOS
+    return torch.cat([torch.full((1 - prefix,), float("nan")), nll])  # index i: character i
+
+
+def key_nll(model, tokenizer, document: str, key: str) -> list[float]:
+    """Mean NLL (nats) of the key's characters at each place the key occurs in `document`."""
+    nll = char_nll(model, tokenizer, document)
     starts = [i for i in range(len(document)) if document.startswith(key, i)]
-    out = []
-    for start in starts:  # byte tokenizer: token i of the text is character i (ASCII text)
-        positions = [prefix + start + j - 1 for j in range(len(key))]
-        out.append(float(nll[positions].mean()))
-    return out
+    return [float(nll[start:start + len(key)].mean()) for start in starts]
 
 
 def segment_nll(model, tokenizer, document: str) -> tuple[float, float]:
     """Mean NLL (nats) of the characters of each segment's first and second copy in a copy document
     ("seg|seg" lines, longctx.train.retrieval_mix.copy_document)."""
-    import torch
-
-    ids = tokenizer(document, add_special_tokens=True)["input_ids"]
-    with torch.inference_mode():
-        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
-    nll = -logp[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
-    prefix = len(ids) - len(tokenizer(document, add_special_tokens=False)["input_ids"])  # BOS
+    nll = char_nll(model, tokenizer, document)
     first, second, start = [], [], 0
     for line in document.splitlines(keepends=True):
         size = line.index("|")
-        first += [prefix + start + j - 1 for j in range(size)]
-        second += [prefix + start + size + 1 + j - 1 for j in range(size)]
+        first += range(start, start + size)
+        second += range(start + size + 1, start + 2 * size + 1)
         start += len(line)
-    first = [i for i in first if i >= 0]  # the document's first character has no prediction
-    return float(nll[first].mean()), float(nll[second].mean())
+    return float(nll[first].nanmean()), float(nll[second].mean())
 
 
 def main(path: str, documents: int = 20, seed: int = 0) -> int:
