@@ -7,7 +7,7 @@ VENV_FLAGS ?=
 TORCH_SPEC ?= torch==2.13.0
 export LONGCTX_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: setup demo test test-compat test-gpu lint bench bench-gpu study-gpu clean extension-cpu reproduce-rope-base
+.PHONY: setup demo test test-compat test-gpu lint bench bench-gpu study-gpu gpu-lease gpu-lease-prepare clean extension-cpu reproduce-rope-base
 
 setup: $(VENV)/.longctx-installed
 
@@ -55,7 +55,17 @@ bench: setup
 bench-gpu: setup
 	$(PY) bench/gpu.py $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(OUT),--out $(OUT))
 
-# SmolLM2-135M 8K -> 64K (docs/results/smollm2-extension-<gpu>): training-free methods x8, LoRA at 8K with YaRN
+# One GPU lease in about 10 minutes (eval/studies/gpu-lease.sh): test-gpu, bench-gpu and the compact SmolLM2
+# 8K -> 64K study (SCOPE=lease: original, YaRN x8, base 3.1e7, one LoRA), each stage under its own time budget,
+# into docs/results/bench-<gpu> and docs/results/smollm2-extension-<gpu>. On a lent machine that carries 64 MiB a
+# call, `make gpu-lease-prepare` first writes .lease/ and the plan of two calls. DRY_RUN=1: every stage on CPU.
+gpu-lease: setup
+	PYTHON=$(PY) bash eval/studies/gpu-lease.sh $(or $(STAGES),tests bench study)
+
+gpu-lease-prepare: setup
+	HERE_PYTHON=$(PY) bash eval/studies/gpu-lease.sh prepare
+
+# SmolLM2-135M 8K -> 64K, every method (docs/results/smollm2-extension-<gpu>-full): training-free methods x8, LoRA at 8K with YaRN
 # and a base change, with and without PoSE, perplexity/passkey/NIAH to 64K. Resumable; STAGES="ppl retrieval" runs chosen stages.
 study-gpu: setup
 	bash eval/studies/smollm2-extension-gpu.sh $(STAGES)

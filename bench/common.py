@@ -248,14 +248,12 @@ def _cpu_name() -> str:
 
 
 def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip() or None
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True, timeout=10).stdout.strip()
-    return f"{commit} + uncommitted changes" if commit and dirty else commit
+    """`longctx.provenance.git_commit` in one string (short hash, "+ uncommitted changes" where the tree differs)."""
+    from longctx.provenance import git_commit
+
+    code = git_commit()
+    commit = code["commit"][:7] if code["commit"] and not code.get("commit_from") else code["commit"]
+    return f"{commit} + uncommitted changes" if commit and code["dirty"] else commit
 
 
 def environment(device: str) -> dict:

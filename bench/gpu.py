@@ -46,6 +46,7 @@ REAL = dict(shape="7b", device="cuda", ppl_lengths=[32768, 131072], lora_seq_len
 DRY = dict(shape="tiny", device="cpu", ppl_lengths=[128, 256], lora_seq_len=64, steps=2, warmup=1,
            matmul=("fp32", 256, 0.2))
 TARGET_LORA_MFU = 0.40  # issue 5: LoRA MFU at 8K on one H100
+TARGET_TRAINER_SPEEDUP = 1.3  # issue 5: longctx's loop against transformers' Trainer, same step
 
 
 # ---------------------------------------------------------------- measured in fresh processes
@@ -81,11 +82,12 @@ def one_document(folder: Path) -> Path:
 
 
 def measure_lora(shape: str, seq_len: int, steps: int, warmup: int, device: str, attn: str,
-                 peak_flops: float | None = None) -> dict:
-    """LoRA optimizer steps of longctx's training loop on a random `shape`: tokens/s, peak memory, FLOPs/token."""
+                 peak_flops: float | None = None, impl: str = "longctx") -> dict:
+    """LoRA optimizer steps on a random `shape`: tokens/s, peak memory, FLOPs/token. `impl` longctx: longctx's
+    training loop; trainer: transformers' `Trainer` on the same model, rows and optimizer settings (the baseline)."""
     import torch
 
-    from bench.bench_finetune import finetune_args, run_longctx
+    from bench.bench_finetune import finetune_args, run_longctx, run_trainer
     from longctx.byte_tokenizer import byte_tokenizer
     from longctx.loss import liger_available
     from longctx.train import flops
@@ -100,8 +102,8 @@ def measure_lora(shape: str, seq_len: int, steps: int, warmup: int, device: str,
         built = Built(trained, byte_tokenizer(), Path(tmp), {}, seq_len, seq_len)
         hf = trained.get_base_model()
         flops_token = flops.model_flops_per_token(hf, seq_len, full=False)
-        result = run_longctx(args, built, device, warmup)
-    result.update(shape=shape, seq_len=seq_len, attn_implementation=attn, dtype=dtype, flops_per_token=flops_token,
+        result = (run_longctx if impl == "longctx" else run_trainer)(args, built, device, warmup)
+    result.update(impl=impl, shape=shape, seq_len=seq_len, attn_implementation=attn, dtype=dtype, flops_per_token=flops_token,
                   non_embedding_params=flops.non_embedding_params(hf),
                   trainable_params=sum(p.numel() for p in trained.parameters() if p.requires_grad),
                   lora_r=args.tune.lora_r, lora_targets=args.tune.lora_targets,
@@ -123,6 +125,9 @@ def ppl_section(opts, plan: dict, attn: str) -> dict:
     for length in plan["ppl_lengths"]:
         row = {"length": length, "naive_extra_estimate_bytes": bench_ppl.naive_extra_bytes(length, vocab, dtype_bytes)}
         for variant in ("longctx", "naive"):
+            if variant == "naive" and opts.naive_max_length and length > opts.naive_max_length:
+                row[variant] = {"skipped": f"not run: --naive-max-length {opts.naive_max_length} (its need is computed)"}
+                continue
             if variant == "naive" and row["naive_extra_estimate_bytes"] + weights > 0.9 * bench_ppl.available_bytes(device):
                 row[variant] = {"skipped": f"not run: needs ≥ {common.fmt_bytes(row['naive_extra_estimate_bytes'])} for "
                                            "logits + fp32 copy + log-softmax (computed), more than is free"}
@@ -151,10 +156,13 @@ def lora_section(opts, plan: dict, attn: str) -> dict:
 
     device = plan["device"]
     before = matmul_ceiling(plan)
-    print(f"  lora {plan['shape']} T={plan['lora_seq_len']} ...", flush=True)
-    result = common.run_child("bench.gpu:measure_lora", {
-        "shape": plan["shape"], "seq_len": plan["lora_seq_len"], "steps": plan["steps"], "warmup": plan["warmup"],
-        "device": device, "attn": attn, "peak_flops": before["flops_per_s"]}, timeout=opts.timeout)
+    runs = {}
+    for impl in ("longctx", "trainer"):
+        print(f"  lora {impl} {plan['shape']} T={plan['lora_seq_len']} ...", flush=True)
+        runs[impl] = common.run_child("bench.gpu:measure_lora", {
+            "shape": plan["shape"], "seq_len": plan["lora_seq_len"], "steps": plan["steps"], "warmup": plan["warmup"],
+            "device": device, "attn": attn, "peak_flops": before["flops_per_s"], "impl": impl}, timeout=opts.timeout)
+    result, trainer = runs["longctx"], runs["trainer"]
     after = matmul_ceiling(plan)
     ceiling = max(before, after, key=lambda c: c["flops_per_s"])  # a loaded moment cannot inflate MFU
     ceiling["before_and_after_flops_per_s"] = [before["flops_per_s"], after["flops_per_s"]]
@@ -163,12 +171,16 @@ def lora_section(opts, plan: dict, attn: str) -> dict:
         import torch
 
         datasheet = flops.peak_flops(torch.cuda.get_device_name(0))
-    if result.get("tokens_per_s"):
-        result["mfu_vs_measured_peak"] = flops.mfu(result["flops_per_token"], result["tokens_per_s"], ceiling["flops_per_s"])
-        result["mfu_vs_datasheet"] = flops.mfu(result["flops_per_token"], result["tokens_per_s"], datasheet)
+    for run in runs.values():
+        if run.get("tokens_per_s"):
+            run["mfu_vs_measured_peak"] = flops.mfu(run["flops_per_token"], run["tokens_per_s"], ceiling["flops_per_s"])
+            run["mfu_vs_datasheet"] = flops.mfu(run["flops_per_token"], run["tokens_per_s"], datasheet)
+    speedup = (result["tokens_per_s"] / trainer["tokens_per_s"]
+               if result.get("tokens_per_s") and trainer.get("tokens_per_s") else None)
     return {"model": plan["shape"], "device": device, "attn_implementation": attn, "seq_len": plan["lora_seq_len"],
             "steps": plan["steps"], "warmup": plan["warmup"], "matmul_ceiling": ceiling, "datasheet_peak_flops": datasheet,
-            "result": result, "target_mfu": TARGET_LORA_MFU}
+            "result": result, "trainer": trainer, "speedup_vs_trainer": speedup, "target_mfu": TARGET_LORA_MFU,
+            "target_speedup": TARGET_TRAINER_SPEEDUP}
 
 
 # ---------------------------------------------------------------- output
@@ -179,31 +191,45 @@ def _pct(x: float | None) -> str | None:
 
 def lora_markdown(section: dict) -> str:
     r, ceiling = section["result"], section["matmul_ceiling"]
-    out = [f"## LoRA step at {section['seq_len']} tokens: longctx's training loop\n",
+    trainer = section.get("trainer") or {"error": "not run (a results file from before the Trainer baseline)"}
+    out = [f"## LoRA step at {section['seq_len']} tokens: longctx's training loop vs transformers' `Trainer`\n",
            f"Model: random `{section['model']}` on `{section['device']}` ({section['attn_implementation']}), batch 1, "
            f"{section['warmup']} warm-up step(s) then {section['steps']} measured steps (tokens/s from the median step), "
-           "each row one document (no packing mask). MFU counts 4N + 12·L·d·T FLOPs per token (N = non-embedding "
+           "each row one document (no packing mask), the same model, rows and optimizer settings for both (the Trainer: "
+           "its own loss over full logits). MFU counts 4N + 12·L·d·T FLOPs per token (N = non-embedding "
            "parameters, d = heads × head dim; frozen weights get no weight-gradient matmul; recomputation of "
            f"gradient checkpointing not counted) against the data-sheet bf16 peak and against {ceiling['op']} = "
            f"{common.fmt_flops(ceiling['flops_per_s'])} measured in this run (the higher of before and after).\n"]
     if "error" in r:
         out.append(f"failed: {r['error']}\n")
         return "\n".join(out)
-    out.append(common.table(
-        ["seq len", "tokens/s", "s/step (median)", "peak memory", "FLOPs/token", "N (non-embedding)", "trainable",
-         "MFU vs data sheet", "MFU vs measured peak", "first → last loss"],
-        [[section["seq_len"], f"{r['tokens_per_s']:.0f}" if r.get("tokens_per_s") else None,
-          common.fmt_seconds(r.get("seconds_per_step")), common.fmt_bytes(r.get("peak_bytes")),
-          f"{r['flops_per_token']:.3e}", f"{r['non_embedding_params']:,}", f"{r['trainable_params']:,}",
-          _pct(r.get("mfu_vs_datasheet")) or "— (no data-sheet peak for this device)", _pct(r.get("mfu_vs_measured_peak")),
-          f"{r['losses'][0]:.3f} → {r['losses'][-1]:.3f}" if r.get("losses") else None]]))
-    out.append(f"\nLoRA r={r['lora_r']} on {r['lora_targets']}, {r['dtype']} weights, gradient checkpointing "
-               f"{'on' if r['gradient_checkpointing'] else 'off'}, loss {'Liger fused' if r['liger'] else 'chunked'}; peak "
-               f"memory above the loaded model ({r.get('memory_method')}).")
-    mfu = r.get("mfu_vs_datasheet")
-    out.append(f"\nTarget (issue #5): LoRA MFU ≥ {100 * section['target_mfu']:.0f}% at 8K on one H100 → "
-               + ("not evaluated (no data-sheet peak: not a known GPU)" if mfu is None else
-                  "**met**" if mfu >= section["target_mfu"] else f"**missed** ({100 * mfu:.1f}%)"))
+    rows = []
+    for name, run in (("longctx", r), ("Trainer", trainer)):
+        if "error" in run:
+            rows.append([name, section["seq_len"], f"failed: {str(run['error']).splitlines()[-1][:200]}"] + [None] * 7)
+            continue
+        rows.append([name, section["seq_len"], f"{run['tokens_per_s']:.0f}" if run.get("tokens_per_s") else None,
+                     common.fmt_seconds(run.get("seconds_per_step")), common.fmt_bytes(run.get("peak_bytes")),
+                     f"{run['flops_per_token']:.3e}",
+                     _pct(run.get("mfu_vs_datasheet")) or "— (no data-sheet peak for this device)",
+                     _pct(run.get("mfu_vs_measured_peak")),
+                     f"{run['losses'][0]:.3f} → {run['losses'][-1]:.3f}" if run.get("losses") else None,
+                     run.get("optimizer")])
+    out.append(common.table(["loop", "seq len", "tokens/s", "s/step (median)", "peak memory", "FLOPs/token",
+                             "MFU vs data sheet", "MFU vs measured peak", "first → last loss", "optimizer"], rows))
+    out.append(f"\nN (non-embedding) = {r['non_embedding_params']:,}; trainable {r['trainable_params']:,}: LoRA "
+               f"r={r['lora_r']} on {r['lora_targets']}, {r['dtype']} weights, gradient checkpointing "
+               f"{'on' if r['gradient_checkpointing'] else 'off'}, loss {'Liger fused' if r['liger'] else 'chunked'} "
+               f"(longctx); peak memory above the loaded model ({r.get('memory_method')}).")
+    mfu, measured, speedup = r.get("mfu_vs_datasheet"), r.get("mfu_vs_measured_peak"), section.get("speedup_vs_trainer")
+    out.append(f"\nTargets (issue #5): LoRA MFU ≥ {100 * section['target_mfu']:.0f}% at 8K → "
+               + ("not evaluated against a data sheet (not a known GPU)" if mfu is None else
+                  f"**{'met' if mfu >= section['target_mfu'] else 'missed'}** against the data sheet ({100 * mfu:.1f}%)")
+               + (f", {100 * measured:.1f}% of the matmul ceiling measured here" if measured is not None else "")
+               + f"; ≥ {section.get('target_speedup', TARGET_TRAINER_SPEEDUP):g}× the Trainer's tokens/s → "
+               + ("not evaluated (a run failed)" if speedup is None else
+                  f"**{'met' if speedup >= section.get('target_speedup', TARGET_TRAINER_SPEEDUP) else 'missed'}** "
+                  f"({speedup:.2f}×)"))
     return "\n".join(out) + "\n"
 
 
@@ -241,10 +267,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--attn", default="auto", choices=("auto", "sdpa", "flash_attention_2", "eager"),
                         help="attention implementation (auto: flash_attention_2 when installed, else sdpa)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per measured process")
+    parser.add_argument("--naive-max-length", type=int, default=None,
+                        help="run the naive perplexity baseline only up to this length (its memory need is computed "
+                             "above it): a time-boxed run (make gpu-lease) skips the slowest measurement")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from longctx.files import write_text_atomic
     from longctx.modeling import pick_attn_implementation
     from longctx.provenance import RunRecord
 
@@ -277,9 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         section["environment"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         section["bench_seconds"] = time.perf_counter() - start
         results[name] = section
-    results["run"] = record.finish(dry_run=opts.dry_run, plan={k: v for k, v in plan.items() if k != "matmul"})
-    common.save_results(out, results)
-    (out / "README.md").write_text(render(results))
+        # after every section, so a run stopped in the next one (a lease's time budget) keeps this one
+        results["run"] = record.finish(dry_run=opts.dry_run, plan={k: v for k, v in plan.items() if k != "matmul"},
+                                       sections=[k for k in ("ppl", "lora") if k in results])
+        common.save_results(out, results)
+        write_text_atomic(out / "README.md", render(results))
     print(render(results))
     print(f"wrote {out / 'results.json'} and {out / 'README.md'}")
     return 0

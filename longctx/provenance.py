@@ -28,7 +28,10 @@ def git_commit() -> dict:
 
     commit = git("rev-parse", "HEAD")
     if commit is None:
-        return {"commit": None, "dirty": None}
+        # a copy of a checkout without its .git (the working tree a GPU lease runs in): the commit it was copied
+        # from, as the one who copied it says; whether the copy differs from it is then unknown
+        given = os.environ.get("LONGCTX_COMMIT") or None
+        return {"commit": given, "dirty": None, **({"commit_from": "LONGCTX_COMMIT"} if given else {})}
     status = git("status", "--porcelain", "--untracked-files=no", "--", "longctx")
     return {"commit": commit, "dirty": bool(status)}
 
@@ -50,6 +53,7 @@ def machine() -> dict:
         info["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
+            info["cuda"] = torch.version.cuda
     except ImportError:
         pass
     return info

@@ -70,6 +70,49 @@ def test_flash_attention_varlen_packing_equals_sdpa_with_a_block_mask():
 
 
 @needs_cuda
+@pytest.mark.parametrize("head_dim", [64, 128], ids=["head64-smollm2", "head128-llama"])
+def test_sdpa_flash_kernel_takes_the_unmasked_causal_path_in_bf16(head_dim):
+    """Every long eval and every one-document training row runs SDPA with no mask (is_causal): the flash kernel
+    must accept the model's shapes (GQA, head dim 64 like SmolLM2 and 128 like Llama) in bf16. Only flash is
+    allowed here, so a silent fallback to a slower kernel raises; the logits agree with the math kernel in fp32."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    bf16 = random_llama(attn="sdpa", hidden=4 * head_dim)
+    fp32 = random_llama(attn="sdpa", hidden=4 * head_dim, dtype=torch.float32)
+    ids = torch.randint(0, 1024, (1, 4096), generator=torch.Generator().manual_seed(1)).cuda()
+    with torch.no_grad():
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            fast = bf16(input_ids=ids).logits.float()
+        with sdpa_kernel([SDPBackend.MATH]):
+            reference = fp32(input_ids=ids).logits
+    assert torch.isfinite(fast).all()
+    relative = float((fast - reference).norm() / reference.norm())
+    assert relative < 2e-2, relative
+
+
+@needs_cuda
+def test_packed_row_with_the_block_mask_scores_each_document_as_if_alone():
+    """Packing with PoSE-style segment ids on CUDA (SDPA with longctx's block-causal mask, bf16): the summed loss
+    of the packed row equals the sum of each document's loss computed on its own — no token sees another
+    document — and the backward is finite."""
+    from longctx.loss import CausalLMLoss
+
+    model = random_llama(attn="sdpa").train()
+    batch = packed_batch()
+    loss = CausalLMLoss(model)
+    packed = loss(**batch)
+    packed.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    alone = 0.0
+    with torch.no_grad():
+        for segment in batch["segment_ids"].unique():
+            keep = batch["segment_ids"][0] == segment
+            part = {k: v[:, keep] for k, v in batch.items() if k != "segment_ids"}  # its last label is -100 already
+            alone += float(loss(**part))
+    torch.testing.assert_close(float(packed.detach()), alone, rtol=2e-2, atol=0)
+
+
+@needs_cuda
 def test_bf16_training_step_is_finite_and_matches_fp32():
     from longctx.loss import CausalLMLoss
 
@@ -154,7 +197,7 @@ def test_fsdp_launch_trains_like_one_plain_process_and_exports_what_loads(tmp_pa
     common = ["--model", model_dir, "--base", "1e5", "--data", "pydoc", "--seq-len", 128, "--max-steps", 3,
               "--lr", "5e-3", "--grad-accum", 1, "--report-to", "none"]
     runs = {"plain": [sys.executable, root / "recipes" / "finetune.py", *common, "--batch-size", gpus],
-            "fsdp": ["accelerate", "launch", "--config_file", root / "recipes" / "accelerate" / "fsdp.yaml",
+            "fsdp": [sys.executable, "-m", "accelerate.commands.launch", "--config_file", root / "recipes" / "accelerate" / "fsdp.yaml",
                      "--num_processes", gpus, "--mixed_precision", "no", root / "recipes" / "finetune.py", *common,
                      "--batch-size", 1]}
     for name, argv in runs.items():

@@ -105,13 +105,17 @@ def test_bench_dry_run_writes_every_number_of_the_gpu_bench(tmp_path):
     # 4N + 12·L·d·T for the tiny shape: 2 layers, 4 heads of 16, T = 64
     assert result["flops_per_token"] == 4 * result["non_embedding_params"] + 12 * 2 * 4 * 16 * 64
     assert 0 < result["trainable_params"] < result["non_embedding_params"]
+    trainer = lora["trainer"]  # the baseline: the same step through transformers' Trainer
+    assert "error" not in trainer, trainer
+    assert trainer["impl"] == "trainer" and trainer["measured_steps"] == 2 and trainer["tokens_per_s"] > 0
+    assert lora["speedup_vs_trainer"] == pytest.approx(result["tokens_per_s"] / trainer["tokens_per_s"])
     for section in ("ppl", "lora"):
         assert {"command", "device", "git_commit", "versions"} <= set(results[section]["environment"])
         assert results[section]["bench_seconds"] > 0
 
     readme = (out / "README.md").read_text()
     assert "DRY RUN" in readme and "## Run" in readme and "wall time" in readme
-    assert "tok/s" in readme and "MFU" in readme and "4N + 12·L·d·T" in readme
+    assert "tok/s" in readme and "MFU" in readme and "4N + 12·L·d·T" in readme and "| Trainer |" in readme
 
 
 def test_bench_and_study_refuse_to_run_the_real_thing_without_a_gpu(tmp_path):

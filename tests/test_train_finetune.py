@@ -121,6 +121,27 @@ def test_callbacks_see_every_step_each_checkpoint_and_the_end(tiny_llama_dir, co
                              ("step", 3, 96, logged[3]), ("save", 3, "step-000003"), ("end", 3)]
 
 
+def test_a_spent_time_budget_stops_after_the_step_saves_and_exports(tiny_llama_dir, corpus, tmp_path, monkeypatch):
+    """--max-minutes (a GPU lease's stage budget): the step that spends it is the last, checkpointed and exported
+    like step --max-steps, and the run record says the budget stopped it; a resume continues to --max-steps."""
+    from longctx.train import loop
+
+    ticks = iter(range(0, 10_000, 50))  # every read of the clock is 50 s later: step 2 ends past the 1.5 min
+    monkeypatch.setattr(loop.time, "monotonic", lambda: float(next(ticks)))
+    out = tmp_path / "run"
+    argv = ["--model", tiny_llama_dir, "--data", corpus, "--seq-len", 32, "--max-steps", 6, "--max-minutes", 1.5]
+    assert finetune(*argv, "--out", out) == 0
+    assert sorted(losses(out)) == [1, 2]
+    assert (out / "adapter_config.json").is_file() and (out / "checkpoints" / "step-000002").is_dir()
+    (record,) = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert record["stopped_by_time"] is True and record["step"] == 2
+    monkeypatch.undo()  # the real clock again
+    assert finetune(*argv, "--out", out, "--resume") == 0  # a fresh budget: the run reaches --max-steps
+    assert sorted(losses(out)) == [1, 2, 3, 4, 5, 6]
+    assert json.loads((out / "runs.jsonl").read_text().splitlines()[-1])["stopped_by_time"] is False
+    assert finetune(*argv[:-2], "--max-minutes", 0, "--out", tmp_path / "bad") == 2
+
+
 def test_lora_output_loads_with_the_patched_rope_and_merges(tiny_llama_dir, corpus, tmp_path):
     from longctx.modeling import load_model
 

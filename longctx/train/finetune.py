@@ -170,7 +170,8 @@ def finetune(args, *, callbacks=()) -> dict:
     export(args, spec, built, summary, accelerator, model)
     if accelerator.is_main_process:  # OUT/runs.jsonl: command, commit, machine, wall time of each (resumed) run
         append_jsonl(out / "runs.jsonl", record.finish(step=summary["step"], final_loss=summary["final_loss"],
-                                                       tokens=summary.get("tokens"), world=summary["world"]))
+                                                       tokens=summary.get("tokens"), world=summary["world"],
+                                                       stopped_by_time=summary.get("stopped_by_time", False)))
     accelerator.end_training()
     accelerator.print(f"done: {summary['step']} steps, final loss {summary['final_loss']}, saved to {out}")
     return summary

@@ -11,6 +11,7 @@ run before anything is saved, so the newest checkpoint is always a good one. Log
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 from longctx.errors import UsageError, require
@@ -175,9 +176,21 @@ def stop_if_not_finite(out: Path, state: TrainState) -> None:
                          f"{kept[-1] if kept else 'none (no step was saved yet)'}: lower --lr or check the data")
 
 
+def out_of_time(accelerator, deadline: float | None) -> bool:
+    """Whether the run's --max-minutes is spent; every process takes the same decision (any one's clock says so)."""
+    if deadline is None:
+        return False
+    import torch
+
+    late = torch.tensor(float(time.monotonic() >= deadline), device=accelerator.device)
+    return bool(accelerator.reduce(late, reduction="sum") > 0)
+
+
 def train(args, *, accelerator, built, docs, callbacks=()) -> dict:
     """Run the optimizer steps from the newest checkpoint (or 0) to --max-steps; returns a summary
-    {step, final_loss, tokens, model, optimizer}. `callbacks` (see longctx.train.callbacks) run after the loop's log."""
+    {step, final_loss, tokens, model, optimizer, stopped_by_time}. `callbacks` (see longctx.train.callbacks) run
+    after the loop's log. With --max-minutes the loop also stops after the step that spends the budget, saved
+    like a last step, so a time-boxed run (a GPU lease) still ends with a checkpoint and an export."""
     from longctx.train.data import PackedRows
 
     t, out = args.train, Path(args.train.out)
@@ -191,8 +204,10 @@ def train(args, *, accelerator, built, docs, callbacks=()) -> dict:
     state = TrainState(step=step, max_steps=t.max_steps, rows_consumed=rows_consumed, seq_len=built.seq_len)
     hooks = [TrainLog(accelerator, out / LOG_FILE, log_every=t.log_every, start=state, flops_per_token=flops_token,
                       peak_flops=peak), *callbacks]
+    deadline = time.monotonic() + 60 * t.max_minutes if t.max_minutes else None
+    stopped_by_time = False
     model.train()
-    while state.step < t.max_steps:
+    while state.step < t.max_steps and not stopped_by_time:
         step_rows = [next(rows) for _ in range(rows_per_step)]
         loss, grad_norm = optimizer_step(model, optimizer, step_rows, accelerator=accelerator, t=t)
         state = TrainState(step=state.step + 1, max_steps=t.max_steps, rows_consumed=state.rows_consumed + rows_per_step,
@@ -201,9 +216,13 @@ def train(args, *, accelerator, built, docs, callbacks=()) -> dict:
         stop_if_not_finite(out, state)
         call(hooks, "on_step", state)
         kill_point("train:step")
-        if (t.save_every and state.step % t.save_every == 0) or state.step == t.max_steps:
+        stopped_by_time = state.step < t.max_steps and out_of_time(accelerator, deadline)
+        if (t.save_every and state.step % t.save_every == 0) or state.step == t.max_steps or stopped_by_time:
             path = save_checkpoint(accelerator, out, state.step, state.rows_consumed, t.keep_last, scheduler)
             call(hooks, "on_save", state, path)
-    summary = {"step": state.step, "final_loss": state.loss, "tokens": state.tokens, "model": model, "optimizer": optimizer}
+    if stopped_by_time:
+        accelerator.print(f"stopped at step {state.step} of {t.max_steps}: --max-minutes {t.max_minutes:g} spent")
+    summary = {"step": state.step, "final_loss": state.loss, "tokens": state.tokens, "model": model, "optimizer": optimizer,
+               "stopped_by_time": stopped_by_time}
     call(hooks, "on_end", summary)
     return summary
