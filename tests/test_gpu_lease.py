@@ -107,6 +107,8 @@ def test_the_lease_plan_splits_fits_joins_and_runs_every_stage_into_files_that_c
         rows = {row["length"]: row for row in model["by_length"]}
         assert all(rows[n].get("ppl") is not None for n in (128, 256, 512, 1024)), model["label"]
         assert all(rows[n].get("passkey") is not None for n in (256, 512, 1024)), model["label"]
+    table = (results / "smollm2-extension-dry" / "lease.md").read_text()  # the stage table, from the records
+    assert "| study-lora |" in table and "| study-report |" in table and "Wall time of these stages" in table
     (tests,) = [json.loads(line) for line in (results / "bench-dry" / "lease-stages.jsonl").read_text().splitlines()]
     assert tests["stage"] == "tests" and tests["exit_status"] == 0
     assert "skipped" in (results / "bench-dry" / "test-gpu.log").read_text()  # no CUDA here: every GPU test skips

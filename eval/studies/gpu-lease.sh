@@ -24,8 +24,9 @@
 # Stages and their budgets (seconds; override with e.g. BUDGET_BENCH=200):
 #   tests  BUDGET_TESTS=120   pytest -m gpu tests/test_gpu.py      -> docs/results/bench-<gpu>/test-gpu.log
 #   bench  BUDGET_BENCH=210   bench/gpu.py (7B shape; naive loss to 32K only)  -> docs/results/bench-<gpu>/
-#   study  ppl 90, passkey 120, LoRA 210 (it stops itself at LORA_MINUTES=2.5), tuned ppl 45, tuned passkey 60,
-#          report 45: SCOPE=lease of smollm2-extension-gpu.sh  -> docs/results/smollm2-extension-<gpu>/
+#   study  patch 60, then the LoRA 200 (it stops itself at LORA_MINUTES=2.5) beside ppl 90 and passkey 120 of
+#          the training-free models, then tuned ppl 45, tuned passkey 60, report 45: SCOPE=lease of
+#          smollm2-extension-gpu.sh  -> docs/results/smollm2-extension-<gpu>/
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -104,8 +105,9 @@ run_stage() {  # name budget folder command...: the command under its budget, re
 pack() {  # results folders -> $OUT/<folder>.tar.gz, plus the log: at most 8 files come back
   local dir
   for dir in "$RESULTS/bench-$GPU" "$RESULTS/smollm2-extension-$GPU"; do
-    [ -d "$dir" ] && tar -czf "$OUT/$(basename "$dir").tar.gz.partial" -C "$(dirname "$dir")" "$(basename "$dir")" \
-      && mv "$OUT/$(basename "$dir").tar.gz.partial" "$OUT/$(basename "$dir").tar.gz"
+    # a stage running beside another (the LoRA) packs too: each its own partial file, renamed into place
+    [ -d "$dir" ] && tar -czf "$OUT/.$(basename "$dir").tar.gz.$BASHPID" -C "$(dirname "$dir")" "$(basename "$dir")" \
+      2>/dev/null && mv "$OUT/.$(basename "$dir").tar.gz.$BASHPID" "$OUT/$(basename "$dir").tar.gz"
   done
   return 0
 }
@@ -226,20 +228,28 @@ study_stage() {
     env+=(BOOKS="$(cd "$books" && pwd)" MODELS="$STASH/models")
     [ "${REHEARSE:-0}" = 1 ] && env+=(DEVICE=cpu)
   fi
+  run_stage study-patch "${BUDGET_PATCH:-60}" "$folder" "${env[@]}" "${study[@]}" patch
+  # The LoRA trains while the training-free models are evaluated: a 135M model fills a fraction of the GPU, and
+  # the lease's minutes are the scarce thing (its logged tokens/s are then not a clean speed: bench-gpu is that).
+  run_stage study-lora "${BUDGET_LORA:-200}" "$folder" "${env[@]}" "${study[@]}" finetune &
+  local lora=$!
   run_stage study-ppl "${BUDGET_PPL:-90}" "$folder" "${env[@]}" "${study[@]}" ppl
   run_stage study-passkey "${BUDGET_PASSKEY:-120}" "$folder" "${env[@]}" RETRIEVAL_MODELS="$free" "${study[@]}" retrieval
-  run_stage study-lora "${BUDGET_LORA:-210}" "$folder" "${env[@]}" "${study[@]}" finetune
+  wait "$lora"
   run_stage study-tuned-ppl "${BUDGET_TUNED_PPL:-45}" "$folder" "${env[@]}" "${study[@]}" tuned
   run_stage study-tuned-passkey "${BUDGET_TUNED_PASSKEY:-60}" "$folder" "${env[@]}" "${study[@]}" retrieval
   run_stage study-report "${BUDGET_REPORT:-45}" "$folder" "${env[@]}" "${study[@]}" report
 }
 
-unpack() {  # HERE: DIR holds what a call brought back
-  local from=${1:?unpack DIR}
+unpack() {  # HERE: DIR holds what a call brought back; each folder gets lease.md, its stage table
+  local from=${1:?unpack DIR} folders=()
   for tarball in "$from"/*.tar.gz; do
     [ -e "$tarball" ] || continue
-    tar -xzf "$tarball" -C "$RESULTS" && say "unpacked $(basename "$tarball") into $RESULTS"
+    tar -xzf "$tarball" -C "$RESULTS" || die "$tarball does not unpack"
+    folders+=("$RESULTS/$(basename "$tarball" .tar.gz)")
+    say "unpacked $(basename "$tarball") into $RESULTS"
   done
+  [ ${#folders[@]} -eq 0 ] || $HERE_PYTHON eval/studies/lease_report.py "${folders[@]}"
 }
 
 export LEASE_COMMAND="bash eval/studies/gpu-lease.sh $*"
