@@ -6,6 +6,7 @@
                              `text_field`), or a directory of `*.txt` / `*.md` / `*.rst` / `*.py` / `*.jsonl`
                              (README*, LICENSE* and CHANGES* files in a directory describe it: skipped)
   hf:NAME[:CONFIG][:SPLIT]   a Hugging Face dataset through `datasets`
+  pydoc,FILE [,FILE ...]     the pydoc prose next to files
 Both embedded corpora ship with every CPython, so nothing is downloaded by default. Documents come back in
 a fixed order; callers shuffle them with their own seed.
 """
@@ -108,6 +109,9 @@ def load_named_documents(spec: str | None = None, text_field: str = "text",
     else:
         docs = []
         for item in (part.strip() for part in spec.split(",") if part.strip()):
+            if item == DEFAULT_DATA:  # pydoc prose next to files: "pydoc,book.txt"
+                docs.extend(pydoc_documents())
+                continue
             path = Path(item).expanduser()
             require(path.exists(), f"data {item} does not exist: give pydoc, stdlib, hf:NAME or text/JSONL files")
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES

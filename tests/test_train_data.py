@@ -83,3 +83,9 @@ def test_packing_isolates_documents_with_sdpa(tiny_llama_dir):
         leaking = model.lm_head(_hidden(model, packed, torch.arange(64)))[37:]  # one long document
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
     assert (leaking - alone).abs().max() > 1e-3  # the check can fail: attention across documents changes logits
+
+
+def test_pydoc_next_to_files(tmp_path):
+    (tmp_path / "book.txt").write_text("a book of one line\n")
+    docs = load_documents(f"pydoc,{tmp_path / 'book.txt'}")
+    assert docs[:-1] == load_documents("pydoc") and docs[-1] == "a book of one line\n"
