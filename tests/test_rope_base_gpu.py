@@ -49,3 +49,17 @@ def test_dry_run_trains_three_equal_models_and_writes_the_report(tmp_path):
                            env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "scratch-base1e4" in (out / "README.md").read_text()
+
+
+def test_mixcheck_dry_run_writes_the_loss_curve_and_the_copy_probe(tmp_path):
+    """`rope-base-gpu.sh mixcheck` (the CPU check that the configs' data mix trains) in its 3-step dry shape."""
+    out = tmp_path / "mixcheck"
+    env = {**os.environ, "DRY_RUN": "1", "MIXCHECK_OUT": str(out), "MODELS": str(tmp_path / "models"),
+           "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(["bash", str(ROOT / "eval/studies/rope-base-gpu.sh"), "mixcheck"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    page = (out / "README.md").read_text()
+    assert "| loss (nats/byte) |" in page and "retrieval_mix 0.2" in page and "copy_mix 0.2" in page
+    assert "uniform over digits" in (out / "copy_probe.txt").read_text()  # the probe ran on the trained model
+    assert json.loads((out / "runs.jsonl").read_text().splitlines()[-1])["step"] == 3

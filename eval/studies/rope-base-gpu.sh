@@ -14,6 +14,9 @@
 #   PARALLEL=1 TRAIN_MINUTES=3 bash eval/studies/rope-base-gpu.sh                 # all stages on one GPU
 #   BOOKS=/data/books bash eval/studies/rope-base-gpu.sh eval report              # the books elsewhere
 #   DRY_RUN=1 OUT=/tmp/dry bash eval/studies/rope-base-gpu.sh                     # every stage on CPU in seconds
+#   bash eval/studies/rope-base-gpu.sh mixcheck   # CPU, ~10 min: a 4x256 byte model on the real data and mix
+#                                                 # fractions, 400 steps at 512 tokens: does the mix train?
+#                                                 # -> docs/results/rope-base-gpu-mixcheck/
 #
 # Environment: PYTHON (.venv/bin/python), LONGCTX ("$PYTHON -m longctx"), BOOKS (../shared/data/books, relative
 # to the repository root or absolute), OUT (docs/results/rope-base-<gpu>), MODELS (.cache/rope-base-gpu),
@@ -51,7 +54,7 @@ else
   DEVICE=${DEVICE:-}
   SUITE=eval/suites/rope-base-gpu.yaml
   TRAIN_ARGS=()
-  if [ -z "${OUT:-}" ]; then  # named after the GPU: rope-base-h200, -h100, ...
+  if [ -z "${OUT:-}" ] && [ "$STAGES" != mixcheck ]; then  # named after the GPU: rope-base-h200, -h100, ...
     gpu=$($PYTHON -c "from bench.common import device_slug; print(device_slug())")
     [ "$gpu" != cpu ] || { echo "no CUDA GPU here: give OUT=... to run the real study on CPU (DRY_RUN=1 runs every stage on CPU with tiny models)" >&2; exit 2; }
     OUT=docs/results/rope-base-$gpu
@@ -124,11 +127,28 @@ evaluate() {
     "${device[@]}" --out "$OUT"
 }
 
+mixcheck() {  # on CPU: does the real configs' mix train? A tiny model, the same data and mix fractions, 300 steps
+  needs_books
+  local out=${MIXCHECK_OUT:-docs/results/rope-base-gpu-mixcheck} model=$MODELS/mixcheck
+  local steps=${MIXCHECK_STEPS:-400} arch=recipes/configs/rope-base-scratch/byte-llama-4x256.json args=()
+  [ "$DRY_RUN" = 1 ] && steps=3 arch=$CONFIGS/byte-llama-dry.json
+  [ -d "$model/checkpoints" ] && args+=(--resume)
+  mkdir -p "$MODELS" "$out"
+  [ -f "$model/config.json" ] || $PYTHON recipes/finetune.py --config "$(with_books "$CONFIGS/scratch-base1e4.yaml")" \
+    --model-config "$arch" --seq-len 512 --batch-size 2 --max-steps "$steps" --warmup-steps 20 --lr 1e-3 \
+    --save-every 100 --log-every 1 "${args[@]}" --out "$model" --report-to none "${TRAIN_ARGS[@]}"
+  cp "$model/train_log.jsonl" "$model/finetune_args.json" "$model/runs.jsonl" "$out/"
+  # does the tiny model copy at all (passkey keys, dense copy documents)? what the lease's 85M models must do
+  $PYTHON eval/studies/copy_probe.py "$model" > "$out/copy_probe.txt"
+  $PYTHON eval/studies/rope_base_gpu_report.py --mixcheck "$out"
+}
+
 for stage in $STAGES; do
   case $stage in
     train) train ;;
     eval) evaluate ;;
     report) $PYTHON eval/studies/rope_base_gpu_report.py "$OUT" ;;
-    *) echo "unknown stage $stage: use train, eval, report" >&2; exit 2 ;;
+    mixcheck) mixcheck ;;
+    *) echo "unknown stage $stage: use train, eval, report, mixcheck" >&2; exit 2 ;;
   esac
 done
