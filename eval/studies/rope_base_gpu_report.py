@@ -11,6 +11,7 @@ files, except the original H100 experiment's, quoted in ORIGINAL for the side-by
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def render(models: list[dict], schedule: dict) -> str:
              + " / ".join(f"{a['base']:g}" for _, a in analysed) + f" (head dim {dim}), {shared}; "
              f"steps per model: {', '.join(str(s) for s in steps)}"
              + (" (equal)" if len(steps) == 1 else " (NOT equal: the wall-clock cap stopped them at different steps)")
-             + "; tokens per model: " + ", ".join(f"{t.args.get('tokens', 0):,}" for t in trained)
+             + "; tokens per model: " + ", ".join(f"{t.get('tokens', 0):,}" for t in trained)
              + (f"; wall-clock cap {schedule['max_minutes']:g} min per model" if schedule.get("max_minutes") else "")
              + ". Evaluated on the held-out book (bits per byte = log2 perplexity, one byte per token) and by passkey. "
              "Tables of every cell: report.md (written by the suite); the per-model training: finetune/<model>/.", "",
@@ -88,7 +89,7 @@ def render(models: list[dict], schedule: dict) -> str:
         ref = ORIGINAL.get(a["base"], {})
         here_bpb = model["bpb"].get(train)
         here_delta = a["deltas"].get(longest_eval)
-        lines.append(f"| {a['base']:g} | {ref.args.get('bpb', '–')} | {'–' if here_bpb is None else f'{here_bpb:.3f}'} | "
+        lines.append(f"| {a['base']:g} | {ref.get('bpb', '–')} | {'–' if here_bpb is None else f'{here_bpb:.3f}'} | "
                      f"{'–' if 'delta_8x' not in ref else format(ref['delta_8x'], '+.3f')} | "
                      f"{'–' if here_delta is None else f'{here_delta:+.3f}'} |")
     lines += ["", "![bits per byte and passkey by length](rope-base.png)"]
@@ -153,9 +154,12 @@ def mixcheck(out: str) -> int:
     runs = read_jsonl(folder / "runs.jsonl", repair=False)
     by_step = {row["step"]: row["loss"] for row in log if "loss" in row}
     steps = sorted(by_step)
-    shown = [s for s in (1, 10, 20, 50, 100, 150, 200, 250, 300) if s in by_step] + (
-        [steps[-1]] if steps[-1] not in (1, 10, 20, 50, 100, 150, 200, 250, 300) else [])
+    block = max(1, len(steps) // 8)  # one step's loss is 2 rows of one kind (book, passkey or copy): average blocks
+    blocks = [steps[i:i + block] for i in range(0, len(steps), block)]
+    means = [(f"{b[0]}–{b[-1]}", sum(by_step[s] for s in b) / len(b)) for b in blocks]
     tail = [by_step[s] for s in steps[-20:]]
+    probe = (folder / "copy_probe.txt").read_text() if (folder / "copy_probe.txt").is_file() else ""
+    copies = [float(x) for x in re.findall(r"(\d+\.\d+)", probe.splitlines()[-1])[:2]] if probe else []
     lines = ["# Rope-base at GPU scale: the mix check on CPU (issue 27)\n",
              "Written by `eval/studies/rope_base_gpu_report.py --mixcheck` from the files beside it. Before a GPU "
              "lease trains the three 85M models of `recipes/configs/rope-base-gpu/`, this checks at a tiny size "
@@ -165,18 +169,23 @@ def mixcheck(out: str) -> int:
              "about whether retrieval forms at 85M (that is what the lease measures).\n",
              f"- data: `{args.get('data')}`; {args.get('seq_len')} tokens a row, batch {args.get('batch_size')}, lr {args.get('lr')}, "
              f"{steps[-1]} steps\n",
-             "| step | " + " | ".join(str(s) for s in shown) + " |", "|---|" + "---|" * len(shown),
-             "| loss (nats/byte) | " + " | ".join(f"{by_step[s]:.3f}" for s in shown) + " |",
+             "| steps | " + " | ".join(name for name, _ in means) + " |", "|---|" + "---|" * len(means),
+             "| mean loss (nats/byte) | " + " | ".join(f"{value:.3f}" for _, value in means) + " |",
              f"\nMean loss over the last {len(tail)} steps: {sum(tail) / len(tail):.3f} nats/byte "
              f"({sum(tail) / len(tail) / 0.6931:.2f} bits/byte); first step {by_step[steps[0]]:.3f}.\n",
              "## Does it copy? (`eval/studies/copy_probe.py`, output as written)\n",
+             *([f"Second copy {copies[1]:.3f} against first copy {copies[0]:.3f} nats/char: "
+                + ("the tiny model copies." if copies[0] - copies[1] > 0.1 else
+                   "no copying yet at this size and token count, which the mix check does not ask for (the CPU "
+                   "study's 4x256 model formed its copy circuit after ~3M tokens of 80% copy text).") + "\n"]
+               if len(copies) == 2 else []),
              "```", (folder / "copy_probe.txt").read_text().strip() if (folder / "copy_probe.txt").is_file() else "not run",
              "```\n", "## Runs\n"]
     for run in runs:
         machine = run.get("machine", {})
-        lines.append(f"- `{run['command']}` — commit {run.args.get('commit')}{' (dirty)' if run.args.get('dirty') else ''}, "
-                     f"{machine.args.get('cpu')} ({machine.args.get('cores')} cores, torch {machine.args.get('torch')}), "
-                     f"{run.args.get('wall_seconds')} s, {run.args.get('started')}")
+        lines.append(f"- `{run['command']}` — commit {run.get('commit')}{' (dirty)' if run.get('dirty') else ''}, "
+                     f"{machine.get('cpu')} ({machine.get('cores')} cores, torch {machine.get('torch')}), "
+                     f"{run.get('wall_seconds')} s, {run.get('started')}")
     write_text_atomic(folder / "README.md", "\n".join(lines) + "\n")
     print(f"wrote {folder / 'README.md'}")
     return 0
