@@ -60,6 +60,6 @@ def test_mixcheck_dry_run_writes_the_loss_curve_and_the_copy_probe(tmp_path):
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     page = (out / "README.md").read_text()
-    assert "| loss (nats/byte) |" in page and "retrieval_mix 0.2" in page and "copy_mix 0.2" in page
+    assert "| mean loss (nats/byte) |" in page and "retrieval_mix 0.2" in page and "copy_mix 0.2" in page
     assert "uniform over digits" in (out / "copy_probe.txt").read_text()  # the probe ran on the trained model
     assert json.loads((out / "runs.jsonl").read_text().splitlines()[-1])["step"] == 3
