@@ -78,7 +78,7 @@ extension-cpu: setup
 reproduce-rope-base: setup
 	bash eval/studies/rope-base-scratch.sh $(STAGES)
 
-# The same findings at the scale they were made (docs/results/rope-base-<gpu>, issue 27): three 85M byte Llamas
+# The same findings at the scale they were made (docs/results/rope-base-<gpu>): three 85M byte Llamas
 # from scratch at 1024 tokens, base 1e4/1e5/1e6, side by side on one GPU, then bpb and passkey at 512-8K.
 # STAGES=mixcheck: the CPU check that the configs' data mix trains (docs/results/rope-base-gpu-mixcheck).
 reproduce-rope-base-gpu: setup

@@ -8,7 +8,7 @@
 #       bash eval/studies/gpu-lease.sh stash tests bench
 #   call 2, at once (the machine stays warm 30 s; carry .lease/wheels .lease/books .lease/gguf-2 .lease/manifest.json):
 #       bash eval/studies/gpu-lease.sh join study
-#     or, with issue 27's three models from scratch beside the study (both fit one H200 at once):
+#     or, with the rope-base experiment's three models from scratch beside the study (both fit one H200 at once):
 #       bash eval/studies/gpu-lease.sh join && { bash eval/studies/gpu-lease.sh rope-base & bash eval/studies/gpu-lease.sh study; wait; }
 #   bash eval/studies/gpu-lease.sh unpack DIR     # HERE: the tarballs a call brought back -> docs/results/
 #   make gpu-lease                                # on your own GPU machine: tests bench study, one command
@@ -255,7 +255,7 @@ study_stage() {
   run_stage study-report "${BUDGET_REPORT:-45}" "$folder" "${env[@]}" "${study[@]}" report
 }
 
-rope_base_stage() {  # issue 27: three byte-level models from scratch, base 1e4/1e5/1e6, side by side on the GPU
+rope_base_stage() {  # three byte-level models from scratch, base 1e4/1e5/1e6, side by side on the GPU
   local folder=$RESULTS/rope-base-$GPU study=(bash eval/studies/rope-base-gpu.sh)
   local env=(env OUT="$folder" PYTHON="$PYTHON" LONGCTX="$LONGCTX" PARALLEL=1)
   if [ "$DRY_RUN" = 1 ]; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The rope-base findings at GPU scale (issue 27) into docs/results/rope-base-<gpu>/ (e.g. rope-base-h200):
+# The rope-base findings at GPU scale into docs/results/rope-base-<gpu>/ (e.g. rope-base-h200):
 #   train:  three byte-level Llamas (12 layers, width 768, 12 heads of 64, 85M parameters) from random init at
 #           1024 tokens with rope base 1e4 / 1e5 / 1e6, equal steps, rows and seed (equal tokens), on three books
 #           plus the pydoc prose with synthetic passkey and dense copy documents mixed in

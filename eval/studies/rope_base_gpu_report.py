@@ -1,4 +1,4 @@
-"""The GPU rope-base study's page (OUT/README.md, OUT/rope-base.png) from its eval results (issue 27).
+"""The GPU rope-base study's page (OUT/README.md, OUT/rope-base.png) from its eval results.
 
     python eval/studies/rope_base_gpu_report.py docs/results/rope-base-h200
 
@@ -22,7 +22,7 @@ from rope_base_report import analyse, fmt_len, load, provenance, superficial_len
 from longctx import rope_bounds  # noqa: E402
 from longctx.files import read_jsonl, write_text_atomic  # noqa: E402
 
-# The original experiment (one H100, 3 min per model, 1024 tokens), as issue 27 quotes it: val bpb at 1024 and
+# The original experiment (one H100, 3 min per model, 1024 tokens), as quoted by the task that asked for this study: val bpb at 1024 and
 # Δbpb at 8192 against 1024, per base.
 ORIGINAL = {1e4: {"bpb": 1.64, "delta_8x": 0.118}, 1e5: {"bpb": 2.38, "delta_8x": 0.043},
             1e6: {"bpb": 2.49, "delta_8x": 0.036}}
@@ -160,7 +160,7 @@ def mixcheck(out: str) -> int:
     tail = [by_step[s] for s in steps[-20:]]
     probe = (folder / "copy_probe.txt").read_text() if (folder / "copy_probe.txt").is_file() else ""
     copies = [float(x) for x in re.findall(r"(\d+\.\d+)", probe.splitlines()[-1])[:2]] if probe else []
-    lines = ["# Rope-base at GPU scale: the mix check on CPU (issue 27)\n",
+    lines = ["# Rope-base at GPU scale: the mix check on CPU\n",
              "Written by `eval/studies/rope_base_gpu_report.py --mixcheck` from the files beside it. Before a GPU "
              "lease trains the three 85M models of `recipes/configs/rope-base-gpu/`, this checks at a tiny size "
              "(the CPU study's 4-layer, width-256 byte Llama) that their data and mix — the three training books plus "
