@@ -149,6 +149,27 @@ def config_from_gguf(meta: dict, tensor_names: set[str]) -> dict:
     return config
 
 
+def hf_rope_from_gguf(meta: dict, tensor_names: set[str]) -> dict | None:
+    """The transformers rope dict of a GGUF's scaling keys (None when it has none): transformers' GGUF reader
+    takes only freq_base for Llama files, which would silently evaluate a patched GGUF unscaled."""
+    arch = meta.get("general.architecture")
+    get = lambda key: meta.get(f"{arch}.{key}")  # noqa: E731
+    require(not tensor_names & set(ROPE_TENSORS), "this GGUF scales its rope with factor tensors (rope_freqs or "
+                                                  "rope_factors_*), which longctx cannot read back: evaluate the HF checkpoint it came from")
+    kind, factor = get("rope.scaling.type"), float(get("rope.scaling.factor") or 1.0)
+    if kind not in FORMS or factor == 1.0:  # none, or llama.cpp's default linear without a factor
+        return None
+    params = {"rope_type": kind, "rope_theta": float(get("rope.freq_base") or 10000.0), "factor": factor}
+    if get("rope.scaling.original_context_length"):
+        params["original_max_position_embeddings"] = int(get("rope.scaling.original_context_length"))
+    for key in ("beta_fast", "beta_slow"):  # written only with yarn
+        if get(f"rope.scaling.yarn_{key}") is not None:
+            params[key] = float(get(f"rope.scaling.yarn_{key}"))
+    if get("rope.scaling.attn_factor") is not None:
+        params["attention_factor"] = float(get("rope.scaling.attn_factor")) * (0.1 * math.log(factor) + 1)
+    return params
+
+
 def modelfile_text(gguf_name: str, num_ctx: int) -> str:
     """An Ollama Modelfile: Ollama's default context is small, and its rope settings come only from the file."""
     return (f"# Ollama: ollama create NAME -f {Path(gguf_name).stem}.Modelfile (written by longctx patch)\n"

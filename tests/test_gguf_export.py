@@ -55,7 +55,16 @@ def read(path: Path) -> tuple[dict, dict]:
 
 
 def patch(argv: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "longctx", "patch", *argv], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    """`longctx patch ARGV` in this process (the CLI's own main: exit code and stderr as a user sees them)."""
+    import contextlib
+    import io
+
+    from longctx.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["patch", *argv])
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def digest(path: Path) -> str:
@@ -233,3 +242,15 @@ def test_hf_to_gguf_loads_back_with_the_same_logits(tiny_llama_dir, tmp_path):
     back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="t.gguf", dtype=torch.float32).eval()
     # transformers' GGUF reader takes only freq_base of a llama file, so `back` runs the unscaled rope, like `want`
     torch.testing.assert_close(back(ids).logits, want, atol=1e-4, rtol=1e-4)
+
+
+def test_longctx_reads_the_scaling_of_a_gguf_back(tiny_llama_dir, tmp_path):
+    """transformers' GGUF reader keeps only freq_base: longctx restores the scaling, so `longctx eval X.gguf` is patched."""
+    from longctx import rope_config
+    from longctx.sources import read_config_json, resolve_model_dir
+
+    assert patch(["--model", str(tiny_llama_dir), "--out", str(tmp_path / "y.gguf"), "--method", "yarn", "--factor", "2",
+                  "--gguf-dtype", "f32"]).returncode == 0
+    params = rope_config.rope_parameters(read_config_json(resolve_model_dir(tmp_path / "y.gguf")))
+    assert {k: params[k] for k in ("rope_type", "factor", "original_max_position_embeddings", "beta_fast")} == \
+           {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 256, "beta_fast": 32.0}
