@@ -17,13 +17,17 @@ def add_parser(subparsers) -> None:
                     "hard-linked (symlinked across file systems), other files copied; the source is never "
                     "modified, the output appears atomically.")
     parser.add_argument("--model", required=True, help="Hub id, local checkpoint directory or .gguf file")
-    parser.add_argument("--out", required=True, help="new directory for the patched checkpoint")
+    parser.add_argument("--out", required=True, help="new directory for the patched checkpoint, or FILE.gguf for llama.cpp/"
+                                                     "Ollama (plus FILE.Modelfile with num_ctx = the new length)")
     add_patch_arguments(parser)
     parser.add_argument("--force", action="store_true", help="replace --out if it is an earlier longctx patch output")
     parser.add_argument("--copy", action="store_true", help="copy weights instead of hard-linking them")
     parser.add_argument("--allow-pickle", action="store_true", help="accept weights stored only as pickle .bin/.pt")
     parser.add_argument("--trust-remote-code", action="store_true", help="accept checkpoints that need their own code")
     parser.add_argument("--revision", help="Hub revision (branch, tag or commit)")
+    parser.add_argument("--gguf-dtype", choices=("f32", "f16", "bf16"), default="f16",
+                        help="with --out FILE.gguf from a Hugging Face checkpoint: weight type (default f16; quantize "
+                             "with llama.cpp's llama-quantize). A GGUF source keeps its own tensors byte for byte")
     parser.set_defaults(func=run)
 
 
@@ -31,6 +35,8 @@ def run(args) -> int:
     from longctx.checkpoint import write_patched_checkpoint
 
     spec = spec_from_args(args)
+    if str(args.out).endswith(".gguf"):
+        return run_gguf(args, spec)
     require(spec is not None, "nothing to patch: give --base and/or --method with --factor or --target-length")
     argv = getattr(args, "argv", None)
     argv = sys.argv[1:] if argv is None else argv
@@ -52,4 +58,21 @@ def run(args) -> int:
     if record["analysis"].get("base_satisfies_lower_bound_at_claimed_length") is False:
         print(f"  warning: base {after['rope_theta']:g} is below the lower bound for {record['analysis']['claimed_length']} "
               "tokens (B(m) < 0 somewhere): expect superficial long context; see `longctx analyze`")
+    return 0
+
+
+def run_gguf(args, spec) -> int:
+    """`--out FILE.gguf`: llama.cpp's rope metadata (longctx.gguf_export), and FILE.Modelfile for Ollama."""
+    from pathlib import Path
+
+    from longctx.gguf_export import export
+
+    argv = getattr(args, "argv", None)
+    record = export(args.model, args.out, spec, dtype=args.gguf_dtype, force=args.force, revision=args.revision,
+                    allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+                    command=shlex.join(["longctx", *(sys.argv[1:] if argv is None else argv)]))
+    rope = ", ".join(f"{k}={v}" for k, v in record["rope"].items() if not isinstance(v, list))
+    print(f"patched {args.model} -> {args.out} (GGUF{', ' + record['dtype'] if 'dtype' in record else ', tensors unchanged'})")
+    print(f"  rope: {rope}; context_length {record['context_length']} (trained at {record['original_context_length']})")
+    print(f"  ollama: ollama create NAME -f {Path(args.out).with_suffix('.Modelfile')}  (num_ctx {record['context_length']})")
     return 0

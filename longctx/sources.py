@@ -186,6 +186,12 @@ def gguf_to_checkpoint(gguf_path: str | os.PathLike, out_dir: str | os.PathLike 
         first = (str(exc).splitlines() or [""])[0][:200]
         raise UsageError(f"could not read {gguf_path} as a GGUF model ({type(exc).__name__}: {first}): "
                          "re-download it, or convert it with llama.cpp") from None
+    from longctx.gguf_export import hf_rope_from_gguf, metadata, read_gguf
+
+    reader = read_gguf(gguf_path)  # the rope scaling a longctx GGUF carries (transformers reads only freq_base)
+    rope = hf_rope_from_gguf(metadata(reader), {t.name for t in reader.tensors})
+    if rope is not None:
+        model.config.rope_parameters = rope
     # The weights are already dequantized; dropping the quantization record makes it an ordinary model.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
