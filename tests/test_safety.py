@@ -258,8 +258,9 @@ CASES = [
     ("finetune: YAML max_steps .inf", "finetune", yaml_cfg("max_steps: .inf\n"), ft("--config", "c.yaml"), "max_steps must be an integer", None, None),
     ("finetune: YAML max_steps 1e400", "finetune", yaml_cfg("max_steps: 1e400\n"), ft("--config", "c.yaml"), "max_steps must be an integer", None, None),
     ("finetune: YAML save_every -.inf", "finetune", yaml_cfg("save_every: -.inf\n"), ft("--config", "c.yaml"), "save_every must be an integer", None, None),
-    ("finetune: YAML seed 1.5", "finetune", yaml_cfg("seed: 1.5\n"), ft("--config", "c.yaml"), "seed must be an integer", None, None),
-    ("finetune: YAML seed .nan", "finetune", yaml_cfg("seed: .nan\n"), ft("--config", "c.yaml"), "seed must be an integer", None, None),
+    ("finetune: YAML seed 2^32", "finetune", yaml_cfg("seed: 4294967296\n"), ft("--config", "c.yaml"), "--seed must be", None, None),
+    ("finetune: YAML warmup_steps .inf", "finetune", yaml_cfg("warmup_steps: .inf\n"), ft("--config", "c.yaml"),
+     "warmup_steps must be an integer", None, None),
     ("finetune: YAML seed 1e30", "finetune", yaml_cfg("seed: 1e30\n"), ft("--config", "c.yaml"), "seed must be an integer", None, None),
     ("finetune: YAML lora_r .inf", "finetune", yaml_cfg("lora_r: .inf\n"), ft("--config", "c.yaml"), "lora_r must be an integer", None, None),
     ("finetune: YAML lr true", "finetune", yaml_cfg("lr: true\n"), ft("--config", "c.yaml"), "lr must be a number", None, None),
@@ -292,8 +293,9 @@ def edit_state(run: Path, changes: dict) -> None:
     path = step / "trainer_state.json"
     state = json.loads(path.read_text())
     for key, value in changes.items():
-        if key == "rng":
-            (step / "rng_state_0.json").write_text(json.dumps({"torch": value}))
+        if key == "rng":  # the size it was saved with, so only the content check can tell
+            rng = step / "rng_state_0.json"
+            rng.write_text(json.dumps({"torch": value}).ljust(rng.stat().st_size))
         elif key.startswith("scheduler."):
             state["scheduler"][key.split(".", 1)[1]] = value
         else:
