@@ -188,12 +188,12 @@ def _finetune(args, spec, checked, docs, record, callbacks) -> dict:
 
 def stopped_message(args, signal_name: str, argv: list[str]) -> str:
     """What a signal leaves behind and how to go on, for the line the recipe prints when stopped."""
+    import shlex
+
     if args is None:
         return f"finetune: stopped by {signal_name} before the run started; nothing was written"
     out = Path(args.train.out)
     kept = checkpoint_dirs(out)
-    import shlex
-
     flags = [a for a in argv if a not in ("--resume", "--force")]
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "recipes/finetune.py"
     command = shlex.join(["python", script, *flags, "--resume"])
