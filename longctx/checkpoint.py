@@ -21,8 +21,9 @@ from pathlib import Path
 from longctx import __version__, rope, rope_config
 from longctx.errors import UsageError, environment_error, require
 from longctx.files import clean_leftovers, kill_point, partial_dir, publish_dir
+from longctx.locks import output_lock
 from longctx.patch import PatchSpec, patch_config
-from longctx.sources import WEIGHT_SUFFIXES, read_config_json, resolve_model_dir
+from longctx.sources import WEIGHT_SUFFIXES, check_rope_fields, read_config_json, resolve_model_dir
 
 SKIPPED = {"config.json", "README.md", "longctx_patch.json", ".gitattributes"}
 RECORD = "longctx_patch.json"  # marks a folder as a longctx patch output (only those may be replaced)
@@ -142,11 +143,19 @@ def write_patched_checkpoint(source, out, spec: PatchSpec, *, force: bool = Fals
     out = Path(out).expanduser()
     source_dir = resolve_model_dir(source, revision=revision, allow_pickle=allow_pickle,
                                    trust_remote_code=trust_remote_code)
-    clean_leftovers(out)  # a run killed mid-publish may have moved the old output aside: it is back before any check
-    check_output_path(source_dir, out, force=force)
+    check_output_path(source_dir, out, force=force)  # refusals that need no lock first: nothing is created for them
     config = read_config_json(source_dir)
     new_config = patch_config(config, spec)
+    check_rope_fields(new_config, out, what="the patched config")  # what transformers would refuse to load
+    with output_lock(out):
+        clean_leftovers(out)  # a run killed mid-publish may have moved the old output aside: it is back before any check
+        check_output_path(source_dir, out, force=force)
+        return _write(source, source_dir, out, spec, config, new_config, copy=copy, command=command,
+                      written_by=written_by)
 
+
+def _write(source, source_dir: Path, out: Path, spec: PatchSpec, config: dict, new_config: dict, *, copy: bool,
+           command: str | None, written_by: str) -> Path:
     tmp = partial_dir(out)
     try:
         files = {}
@@ -182,7 +191,6 @@ def write_patched_checkpoint(source, out, spec: PatchSpec, *, force: bool = Fals
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if environment_error(exc):
-            raise UsageError(f"could not write {out} ({exc.strerror}): nothing was written; free some space "
-                             "or choose another --out") from None
+            raise UsageError(f"could not write {out} ({environment_error(exc)}): nothing was written") from None
         raise
     return out

@@ -34,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_signalled = {"term": False}
+
+
 def _interrupt(signum, frame):
+    _signalled["term"] = True
     raise KeyboardInterrupt
 
 
@@ -50,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    _signalled["term"] = False
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops a run like Ctrl-C: finished work is recorded
     try:
         return int(args.func(args) or 0)
@@ -57,15 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         close_progress_bars()
         sys.stderr.write(f"longctx: error: {exc}\n")
         return 2
-    except OSError as exc:  # a full disk or a read-only folder: one line too; anything else is a bug
+    except Exception as exc:  # a full disk, a file-size limit, a read-only folder: one line; anything else is a bug
         if environment_error(exc) is None:
             raise
         close_progress_bars()
         sys.stderr.write(f"longctx: error: {environment_error(exc)}\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write("longctx: interrupted; finished work is kept and a rerun resumes\n")
-        return 130
+        close_progress_bars()
+        name = "SIGTERM" if _signalled["term"] else "SIGINT"
+        sys.stderr.write(f"longctx: stopped by {name}: every finished result is kept (nothing half-written); rerun the "
+                         "same command to resume\n")
+        return 143 if _signalled["term"] else 130
     finally:
         signal.signal(signal.SIGTERM, previous)
 

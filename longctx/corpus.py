@@ -114,6 +114,11 @@ def load_named_documents(spec: str | None = None, text_field: str = "text",
                 continue
             path = Path(item).expanduser()
             require(path.exists(), f"data {item} does not exist: give pydoc, stdlib, hf:NAME or text/JSONL files")
+            from longctx.sources import check_regular_files, require_regular_file
+
+            require_regular_file(path, "data")  # a FIFO or a device would block or never end
+            if path.is_dir():
+                check_regular_files(path, " in the data folder")
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES
                            and not p.name.upper().startswith(NOT_DATA)) if path.is_dir() else [path]
             require(bool(files), f"data {item} holds no {'/'.join(TEXT_SUFFIXES)} files")

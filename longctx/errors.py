@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
+import re
 
 
 class UsageError(Exception):
@@ -32,17 +34,36 @@ _ENVIRONMENT_ERRNOS = {
     errno.EACCES: "check who may read and write it",
     errno.EPERM: "check who may read and write it",
     errno.ENAMETOOLONG: "use a shorter path",
+    errno.EFBIG: "a file-size limit (ulimit -f) or the file system's largest file stopped the write: raise it or write elsewhere",
+    errno.EIO: "the disk reported an I/O error: check it or write elsewhere",
 }
+_OS_CODE = re.compile(r"(?:Os \{ code: |\[Errno |errno )(\d+)")
 
 
 def environment_error(exc: BaseException) -> str | None:
-    """The one-line message for a full disk, a read-only or forbidden path (None for any other error,
-    which stays a traceback: that is a bug to report)."""
-    if not isinstance(exc, OSError) or exc.errno not in _ENVIRONMENT_ERRNOS:
+    """The one-line message for a full disk, a file-size limit, a read-only or forbidden path (None for any
+    other error, which stays a traceback: that is a bug to report). safetensors (`SafetensorError`) and torch
+    (`PytorchStreamWriter failed writing`) report the same failures of the machine as their own errors."""
+    if not isinstance(exc, OSError):
+        return library_write_error(exc)
+    if exc.errno not in _ENVIRONMENT_ERRNOS:
         return None
     target = exc.filename2 or exc.filename  # shutil's copies put the destination second
     where = f"{target}: " if target else ""
     return f"{where}{exc.strerror or errno.errorcode[exc.errno]}; {_ENVIRONMENT_ERRNOS[exc.errno]}"
+
+
+def library_write_error(exc: BaseException) -> str | None:
+    """safetensors' and torch's wrapping of an OS write error, as one line (None for anything else)."""
+    text = str(exc)
+    if type(exc).__name__ == "SafetensorError" or (isinstance(exc, RuntimeError) and (
+            "PytorchStreamWriter failed" in text or "file write failed" in text or "unexpected pos" in text)):
+        match = _OS_CODE.search(text)
+        code = int(match.group(1)) if match else None
+        advice = _ENVIRONMENT_ERRNOS.get(code, "free some space, check the file-size limit (ulimit -f) or write elsewhere")
+        what = os.strerror(code) if code else (text.splitlines() or ["write failed"])[0][:120]
+        return f"saving weights failed ({what}); {advice}"
+    return None
 
 
 def close_progress_bars() -> None:

@@ -218,8 +218,21 @@ def write_json_atomic(path: Path, data) -> Path:
     return write_text_atomic(path, json.dumps(sanitize(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
-# ---------------------------------------------------------------------------------- test hook
+# ---------------------------------------------------------------------------------- test hooks
 _hits: dict[str, int] = {}
+
+
+def pause_point(name: str) -> None:
+    """Tests of concurrency: with LONGCTX_PAUSE_AT=NAME:FILE the process waits at the point NAME until FILE
+    exists (60 s at most), so a test decides when a lock holder goes on. Without the variable this does nothing."""
+    wanted = os.environ.get("LONGCTX_PAUSE_AT")
+    if not wanted or wanted.partition(":")[0] != name:
+        return
+    import time
+
+    until = time.monotonic() + 60
+    while not Path(wanted.partition(":")[2]).exists() and time.monotonic() < until:
+        time.sleep(0.05)
 
 
 def kill_point(name: str) -> None:

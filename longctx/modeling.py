@@ -78,8 +78,9 @@ def is_adapter_dir(path: str | Path) -> bool:
 def check_adapter(adapter_dir: Path, *, allow_pickle: bool = False) -> None:
     """A LoRA adapter directory is loadable without running code: valid adapter_config.json, safetensors
     weights (pickle only with allow_pickle) that are not truncated."""
-    from longctx.sources import check_safetensors
+    from longctx.sources import check_regular_files, check_safetensors
 
+    check_regular_files(adapter_dir, " in the adapter folder")
     try:
         config = json.loads((adapter_dir / "adapter_config.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -97,6 +98,35 @@ def check_adapter(adapter_dir: Path, *, allow_pickle: bool = False) -> None:
         raise UsageError(f"{adapter_dir} has adapter_config.json but no adapter weights (adapter_model.safetensors)")
 
 
+def from_pretrained_checked(model_dir: str | Path, **kwargs):
+    """AutoModelForCausalLM.from_pretrained, refusing weights that do not match the config: a missing tensor
+    would be randomly initialised and an unexpected one dropped, silently (a 3-layer config over 2-layer
+    weights evaluates a random third layer). One line naming them instead; shape mismatches likewise."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report is a table on stderr; the error below says what matters
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True, **kwargs)
+    except RuntimeError as exc:
+        if "ignore_mismatched_sizes" not in str(exc) and "size mismatch" not in str(exc):
+            raise
+        raise UsageError(f"{model_dir}: some weights have other shapes than config.json gives them: the config does "
+                         "not belong to these weights; repair it or re-download the checkpoint") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    problems = [(what, sorted(info.get(key) or [])) for what, key in
+                (("missing", "missing_keys"), ("unexpected", "unexpected_keys"), ("mismatched", "mismatched_keys"))]
+    problems = [(what, [str(k[0] if isinstance(k, tuple) else k) for k in keys]) for what, keys in problems if keys]
+    if problems:
+        said = "; ".join(f"{len(keys)} {what} ({', '.join(keys[:3])}{', …' if len(keys) > 3 else ''})"
+                         for what, keys in problems)
+        raise UsageError(f"{model_dir}: the weights do not match config.json: {said}; repair the config or "
+                         "re-download the checkpoint")
+    return model
+
+
 def load_tokenizer(model_dir: str | Path, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -104,6 +134,19 @@ def load_tokenizer(model_dir: str | Path, *, trust_remote_code: bool = False):
         return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise UsageError(f"no usable tokenizer in {model_dir} ({type(exc).__name__}): copy the tokenizer files of the base model there") from None
+
+
+def source_dirs(source: str | Path, *, base_model: str | None = None, trust_remote_code: bool = False,
+                allow_pickle: bool = False) -> tuple[Path, Path | None]:
+    """(checked checkpoint dir, adapter dir or None) of --model: what `load_model` loads, found without loading."""
+    if not is_adapter_dir(source):
+        return resolve_model_dir(source, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), None
+    adapter_dir = Path(source)
+    check_adapter(adapter_dir, allow_pickle=allow_pickle)
+    base = base_model or json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise UsageError(f"{adapter_dir} is a LoRA adapter without a base model: pass --base-model")
+    return resolve_model_dir(base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), adapter_dir
 
 
 def load_model(source: str | Path, *, device: str | None = None, dtype: str | None = None,
@@ -114,23 +157,13 @@ def load_model(source: str | Path, *, device: str | None = None, dtype: str | No
     An adapter directory loads its base (`base_model` or the adapter's `base_model_name_or_path`) and is
     merged into it, so evaluation runs at the speed of a plain model.
     """
-    from transformers import AutoModelForCausalLM
-
     device = pick_device(device)
     torch_dtype = pick_dtype(device, dtype)
-    adapter_dir = None
-    if is_adapter_dir(source):
-        adapter_dir = Path(source)
-        check_adapter(adapter_dir, allow_pickle=allow_pickle)
-        base = base_model or json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not base:
-            raise UsageError(f"{adapter_dir} is a LoRA adapter without a base model: pass --base-model")
-        model_dir = resolve_model_dir(base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    else:
-        model_dir = resolve_model_dir(source, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    model_dir, adapter_dir = source_dirs(source, base_model=base_model, trust_remote_code=trust_remote_code,
+                                         allow_pickle=allow_pickle)
     attn = attn_implementation or pick_attn_implementation(device)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, attn_implementation=attn,
-                                                 trust_remote_code=trust_remote_code)
+    model = from_pretrained_checked(model_dir, dtype=torch_dtype, attn_implementation=attn,
+                                    trust_remote_code=trust_remote_code)
     tokenizer_dir = adapter_dir if adapter_dir and (adapter_dir / "tokenizer_config.json").exists() else model_dir
     tokenizer = load_tokenizer(tokenizer_dir, trust_remote_code=trust_remote_code)
     if adapter_dir is not None:

@@ -32,6 +32,12 @@ def finite_positive(value, flag: str) -> None:
             f"{flag} must be a finite number > 0, got {value}")
 
 
+def rotary_base(value, flag: str) -> None:
+    """θᵢ = b^(−2i/d) rotates slower with i only for b > 1: a base ≤ 1 is no rope transformers can use."""
+    require(isinstance(value, (int, float)) and math.isfinite(value) and value > 1,
+            f"{flag} must be a finite number > 1 (a rope base such as 1e6), got {value}")
+
+
 def scale_factor(value, flag: str) -> None:
     finite_positive(value, flag)
     require(value <= MAX_CONTEXT, f"{flag} {value} is absurdly large: the context it claims would exceed "
@@ -66,7 +72,7 @@ class Option:
 
 
 COMMON_OPTIONS = (
-    Option("base", float, "new rope_theta (e.g. 1e6); combines with every method"),
+    Option("base", float, "new rope_theta (e.g. 1e6); combines with every method", check=rotary_base),
     Option("factor", float, "scale factor s ≥ 1 (default: target length / trained length)", check=scale_factor),
     Option("target_length", int, "context to extend to (written as max_position_embeddings)", check=token_length),
     Option("original_length", int, "trained context (default: read from the config)", check=token_length),

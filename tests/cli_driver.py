@@ -3,7 +3,8 @@ output as JSON: `python tests/cli_driver.py CASES.json RESULTS.json`.
 
 Each case: {"id", "tool": "longctx" | "finetune", "argv": [...], "cwd": DIR, "fault": optional}. A fault
 simulates what a test cannot arrange for real: "enospc" (the disk fills while files are copied),
-"readonly:DIR" (DIR is on a read-only file system). An exception that escapes the CLI is reported as a
+"readonly:DIR" (DIR is on a read-only file system); or arranges it for real: "fsize:N" (a file-size limit of
+N bytes, `ulimit -f`: writes past it fail with EFBIG), "locked:PATH" (another writer holds PATH's lock). An exception that escapes the CLI is reported as a
 traceback: that is always a failure of the case.
 """
 
@@ -59,6 +60,31 @@ def fault(name: str | None):
             yield
         finally:
             os.access = real
+        return
+    if name.startswith("fsize:"):  # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(name.split(":", 1)[1]), hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        return
+    if name.startswith("locked:"):  # its own open file description: flock conflicts as with another process
+        import fcntl
+
+        from longctx.locks import lock_path
+
+        path = lock_path(Path(name.split(":", 1)[1]))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, json.dumps({"pid": 4242, "host": "elsewhere", "started": 0}).encode())
+        try:
+            yield
+        finally:
+            path.unlink()
+            os.close(fd)
         return
     raise ValueError(f"unknown fault {name}")
 

@@ -38,6 +38,8 @@ def tree_digest(path: Path) -> dict[str, str]:
         rel = str(item.relative_to(path))
         if item.is_symlink():
             out[rel] = "-> " + os.readlink(item)
+        elif not item.is_dir() and not item.is_file():  # a FIFO or socket: reading it would block
+            out[rel] = f"special {item.lstat().st_mode:o}"
         elif item.is_dir():
             out[rel] = f"dir {item.stat().st_mode & 0o7777:o}"
         else:
@@ -202,7 +204,7 @@ def ft(*flags):
 # (id, tool, prepare, argv, expected words of the one error line, driver fault)
 CASES = [
     # -- patch: flags
-    ("patch: --base 0", "longctx", src, patch("--base", "0"), "--base must be a finite number > 0", None),
+    ("patch: --base 0", "longctx", src, patch("--base", "0"), "--base must be a finite number > 1", None),
     ("patch: --base -5", "longctx", src, patch("--base", "-5"), "--base must be", None),
     ("patch: --base nan", "longctx", src, patch("--base", "nan"), "--base must be", None),
     ("patch: --base inf", "longctx", src, patch("--base", "inf"), "--base must be", None),

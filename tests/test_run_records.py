@@ -56,5 +56,5 @@ def test_sigterm_stops_the_cli_like_ctrl_c(monkeypatch):
     parser = cli.build_parser()
     monkeypatch.setattr(cli, "build_parser", lambda: parser)
     parser.set_defaults(func=command)
-    assert cli.main([]) == 130
+    assert cli.main([]) == 143  # 128 + SIGTERM, as a shell reports it (Ctrl-C: 130)
     assert signal.getsignal(signal.SIGTERM) is not cli._interrupt  # restored afterwards

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,6 +40,8 @@ from longctx.evals.summary import (  # the data model and judging rules the page
     summary_json,
 )
 from longctx.evals.task import PERPLEXITY, RETRIEVAL
+from longctx.files import partial_dir, replace_into_place
+from longctx.locks import output_lock
 
 STATUS_BADGE = {"superficial": "bad", "breaks": "warn", "degrades": "warn", "extends": "good"}
 
@@ -209,25 +212,35 @@ def write_report(results_dir: Path | str, out_dir: Path | str | None = None, tit
     out_dir = Path(out_dir) if out_dir is not None else results_dir
     models = build_summary(load_results(results_dir))
     title = title or f"longctx report: {results_dir.resolve().name}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = partial_dir(out_dir / "report")  # every file is drawn here, then moved into place one by one
+        try:
+            return _write_report(models, results_dir, out_dir, tmp, title)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
+
+def _write_report(models, results_dir: Path, out_dir: Path, tmp: Path, title: str) -> list[Path]:
     figures: list[str] = []
     every = [figure for task in tasks().values() for figure in task.figures()]
     for figure in sorted(every, key=lambda figure: figure.detail):  # each task's overview first, then details
-        path = out_dir / figure.file
-        if figure.draw(models, path):
+        if figure.draw(models, tmp / figure.file):
             figures.append(figure.file)
-        elif path.exists():
-            path.unlink()  # a figure from an earlier run of other results would contradict this report
 
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     context = {"title": title, "generated": generated, "results_dir": str(results_dir), "figures": figures}
-    written = [out_dir / name for name in figures]
-    (out_dir / "summary.json").write_text(json.dumps(summary_json(models, title, figures), indent=2, allow_nan=False) + "\n")
-    (out_dir / "report.md").write_text(render_markdown(models, context))
-    images = {name: base64.b64encode((out_dir / name).read_bytes()).decode("ascii") for name in figures}
-    (out_dir / "report.html").write_text(render_html(models, context, images))
-    return [out_dir / "report.html", out_dir / "report.md", out_dir / "summary.json", *written]
+    (tmp / "summary.json").write_text(json.dumps(summary_json(models, title, figures), indent=2, allow_nan=False) + "\n")
+    (tmp / "report.md").write_text(render_markdown(models, context))
+    images = {name: base64.b64encode((tmp / name).read_bytes()).decode("ascii") for name in figures}
+    (tmp / "report.html").write_text(render_html(models, context, images))
+    for figure in every:  # a figure from an earlier run of other results would contradict this report
+        if figure.file not in figures and (out_dir / figure.file).exists():
+            (out_dir / figure.file).unlink()
+    names = [*figures, "summary.json", "report.md", "report.html"]
+    for name in names:  # every file is whole; the page last, so it never shows figures of another run
+        replace_into_place(tmp / name, out_dir / name)
+    return [out_dir / "report.html", out_dir / "report.md", out_dir / "summary.json", *(out_dir / n for n in figures)]
 
 
 def run(args) -> int:

@@ -13,6 +13,7 @@ A suite YAML names the tasks and their settings once and runs them for several m
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import re
@@ -22,6 +23,7 @@ from pathlib import Path
 from longctx.errors import UsageError
 from longctx.evals import get_task
 
+MAX_DEPTHS = 1001  # a count above is a typo (`0:1:1000000000` would build a billion-entry list)
 _LENGTH = re.compile(r"^(\d+(?:\.\d+)?)([km]?)$", re.IGNORECASE)
 
 
@@ -32,6 +34,10 @@ def _one_length(text: str) -> int:
     value = float(match.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[match.group(2).lower()]
     if value != int(value) or value < 1:
         raise UsageError(f"bad length {text!r}: it must be a whole number of tokens")
+    from longctx.rope_methods import MAX_CONTEXT
+
+    if value > MAX_CONTEXT:
+        raise UsageError(f"bad length {text!r}: above {MAX_CONTEXT:,} tokens (2^24), the longest context longctx handles")
     return int(value)
 
 
@@ -70,10 +76,10 @@ def parse_depths(spec) -> list[float]:
         if ":" in text:
             start, stop, count = text.split(":")
             start, stop, n = float(start), float(stop), int(count)
-            if n < 1:
+            if not 1 <= n <= MAX_DEPTHS:
                 raise bad()
             depths = [start + (stop - start) * i / (n - 1) for i in range(n)] if n > 1 else [start]
-        elif text.isdigit() and int(text) >= 2:
+        elif text.isdigit() and 2 <= int(text) <= MAX_DEPTHS:
             n = int(text)
             depths = [i / (n - 1) for i in range(n)]
         else:
@@ -115,6 +121,40 @@ def default_label(source: str) -> str:
     return name[: -len(".gguf")] if name.endswith(".gguf") else name or "model"
 
 
+def check_label(label: str, flag: str = "--label") -> None:
+    """A label names one folder inside --out: no path separators, no `..`, nothing absolute or hidden."""
+    if not label or label in (".", "..") or "/" in label or "\\" in label or "\0" in label or label.startswith("."):
+        raise UsageError(f"{flag} {label!r} must name one folder inside --out (no '/', '..' or leading '.'): "
+                         f"pass {flag} with a plain name")
+
+
+def check_out_outside_models(out_dir, label: str, model_dirs) -> None:
+    """Results never go into (or over) a model folder: the source is only read."""
+    out = Path(out_dir).expanduser().resolve()
+    results = out / label  # --force replaces it: it may not contain a model either
+    for folder in model_dirs:
+        folder = Path(folder).resolve()
+        if out == folder or folder in out.parents or results == folder or folder in results.parents or results in folder.parents:
+            raise UsageError(f"--out {out_dir} (label {label!r}) would write into the model folder {folder} (or over "
+                             "it): write the results elsewhere")
+
+
+def start_results(out_dir, label: str, info: dict, source: str, *, force: bool) -> None:
+    """Under the lock of --out: refuse OUT/<label> holding another model's results (`longctx.fingerprint`), or
+    empty it first with --force (only a results folder longctx wrote)."""
+    import shutil
+
+    from longctx.fingerprint import check_same_model
+
+    folder = Path(out_dir) / label
+    if force and folder.exists():
+        ours = (folder / "model.json").is_file() or all(p.suffix in (".jsonl", ".partial") for p in folder.iterdir())
+        if not folder.is_dir() or not ours:
+            raise UsageError(f"--force: {folder} is not a longctx results folder (no model.json); refusing to delete it")
+        shutil.rmtree(folder)
+    check_same_model(folder, info, source)
+
+
 def model_info(model, source: str, model_dir: Path, label: str, warnings: list[str]) -> dict:
     """The model.json record: where the model came from and what its rotary config claims."""
     from longctx import __version__, rope_config
@@ -131,24 +171,46 @@ def model_info(model, source: str, model_dir: Path, label: str, warnings: list[s
 
 def run_tasks(source: str, configs: dict, out_dir, *, label: str | None = None, device: str | None = None,
               dtype: str | None = None, base_model: str | None = None, after_append=None,
-              command: list[str] | None = None) -> dict[str, list[dict]]:
+              command: list[str] | None = None, force: bool = False) -> dict[str, list[dict]]:
     """Load one model and run each {task: Config}; writes OUT/<label>/model.json, <task>.jsonl and a line of
     runs.jsonl (`command`, default sys.argv: how to rerun it; git commit, machine, wall time, `world`: processes).
 
     Launched as several processes (`longctx.evals.parallel`), each loads the model on its own device and
-    computes a share of every task; process 0 alone writes model.json, the cells and runs.jsonl.
+    computes a share of every task; process 0 alone writes model.json, the cells and runs.jsonl. --out is
+    locked for the run (`longctx.locks`), and OUT/<label> must hold this model's results or none (`force`:
+    start them over).
     """
-    from longctx import rope_config
     from longctx.evals.data import check_spec
+    from longctx.fingerprint import fingerprint
+    from longctx.locks import output_lock
+    from longctx.modeling import pick_device, source_dirs
+
+    label = label or default_label(source)
+    check_label(label)
+    for cfg in configs.values():
+        check_spec(getattr(cfg, "data", None) or getattr(cfg, "haystack", None))
+    pick_device(device)
+    dirs = source_dirs(source, base_model=base_model)
+    check_out_outside_models(out_dir, label, [d for d in dirs if d is not None])
+    with output_lock(out_dir):
+        try:
+            return _run_tasks(source, configs, out_dir, label=label, device=device, dtype=dtype, base_model=base_model,
+                              after_append=after_append, command=command, force=force, identity=fingerprint(*dirs))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                (Path(out_dir) / label).rmdir()  # a run that failed before its first result leaves no empty folder
+            raise
+
+
+def _run_tasks(source: str, configs: dict, out_dir, *, label: str, device, dtype, base_model, after_append, command,
+               force: bool, identity: dict) -> dict[str, list[dict]]:
+    from longctx import rope_config
     from longctx.evals.parallel import current_world
     from longctx.evals.results import ResultsWriter, append_run, write_model_json
     from longctx.modeling import load_model
     from longctx.provenance import RunRecord
 
     record = RunRecord(command)
-    label = label or default_label(source)
-    for cfg in configs.values():
-        check_spec(getattr(cfg, "data", None) or getattr(cfg, "haystack", None))
     world = current_world(device)
     with world.main_first():
         model, tokenizer, model_dir = load_model(source, device=world.device or device, dtype=dtype,
@@ -157,7 +219,9 @@ def run_tasks(source: str, configs: dict, out_dir, *, label: str | None = None, 
     too_long = sorted({n for cfg in configs.values() for n in cfg.lengths if n > claimed})
     warnings = [f"length {n} exceeds the {claimed} tokens the config claims (rope_config.max_length); ran anyway"
                 for n in too_long]
-    info = model_info(model, source, model_dir, label, warnings)
+    info = {**model_info(model, source, model_dir, label, warnings), "fingerprint": identity}
+    if world.main:
+        start_results(out_dir, label, info, str(source), force=force)
     results, computed = {}, {}
 
     def write_model():
@@ -178,10 +242,11 @@ def run_tasks(source: str, configs: dict, out_dir, *, label: str | None = None, 
         computed[task] = len(writer.cells()) - before
         if world.main:
             append_run(out_dir, label, record.finish(tasks=list(configs), cells_computed=computed, interrupted=True,
-                                                     world=world.size))
+                                                     world=world.size, model=identity["id"]))
         raise
     if any(computed.values()) and world.main:  # a rerun that found every cell done adds no number, so no record
-        append_run(out_dir, label, record.finish(tasks=list(configs), cells_computed=computed, world=world.size))
+        append_run(out_dir, label, record.finish(tasks=list(configs), cells_computed=computed, world=world.size,
+                                                 model=identity["id"]))
     del model
     gc.collect()
     return results
@@ -192,8 +257,11 @@ def load_suite(path) -> tuple[dict, int]:
     import yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"suite file {path} does not exist")
+    from longctx.sources import require_regular_file
+
+    require_regular_file(path, "suite file")
+    if path.is_dir():
+        raise UsageError(f"suite file {path} is a folder: give a YAML file")
     try:
         suite = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -207,13 +275,17 @@ def load_suite(path) -> tuple[dict, int]:
         get_task(task)
         if not isinstance(settings, dict):
             raise UsageError(f"tasks.{task} in {path} must be a mapping of settings")
-    return suite["tasks"], int(suite.get("seed") or 0)
+    seed = 0 if suite.get("seed") is None else suite["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UsageError(f"seed in {path} must be a whole number ≥ 0, got {seed!r}")
+    return suite["tasks"], seed
 
 
 def run_suite(path, models: list[str], out_dir, *, labels: list[str] | None = None, seed: int | None = None,
               device: str | None = None, dtype: str | None = None, base_model: str | None = None,
-              command: list[str] | None = None) -> list[Path]:
-    """Every task of the suite for every model, then the report when `longctx.evals.report` is there."""
+              command: list[str] | None = None, force: bool = False) -> list[Path]:
+    """Every task of the suite for every model, then the report when `longctx.evals.report` is there; --out
+    stays locked from the first model to the report."""
     tasks, suite_seed = load_suite(path)
     seed = suite_seed if seed is None else seed
     configs = {task: make_config(task, {"seed": seed, **settings}, where=f" in {path}") for task, settings in tasks.items()}
@@ -222,9 +294,19 @@ def run_suite(path, models: list[str], out_dir, *, labels: list[str] | None = No
         raise UsageError(f"--labels names {len(labels)} models but --model gives {len(models)}")
     if len(set(labels)) != len(labels):
         raise UsageError(f"two models share the label {next(x for x in labels if labels.count(x) > 1)!r}: pass --labels a,b,...")
+    for label in labels:
+        check_label(label, "--labels")
+    from longctx.locks import output_lock
+
+    with output_lock(out_dir):
+        return _run_suite(configs, models, labels, out_dir, device=device, dtype=dtype, base_model=base_model,
+                          command=command, force=force)
+
+
+def _run_suite(configs, models, labels, out_dir, *, device, dtype, base_model, command, force) -> list[Path]:
     for source, label in zip(models, labels, strict=True):
         run_tasks(source, configs, out_dir, label=label, device=device, dtype=dtype, base_model=base_model,
-                  command=command)
+                  command=command, force=force)
     from longctx.evals.parallel import current_world
 
     if not current_world(device).main:  # process 0 writes the report

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,10 +136,12 @@ def _coerce(key: str, value, kind):
         if kind is bool:
             require(isinstance(value, bool), f"config key {key} must be true or false, got {value!r}")
             return value
-        if kind is int:
-            require(not isinstance(value, bool) and float(value) == int(float(value)), f"config key {key} must be an integer, got {value!r}")
+        if kind is int:  # YAML `.inf` and `1e400` are floats no int holds: refused, not an OverflowError
+            require(not isinstance(value, bool) and math.isfinite(float(value)) and float(value) == int(float(value))
+                    and abs(float(value)) < 2**63, f"config key {key} must be an integer, got {value!r}")
             return int(float(value))
         if kind is float:
+            require(not isinstance(value, bool), f"config key {key} must be a number, got {value!r}")
             return float(value)
         return ",".join(map(str, value)) if isinstance(value, list) else str(value)
     except (TypeError, ValueError):
@@ -150,7 +153,10 @@ def load_yaml(path: str) -> dict:
     import yaml
 
     file = Path(path)
-    require(file.is_file(), f"config file {path} does not exist")
+    from longctx.sources import require_regular_file
+
+    require_regular_file(file, "config file")
+    require(file.is_file(), f"config file {path} is a folder: give a YAML file")
     try:
         data = yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -239,6 +245,9 @@ def check_args(args: FinetuneArgs) -> None:
     require(t.report_to in ("auto", "tensorboard", "none"), f"--report-to must be auto, tensorboard or none, got {t.report_to!r}")
     require(args.data.seq_len is None or args.data.seq_len >= 2, "--seq-len must be ≥ 2")
     require(args.data.pose_chunks >= 2, f"--pose-chunks must be ≥ 2, got {args.data.pose_chunks}")
+    require(0 <= t.seed < 2**32, f"--seed must be a whole number in [0, 2^32), got {t.seed}")  # numpy's seed range
+    require(args.data.pose_target_length is None or args.data.pose_target_length <= rope_methods.MAX_CONTEXT,
+            f"--pose-target-length {args.data.pose_target_length} is above {rope_methods.MAX_CONTEXT:,} tokens (2^24)")
     pose = args.data.pose_target_length
     require(pose is None or pose > (args.data.seq_len or 1),
             f"--pose-target-length must exceed the training length (--seq-len), got {pose}")

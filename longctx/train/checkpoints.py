@@ -118,6 +118,7 @@ def read_state(path: Path) -> dict:
         raise UsageError(f"--resume: {path / STATE_FILE} is unreadable: remove {path} to resume from an earlier checkpoint") from None
     require(isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("rows_consumed"), int),
             f"--resume: {path / STATE_FILE} was not written by longctx (no step and rows_consumed): start over with --force")
+    check_state_schema(path, state)
     if "format" not in state:  # an earlier longctx
         for file in path.rglob("*"):
             if file.is_file() and file.suffix in PICKLE_SUFFIXES and not LEGACY_PICKLES.fullmatch(file.name):
@@ -138,6 +139,60 @@ def read_state(path: Path) -> dict:
         if file.is_file() and file.suffix in PICKLE_SUFFIXES and str(file.relative_to(path)) not in listed:
             raise UsageError(f"--resume: {file} was not written by longctx: refusing to load a foreign pickle")
     return state
+
+
+def _whole(value, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _finite_list(value) -> bool:
+    import math
+
+    return isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                           for v in value)
+
+
+def check_state_schema(path: Path, state: dict) -> None:
+    """Every field a resume reads has its type and range (a hand-edited counter or scheduler entry is one line,
+    not a traceback deep in torch): step, rows, accelerate's step, the LambdaLR state, the file sizes, the RNG."""
+    where = f"--resume: {path / STATE_FILE}"
+    bad = []
+    if not _whole(state["step"], 1) or path.name != f"step-{state['step']:06d}":
+        bad.append(f"step {state['step']!r} (the folder is {path.name})")
+    if not _whole(state["rows_consumed"], 1):
+        bad.append(f"rows_consumed {state['rows_consumed']!r}")
+    if state.get("accelerate_step") is not None and not _whole(state["accelerate_step"]):
+        bad.append(f"accelerate_step {state['accelerate_step']!r}")
+    scheduler = state.get("scheduler")
+    if scheduler is not None:
+        if not isinstance(scheduler, dict):
+            bad.append("scheduler (not a mapping)")
+        else:
+            for key in ("base_lrs", "_last_lr"):
+                if key in scheduler and not _finite_list(scheduler[key]):
+                    bad.append(f"scheduler.{key} {scheduler[key]!r}")
+            for key, low in (("last_epoch", -1), ("_step_count", 0)):
+                if key in scheduler and not _whole(scheduler[key], low):
+                    bad.append(f"scheduler.{key} {scheduler[key]!r}")
+            if "lr_lambdas" in scheduler and not (isinstance(scheduler["lr_lambdas"], list)
+                                                  and all(x is None for x in scheduler["lr_lambdas"])):
+                bad.append("scheduler.lr_lambdas (longctx writes none)")
+    files = state.get("files")
+    if files is not None and not (isinstance(files, dict) and all(isinstance(k, str) and _whole(v) for k, v in files.items())):
+        bad.append("files (not a mapping of names to sizes)")
+    for rng in sorted(path.glob("rng_state_*.json")):
+        try:
+            saved = json.loads(rng.read_text())
+            ok = isinstance(saved, dict) and all(
+                isinstance(seq, list) and all(_whole(b) and b < 256 for b in seq)
+                for seq in [saved.get("torch"), *(saved.get("cuda") or [])])
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            bad.append(f"{rng.name} (not a saved RNG state)")
+    if bad:
+        raise UsageError(f"{where} has a bad {bad[0]}: it was edited or damaged; remove {path} to resume from an "
+                         "earlier checkpoint, or start over with --force")
 
 
 @contextlib.contextmanager

@@ -17,9 +17,10 @@ transformers-4 keys (rope_theta, rope_scaling) and the 5 key (rope_parameters), 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
-from longctx.files import kill_point
+from longctx.files import kill_point, partial_dir, publish_dir, replace_into_place, write_text_atomic
 
 ROPE_KEYS = ("rope_theta", "rope_scaling", "rope_parameters", "max_position_embeddings", "original_max_position_embeddings")
 
@@ -62,24 +63,37 @@ def export(args, spec, built, summary: dict, accelerator, model) -> Path:
         accelerator.wait_for_everyone()
         return out
     state = {k.removeprefix("model."): v for k, v in state.items()}
-    built.tokenizer.save_pretrained(out)
     if args.tune.finetune == "lora":
         from longctx.train.model import link_patched_base
 
         base = link_patched_base(built.source_dir, out / "base", spec)
         trained.peft_config["default"].base_model_name_or_path = str(base.resolve())
-        trained.save_pretrained(out, state_dict=state)
         kind = "LoRA adapter on the patched base in base/"
     else:
-        trained.save_pretrained(out, state_dict=state)
-        write_patched_config(out, built.source_config, spec)
         kind = "full fine-tune" if args.model.init == "pretrained" else "trained from scratch"
+    tmp = partial_dir(out / "export")  # saved whole here first: a failed save leaves OUT as it was
+    try:
+        built.tokenizer.save_pretrained(tmp)
+        trained.save_pretrained(tmp, state_dict=state)
+        if args.tune.finetune != "lora":
+            write_patched_config(tmp, built.source_config, spec)
+        move_into(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     kill_point("export:saved")
-    (out / "README.md").write_text(model_card(args, spec, built, summary, kind))
+    write_text_atomic(out / "README.md", model_card(args, spec, built, summary, kind))
     if args.train.merge and args.tune.finetune == "lora":
         merge(out, args, spec, built, summary)
     accelerator.wait_for_everyone()
     return out
+
+
+def move_into(tmp: Path, out: Path) -> None:
+    """Move the finished files of `tmp` into `out`, each atomically; the config that makes a folder loadable
+    (config.json, adapter_config.json) last, so a kill in between never leaves a loadable half."""
+    last = ("config.json", "adapter_config.json")
+    for path in sorted(tmp.iterdir(), key=lambda p: (p.name in last, p.name)):
+        replace_into_place(path, out / path.name)
 
 
 def merge(out: Path, args, spec, built, summary: dict) -> Path:
@@ -89,8 +103,13 @@ def merge(out: Path, args, spec, built, summary: dict) -> Path:
     dtype = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(built.model.get_base_model().dtype), "fp32")
     merged, tokenizer, _ = load_model(out, device="cpu", dtype=dtype, attn_implementation="sdpa")
     target = out / "merged"
-    merged.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    write_patched_config(target, built.source_config, spec)
-    (target / "README.md").write_text(model_card(args, spec, built, summary, "LoRA merged into the patched base"))
+    tmp = partial_dir(target)  # published whole or not at all (a failed save left config.json without weights)
+    try:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_patched_config(tmp, built.source_config, spec)
+        (tmp / "README.md").write_text(model_card(args, spec, built, summary, "LoRA merged into the patched base"))
+        publish_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target

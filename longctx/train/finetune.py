@@ -129,18 +129,27 @@ def require_asked_engine(accelerator) -> None:
 def finetune(args, *, callbacks=()) -> dict:
     """Patch, train and export as `args` (a FinetuneArgs from `longctx.train.args.parse_args`) says; returns the
     summary (step, final_loss, tokens, world). `callbacks`: see `longctx.train.callbacks`."""
+    from longctx.locks import output_lock
+    from longctx.provenance import RunRecord
+
+    record = RunRecord(["python", *sys.argv] if sys.argv and sys.argv[0].endswith(".py") else None)
+    spec, checked, docs = setup(args)
+    out = Path(args.train.out)
+    with output_lock(out):  # one writer per OUT for the whole run (a second run exits 2 at once)
+        prepare_out_dir(out, resume=args.train.resume, force=args.train.force)  # again, now that OUT is ours
+        return _finetune(args, spec, checked, docs, record, callbacks)
+
+
+def _finetune(args, spec, checked, docs, record, callbacks) -> dict:
     import torch
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
     from longctx.files import append_jsonl, read_jsonl
-    from longctx.provenance import RunRecord
     from longctx.train.export import export
     from longctx.train.loop import LOG_FILE, train
     from longctx.train.model import build_model
 
-    record = RunRecord(["python", *sys.argv] if sys.argv and sys.argv[0].endswith(".py") else None)
-    spec, checked, docs = setup(args)
     out = Path(args.train.out)
     tracker = pick_tracker(args.train.report_to)
     try:
@@ -177,27 +186,64 @@ def finetune(args, *, callbacks=()) -> dict:
     return summary
 
 
+def stopped_message(args, signal_name: str, argv: list[str]) -> str:
+    """What a signal leaves behind and how to go on, for the line the recipe prints when stopped."""
+    import shlex
+
+    if args is None:
+        return f"finetune: stopped by {signal_name} before the run started; nothing was written"
+    out = Path(args.train.out)
+    kept = checkpoint_dirs(out)
+    flags = [a for a in argv if a not in ("--resume", "--force")]
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "recipes/finetune.py"
+    command = shlex.join(["python", script, *flags, "--resume"])
+    saved = f"the last checkpoint is {kept[-1]}" if kept else "no checkpoint was saved yet (--resume starts again at step 0)"
+    return f"finetune: stopped by {signal_name}; {saved}; continue with: {command}"
+
+
 def cli(argv: list[str] | None = None, *, callbacks=()) -> int:
-    """Parse the flags (YAML first, flags override) and fine-tune; bad input is one line on stderr, exit 2."""
+    """Parse the flags (YAML first, flags override) and fine-tune; bad input is one line on stderr, exit 2.
+    SIGTERM stops the run like Ctrl-C: one line on its own says what was saved and how to resume."""
+    import signal
+
     from longctx.errors import close_progress_bars, environment_error
     from longctx.train.args import parse_args
 
+    signalled, args = [], None
+
+    def terminate(signum, frame):
+        signalled.append("SIGTERM")
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate) if _main_thread() else None
     try:
-        finetune(parse_args(argv), callbacks=callbacks)
+        args = parse_args(argv)
+        finetune(args, callbacks=callbacks)
     except UsageError as exc:
         close_progress_bars()
         sys.stderr.write(f"finetune: error: {exc}\n")
         return 2
-    except OSError as exc:  # a full disk or a read-only folder: one line; the last checkpoint stays resumable
+    except Exception as exc:  # a full disk, a file-size limit, a read-only folder: one line; the last checkpoint stays
         if environment_error(exc) is None:
             raise
         close_progress_bars()
         sys.stderr.write(f"finetune: error: {environment_error(exc)}\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write("finetune: interrupted; rerun with --resume to continue from the last checkpoint\n")
-        return 130
+        close_progress_bars()
+        name = signalled[0] if signalled else "SIGINT"
+        sys.stderr.write(stopped_message(args, name, sys.argv[1:] if argv is None else list(argv)) + "\n")
+        return 143 if signalled else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -91,7 +91,10 @@ def scratch_overrides(args, tokenizer) -> dict:
         import yaml
 
         path = Path(args.model.model_config)
-        require(path.is_file(), f"--model-config {path} does not exist")
+        from longctx.sources import require_regular_file
+
+        require_regular_file(path, "--model-config")
+        require(path.is_file(), f"--model-config {path} is a folder: give a JSON or YAML file")
         try:
             overrides = yaml.safe_load(path.read_text())  # JSON is YAML
         except yaml.YAMLError as exc:
@@ -155,7 +158,9 @@ def build_model(args, spec, checked: Preflight, *, device: str) -> Built:
             setattr(config, key, value)
         model = AutoModelForCausalLM.from_config(config, **kwargs)
     else:
-        model = AutoModelForCausalLM.from_pretrained(source_dir, **kwargs)
+        from longctx.modeling import from_pretrained_checked
+
+        model = from_pretrained_checked(source_dir, **kwargs)
     model = prepare_for_training(model, args, spec)
     return Built(model, checked.tokenizer, source_dir, checked.source_config, checked.trained_length, checked.seq_len)
 
