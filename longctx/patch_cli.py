@@ -66,11 +66,13 @@ def run_gguf(args, spec) -> int:
     from pathlib import Path
 
     from longctx.gguf_export import export
+    from longctx.locks import output_lock
 
     argv = getattr(args, "argv", None)
-    record = export(args.model, args.out, spec, dtype=args.gguf_dtype, force=args.force, revision=args.revision,
-                    allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
-                    command=shlex.join(["longctx", *(sys.argv[1:] if argv is None else argv)]))
+    with output_lock(args.out):  # one writer per output file, as for a checkpoint folder
+        record = export(args.model, args.out, spec, dtype=args.gguf_dtype, force=args.force, revision=args.revision,
+                        allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+                        command=shlex.join(["longctx", *(sys.argv[1:] if argv is None else argv)]))
     rope = ", ".join(f"{k}={v}" for k, v in record["rope"].items() if not isinstance(v, list))
     print(f"patched {args.model} -> {args.out} (GGUF{', ' + record['dtype'] if 'dtype' in record else ', tensors unchanged'})")
     print(f"  rope: {rope}; context_length {record['context_length']} (trained at {record['original_context_length']})")

@@ -154,6 +154,8 @@ CASES = [
     ("patch: --out in use", "longctx", src, patch("--base", "1e6"), "is in use by pid 4242", "locked:out", None),
     ("patch --force: --out in use", "longctx", both(src, mkdir("out"), write("out/longctx_patch.json", "{}", with_src=False)),
      patch("--base", "1e6", "--force"), "is in use by pid 4242", "locked:out", None),
+    ("patch: --out FILE.gguf in use", "longctx", src, patch("--base", "1e6", out="out.gguf"), "is in use by pid 4242",
+     "locked:out.gguf", None),
     ("eval ppl: --out in use", "longctx", src, ppl(), "is in use by pid 4242", "locked:results", None),
     ("eval passkey: --out in use", "longctx", src, passkey(), "is in use by pid 4242", "locked:results", None),
     ("eval suite: --out in use", "longctx", both(src, SUITE_OK), SUITE, "is in use by pid 4242", "locked:results", None),
