@@ -30,14 +30,11 @@ from functools import partial
 from longctx.corpus import data_name, load_named_documents
 from longctx.errors import UsageError
 from longctx.evals.data import DocumentTokens, Window, special_prefix
+from longctx.evals.intervals import mean_ci95
 from longctx.evals.results import ResultsWriter, cell_key
 from longctx.evals.scoring import length_warnings
 from longctx.evals.summary import fmt_len
 from longctx.evals.task import PERPLEXITY, Figure, Task, as_float
-
-# two-sided 95% Student t quantiles by degrees of freedom; 1.96 beyond 30
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
 
 
 @dataclass
@@ -73,17 +70,6 @@ def token_nll(model, input_ids, *, chunk_tokens: int = 1024):
         # position T-1 predicts nothing: hidden states 0..T-2 score tokens 1..T-1
         return chunked_token_nll(hidden[0, :-1], head.weight, input_ids[0, 1:], bias=getattr(head, "bias", None),
                                  chunk=chunk_tokens, transform=logit_transform(model.config))
-
-
-def mean_ci95(values: list[float]) -> tuple[float, float | None]:
-    """Mean and half-width of its 95% Student-t interval (None with fewer than two values)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    t = next((T95[df] for df in sorted(T95) if df >= n - 1), 1.96)
-    return mean, t * sd / math.sqrt(n)
 
 
 def score_windows(model, prefix: list[int], tokens: list[int], window: int, stride: int, *, chunk_tokens: int,

@@ -117,11 +117,12 @@ def default_label(source: str) -> str:
 
 def model_info(model, source: str, model_dir: Path, label: str, warnings: list[str]) -> dict:
     """The model.json record: where the model came from and what its rotary config claims."""
-    from longctx import __version__, rope_config
+    from longctx import __version__, rope_config, sources
 
     config = model.config.to_dict()
     return {
         "label": label, "source": str(source), "model_dir": str(model_dir),
+        "origin": sources.origin(source, model_dir),
         "rope": rope_config.rope_parameters(config), "trained_length": rope_config.original_length(config),
         "claimed_length": rope_config.max_length(config), "longctx_version": __version__,
         "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),

@@ -98,9 +98,9 @@ def mean_by_length(records: list[dict], value_key: str) -> dict[int, float]:
     return {length: sum(v) / len(v) for length, v in sorted(values.items())}
 
 
-def pooled_ci95(records: list[dict], hits: str, totals: str) -> dict[int, list[float]]:
-    """Per length, the Wilson 95% interval of all its depths' trials pooled (`hits` of `totals`); a length
-    with a cell lacking those counts (older results) has none."""
+def pooled_counts(records: list[dict], hits: str, totals: str) -> dict[int, tuple[int, int]]:
+    """Per length, (hits, totals) of all its depths' trials pooled; a length with a cell lacking those counts
+    (older results) has none."""
     counts: dict[int, list[int]] = {}
     for record in records:
         k, n = record.get(hits), record.get(totals)
@@ -109,7 +109,12 @@ def pooled_ci95(records: list[dict], hits: str, totals: str) -> dict[int, list[f
             pooled[0], pooled[1] = pooled[0] + k, pooled[1] + n
         else:
             pooled[1] = -1
-    return {length: wilson_interval(k, n) for length, (k, n) in sorted(counts.items()) if n > 0}
+    return {length: (k, n) for length, (k, n) in sorted(counts.items()) if n > 0}
+
+
+def pooled_ci95(records: list[dict], hits: str, totals: str) -> dict[int, list[float]]:
+    """Per length, the Wilson 95% interval of all its depths' trials pooled (`hits` of `totals`)."""
+    return {length: wilson_interval(k, n) for length, (k, n) in pooled_counts(records, hits, totals).items()}
 
 
 class RetrievalTask(Task):
@@ -171,6 +176,10 @@ class RetrievalTask(Task):
 
     def ci95(self, records: list[dict]) -> dict[int, list[float]]:
         return pooled_ci95(records, *self.counts)
+
+    def trial_counts(self, records: list[dict]) -> dict[int, tuple[int, int]]:
+        """Length -> (correct, trials) pooled over depths: what the verdict's intervals count."""
+        return pooled_counts(records, *self.counts)
 
     def figures(self) -> list[Figure]:
         from longctx.evals import plots
