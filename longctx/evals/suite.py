@@ -101,7 +101,7 @@ def make_config(task: str, settings: dict, *, where: str = ""):
     if values.get("mode", "forced") not in ("forced", "generate"):
         raise UsageError(f"bad mode {values['mode']!r} for task {task}{where}: use forced or generate")
     for field in dataclasses.fields(config):  # a switch (share_prefix, context_parallel) takes true or false
-        if isinstance(field.default, bool) and not isinstance(values.get(field.name, field.default), bool):
+        if field.type == "bool" and not isinstance(values.get(field.name, field.default), bool):
             raise UsageError(f"{field.name} of task {task}{where} must be true or false, not {values[field.name]!r}")
     for name in ("trials", "docs", "needles", "distractors", "stride", "seed"):
         if values.get(name) is not None and not isinstance(values[name], int):

@@ -117,6 +117,21 @@ def pooled_ci95(records: list[dict], hits: str, totals: str) -> dict[int, list[f
     return {length: wilson_interval(k, n) for length, (k, n) in pooled_counts(records, hits, totals).items()}
 
 
+def with_control(lengths: list[int], trained: int | None, control: bool | int) -> list[int]:
+    """`lengths`, plus one inside the trained length when every one lies beyond it: the in-window control a
+    verdict on the longer lengths needs (`control`: True = the longest power of two <= trained, a number = that
+    length, False = none)."""
+    if control is False or not trained or any(n <= trained for n in lengths):
+        return list(lengths)
+    if control is True:
+        length = 1 << (trained.bit_length() - 1)
+    elif isinstance(control, int) and 0 < control <= trained:
+        length = control
+    else:
+        raise UsageError(f"control must be true, false or a length within the trained {trained} tokens, not {control!r}")
+    return sorted({length, *lengths})
+
+
 class RetrievalTask(Task):
     """A lengths × depths grid of retrieval cells, `trials` trials each (see `scoring.run_grid`). A subclass
     sets the attributes below and implements `key_fields`, `builder` and `summarizer`; its Config has at
@@ -143,9 +158,12 @@ class RetrievalTask(Task):
         raise NotImplementedError
 
     def run(self, model, tokenizer, cfg, writer) -> list[dict]:
+        from longctx import rope_config
+
         if cfg.trials < 1:
             raise UsageError("--trials must be at least 1")
-        return run_grid(model, tokenizer, writer, task=self.name, lengths=cfg.lengths, depths=cfg.depths,
+        lengths = with_control(cfg.lengths, rope_config.original_length(model.config), cfg.control)
+        return run_grid(model, tokenizer, writer, task=self.name, lengths=lengths, depths=cfg.depths,
                         trials=cfg.trials, seed=cfg.seed, mode=cfg.mode, key_fields=partial(self.key_fields, cfg),
                         build=self.builder(tokenizer, cfg), grade=self.grade, summarize=self.summarizer(cfg),
                         share_prefix=cfg.share_prefix, independent_depths=self.independent_depths)
@@ -168,6 +186,9 @@ class RetrievalTask(Task):
         parser.add_argument("--mode", choices=("forced", "generate"), default="forced",
                             help="forced: one teacher-forced forward, correct iff greedy argmax matches every answer "
                                  "token (what greedy decoding would emit); generate: greedy decoding (default: forced)")
+        parser.add_argument("--no-control", dest="control", action="store_false",
+                            help="lengths all beyond the trained length: do not add the in-window control length "
+                                 "(the longest power of two <= the trained length) that verdicts compare against")
         parser.add_argument("--no-prefix-cache", dest="share_prefix", action="store_false",
                             help="a full forward for every depth instead of reusing the KV cache of the shared filler")
 
