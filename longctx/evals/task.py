@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -162,10 +163,18 @@ class RetrievalTask(Task):
 
         if cfg.trials < 1:
             raise UsageError("--trials must be at least 1")
-        lengths = with_control(cfg.lengths, rope_config.original_length(model.config), cfg.control)
+        lengths = with_control(cfg.lengths, rope_config.original_length(model.config), getattr(cfg, "control", False))
+        build = self.builder(tokenizer, cfg)
+        for length in sorted(set(lengths) - set(cfg.lengths)):
+            try:
+                build(length, random.Random(0))  # the control's prompt must fit its length
+            except UsageError as exc:
+                lengths.remove(length)
+                if writer.world.main:
+                    print(f"warning: {self.name}: no in-window control at {length} tokens: {exc}", file=sys.stderr)
         return run_grid(model, tokenizer, writer, task=self.name, lengths=lengths, depths=cfg.depths,
                         trials=cfg.trials, seed=cfg.seed, mode=cfg.mode, key_fields=partial(self.key_fields, cfg),
-                        build=self.builder(tokenizer, cfg), grade=self.grade, summarize=self.summarizer(cfg),
+                        build=build, grade=self.grade, summarize=self.summarizer(cfg),
                         share_prefix=cfg.share_prefix, independent_depths=self.independent_depths)
 
     def prompts(self, tokenizer, cfg, length: int) -> list[tuple[float, int, object]]:
