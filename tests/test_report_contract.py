@@ -53,7 +53,9 @@ def test_every_task_of_every_model_reaches_summary_json(results):
     for model in summary["models"]:
         rows = {row["length"]: row for row in model["by_length"]}
         for row in rows.values():
-            assert set(row) == {"length", "retrieval", "status", *tasks(), *(f"{t}_ci95" for t in tasks())}
+            assert set(row) == {"length", "retrieval", "status", *tasks(), *(f"{t}_ci95" for t in tasks()),
+                                "retrieval_counts", "retrieval_ci95", "ppl_ratio", "ppl_ratio_ci95", "ppl_ratio_paired",
+                                "decision"}
         assert set(model["series"]) == set(tasks())
         assert not [w for w in model["warnings"] if "skipped" in w], model["warnings"]
         for name, task in tasks().items():

@@ -65,6 +65,9 @@ class Config:
     mode: str = "forced"                                   # forced (one teacher-forced forward) or generate
     seed: int = 0
     share_prefix: bool = True                              # reuse the haystack's KV cache across depths
+    control: bool | int = True                             # lengths all beyond the trained length: also run one
+                                                           # inside it (true: the longest power of two <= trained;
+                                                           # a number: that length; false: none)
 
 
 @functools.lru_cache(maxsize=8)

@@ -53,6 +53,9 @@ class Config:
     mode: str = "forced"                                   # forced (one teacher-forced forward) or generate
     seed: int = 0
     share_prefix: bool = True                              # reuse the KV cache of a shared prompt start
+    control: bool | int = True                             # lengths all beyond the trained length: also run one
+                                                           # inside it (true: the longest power of two <= trained;
+                                                           # a number: that length; false: none)
     key_digits: str = "5-7"                                # passkey digits: a count (5) or a range (5-7)
 
     def __post_init__(self):

@@ -30,14 +30,11 @@ from functools import partial
 from longctx.corpus import data_name, load_named_documents
 from longctx.errors import UsageError
 from longctx.evals.data import DocumentTokens, Window, special_prefix
+from longctx.evals.intervals import mean_ci95
 from longctx.evals.results import ResultsWriter, cell_key
 from longctx.evals.scoring import length_warnings
 from longctx.evals.summary import fmt_len
 from longctx.evals.task import PERPLEXITY, Figure, Task, as_float
-
-# two-sided 95% Student t quantiles by degrees of freedom; 1.96 beyond 30
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
 
 
 @dataclass
@@ -52,6 +49,8 @@ class Config:
     chunk_tokens: int = 1024     # positions per lm_head + cross-entropy step
     seed: int = 0
     context_parallel: bool = False  # several processes: each window's sequence split across all of them
+    prefix: bool = True          # one forward of each longest window scores every shorter length on its prefix
+                                 # (rope that does not depend on the sequence length, no stride; else separate)
 
 
 def token_nll(model, input_ids, *, chunk_tokens: int = 1024):
@@ -73,17 +72,6 @@ def token_nll(model, input_ids, *, chunk_tokens: int = 1024):
         # position T-1 predicts nothing: hidden states 0..T-2 score tokens 1..T-1
         return chunked_token_nll(hidden[0, :-1], head.weight, input_ids[0, 1:], bias=getattr(head, "bias", None),
                                  chunk=chunk_tokens, transform=logit_transform(model.config))
-
-
-def mean_ci95(values: list[float]) -> tuple[float, float | None]:
-    """Mean and half-width of its 95% Student-t interval (None with fewer than two values)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    t = next((T95[df] for df in sorted(T95) if df >= n - 1), 1.96)
-    return mean, t * sd / math.sqrt(n)
 
 
 def score_windows(model, prefix: list[int], tokens: list[int], window: int, stride: int, *, chunk_tokens: int,
@@ -136,13 +124,26 @@ def window_id(window: Window) -> str:
     return f"{window.doc}@{window.start}"
 
 
-def score_window(model, tokenizer, window: Window, prefix: list[int], cfg: Config, edges: list[int], nll_fn) -> dict:
+def prefix_evaluation(model, cfg: Config) -> tuple[bool, str]:
+    """Whether one forward of the longest window may score every shorter length on its prefix, and if not, why.
+
+    In a causal model the loss of token t depends on tokens <= t only, so the first L tokens of a longer window
+    score exactly as a window of L would, as long as the rotary frequencies do not depend on the sequence length:
+    dynamic NTK and LongRoPE pick them from it, so they keep separate forwards (`scoring.prefix_sharing_allowed`).
+    """
+    from longctx.evals.scoring import prefix_sharing_allowed
+
+    if not cfg.prefix:
+        return False, "prefix evaluation is off"
+    if cfg.stride is not None or cfg.context_parallel:
+        return False, "sliding windows and context parallel score each length separately"
+    return prefix_sharing_allowed(model)
+
+
+def window_record(tokenizer, window: Window, scored: list[tuple[int, int, float]], edges: list[int],
+                  seconds: float) -> dict:
     """One window's journal record: its totals (NLL, tokens, UTF-8 bytes of the scored text) and per bucket of
     position [NLL sum, tokens], from which `cell` adds up the length's numbers."""
-    start = time.perf_counter()
-    body = edges[-1] - len(prefix)
-    scored = score_windows(model, prefix, window.tokens, body, cfg.stride or body, chunk_tokens=cfg.chunk_tokens,
-                           nll_fn=nll_fn)
     buckets = [[0.0, 0] for _ in range(len(edges) - 1)]
     for _, position, nll in scored:
         bucket = buckets[bisect.bisect_right(edges, position) - 1]
@@ -151,7 +152,32 @@ def score_window(model, tokenizer, window: Window, prefix: list[int], cfg: Confi
     text = tokenizer.decode([window.tokens[index] for index, _, _ in scored])
     return {"doc": window.doc, "start": window.start, "tokens": len(window.tokens),
             "nll_sum": sum(nll for _, _, nll in scored), "n_tokens": len(scored), "n_bytes": len(text.encode("utf-8")),
-            "buckets": buckets, "seconds": round(time.perf_counter() - start, 3)}
+            "buckets": buckets, "seconds": round(seconds, 3)}
+
+
+def score_window(model, tokenizer, window: Window, prefix: list[int], cfg: Config, edges: list[int], nll_fn) -> dict:
+    """One window scored by its own forward(s)."""
+    start = time.perf_counter()
+    body = edges[-1] - len(prefix)
+    scored = score_windows(model, prefix, window.tokens, body, cfg.stride or body, chunk_tokens=cfg.chunk_tokens,
+                           nll_fn=nll_fn)
+    return window_record(tokenizer, window, scored, edges, time.perf_counter() - start)
+
+
+def score_prefixes(model, tokenizer, window: Window, prefix: list[int], cfg: Config, edges: dict[int, list[int]],
+                   nll_fn) -> dict[int, dict]:
+    """Length -> the record of `window`'s first `length` tokens, every length from ONE forward of the window
+    (the longest length's); `seconds` of each record is that forward's, shared."""
+    start = time.perf_counter()
+    scored = score_windows(model, prefix, window.tokens, len(window.tokens), len(window.tokens),
+                           chunk_tokens=cfg.chunk_tokens, nll_fn=nll_fn)
+    seconds = time.perf_counter() - start
+    records = {}
+    for length, length_edges in edges.items():
+        body = length - len(prefix)
+        head = Window(doc=window.doc, start=window.start, tokens=window.tokens[:body])
+        records[length] = window_record(tokenizer, head, [t for t in scored if t[0] < body], length_edges, seconds)
+    return records
 
 
 def cell(key: str, length: int, name: str, cfg: Config, windows: list[dict], edges: list[int],
@@ -169,7 +195,8 @@ def cell(key: str, length: int, name: str, cfg: Config, windows: list[dict], edg
     return {
         "task": "ppl", "key": key, "length": length, "stride": cfg.stride, "data": name,
         "n_docs": len({w["doc"] for w in windows}), "n_windows": len(windows),
-        "windows": [{"doc": w["doc"], "start": w["start"], "tokens": w["tokens"]} for w in windows],
+        "windows": [{"doc": w["doc"], "start": w["start"], "tokens": w["tokens"], "nll_sum": w["nll_sum"],
+                     "n_tokens": w["n_tokens"]} for w in windows],  # per window: what paired ratios compare
         "n_tokens": n_tokens, "nll": mean_nll, "ppl": math.exp(mean_nll),
         "ppl_ci95": [math.exp(mean_nll - half), math.exp(mean_nll + half)] if half is not None else None,
         "bpb": total_nll / math.log(2) / n_bytes if n_bytes else None,
@@ -192,15 +219,21 @@ def run(model, tokenizer, cfg: Config, writer: ResultsWriter) -> list[dict]:
     if cfg.stride is not None and not 0 < cfg.stride < min(cfg.lengths):
         raise UsageError(f"--stride must be between 1 and the smallest length - 1 ({min(cfg.lengths) - 1})")
     name, main = data_name(cfg.data), writer.world.main
-    keys = {length: cell_key("ppl", length=length, stride=cfg.stride, data=name, windows="document")
-            for length in cfg.lengths}
+    shared, why = prefix_evaluation(model, cfg)
+    keys = {length: cell_key("ppl", length=length, stride=cfg.stride, data=name,
+                             windows="prefix" if shared else "document") for length in cfg.lengths}
     todo = [length for length in cfg.lengths if not writer.done(keys[length])]
+    if todo and not shared and cfg.prefix and main:
+        print(f"ppl: a separate forward per length: {why}", file=sys.stderr)
     nll_fn = token_nll
     if cfg.context_parallel and todo:
         from longctx.evals import context_parallel
 
         nll_fn = context_parallel.nll_function(model, writer.world)
-    plans = plan_windows(tokenizer, cfg, todo) if todo else {}
+    longest = max(cfg.lengths)
+    plans = plan_windows(tokenizer, cfg, [longest] if shared else todo) if todo else {}
+    if shared and todo:  # every length reads the longest length's windows, cut to its own length
+        plans = {length: plans[longest] for length in todo}
     prefix = special_prefix(tokenizer)
     edges = {length: [round(i * length / cfg.buckets) for i in range(cfg.buckets + 1)] for length in todo}
     warnings = {length: length_warnings(model, length) for length in todo}
@@ -215,11 +248,15 @@ def run(model, tokenizer, cfg: Config, writer: ResultsWriter) -> list[dict]:
 
     def work(length: int, index: int) -> list[tuple[str, str, dict]]:
         window = plans[length][index]
+        if shared:  # `length` is the row of every length: one forward, a record for each
+            records = score_prefixes(model, tokenizer, window, prefix, cfg, edges, nll_fn)
+            bar.update(len(records) / len(plans[length]))
+            return [(keys[n], window_id(window), record) for n, record in records.items()]
         record = score_window(model, tokenizer, window, prefix, cfg, edges[length], nll_fn)
         bar.update(1 / len(plans[length]))
         return [(keys[length], window_id(window), record)]
 
-    def finish(length: int) -> None:
+    def finish_one(length: int) -> None:
         if writer.done(keys[length]):
             return
         journal = writer.samples(keys[length])
@@ -228,8 +265,17 @@ def run(model, tokenizer, cfg: Config, writer: ResultsWriter) -> list[dict]:
         bar.n = sum(writer.done(keys[n]) for n in cfg.lengths)
         bar.refresh()
 
-    rows = [(length, [i for i, w in enumerate(plans[length]) if window_id(w) not in writer.samples(keys[length])])
-            for length in todo]
+    def finish(row: int) -> None:
+        for length in (todo if shared else [row]):
+            finish_one(length)
+
+    if shared and todo:
+        missing = [i for i, w in enumerate(plans[todo[0]])
+                   if any(window_id(w) not in writer.samples(keys[n]) for n in todo)]
+        rows = [(todo[0], missing)]
+    else:
+        rows = [(length, [i for i, w in enumerate(plans[length]) if window_id(w) not in writer.samples(keys[length])])
+                for length in todo]
     run_units(writer, rows, work, finish, shard=not cfg.context_parallel)
     bar.close()
     return [writer.cell(keys[length]) for length in cfg.lengths]
@@ -245,6 +291,9 @@ class Perplexity(Task):
         parser.add_argument("--data", help="pydoc (default, embedded), stdlib, FILE, DIR, *.jsonl or hf:NAME[:CONFIG][:SPLIT]")
         parser.add_argument("--stride", type=int, help="sliding-window step in tokens (default: non-overlapping windows)")
         parser.add_argument("--docs", type=int, default=4, help="chunks of each length to score (default: 4)")
+        parser.add_argument("--no-prefix-eval", dest="prefix", action="store_false",
+                            help="a separate forward per length, on windows of its own, instead of scoring every "
+                                 "length on the prefixes of the longest windows (dynamic NTK and LongRoPE always do)")
         parser.add_argument("--context-parallel", action="store_true",
                             help="launched as several processes: split each window's sequence across all of them "
                                  "(torch context parallel) instead of sharing out the windows")

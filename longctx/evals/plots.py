@@ -16,6 +16,7 @@ from longctx.evals.summary import ModelSummary, fmt_len
 
 DPI = 110
 HEATMAP_CMAP = "RdYlGn"   # red = fails, green = retrieves; the colour scale is fixed to 0..1 across panels
+HEATMAP_COLUMNS = 3       # panels per row of the heatmap grid
 
 
 def _matplotlib():
@@ -42,15 +43,18 @@ def _length_axis(ax, lengths) -> None:
 
 
 def ppl_vs_length(models: list[ModelSummary], path: Path, task) -> bool:
-    """One perplexity curve per model over context length, error bars from ppl_ci95, trained lengths dashed."""
+    """One perplexity curve per model over context length on a log axis, its 95% interval a light band clipped
+    to the plotted range (a 2-window interval spans decades and would otherwise flatten every curve onto the
+    axis), trained lengths dashed."""
     if not any(m.values.get(task.name) for m in models):
         return False
     matplotlib, Figure = _matplotlib()
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     fig = Figure(figsize=(9, 5.2), layout="constrained")
     ax = fig.add_subplot()
-    lengths, values = set(), []
+    lengths, values, bands = set(), [], []
     for index, model in enumerate(models):
         intervals = model.ci95.get(task.name, {})
         points = [(n, ppl, intervals.get(n)) for n, ppl in model.values.get(task.name, {}).items()]
@@ -59,10 +63,13 @@ def ppl_vs_length(models: list[ModelSummary], path: Path, task) -> bool:
         if not finite:
             continue
         xs, ys = [n for n, _, _ in finite], [p for _, p, _ in finite]
-        low, high = zip(*(_ci_offsets(p, ci) for _, p, ci in finite), strict=True)
         label = model.label + (f" (ppl inf at {', '.join(blown)})" if blown else "")
         colour = _colour(matplotlib, index)
-        ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, lw=2, color=colour, label=label)
+        ax.plot(xs, ys, marker="o", lw=2, color=colour, label=label)
+        low, high = zip(*(_ci_offsets(p, ci) for _, p, ci in finite), strict=True)
+        if any(low) or any(high):
+            bands.append((xs, [p - lo for p, lo in zip(ys, low, strict=True)],
+                          [p + hi for p, hi in zip(ys, high, strict=True)], colour))
         if model.trained:
             ax.axvline(model.trained, color=colour, ls="--", lw=1.2, alpha=0.75)
             lengths.add(model.trained)
@@ -71,17 +78,23 @@ def ppl_vs_length(models: list[ModelSummary], path: Path, task) -> bool:
     if not values:
         return False
     _length_axis(ax, sorted(lengths))
-    if max(values) / max(min(values), 1e-9) > 10:  # an exploding model would flatten the others on a linear axis
-        ax.set_yscale("log")
+    ax.set_yscale("log")
+    bottom, top = min(values) / 1.5, max(values) * 1.5  # the data decide the range; bands are clipped to it
+    for xs, lows, highs, colour in bands:
+        ax.fill_between(xs, [max(v, bottom) for v in lows], [min(v, top) for v in highs], color=colour, alpha=0.08,
+                        lw=0)
+    ax.set_ylim(bottom, top)
     ax.set_xlabel("context length (tokens, log2 scale)")
-    ax.set_ylabel("perplexity" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    ax.set_ylabel("perplexity (log scale)")
     series = {m.series.get(task.name) for m in models if m.values.get(task.name)}
     ax.set_title("Perplexity vs context length" + (f" ({task.variant_name(next(iter(series)))})"
                                                    if len(series) == 1 else ""))
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     handles, _ = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], color="grey", ls="--", label="trained length (model's colour)"))
-    ax.legend(handles=handles, loc="best")
+    if bands:
+        handles.append(Patch(color="grey", alpha=0.2, label="95% interval (clipped to the plot)"))
+    ax.legend(handles=handles, loc="best", fontsize=8)
     fig.savefig(path, dpi=DPI)
     return True
 
@@ -125,43 +138,50 @@ def heatmaps(models: list[ModelSummary], path: Path, task) -> bool:
     if not grids:
         return False
 
-    n_rows, n_cols = len(variants), len(present)
+    # a grid of at most HEATMAP_COLUMNS panels a row (one row of nine at page width is unreadable); each variant
+    # starts a new row of panels
+    shown = {row: [column for column in range(len(present)) if (row, column) in grids] for row in range(len(variants))}
+    columns = min(HEATMAP_COLUMNS, max(len(c) for c in shown.values()))
+    first_row = [0]  # the grid row where each variant's panels start (models without that variant are left out)
+    for row in range(len(variants)):
+        first_row.append(first_row[-1] + -(-len(shown[row]) // columns))
+    n_rows = first_row[-1]
     max_depths = max(len(d) for _, d, _ in grids.values())
     max_lengths = max(len(n) for n, _, _ in grids.values())
-    fig = Figure(figsize=(n_cols * max(3.6, 0.62 * max_lengths + 1.4) + 1.2,
-                          n_rows * max(3.0, 0.5 * max_depths + 1.4) + 0.6), layout="constrained")
-    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    fig = Figure(figsize=(columns * max(3.4, 0.75 * max_lengths + 1.5) + 1.2,
+                          n_rows * max(2.8, 0.45 * max_depths + 1.5) + 0.8), layout="constrained")
+    axes = fig.subplots(n_rows, columns, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
     cmap = matplotlib.colormaps[HEATMAP_CMAP].with_extremes(bad="#e6e6e6")
     image = None
     for row, variant in enumerate(variants):
-        for column, model in enumerate(present):
-            ax = axes[row][column]
-            panel_title = model.label + (f"\n{task.variant_name(variant)}" if n_rows > 1 else "")
-            if (row, column) not in grids:
-                ax.set_axis_off()
-                ax.set_title(panel_title, fontsize=10)
-                ax.text(0.5, 0.5, "not run", ha="center", va="center", color="grey", transform=ax.transAxes)
-                continue
+        for place, column in enumerate(shown[row]):
+            model = present[column]
+            ax = axes[first_row[row] + place // columns][place % columns]
+            ax.set_axis_on()
+            panel_title = model.label + (f"\n{task.variant_name(variant)}" if len(variants) > 1 else "")
             lengths, depths, grid = grids[row, column]
             image = ax.imshow(grid, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
-            font = max(6.0, min(10.0, 90.0 / max(len(lengths), len(depths))))
+            font = max(7.0, min(11.0, 90.0 / max(len(lengths), len(depths))))
             for (i, j), value in np.ndenumerate(grid):
                 if not np.isnan(value):
                     red, green, blue, _ = cmap(value)
                     dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.45
                     ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=font,
                             color="white" if dark else "black")
-            ax.set_xticks(range(len(lengths)), [fmt_len(n) for n in lengths])
-            ax.set_yticks(range(len(depths)), [f"{d * 100:g}%" if max(depths) <= 1 else f"{d:g}%" for d in depths])
+            ax.set_xticks(range(len(lengths)), [fmt_len(n) for n in lengths], fontsize=9)
+            ax.set_yticks(range(len(depths)), [f"{d * 100:g}%" if max(depths) <= 1 else f"{d:g}%" for d in depths],
+                          fontsize=9)
             inside = sum(n <= model.trained for n in lengths) if model.trained else 0
             if 0 < inside < len(lengths):  # boundary between trained and extrapolated lengths
                 ax.axvline(inside - 0.5, color="black", ls="--", lw=2)
-            ax.set_title(panel_title, fontsize=10)
-            ax.set_xlabel("context length")
-            if column == 0:
-                ax.set_ylabel("depth")
+            ax.set_title(panel_title, fontsize=11)
+            ax.set_xlabel("context length", fontsize=9)
+            if place % columns == 0:
+                ax.set_ylabel("depth", fontsize=9)
     if image is not None:
-        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.85, label=value_key)
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label=value_key)
     fig.suptitle(f"{task.heatmap_title} (dashed: trained length)")
     fig.savefig(path, dpi=DPI)
     return True

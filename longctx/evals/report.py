@@ -27,6 +27,7 @@ from longctx.evals.summary import (  # the data model and judging rules the page
     PPL_HOLDS,
     RETRIEVAL_FAILED,
     RETRIEVAL_OK,
+    SEPARATION,
     ModelSummary,
     build_summary,
     fmt_len,
@@ -43,7 +44,8 @@ from longctx.evals.task import PERPLEXITY, RETRIEVAL
 from longctx.files import partial_dir, replace_into_place
 from longctx.locks import output_lock
 
-STATUS_BADGE = {"superficial": "bad", "breaks": "warn", "degrades": "warn", "extends": "good"}
+STATUS_BADGE = {"superficial": "bad", "breaks": "warn", "degrades": "warn", "inconclusive": "neutral",
+                "extends": "good"}
 
 
 def _score_colour(score: float) -> str:
@@ -102,7 +104,8 @@ def render_html(models: list[ModelSummary], context: dict, images: dict[str, str
                      badge=_verdict_badge, len_or_dash=_len_or_dash, rope_text=rope_text, effective=_effective_text,
                      legend=_legend(models), images=images, captions=_captions(),
                      warned=[(m, w) for m in models for w in m.warnings],
-                     details=_details, made=_provenance(models))
+                     details=_details, made=_provenance(models), status_badge=STATUS_BADGE,
+                     decided=[(m, n) for m in models for n in m.decisions])
 
 
 def _captions() -> dict[str, str]:
@@ -122,8 +125,17 @@ def _retrieval_legend() -> str:
             f"Wilson 95% interval of all depths' trials pooled). Effective length (RULER): "
             f"the longest length L with retrieval >= {RETRIEVAL_OK} at every evaluated length <= L. Italic cells lie "
             f"beyond the model's trained length; their perplexity is coloured by its ratio to the in-distribution "
-            f"perplexity (green <= {PPL_HOLDS}x, yellow <= {PPL_BROKEN}x, red above). SUPERFICIAL: perplexity "
-            f"<= {PPL_HOLDS}x in-distribution beyond the trained length while retrieval < {RETRIEVAL_FAILED}.")
+            f"perplexity (green <= {PPL_HOLDS}x, yellow <= {PPL_BROKEN}x, red above); in brackets, the 95% t interval "
+            f"over windows. Every verdict is read from intervals: SUPERFICIAL when the interval of ppl(L) / "
+            f"in-distribution ppl lies <= {PPL_HOLDS}x and retrieval's Wilson upper bound at L lies {SEPARATION} or "
+            f"more below the lower bound of retrieval measured inside the trained length (the control; a model "
+            f"without one is never flagged); extends when that ratio's interval lies <= {PPL_HOLDS}x and retrieval's "
+            f"lower bound >= {RETRIEVAL_OK}; otherwise inconclusive, with the trials or windows that would decide it "
+            f"at the observed rates. A control whose upper bound is below {RETRIEVAL_FAILED} cannot judge.")
+
+
+def _status_text(status: str) -> str:
+    return {"superficial": "🟥 **SUPERFICIAL**", "extends": "extends", "inconclusive": "inconclusive"}.get(status, status)
 
 
 def _len_or_dash(length: int | None) -> str:
@@ -136,9 +148,21 @@ def _effective_text(model: ModelSummary) -> str:
     return fmt_len(model.effective_length) if model.effective_length else f"< {fmt_len(min(model.retrieval))}"
 
 
+def origin_text(model: ModelSummary) -> str:
+    """The weights' origin as the loader recorded it (model.json `origin`), else as its paths tell."""
+    from longctx.sources import origin
+
+    if model.meta.get("origin"):
+        return str(model.meta["origin"])
+    if not model.meta.get("source") and not model.meta.get("model_dir"):
+        return "origin unknown"
+    return origin(str(model.meta.get("source") or model.meta.get("model_dir")), model.meta.get("model_dir"))
+
+
 def _details(model: ModelSummary) -> str:
     keys = ("source", "model_dir", "device", "dtype", "attn_implementation", "longctx_version")
-    parts = [f"{k}={model.meta[k]}" for k in keys if model.meta.get(k) not in (None, "")]
+    parts = [origin_text(model)] if model.meta else []
+    parts += [f"{k}={model.meta[k]}" for k in keys if model.meta.get(k) not in (None, "")]
     if model.meta.get("rope"):
         parts.append("rope=" + json.dumps(model.meta["rope"], sort_keys=True))
     ppl = perplexity_task()
@@ -173,12 +197,21 @@ def render_markdown(models: list[ModelSummary], context: dict) -> str:
             texts = []
             for n in lengths:
                 text = _cell(m, task, n)[0]
-                interval = m.ci95.get(task.name, {}).get(n) if text != "–" and task.kind == RETRIEVAL else None
-                if interval:  # pooled over depths: Wilson 95%
+                interval = m.ci95.get(task.name, {}).get(n) if text != "–" else None
+                if interval and task.kind == RETRIEVAL:  # pooled over depths: Wilson 95%
                     text += f" [{interval[0]:.2f}, {interval[1]:.2f}]"
+                elif interval and task.kind == PERPLEXITY:  # t interval over windows
+                    text += f" [{fmt_ppl(interval[0])}, {fmt_ppl(interval[1])}]"
                 texts.append(f"*{text}*" if text != "–" and _beyond(m, n) else text)
             out.append(row([f"**{m.label}**", *texts]))
     out += ["", _legend(models), ""]
+    decided = [(m, n) for m in models for n in m.decisions]
+    if decided:
+        out += ["## Verdicts by length", "", "Beyond each model's trained length; the interval behind each "
+                "decision, and what would settle it where the data do not.", "",
+                row(["Model", "Length", "Verdict", "Why"]), row(["---"] * 4)]
+        out += [row([f"**{m.label}**", fmt_len(n), _status_text(m.status[n]), m.decisions[n]]) for m, n in decided]
+        out += [""]
     if context["figures"]:
         out += ["## Figures", ""]
         captions = _captions()

@@ -20,7 +20,6 @@ the rest; questions after the same context reuse the context's cache.
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 import re
 import sys
@@ -29,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from longctx import rope_config, rope_methods
+from longctx.evals.intervals import wilson_interval  # noqa: F401  (re-exported: passkey, niah, task use it)
 from longctx.evals.results import ResultsWriter, cell_key, format_value
 
 
@@ -216,19 +216,6 @@ def trial_seeds(seed: int, task: str, length: int, depths: list[float], trials: 
     same at every depth (one trial object moves its needle)."""
     return {(depth, trial): trial_seed(seed, task, length, trial, depth if independent_depths else None)
             for depth in depths for trial in range(trials)}
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> list[float]:
-    """Wilson score interval of a binomial proportion (95% by default): [low, high], [0, 1] when n == 0.
-
-    Unlike p ± z·√(p(1−p)/n) it stays inside [0, 1] and is not empty at 0/n or n/n (5/5 -> [0.566, 1]).
-    """
-    if n <= 0:
-        return [0.0, 1.0]
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def length_warnings(model, length: int) -> list[str]:

@@ -107,7 +107,7 @@ def make_config(task: str, settings: dict, *, where: str = ""):
     if values.get("mode", "forced") not in ("forced", "generate"):
         raise UsageError(f"bad mode {values['mode']!r} for task {task}{where}: use forced or generate")
     for field in dataclasses.fields(config):  # a switch (share_prefix, context_parallel) takes true or false
-        if isinstance(field.default, bool) and not isinstance(values.get(field.name, field.default), bool):
+        if field.type == "bool" and not isinstance(values.get(field.name, field.default), bool):
             raise UsageError(f"{field.name} of task {task}{where} must be true or false, not {values[field.name]!r}")
     for name in ("trials", "docs", "needles", "distractors", "stride", "seed"):
         if values.get(name) is not None and not isinstance(values[name], int):
@@ -157,11 +157,12 @@ def start_results(out_dir, label: str, info: dict, source: str, *, force: bool) 
 
 def model_info(model, source: str, model_dir: Path, label: str, warnings: list[str]) -> dict:
     """The model.json record: where the model came from and what its rotary config claims."""
-    from longctx import __version__, rope_config
+    from longctx import __version__, rope_config, sources
 
     config = model.config.to_dict()
     return {
         "label": label, "source": str(source), "model_dir": str(model_dir),
+        "origin": sources.origin(source, model_dir),
         "rope": rope_config.rope_parameters(config), "trained_length": rope_config.original_length(config),
         "claimed_length": rope_config.max_length(config), "longctx_version": __version__,
         "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),

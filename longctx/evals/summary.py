@@ -12,15 +12,25 @@ from pathlib import Path
 
 from longctx.errors import UsageError
 from longctx.evals import tasks
+from longctx.evals.intervals import (
+    ppl_ratio,
+    separated,
+    trials_to_decide,
+    trials_to_separate,
+    wilson_interval,
+    windows_to_decide,
+)
 from longctx.evals.task import PERPLEXITY, RETRIEVAL, as_float
 from longctx.files import read_jsonl, sanitize
+from longctx.rope_methods import same_rope_up_to
 
 log = logging.getLogger(__name__)
 
-RETRIEVAL_OK = 0.85      # RULER's threshold: a length counts as usable when retrieval stays at or above it
-RETRIEVAL_FAILED = 0.5   # below this, retrieval has failed (used by the SUPERFICIAL flag)
-PPL_HOLDS = 1.25         # ppl(L) <= 1.25 x in-distribution ppl: perplexity "holds" at L
-PPL_BROKEN = 2.0         # ppl(L) > 2 x in-distribution ppl: the model breaks at L
+RETRIEVAL_OK = 0.85      # RULER's threshold: a length counts as usable when retrieval's lower bound clears it
+RETRIEVAL_FAILED = 0.5   # an in-window control whose upper bound is below this cannot judge an extension
+PPL_HOLDS = 1.25         # ppl(L) / in-distribution ppl: its interval <= 1.25 means perplexity "holds" at L
+PPL_BROKEN = 2.0         # its interval above 2: the model breaks at L
+SEPARATION = 0.1         # SUPERFICIAL: retrieval's upper bound at L this far below the control's lower bound
 
 
 @dataclass
@@ -42,6 +52,12 @@ class ModelSummary:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)             # verdict caveats, said before the verdict
     runs: list[dict] = field(default_factory=list)              # runs.jsonl: command, commit, machine, wall time
+    counts: dict[int, tuple[int, int]] = field(default_factory=dict)  # retrieval (correct, trials) pooled by length
+    ref_length: int | None = None               # where ppl_ref was measured
+    ratios: dict[int, dict] = field(default_factory=dict)     # length -> ppl / ppl_ref with its interval
+    control: dict | None = None                 # in-window retrieval {length, counts, from: other label or None}
+    same_as: str | None = None                  # a model whose rope equals this one's up to the trained length
+    decisions: dict[int, str] = field(default_factory=dict)   # length beyond trained -> why its status
 
     @property
     def trained(self) -> int | None:
@@ -181,7 +197,8 @@ def _pick(model: ModelSummary, task: str, preferred: tuple | None) -> tuple | No
 
 
 def effective_length(retrieval: dict[int, float]) -> int | None:
-    """RULER: the longest length L such that every evaluated length <= L scores >= 0.85; None if the first fails."""
+    """RULER: the longest length L such that every evaluated length <= L scores >= 0.85; None if the first fails.
+    The verdict passes Wilson lower bounds, so a length counts only when its interval clears 0.85."""
     best = None
     for length in sorted(retrieval):
         if retrieval[length] < RETRIEVAL_OK:
@@ -190,24 +207,119 @@ def effective_length(retrieval: dict[int, float]) -> int | None:
     return best
 
 
-def judge_length(ratio: float | None, retrieval: float | None) -> str:
-    """Status of one length beyond the trained one, from ppl / in-distribution ppl and retrieval."""
-    if ratio is None and retrieval is None:
-        return "untested"
-    if ratio is not None and ratio > PPL_BROKEN:
+def _ppl_state(ratio: dict | None) -> str | None:
+    """holds / high / breaks / unsure from the interval of ppl(L) / in-distribution ppl (None: not measured)."""
+    if ratio is None:
+        return None
+    if not math.isfinite(ratio["ratio"]):
         return "breaks"
-    ppl_holds = ratio is None or ratio <= PPL_HOLDS
-    if retrieval is None:
-        return "ppl only" if ratio is not None and ppl_holds else "degrades"
-    if ratio is not None and ppl_holds and retrieval < RETRIEVAL_FAILED:
-        return "superficial"
-    if ppl_holds and retrieval >= RETRIEVAL_OK:
-        return "extends"
-    return "degrades"
+    if not ratio.get("ci95"):
+        return "unsure"
+    low, high = ratio["ci95"]
+    if low > PPL_BROKEN:
+        return "breaks"
+    if high <= PPL_HOLDS:
+        return "holds"
+    return "high" if low > PPL_HOLDS else "unsure"
+
+
+def ratio_text(ratio: dict) -> str:
+    if not math.isfinite(ratio["ratio"]):
+        return "ppl inf"
+    ci = ratio.get("ci95")
+    interval = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else " (no interval)"
+    how = "paired" if ratio.get("paired") else "unpaired"
+    n = f", {ratio['n']} windows" if ratio.get("n") else ""
+    return f"ppl ×{ratio['ratio']:.2f}{interval} of in-distribution ({how}{n})"
+
+
+def counts_text(counts: tuple[int, int]) -> str:
+    low, high = wilson_interval(*counts)
+    return f"{counts[0]}/{counts[1]} [{low:.2f}, {high:.2f}]"
+
+
+def _more(count: int | None, what: str, where: str = "") -> str:
+    if not count:
+        return f"more {what}s at these rates would not settle it"
+    return f"run {count} more {what}{'s' * (count != 1)}{where}"
+
+
+def judge_length(ratio: dict | None, counts: tuple[int, int] | None, control: dict | None,
+                 retrieval: float | None = None) -> tuple[str, str]:
+    """(status, reason) of one length beyond the trained one, each decided only where its interval allows.
+
+    `ratio`: ppl(L) / in-distribution ppl with its interval (`intervals.ppl_ratio`); `counts`: retrieval at L,
+    (correct, trials) pooled; `control`: {"length", "counts"} of retrieval inside the trained length. SUPERFICIAL
+    needs the ratio's interval <= PPL_HOLDS and retrieval's Wilson upper bound below the control's lower bound
+    by SEPARATION; "extends" needs the ratio's interval <= PPL_HOLDS and retrieval's lower bound >= RETRIEVAL_OK.
+    Otherwise "inconclusive", with how many more trials or windows (at the observed rates) would decide it.
+    """
+    ppl = _ppl_state(ratio)
+    ppl_text = ratio_text(ratio) if ratio else "ppl not measured"
+    n_windows = ratio and ratio.get("n")
+    if ratio and ratio.get("paired"):
+        ppl_more = _more(windows_to_decide(ratio, PPL_HOLDS), "window")
+    else:  # windows of other text at each length: the book-to-book spread swamps the ratio
+        ppl_more = "score each length on the same windows (prefix evaluation pairs them) with more windows"
+    unsure = f"{ppl_text} straddles ×{PPL_HOLDS}: inconclusive at n = {n_windows or '?'} windows: {ppl_more}"
+    if ppl == "breaks":
+        return "breaks", ppl_text
+    if counts is None:
+        if retrieval is not None:
+            return "inconclusive", f"retrieval {retrieval:.2f} without trial counts (no interval); {ppl_text}"
+        return {None: ("untested", ""), "holds": ("ppl only", ppl_text), "high": ("degrades", ppl_text)}.get(
+            ppl, ("inconclusive", unsure))
+    k, n = counts
+    low, high = wilson_interval(k, n)
+    seen = f"retrieval {counts_text(counts)}"
+    and_ppl = f"; {unsure}" if ppl == "unsure" else f"; {ppl_text}"
+    if low >= RETRIEVAL_OK:
+        if ppl in ("holds", None):
+            return "extends", seen + and_ppl
+        return ("degrades" if ppl == "high" else "inconclusive"), seen + and_ppl
+    if ppl == "high":
+        return "degrades", seen + and_ppl
+    if high >= RETRIEVAL_OK:
+        return "inconclusive", (f"{seen} straddles {RETRIEVAL_OK}: inconclusive at n = {n}: "
+                                f"{_more(trials_to_decide(k, n, RETRIEVAL_OK), 'trial')}{and_ppl}")
+    if control is None:
+        if ppl == "holds":
+            return "inconclusive", (f"{ppl_text} but {seen}, and no retrieval was measured inside the trained "
+                                    "length: no control, no SUPERFICIAL flag")
+        return "degrades", seen + and_ppl
+    versus = f"{seen} vs {counts_text(control['counts'])} at {fmt_len(control['length'])} in the window"
+    if separated(counts, control["counts"], SEPARATION):
+        if ppl == "holds":
+            return "superficial", f"{ppl_text} but {versus}"
+        return ("inconclusive" if ppl == "unsure" else "degrades"), versus + and_ppl
+    more = trials_to_separate(counts, control["counts"], SEPARATION)
+    if more is None or ppl is None:
+        return "degrades", versus + ("" if more else " (no clear drop from the window)") + and_ppl
+    where = f" at {fmt_len(control['length'])} and at this length"
+    return "inconclusive", f"{versus}: inconclusive at n = {n}: {_more(more, 'trial', where)}{and_ppl}"
+
+
+def _ratios(model: ModelSummary) -> dict[int, dict]:
+    """Length -> ppl(L) / ppl at the reference length with its interval."""
+    task = perplexity_task()
+    if task is None or model.ref_length is None:
+        return {}
+    cells = model.latest(task.name)
+    ref = cells.get(model.ref_length)
+    out = {}
+    for length, record in cells.items():
+        value = task.value(record)
+        if not math.isfinite(value):
+            out[length] = {"ratio": math.inf, "ci95": None, "paired": False, "n": None}
+        elif ref is not None:
+            ratio = ppl_ratio(record, ref)
+            if ratio is not None:
+                out[length] = ratio
+    return out
 
 
 def summarize(model: ModelSummary, primaries: dict[str, tuple | None]) -> None:
-    """Fill in the per-length numbers, flags, effective length and verdict of one model."""
+    """The per-length numbers of one model (its verdict needs every model: `judge`)."""
     model.series = {task: _pick(model, task, primaries.get(task)) for task in model.cells}
     for task in tasks().values():
         model.values[task.name] = task.values(model.records(task.name))
@@ -216,53 +328,106 @@ def summarize(model: ModelSummary, primaries: dict[str, tuple | None]) -> None:
     for length in sorted(set().union(*by_task)):
         scores = [values[length] for values in by_task if length in values]
         model.retrieval[length] = sum(scores) / len(scores)
-    model.effective_length = effective_length(model.retrieval)
-
+    pooled: dict[int, list] = {}
+    for task in retrieval_tasks():
+        values, counts = model.values[task.name], task.trial_counts(model.records(task.name))
+        for length in values:
+            total = pooled.setdefault(length, [0, 0, True])
+            if length in counts:
+                total[0], total[1] = total[0] + counts[length][0], total[1] + counts[length][1]
+            else:
+                total[2] = False  # a task without counts at this length: no interval for the mean
+    model.counts = {n: (k, t) for n, (k, t, whole) in sorted(pooled.items()) if whole and t > 0}
+    model.effective_length = effective_length({n: wilson_interval(*c)[0] for n, c in model.counts.items()})
     trained, lengths = model.trained, model.lengths()
     ppl_lengths = [n for n in lengths if model.ppl_value(n) is not None]
     if ppl_lengths:
         in_distribution = [n for n in ppl_lengths if trained is not None and n <= trained]
-        model.ppl_ref = model.ppl_value(max(in_distribution) if in_distribution else min(ppl_lengths))
+        model.ref_length = max(in_distribution) if in_distribution else min(ppl_lengths)
+        model.ppl_ref = model.ppl_value(model.ref_length)
+    model.ratios = _ratios(model)
+
+
+def _controls(models: list[ModelSummary]) -> None:
+    """Each model's in-window retrieval: its own at the longest length inside its trained length, else that of a
+    model whose rope rotates every position alike up to the trained length (dynamic NTK and its original)."""
+    for model in models:
+        inside = [n for n in model.counts if model.trained is not None and n <= model.trained]
+        if inside:
+            model.control = {"length": max(inside), "counts": model.counts[max(inside)], "from": None}
+    for model in models:
+        rope = model.meta.get("rope")
+        if model.trained is None or not isinstance(rope, dict):
+            continue
+        for other in models:
+            if other is not model and _same_model_in_window(model, other):
+                model.same_as = model.same_as or other.label
+                if model.control is None and other.control is not None and other.control["from"] is None:
+                    model.control = {**other.control, "from": other.label}
+
+
+def _same_model_in_window(a: ModelSummary, b: ModelSummary) -> bool:
+    """Whether `a` is `b` within its trained length: another rope config (a patch changes only config.json)
+    that rotates every position alike up to the trained length. Identical rope configs are not taken as the same
+    model (a fine-tune of it keeps the config), nor models whose model.json fingerprints differ."""
+    rope_a, rope_b = a.meta.get("rope"), b.meta.get("rope")
+    if a.trained != b.trained or not isinstance(rope_b, dict) or rope_a == rope_b:
+        return False
+    if a.meta.get("fingerprint") and b.meta.get("fingerprint") and a.meta["fingerprint"] != b.meta["fingerprint"]:
+        return False
+    return same_rope_up_to(rope_a, rope_b, a.trained)
+
+
+def judge(model: ModelSummary) -> None:
+    """Statuses, flags and the verdict of one model whose numbers and control are known."""
+    trained = model.trained
     if trained is None:
         model.warnings.append("model.json has no trained_length: no verdict on extension is possible")
-    # A model that cannot retrieve even within its trained length (a random or chat-formatted model) says
-    # nothing about extension through retrieval: judge its longer lengths on perplexity alone. Where nothing
-    # within it was measured, a model that retrieves at no evaluated length (a patch that damages the model at
-    # every length, such as linear interpolation without training) gives no evidence either.
-    baseline = max((n for n in model.retrieval if trained is not None and n <= trained), default=None)
-    if baseline is not None:
-        retrieval_judges = model.retrieval[baseline] >= RETRIEVAL_FAILED
-        if not retrieval_judges:
-            model.notes.append(f"retrieval fails within the trained length ({model.retrieval[baseline]:.2f} at "
-                               f"{fmt_len(baseline)}), so it cannot judge the extension")
-    else:
-        best = max(model.retrieval, key=model.retrieval.get, default=None)
-        retrieval_judges = best is None or model.retrieval[best] >= RETRIEVAL_FAILED
-        if not retrieval_judges:
-            model.notes.append(f"retrieval fails at every evaluated length (at best {model.retrieval[best]:.2f}, "
-                               f"at {fmt_len(best)}) and was not measured within the trained length, so it "
-                               "cannot judge the extension")
-    for length in lengths:
-        ppl, retrieval = model.ppl_value(length), model.retrieval.get(length)
+    if model.control and model.control["from"]:
+        source = model.control["from"]
+        model.notes.append(f"{rope_text(model.meta.get('rope'))} is {source} up to {fmt_len(trained)}: its in-window "
+                           f"reading is {source}'s")
+    control = model.control
+    retrieval_judges = True
+    if control is not None:
+        low, high = wilson_interval(*control["counts"])
+        if high < RETRIEVAL_FAILED:
+            retrieval_judges = False
+            model.notes.append(f"retrieval fails within the trained length ({counts_text(control['counts'])} at "
+                               f"{fmt_len(control['length'])}), so it cannot judge the extension")
+    elif model.retrieval and max(model.retrieval.values()) < RETRIEVAL_FAILED:
+        best = max(model.retrieval, key=model.retrieval.get)
+        retrieval_judges = False
+        model.notes.append(f"retrieval fails at every evaluated length (at best {model.retrieval[best]:.2f}, "
+                           f"at {fmt_len(best)}) and was not measured within the trained length, so it "
+                           "cannot judge the extension")
+    elif model.retrieval:
+        model.notes.append("no retrieval inside the trained length (no control): no SUPERFICIAL flag")
+    for length in model.lengths():
+        retrieval = model.retrieval.get(length)
         if trained is None or length <= trained:
             model.status[length] = "in-distribution"
             if trained is not None and retrieval is not None and retrieval < RETRIEVAL_OK:
                 model.warnings.append(f"retrieval {retrieval:.2f} at {fmt_len(length)}, within the trained length: "
                                       "check the prompt format before trusting longer lengths")
             continue
-        ratio = ppl / model.ppl_ref if ppl is not None and model.ppl_ref else None
-        status = model.status[length] = judge_length(ratio, retrieval if retrieval_judges else None)
+        ratio = model.ratios.get(length)
+        counts = model.counts.get(length) if retrieval_judges else None
+        status, reason = judge_length(ratio, counts, control, retrieval if retrieval_judges else None)
+        model.status[length], model.decisions[length] = status, reason
         if status == "superficial":
-            model.flags.append({"kind": "superficial", "length": length, "ppl": ppl, "ppl_ratio": ratio,
-                                "retrieval": retrieval, "message": (
-                                    f"SUPERFICIAL at {fmt_len(length)}: ppl {fmt_ppl(ppl)} (×{ratio:.2f} of "
-                                    f"in-distribution) but retrieval {retrieval:.2f}")})
+            model.flags.append({"kind": "superficial", "length": length, "ppl": model.ppl_value(length),
+                                "ppl_ratio": ratio["ratio"], "ppl_ratio_ci95": ratio.get("ci95"),
+                                "retrieval": retrieval, "retrieval_counts": list(counts),
+                                "control": {**control, "counts": list(control["counts"])},
+                                "message": f"SUPERFICIAL at {fmt_len(length)}: {reason}"})
     model.verdict = verdict(model)
     model.warnings.extend(_cell_warnings(model))
 
 
 def verdict(model: ModelSummary) -> str:
-    """One line: SUPERFICIAL first (it is the trap), then how far it extends and where it stops."""
+    """One line: SUPERFICIAL first (it is the trap), then how far it extends and where it stops or what is
+    undecided."""
     beyond = [n for n, s in model.status.items() if s not in ("in-distribution", "untested")]
     if model.trained is None:
         return "unknown trained length"
@@ -282,8 +447,9 @@ def verdict(model: ModelSummary) -> str:
     stop = next((n for n in beyond if model.status[n] != "extends"), None)
     broken = next((n for n in beyond if model.status[n] == "breaks"), None)
     if stop is not None and model.status[stop] == "degrades":
-        retrieval = model.retrieval.get(stop)
-        parts.append(f"degrades at {fmt_len(stop)}" + (f" (retrieval {retrieval:.2f})" if retrieval is not None else ""))
+        parts.append(f"degrades at {fmt_len(stop)} ({model.decisions[stop]})")
+    elif stop is not None and model.status[stop] == "inconclusive":
+        parts.append(f"inconclusive at {fmt_len(stop)}: {model.decisions[stop]}")
     elif stop is not None and model.status[stop] == "ppl only":
         parts.append(f"ppl holds at {fmt_len(stop)}" + ("" if model.notes else " but retrieval was not run there"))
     if broken is not None:
@@ -309,6 +475,9 @@ def build_summary(models: list[ModelSummary]) -> list[ModelSummary]:
     primaries = {task: primary_variant(models, task) for task in tasks()}
     for model in models:
         summarize(model, primaries)
+    _controls(models)
+    for model in models:
+        judge(model)
     return models
 
 
@@ -357,14 +526,22 @@ def summary_json(models: list[ModelSummary], title: str, figures: list[str]) -> 
             for task in tasks():
                 row[task] = m.values.get(task, {}).get(n)
                 row[f"{task}_ci95"] = m.ci95.get(task, {}).get(n)
-            by_length.append({**row, "retrieval": m.retrieval.get(n), "status": m.status.get(n)})
+            ratio = m.ratios.get(n)
+            by_length.append({**row, "retrieval": m.retrieval.get(n),
+                              "retrieval_counts": list(m.counts[n]) if n in m.counts else None,
+                              "retrieval_ci95": wilson_interval(*m.counts[n]) if n in m.counts else None,
+                              "ppl_ratio": ratio and ratio["ratio"], "ppl_ratio_ci95": ratio and ratio.get("ci95"),
+                              "ppl_ratio_paired": ratio and ratio.get("paired"),
+                              "status": m.status.get(n), "decision": m.decisions.get(n)})
         rows.append({"label": m.label, "source": m.meta.get("source"), "trained_length": m.trained,
                      "claimed_length": m.claimed, "rope": m.meta.get("rope"),
                      "series": {task: tasks()[task].variant_name(variant) for task, variant in m.series.items()},
-                     "ppl_ref": m.ppl_ref, "by_length": by_length, "effective_length": m.effective_length,
+                     "ppl_ref": m.ppl_ref, "ppl_ref_length": m.ref_length, "by_length": by_length,
+                     "control": m.control and {**m.control, "counts": list(m.control["counts"])},
+                     "same_rope_as": m.same_as, "effective_length": m.effective_length,
                      "verdict": m.verdict, "superficial": bool(m.flags), "flags": m.flags, "warnings": m.warnings,
                      "ppl_windows": ppl_windows_text(m), "runs": m.runs})
     # an infinite perplexity is a result: "inf" (JSON parsers outside Python reject Infinity and NaN)
     return sanitize({"title": title, "longctx_version": __version__, "thresholds": {
         "retrieval_ok": RETRIEVAL_OK, "retrieval_failed": RETRIEVAL_FAILED, "ppl_holds": PPL_HOLDS,
-        "ppl_broken": PPL_BROKEN}, "models": rows, "figures": figures}, inf_as_text=True)
+        "ppl_broken": PPL_BROKEN, "separation": SEPARATION}, "models": rows, "figures": figures}, inf_as_text=True)

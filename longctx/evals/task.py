@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -98,9 +99,9 @@ def mean_by_length(records: list[dict], value_key: str) -> dict[int, float]:
     return {length: sum(v) / len(v) for length, v in sorted(values.items())}
 
 
-def pooled_ci95(records: list[dict], hits: str, totals: str) -> dict[int, list[float]]:
-    """Per length, the Wilson 95% interval of all its depths' trials pooled (`hits` of `totals`); a length
-    with a cell lacking those counts (older results) has none."""
+def pooled_counts(records: list[dict], hits: str, totals: str) -> dict[int, tuple[int, int]]:
+    """Per length, (hits, totals) of all its depths' trials pooled; a length with a cell lacking those counts
+    (older results) has none."""
     counts: dict[int, list[int]] = {}
     for record in records:
         k, n = record.get(hits), record.get(totals)
@@ -109,7 +110,27 @@ def pooled_ci95(records: list[dict], hits: str, totals: str) -> dict[int, list[f
             pooled[0], pooled[1] = pooled[0] + k, pooled[1] + n
         else:
             pooled[1] = -1
-    return {length: wilson_interval(k, n) for length, (k, n) in sorted(counts.items()) if n > 0}
+    return {length: (k, n) for length, (k, n) in sorted(counts.items()) if n > 0}
+
+
+def pooled_ci95(records: list[dict], hits: str, totals: str) -> dict[int, list[float]]:
+    """Per length, the Wilson 95% interval of all its depths' trials pooled (`hits` of `totals`)."""
+    return {length: wilson_interval(k, n) for length, (k, n) in pooled_counts(records, hits, totals).items()}
+
+
+def with_control(lengths: list[int], trained: int | None, control: bool | int) -> list[int]:
+    """`lengths`, plus one inside the trained length when every one lies beyond it: the in-window control a
+    verdict on the longer lengths needs (`control`: True = the longest power of two <= trained, a number = that
+    length, False = none)."""
+    if control is False or not trained or any(n <= trained for n in lengths):
+        return list(lengths)
+    if control is True:
+        length = 1 << (trained.bit_length() - 1)
+    elif isinstance(control, int) and 0 < control <= trained:
+        length = control
+    else:
+        raise UsageError(f"control must be true, false or a length within the trained {trained} tokens, not {control!r}")
+    return sorted({length, *lengths})
 
 
 class RetrievalTask(Task):
@@ -138,11 +159,22 @@ class RetrievalTask(Task):
         raise NotImplementedError
 
     def run(self, model, tokenizer, cfg, writer) -> list[dict]:
+        from longctx import rope_config
+
         if cfg.trials < 1:
             raise UsageError("--trials must be at least 1")
-        return run_grid(model, tokenizer, writer, task=self.name, lengths=cfg.lengths, depths=cfg.depths,
+        lengths = with_control(cfg.lengths, rope_config.original_length(model.config), getattr(cfg, "control", False))
+        build = self.builder(tokenizer, cfg)
+        for length in sorted(set(lengths) - set(cfg.lengths)):
+            try:
+                build(length, random.Random(0))  # the control's prompt must fit its length
+            except UsageError as exc:
+                lengths.remove(length)
+                if writer.world.main:
+                    print(f"warning: {self.name}: no in-window control at {length} tokens: {exc}", file=sys.stderr)
+        return run_grid(model, tokenizer, writer, task=self.name, lengths=lengths, depths=cfg.depths,
                         trials=cfg.trials, seed=cfg.seed, mode=cfg.mode, key_fields=partial(self.key_fields, cfg),
-                        build=self.builder(tokenizer, cfg), grade=self.grade, summarize=self.summarizer(cfg),
+                        build=build, grade=self.grade, summarize=self.summarizer(cfg),
                         share_prefix=cfg.share_prefix, independent_depths=self.independent_depths)
 
     def prompts(self, tokenizer, cfg, length: int) -> list[tuple[float, int, object]]:
@@ -163,6 +195,9 @@ class RetrievalTask(Task):
         parser.add_argument("--mode", choices=("forced", "generate"), default="forced",
                             help="forced: one teacher-forced forward, correct iff greedy argmax matches every answer "
                                  "token (what greedy decoding would emit); generate: greedy decoding (default: forced)")
+        parser.add_argument("--no-control", dest="control", action="store_false",
+                            help="lengths all beyond the trained length: do not add the in-window control length "
+                                 "(the longest power of two <= the trained length) that verdicts compare against")
         parser.add_argument("--no-prefix-cache", dest="share_prefix", action="store_false",
                             help="a full forward for every depth instead of reusing the KV cache of the shared filler")
 
@@ -171,6 +206,10 @@ class RetrievalTask(Task):
 
     def ci95(self, records: list[dict]) -> dict[int, list[float]]:
         return pooled_ci95(records, *self.counts)
+
+    def trial_counts(self, records: list[dict]) -> dict[int, tuple[int, int]]:
+        """Length -> (correct, trials) pooled over depths: what the verdict's intervals count."""
+        return pooled_counts(records, *self.counts)
 
     def figures(self) -> list[Figure]:
         from longctx.evals import plots
