@@ -1,4 +1,4 @@
-"""Perplexity eval: `longctx.evals.perplexity.token_nll` vs a naive `model(ids, labels=ids)` pass.
+"""Perplexity eval: `longctx.evals.tasks.perplexity.token_nll` vs a naive `model(ids, labels=ids)` pass.
 
 Both score the same tokens (the seeded pydoc stream the eval uses, BOS first) with the same weights, each
 in a fresh process: wall time, tokens/s, peak memory above the loaded model, and the perplexity, whose
@@ -47,7 +47,7 @@ def input_ids(tokenizer, vocab: int, length: int, seed: int):
     if tokenizer is None:
         generator = torch.Generator().manual_seed(seed)
         return torch.randint(0, vocab, (1, length), generator=generator)
-    from longctx.evals.data import load_texts, special_prefix, token_stream
+    from longctx.evals.tasks.data import load_texts, special_prefix, token_stream
 
     prefix = special_prefix(tokenizer)
     tokens = prefix + token_stream(tokenizer, load_texts("pydoc"), length - len(prefix), seed)
@@ -60,7 +60,7 @@ def mean_nll(variant: str, model, ids, chunk_tokens: int) -> float:
     import torch
 
     if variant == "longctx":
-        from longctx.evals.perplexity import token_nll
+        from longctx.evals.tasks.perplexity import token_nll
 
         return float(token_nll(model, ids, chunk_tokens=chunk_tokens).double().mean())
     with torch.inference_mode():  # the naive baseline: what most eval scripts do

@@ -2,7 +2,7 @@
 `model.generate` for every cell.
 
 longctx grades each answer with one teacher-forced forward and reuses the KV cache of the text before the
-needle across depths (`longctx.evals.scoring.grade_prompts`). The baseline takes the SAME prompts (same
+needle across depths (`longctx.evals.tasks.scoring.grade_prompts`). The baseline takes the SAME prompts (same
 token ids: the task's `prompts`, built from the same per-trial seeds as its `run`), and for each (length,
 depth, trial) calls `model.generate` greedily with exactly len(answer) new tokens (enough for the answer,
 and the cheapest setting for the baseline, so the ratio is a lower bound), then grades the text the way the
@@ -68,7 +68,7 @@ def naive_grade(task, model, tokenizer, prompt) -> tuple[bool, str]:
 def measure(variant: str, task: str, lengths: list[int], depths: list[float], trials: int, device: str,
             seed: int = 0) -> dict:
     """Grades {length|depth|seed: correct} and seconds per length of one path, in this (fresh) process."""
-    from longctx.evals import get_task
+    from longctx.evals.tasks import get_task
 
     model, tokenizer = load_smollm2(device)
     task = get_task(task)
@@ -76,7 +76,7 @@ def measure(variant: str, task: str, lengths: list[int], depths: list[float], tr
     grades, answers, seconds = {}, {}, {}
     warm = task.Config(lengths=[WARMUP_LENGTH], depths=[0.5], trials=1, seed=seed + 1)
     if variant == "longctx":
-        from longctx.evals.results import ResultsWriter
+        from longctx.evals.run.results import ResultsWriter
 
         with tempfile.TemporaryDirectory(prefix="longctx-bench-sweep-") as tmp:
             task.run(model, tokenizer, warm, ResultsWriter(tmp, "warmup", task.name))  # untimed: kernels, allocator
@@ -120,7 +120,7 @@ def compare(fast: dict, naive: dict) -> dict:
 
 
 def run(opts) -> dict:
-    from longctx.evals.summary import retrieval_tasks
+    from longctx.evals.report.load import retrieval_tasks
 
     device = opts.device
     lengths = opts.sizes or (GPU_LENGTHS if device.startswith("cuda") else CPU_LENGTHS)

@@ -9,7 +9,7 @@ flash-attn is installed and PyTorch SDPA otherwise (`longctx.modeling.pick_attn_
 Speed and memory do not depend on the weights' values. Each measured variant runs in its own process
 (`bench.common.run_child`), after an untimed warm-up:
 
-- ppl: one forward of `longctx.evals.perplexity.token_nll` (decoder once, lm_head and fp32 cross-entropy on
+- ppl: one forward of `longctx.evals.tasks.perplexity.token_nll` (decoder once, lm_head and fp32 cross-entropy on
   1,024 positions at a time: `longctx.loss`) at 32K and 128K tokens: tokens/s and peak memory above the
   loaded model; beside it the naive `model(ids, labels=ids)` where its [T x vocab] logits fit (its need is
   computed otherwise), the table of `bench/bench_ppl.py`.

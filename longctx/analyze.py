@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from longctx.errors import require
-from longctx.rope_methods import MAX_CONTEXT  # also where the exact bound search starts taking minutes
+from longctx.lengths import MAX_CONTEXT, token_count  # also where the exact bound search takes minutes
 
 
 @dataclass
@@ -128,15 +128,6 @@ def format_table(result: Analysis) -> str:
         f"why: {result.reason}",
     ]
     return "\n".join(lines)
-
-
-def token_count(text: str) -> int:
-    """A token count: 65536, 64K, 1M or 1e6."""
-    multiplier = {"k": 1 << 10, "m": 1 << 20}.get(text[-1:].lower(), 1)
-    value = float(text[:-1] if multiplier > 1 else text) * multiplier
-    if not math.isfinite(value) or value != int(value):
-        raise ValueError(text)
-    return int(value)
 
 
 def add_parser(subparsers) -> None:

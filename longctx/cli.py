@@ -20,7 +20,7 @@ COMMANDS = {
     "patch": "longctx.patch_cli",
     "analyze": "longctx.analyze",
     "eval": "longctx.evals.cli",
-    "report": "longctx.evals.report",
+    "report": "longctx.evals.report.page",
     "demo": "longctx.demo",
 }
 

@@ -116,7 +116,8 @@ def headline(summary_path: Path, original: str, patched: str) -> str:
     then the gain past the trained length and the cost inside it."""
     import json
 
-    from longctx.evals.summary import fmt_len, fmt_ppl
+    from longctx.evals.report.text import fmt_ppl
+    from longctx.lengths import fmt_len
 
     models = {m["label"]: m for m in json.loads(summary_path.read_text())["models"]}
     by_length = {label: {row["length"]: row for row in m["by_length"]} for label, m in models.items()}

@@ -12,6 +12,17 @@ class UsageError(Exception):
     """Bad input the user can fix. The CLI prints `longctx: error: <message>` and exits with 2."""
 
 
+def unknown_name(what: str, name: str, names, where: str = "", *, list_valid: bool = True) -> UsageError:
+    """"unknown task 'pasky': did you mean 'passkey'? valid tasks: ..." for any list of names (raise it)."""
+    import difflib
+
+    names = [str(n) for n in names]
+    close = difflib.get_close_matches(str(name), names, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else ""
+    valid = f"valid {what}s: {', '.join(names)}" if list_valid or not close else ""
+    return UsageError(f"unknown {what} {name!r}{where}: " + " ".join(x for x in (hint, valid) if x))
+
+
 def require(condition: bool, message: str) -> None:
     """Raise UsageError(message) unless condition holds."""
     if not condition:

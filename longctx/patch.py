@@ -13,6 +13,7 @@ from dataclasses import asdict, field, make_dataclass
 
 from longctx import rope_config, rope_methods
 from longctx.errors import UsageError, require
+from longctx.lengths import MAX_CONTEXT, token_count
 
 
 def _to_dict(self) -> dict:
@@ -47,7 +48,7 @@ def resolve_lengths(spec: PatchSpec, original_length: int) -> tuple[float | None
         require(factor >= 1, f"--target-length {target} is below the trained length {original_length}: nothing to extend")
         factor = round(factor, 6)
     expected = int(round(factor * original_length))
-    cap = rope_methods.MAX_CONTEXT
+    cap = MAX_CONTEXT
     require(expected <= cap, f"--factor {factor:g} × trained length {original_length} = {expected:,} tokens, "
                              f"above {cap:,} (2^24): check the factor")
     if target is not None and target != expected:
@@ -141,7 +142,7 @@ def add_patch_arguments(parser, *, required: bool = False) -> None:
     """The patch flags, shared by `longctx patch` and the fine-tune recipe: one per `rope_methods` option."""
     group = parser.add_argument_group("rope patch")
     for option in rope_methods.options():
-        group.add_argument(option.flag, type=option.type, choices=option.choices, metavar=option.metavar,
+        group.add_argument(option.flag, type=token_count if option.type is int else option.type, choices=option.choices, metavar=option.metavar,
                            help=rope_methods.option_help(option))
 
 

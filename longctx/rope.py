@@ -3,7 +3,8 @@
 θᵢ = b^(−2i/d) for i = 0 … d/2−1 (d = rotary dimension, b = base). Every scaling method maps
 (θ, settings) → (θ', attention scaling), following transformers' `ROPE_INIT_FUNCTIONS` so a patched
 config and this module agree; tests check that parity for every method. No I/O, no transformers import.
-Which function a config's rope_type uses is decided in `longctx.rope_methods`, the registry of methods.
+Which function a config's rope_type uses is decided in `longctx.rope_methods`, the registry of methods
+(`rope_methods.inv_freq_for(params, dim, ...)`), which imports this module, never the other way.
 
 Theory helpers live in the torch-free `longctx.rope_bounds` (so `longctx analyze` starts fast) and are re-exported
 here: `critical_dim`, `extrapolation_bound`, `critical_base`, … from *Scaling Laws of RoPE-based Extrapolation*
@@ -17,7 +18,7 @@ import math
 
 import torch
 
-from longctx import rope_bounds, rope_methods
+from longctx import rope_bounds
 from longctx.rope_bounds import (  # noqa: F401 - re-exported: the theory helpers of this module's users
     TWO_PI,
     base_for_extrapolation,
@@ -99,13 +100,6 @@ def llama3_inv_freq(base: float, dim: int, factor: float, original_length: int, 
     blended = (1 - smooth) * scaled / factor + smooth * scaled
     medium = (wavelength >= high_freq_wavelength) & (wavelength <= low_freq_wavelength)
     return torch.where(medium, blended, scaled)
-
-
-def inv_freq_for(params: dict, dim: int, *, max_position_embeddings: int, seq_len: int | None = None
-                 ) -> tuple[torch.Tensor, float]:
-    """(θ' [d/2] float64, attention scaling) for a flat rope-parameters dict (transformers 5 layout); which
-    function above applies is the registry's choice (`longctx.rope_methods`, by rope_type)."""
-    return rope_methods.inv_freq_for(params, dim, max_position_embeddings=max_position_embeddings, seq_len=seq_len)
 
 
 def periods(inv_freq: torch.Tensor) -> torch.Tensor:

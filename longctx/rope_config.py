@@ -124,3 +124,23 @@ def max_length(config: Any) -> int:
     if method is not None and method.keeps_trained_length and params.get("factor"):
         return int(round(float(params["factor"]) * original_length(cfg)))
     return _max_positions(cfg)
+
+
+def same_rope_up_to(a: dict, b: dict, trained: int, dim: int = 64) -> bool:
+    """Whether two flat rope dicts of models trained to `trained` tokens rotate every position alike at sequence
+    lengths up to it (frequencies and attention scaling at lengths 1, trained/2 and trained): dynamic NTK is its
+    base rope there. `dim` is the rotary dimension (LongRoPE's factor lists fix their own); False for a type
+    longctx does not model."""
+    import torch
+
+    factors = [p.get("short_factor") for p in (a, b) if isinstance(p.get("short_factor"), list)]
+    dim = 2 * len(factors[0]) if factors else dim
+    for seq_len in (1, max(1, trained // 2), trained):
+        try:
+            (fa, sa), (fb, sb) = (rope_methods.inv_freq_for(p, dim, max_position_embeddings=trained, seq_len=seq_len) for p in (a, b))
+        except (ValueError, KeyError, TypeError):
+            return False
+        if not (torch.allclose(torch.as_tensor(fa, dtype=torch.float64), torch.as_tensor(fb, dtype=torch.float64),
+                               rtol=1e-9, atol=0) and abs(float(sa) - float(sb)) < 1e-9):
+            return False
+    return True

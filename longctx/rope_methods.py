@@ -1,7 +1,7 @@
 """Every rope method longctx knows, each one object: its flags and checks, the config keys it writes, its frequencies.
 
 Everything else is derived from `METHODS`: PatchSpec's fields and `validate` (`longctx.patch`), the patch flags of
-`longctx patch` and of the fine-tune recipe (`longctx.train.args`), `rope.inv_freq_for`, what `rope_config` says
+`longctx patch` and of the fine-tune recipe (`longctx.train.args`), `inv_freq_for`, what `rope_config` says
 a config claims, and the README's table (`methods_table`). This is the one module that branches on method names;
 adding a method is one `RopeMethod` subclass here plus its parity test (docs/extending.md).
 
@@ -12,71 +12,12 @@ transformers-4 `rope_scaling` from it. Torch is imported only inside `inv_freq`,
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from longctx.errors import UsageError, require
+from longctx.rope_options import COMMON_OPTIONS, Option
 
-# The longest context a patch or an analysis may claim (2^24 = 16.8M tokens, above every published model): a larger
-# factor or length is a typo (`--factor 1e300`) that would write a config no run could use, and `longctx analyze`'s
-# exact bound search would take minutes.
-MAX_CONTEXT = 1 << 24
 # transformers configs that accept only some rope types (Phi-3's `validate_rope`: default or longrope).
 ROPE_TYPES_BY_MODEL_TYPE = {"phi3": ("default", "longrope")}
-
-
-# ------------------------------------------------------------------------------------------------ checks
-def finite_positive(value, flag: str) -> None:
-    require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
-            f"{flag} must be a finite number > 0, got {value}")
-
-
-def rotary_base(value, flag: str) -> None:
-    """θᵢ = b^(−2i/d) rotates slower with i only for b > 1: a base ≤ 1 is no rope transformers can use."""
-    require(isinstance(value, (int, float)) and math.isfinite(value) and value > 1,
-            f"{flag} must be a finite number > 1 (a rope base such as 1e6), got {value}")
-
-
-def scale_factor(value, flag: str) -> None:
-    finite_positive(value, flag)
-    require(value <= MAX_CONTEXT, f"{flag} {value} is absurdly large: the context it claims would exceed "
-                                  f"{MAX_CONTEXT:,} tokens (2^24)")
-
-
-def token_length(value, flag: str) -> None:
-    require(isinstance(value, int) and value > 0, f"{flag} must be a positive integer, got {value}")
-    require(value <= MAX_CONTEXT, f"{flag} {value} is above {MAX_CONTEXT:,} tokens (2^24): check the number")
-
-
-@dataclass(frozen=True)
-class Option:
-    """One patch setting: a PatchSpec field, a `longctx patch` flag (`--beta-fast`), a recipe flag and YAML key."""
-
-    name: str
-    type: type  # float, int or str: what argparse and the recipe's YAML reader coerce to
-    help: str
-    default: Any = None  # written to the config when the flag is not given (None: nothing, transformers derives it)
-    default_text: str | None = None  # the default as the help says it, when not just `default`
-    check: Callable[[Any, str], None] | None = finite_positive  # raises a UsageError naming the flag
-    choices: tuple[str, ...] | None = None
-    metavar: str | None = None
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    @property
-    def default_shown(self) -> str | None:
-        return self.default_text or (f"{self.default:g}" if self.default is not None else None)
-
-
-COMMON_OPTIONS = (
-    Option("base", float, "new rope_theta (e.g. 1e6); combines with every method", check=rotary_base),
-    Option("factor", float, "scale factor s ≥ 1 (default: target length / trained length)", check=scale_factor),
-    Option("target_length", int, "context to extend to (written as max_position_embeddings)", check=token_length),
-    Option("original_length", int, "trained context (default: read from the config)", check=token_length),
-)
 
 
 # ------------------------------------------------------------------------------------------------ methods
@@ -400,23 +341,3 @@ def methods_table() -> str:
                           + (f" ({o.default_shown})" if o.default_shown else "") for o in method.options)
         rows.append(f"| `{method.name}` | {method.writes} | {flags or '—'} | {method.notes} |")
     return "\n".join(rows)
-
-
-def same_rope_up_to(a: dict, b: dict, trained: int, dim: int = 64) -> bool:
-    """Whether two flat rope dicts of models trained to `trained` tokens rotate every position alike at sequence
-    lengths up to it (frequencies and attention scaling at lengths 1, trained/2 and trained): dynamic NTK is its
-    base rope there. `dim` is the rotary dimension (LongRoPE's factor lists fix their own); False for a type
-    longctx does not model."""
-    import torch
-
-    factors = [p.get("short_factor") for p in (a, b) if isinstance(p.get("short_factor"), list)]
-    dim = 2 * len(factors[0]) if factors else dim
-    for seq_len in (1, max(1, trained // 2), trained):
-        try:
-            (fa, sa), (fb, sb) = (inv_freq_for(p, dim, max_position_embeddings=trained, seq_len=seq_len) for p in (a, b))
-        except (ValueError, KeyError, TypeError):
-            return False
-        if not (torch.allclose(torch.as_tensor(fa, dtype=torch.float64), torch.as_tensor(fb, dtype=torch.float64),
-                               rtol=1e-9, atol=0) and abs(float(sa) - float(sb)) < 1e-9):
-            return False
-    return True

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from longctx.errors import UsageError
 from longctx.files import partial_dir, replace_into_place
+from longctx.lengths import MAX_CONTEXT
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -101,9 +102,9 @@ def check_rope_fields(config: dict, where: Path, *, what: str | None = None) -> 
     if length is None or length < 1 or length != int(length):
         raise UsageError(f"{where} has max_position_embeddings = {text.get('max_position_embeddings')!r}: it needs the "
                          "context the model was trained at as a positive integer (e.g. 4096); repair the config")
-    if length > rope_methods.MAX_CONTEXT:
+    if length > MAX_CONTEXT:
         raise UsageError(f"{where} has max_position_embeddings = {text['max_position_embeddings']!r}, above "
-                         f"{rope_methods.MAX_CONTEXT:,} tokens (2^24), the longest context longctx handles: repair the config")
+                         f"{MAX_CONTEXT:,} tokens (2^24), the longest context longctx handles: repair the config")
     theta = rope_config.raw_rope_theta(config)
     try:
         ok = theta is None or (not isinstance(theta, bool) and _number(float(theta)) is not None and float(theta) > 1)
@@ -122,7 +123,7 @@ def check_rope_fields(config: dict, where: Path, *, what: str | None = None) -> 
     for source in (params, text):
         original = source.get("original_max_position_embeddings")
         if original is not None and (_number(original) is None or original < 1 or original != int(original)
-                                     or original > rope_methods.MAX_CONTEXT):
+                                     or original > MAX_CONTEXT):
             raise UsageError(f"{where} has original_max_position_embeddings = {original!r}: it must be a positive "
                              "integer (the trained context); repair the config")
     declared = text.get("head_dim")
@@ -308,7 +309,7 @@ def gguf_to_checkpoint(gguf_path: str | os.PathLike, out_dir: str | os.PathLike 
         first = (str(exc).splitlines() or [""])[0][:200]
         raise UsageError(f"could not read {gguf_path} as a GGUF model ({type(exc).__name__}: {first}): "
                          "re-download it, or convert it with llama.cpp") from None
-    from longctx.gguf_export import hf_rope_from_gguf, metadata, read_gguf
+    from longctx.gguf_meta import hf_rope_from_gguf, metadata, read_gguf
 
     reader = read_gguf(gguf_path)  # the rope scaling a longctx GGUF carries (transformers reads only freq_base)
     rope = hf_rope_from_gguf(metadata(reader), {t.name for t in reader.tensors})

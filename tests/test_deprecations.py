@@ -12,8 +12,8 @@ TORCH_CALL = f"{SITE}/torch/nn/modules/module.py"
 
 
 def test_a_deprecated_kwarg_passed_by_longctx_is_ours():
-    stack = [f"{SITE}/transformers/utils/deprecation.py", TORCH_CALL, TORCH_CALL, str(ROOT / "longctx/evals/scoring.py")]
-    assert deprecated_caller(stack) == str(ROOT / "longctx/evals/scoring.py")
+    stack = [f"{SITE}/transformers/utils/deprecation.py", TORCH_CALL, TORCH_CALL, str(ROOT / "longctx/evals/tasks/scoring.py")]
+    assert deprecated_caller(stack) == str(ROOT / "longctx/evals/tasks/scoring.py")
 
 
 def test_a_deprecated_property_read_by_peft_is_not_ours():

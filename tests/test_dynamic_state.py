@@ -26,7 +26,7 @@ def _load(path):
 
 
 def _nll(model, length: int, seed: int = 0) -> torch.Tensor:
-    from longctx.evals.perplexity import token_nll
+    from longctx.evals.tasks.perplexity import token_nll
 
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, model.config.vocab_size, (1, length), generator=generator)
@@ -75,7 +75,7 @@ def test_suite_scores_do_not_depend_on_cell_order(dynamic_dir, tmp_path):
 def test_forced_passkey_cells_of_a_dynamic_model_say_generation_may_grade_differently(dynamic_dir, tiny_llama_dir, tmp_path):
     """Forced grading equals greedy decoding only for frequencies that do not depend on the length: the cells of a
     dynamic-NTK model say so, those of a plain model do not, and generate mode needs no such note."""
-    from longctx.evals.scoring import grading_warnings
+    from longctx.evals.tasks.scoring import grading_warnings
 
     dynamic = _suite_cells(dynamic_dir, tmp_path / "dynamic", ["passkey"])["passkey"]
     plain = _suite_cells(tiny_llama_dir, tmp_path / "plain", ["passkey"])["passkey"]

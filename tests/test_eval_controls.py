@@ -6,7 +6,7 @@ import pytest
 
 from longctx.errors import UsageError
 from longctx.evals.suite import make_config
-from longctx.evals.task import with_control
+from longctx.evals.tasks.base import with_control
 
 
 def test_lengths_all_beyond_the_window_gain_the_longest_power_of_two_inside_it():
@@ -27,8 +27,8 @@ def test_control_is_a_suite_key(task):
 
 
 def test_a_passkey_run_past_the_window_measures_the_control(tiny, tmp_path):
-    from longctx.evals import passkey
-    from longctx.evals.results import ResultsWriter
+    from longctx.evals.run.results import ResultsWriter
+    from longctx.evals.tasks import passkey
 
     model, tokenizer = tiny  # trained length 256
     cfg = passkey.Config(lengths=[300], depths=[0.5], trials=1)

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from longctx.evals.data import SentenceTokens, load_texts, sentence_pieces
-from longctx.evals.niah import NiahTrial
+from longctx.evals.tasks.data import SentenceTokens, load_texts, sentence_pieces
+from longctx.evals.tasks.niah import NiahTrial
 
 DEPTHS = [i / 10 for i in range(11)]
 

@@ -1,4 +1,4 @@
-"""Evaluation past one device (longctx.evals.parallel, longctx.evals.context_parallel), on CPU with 2 processes
+"""Evaluation past one device (longctx.evals.run.parallel, longctx.evals.run.nll), on CPU with 2 processes
 launched as the project launches them (`ACCELERATE_USE_CPU=true torchrun --standalone --nproc_per_node 2`):
 data parallel gives the cells of one process, a rerun computes nothing, a partial folder completes; context
 parallel splits each window across the processes and scores it as one process does."""
@@ -19,9 +19,9 @@ import torch
 from result_cells import cells_by_key, without_timings
 
 from longctx.cli import main
-from longctx.evals import passkey
-from longctx.evals.parallel import World
-from longctx.evals.results import ResultsWriter
+from longctx.evals.run.parallel import World
+from longctx.evals.run.results import ResultsWriter
+from longctx.evals.tasks import passkey
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 SUITE = """seed: 3
@@ -116,9 +116,9 @@ def test_two_processes_give_the_cells_of_one_then_resume(tiny_llama_dir, tmp_pat
 CONTEXT_PARALLEL = textwrap.dedent("""
     import json, sys, torch
     from longctx.cli import main
-    from longctx.evals import context_parallel
-    from longctx.evals.parallel import current_world
-    from longctx.evals.perplexity import token_nll
+    from longctx.evals.run import nll as context_parallel
+    from longctx.evals.run.parallel import current_world
+    from longctx.evals.tasks.perplexity import token_nll
     from longctx.modeling import load_model
 
     model_dir, out = sys.argv[1], sys.argv[2]
@@ -140,7 +140,7 @@ CONTEXT_PARALLEL = textwrap.dedent("""
 def test_context_parallel_splits_each_window_and_scores_it_as_one_process(tiny_llama_dir, tmp_path):
     """`--context-parallel` with 2 processes: each process's decoder sees half of the (padded) window, the
     per-token NLL comes back whole and in order, and the cells equal one process's. On CPU this runs torch's
-    ring attention with the CPU SDPA kernel (see longctx.evals.context_parallel)."""
+    ring attention with the CPU SDPA kernel (see longctx.evals.run.nll)."""
     script = tmp_path / "cp.py"
     script.write_text(CONTEXT_PARALLEL)
     torchrun(script, tiny_llama_dir, tmp_path / "cp")
@@ -157,7 +157,7 @@ def test_context_parallel_splits_each_window_and_scores_it_as_one_process(tiny_l
 def test_context_parallel_refuses_what_it_cannot_split():
     from transformers import LlamaConfig, MistralConfig
 
-    from longctx.evals.context_parallel import refusal
+    from longctx.evals.run.nll import refusal
 
     def model(config):
         return SimpleNamespace(config=config)

@@ -9,10 +9,10 @@ import random
 import pytest
 
 from longctx.errors import UsageError
-from longctx.evals import niah, passkey
-from longctx.evals.results import ResultsWriter
-from longctx.evals.scoring import wilson_interval
+from longctx.evals.run.results import ResultsWriter
 from longctx.evals.suite import make_config
+from longctx.evals.tasks import niah, passkey
+from longctx.evals.tasks.scoring import wilson_interval
 
 
 @pytest.mark.parametrize("successes, n, expected", [
@@ -69,7 +69,7 @@ def test_niah_cells_report_the_interval_over_questions():
 
 
 def test_report_shows_the_pooled_interval_next_to_accuracy(tmp_path):
-    from longctx.evals.report import write_report
+    from longctx.evals.report.page import write_report
 
     folder = tmp_path / "results" / "m"
     folder.mkdir(parents=True)

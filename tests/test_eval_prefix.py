@@ -7,9 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from longctx.corpus import load_named_documents  # noqa: E402
-from longctx.evals import perplexity  # noqa: E402
-from longctx.evals.data import special_prefix  # noqa: E402
-from longctx.evals.results import ResultsWriter  # noqa: E402
+from longctx.evals.run.results import ResultsWriter  # noqa: E402
+from longctx.evals.tasks import perplexity  # noqa: E402
+from longctx.evals.tasks.data import special_prefix  # noqa: E402
 
 LENGTHS = [48, 96, 200]
 

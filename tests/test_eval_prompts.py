@@ -8,12 +8,12 @@ import random
 import pytest
 
 from longctx.errors import UsageError
-from longctx.evals import get_task
-from longctx.evals.data import SentenceTokens, load_texts, sentence_pieces, special_prefix, token_stream
-from longctx.evals.niah import NiahTrial, needle_depths
-from longctx.evals.passkey import NEEDLE, PasskeyTrial
-from longctx.evals.results import ResultsWriter, cell_key, write_model_json
+from longctx.evals.run.results import ResultsWriter, cell_key, write_model_json
 from longctx.evals.suite import load_suite, make_config, parse_depths, parse_lengths
+from longctx.evals.tasks import get_task
+from longctx.evals.tasks.data import SentenceTokens, load_texts, sentence_pieces, special_prefix, token_stream
+from longctx.evals.tasks.niah import NiahTrial, needle_depths
+from longctx.evals.tasks.passkey import NEEDLE, PasskeyTrial
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ from types import SimpleNamespace
 import pytest
 
 from longctx.cli import main
-from longctx.evals import passkey, tasks
-from longctx.evals.results import ResultsWriter
-from longctx.evals.scoring import grade_prompts
+from longctx.evals.run.results import ResultsWriter
 from longctx.evals.suite import make_config
-from longctx.evals.task import RETRIEVAL, RetrievalTask
+from longctx.evals.tasks import all_tasks, passkey
+from longctx.evals.tasks.base import RETRIEVAL, RetrievalTask
+from longctx.evals.tasks.scoring import grade_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -66,7 +66,7 @@ class Echo(RetrievalTask):
 
 @pytest.fixture
 def echo(monkeypatch):
-    monkeypatch.setitem(tasks(), "echo", Echo())
+    monkeypatch.setitem(all_tasks(), "echo", Echo())
 
 
 def test_a_registered_task_reaches_cli_suite_summary_report_and_bench(echo, tiny_llama_dir, tmp_path, monkeypatch):
@@ -95,15 +95,15 @@ def test_a_registered_task_reaches_cli_suite_summary_report_and_bench(echo, tiny
     asked = []
     monkeypatch.setattr(bench_sweep.common, "run_child", lambda target, kwargs, timeout: asked.append(kwargs) or {})
     section = bench_sweep.run(SimpleNamespace(device="cpu", sizes=[256], timeout=1))
-    assert list(section["tasks"]) == [t.name for t in tasks().values() if t.kind == RETRIEVAL]
+    assert list(section["tasks"]) == [t.name for t in all_tasks().values() if t.kind == RETRIEVAL]
     assert {kwargs["task"] for kwargs in asked} == {"passkey", "niah", "echo"}
 
 
-@pytest.mark.parametrize("name", [name for name, task in tasks().items() if task.kind == RETRIEVAL])
+@pytest.mark.parametrize("name", [name for name, task in all_tasks().items() if task.kind == RETRIEVAL])
 def test_the_bench_baseline_grades_the_prompts_that_run_grades(tiny, tmp_path, name):
     """bench_sweep's `generate` path takes `task.prompts`: the same seeds, depths and token ids as `run`."""
     model, tokenizer = tiny
-    task = tasks()[name]
+    task = all_tasks()[name]
     cfg = make_config(name, {"lengths": "200", "depths": "0,0.5", "trials": 2, "seed": 4})
     cells = task.run(model, tokenizer, cfg, ResultsWriter(tmp_path, "tiny", name))
     samples = {(cell["depth"], sample["seed"]): sample for cell in cells for sample in cell["samples"]}
@@ -116,16 +116,17 @@ def test_the_bench_baseline_grades_the_prompts_that_run_grades(tiny, tmp_path, n
         assert all(g.correct for g in graded) == samples[depth, seed]["correct"]
 
 
-ITERATORS = ["longctx/evals/summary.py", "longctx/evals/report.py", "longctx/evals/plots.py",
+ITERATORS = ["longctx/evals/report/load.py", "longctx/evals/report/judge.py", "longctx/evals/report/text.py",
+             "longctx/evals/report/summary_json.py", "longctx/evals/report/page.py", "longctx/evals/report/plots.py",
              "longctx/evals/suite.py", "longctx/evals/cli.py", "bench/bench_sweep.py",
-             "longctx/evals/results.py", "longctx/evals/scoring.py", "longctx/evals/parallel.py"]  # shared machinery
+             "longctx/evals/run/results.py", "longctx/evals/tasks/scoring.py", "longctx/evals/run/parallel.py"]  # shared machinery
 
 
 @pytest.mark.parametrize("path", ITERATORS)
 def test_the_modules_that_iterate_over_tasks_name_none(path):
     """No string or attribute equal to a task name: a branch on a name would hold one. Docstrings and the keys
     of dict literals (summary.json's flag records say "ppl" for a perplexity) are not branches."""
-    names = set(tasks())
+    names = set(all_tasks())
     tree = ast.parse((ROOT / path).read_text())
     docstrings = {id(node.body[0].value) for node in ast.walk(tree)
                   if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body

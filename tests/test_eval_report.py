@@ -15,8 +15,11 @@ import pytest
 
 from longctx import cli
 from longctx.errors import UsageError
-from longctx.evals import get_task
-from longctx.evals.intervals import (
+from longctx.evals.report.judge import SEPARATION, effective_length, judge_length
+from longctx.evals.report.load import load_results, read_cells
+from longctx.evals.report.page import write_report
+from longctx.evals.tasks import get_task
+from longctx.evals.tasks.intervals import (
     separated,
     t95,
     trials_to_decide,
@@ -24,15 +27,7 @@ from longctx.evals.intervals import (
     wilson_interval,
     windows_to_decide,
 )
-from longctx.evals.report import write_report
-from longctx.evals.summary import (
-    SEPARATION,
-    effective_length,
-    fmt_len,
-    judge_length,
-    load_results,
-    read_cells,
-)
+from longctx.lengths import fmt_len
 
 LENGTHS = [2048, 4096, 8192, 16384, 32768]
 DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]

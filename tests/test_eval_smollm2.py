@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from longctx.evals import passkey, perplexity
-from longctx.evals.results import ResultsWriter
+from longctx.evals.run.results import ResultsWriter
+from longctx.evals.tasks import passkey, perplexity
 
 pytestmark = pytest.mark.slow
 

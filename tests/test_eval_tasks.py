@@ -12,10 +12,10 @@ import torch
 
 from longctx.cli import main
 from longctx.corpus import load_named_documents
-from longctx.evals import niah, passkey, perplexity
-from longctx.evals.data import SentenceTokens, load_texts
-from longctx.evals.results import ResultsWriter
-from longctx.evals.scoring import grade_prompts, prefix_sharing_allowed
+from longctx.evals.run.results import ResultsWriter
+from longctx.evals.tasks import niah, passkey, perplexity
+from longctx.evals.tasks.data import SentenceTokens, load_texts
+from longctx.evals.tasks.scoring import grade_prompts, prefix_sharing_allowed
 
 
 @pytest.fixture
@@ -224,10 +224,10 @@ def test_cli_suite_runs_every_task_for_every_model_then_reports(tiny_llama_dir, 
     suite.write_text("seed: 3\ntasks:\n  ppl: {lengths: 128, docs: 1}\n  passkey: {lengths: 160, depths: '0,1', trials: 1}\n"
                      "  niah: {lengths: 200, depths: 0.5, trials: 1, needles: 2}\n")
     seen = []
-    report = types.ModuleType("longctx.evals.report")
+    report = types.ModuleType("longctx.evals.report.page")
     report.add_parser = lambda subparsers: None  # the CLI registers the report verb from this module
     report.write_report = lambda results_dir: seen.append(results_dir) or [tmp_path / "report.html"]
-    monkeypatch.setitem(sys.modules, "longctx.evals.report", report)
+    monkeypatch.setitem(sys.modules, "longctx.evals.report.page", report)
     rc = main(["eval", "suite", str(suite), "--model", str(tiny_llama_dir), "--model", str(tiny_llama_dir),
                "--labels", "a,b", "--out", str(tmp_path / "out")])
     assert rc == 0 and seen == [str(tmp_path / "out")]

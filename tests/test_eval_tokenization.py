@@ -9,10 +9,10 @@ import types
 import pytest
 import torch
 
-from longctx.evals.data import SentenceTokens, load_texts
-from longctx.evals.niah import NiahTrial
-from longctx.evals.passkey import PasskeyTrial, grade_passkey
-from longctx.evals.scoring import contains_answer, grade_prompts
+from longctx.evals.tasks.data import SentenceTokens, load_texts
+from longctx.evals.tasks.niah import NiahTrial
+from longctx.evals.tasks.passkey import PasskeyTrial, grade_passkey
+from longctx.evals.tasks.scoring import contains_answer, grade_prompts
 
 FAMILIES = ["byte-level", "sentencepiece-legacy", "sentencepiece-reloaded", "llama3", "smollm2"]
 

@@ -6,7 +6,7 @@ import pytest
 
 from longctx.corpus import load_named_documents
 from longctx.errors import UsageError
-from longctx.evals.data import DocumentTokens
+from longctx.evals.tasks.data import DocumentTokens
 
 
 class WordTokenizer:
@@ -56,7 +56,7 @@ def test_windows_spread_over_documents_and_depend_only_on_the_seed(tmp_path):
 
 
 def test_ppl_refuses_data_without_a_document_that_long(tmp_path):
-    from longctx.evals import perplexity
+    from longctx.evals.tasks import perplexity
 
     folder = _folder(tmp_path, {"a.txt": 50, "b.txt": 80})
     cfg = perplexity.Config(lengths=[64, 200], data=str(folder), docs=2)

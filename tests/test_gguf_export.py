@@ -2,7 +2,7 @@
 
 The expected keys are written out here from llama.cpp's own code (src/llama-model.cpp's hparams loading,
 src/llama-context.cpp's YaRN attention factor, convert_hf_to_gguf.py's rope_freqs and LongRoPE tensors), not
-derived from longctx.gguf_export, so a mapping error cannot agree with itself. Files are tiny GGUFs written
+derived from longctx.gguf_meta, so a mapping error cannot agree with itself. Files are tiny GGUFs written
 with the gguf package; one test uses the real SmolLM2 Q4_1 file. `make test-llamacpp` runs them in llama.cpp.
 """
 
@@ -140,7 +140,7 @@ def test_written_metadata_is_what_llama_cpp_reads(name, tiny_gguf, tmp_path):
 
 def test_every_method_has_a_gguf_form_or_a_refusal():
     from longctx import rope_methods
-    from longctx.gguf_export import FORMS, NO_GGUF_FORM
+    from longctx.gguf_meta import FORMS, NO_GGUF_FORM
 
     for method in rope_methods.METHODS.values():
         assert (method.rope_type in FORMS) != (method.rope_type in NO_GGUF_FORM), method.name

@@ -55,7 +55,7 @@ def packed_batch(lengths=(300, 500, 224), vocab: int = 1024, seed: int = 0):
 def test_flash_attention_varlen_packing_equals_sdpa_with_a_block_mask():
     """flash_attention_2 finds document boundaries from restarting position ids (varlen kernel); SDPA gets the
     block-diagonal causal mask explicitly. Same weights, same packed row: the same loss within bf16 tolerance."""
-    from longctx.loss import CausalLMLoss
+    from longctx.train.loss import CausalLMLoss
 
     assert _flash_attn_ready(), "flash_attn imports but transformers does not accept it"
     batch = packed_batch()
@@ -95,7 +95,7 @@ def test_packed_row_with_the_block_mask_scores_each_document_as_if_alone():
     """Packing with PoSE-style segment ids on CUDA (SDPA with longctx's block-causal mask, bf16): the summed loss
     of the packed row equals the sum of each document's loss computed on its own — no token sees another
     document — and the backward is finite."""
-    from longctx.loss import CausalLMLoss
+    from longctx.train.loss import CausalLMLoss
 
     model = random_llama(attn="sdpa").train()
     batch = packed_batch()
@@ -114,7 +114,7 @@ def test_packed_row_with_the_block_mask_scores_each_document_as_if_alone():
 
 @needs_cuda
 def test_bf16_training_step_is_finite_and_matches_fp32():
-    from longctx.loss import CausalLMLoss
+    from longctx.train.loss import CausalLMLoss
 
     batch = packed_batch()
     fp32 = random_llama(attn="sdpa", dtype=torch.float32).train()
@@ -136,7 +136,7 @@ def test_bf16_training_step_is_finite_and_matches_fp32():
 def test_liger_fused_cross_entropy_gives_the_chunked_loss(softcap):
     """Liger's fused linear cross-entropy (with Gemma-style soft-capping where the model has it) against the
     chunked loss of the same weights."""
-    from longctx.loss import CausalLMLoss
+    from longctx.train.loss import CausalLMLoss
 
     model = random_llama(attn="sdpa", dtype=torch.float32, softcap=softcap)
     batch = packed_batch()
@@ -152,7 +152,7 @@ def test_chunked_loss_perplexity_at_32k_stays_within_its_memory_bound():
     the loaded model stays far below what the naive `model(ids, labels=ids)` loss needs for logits alone
     (as bench/bench_ppl.py `naive_extra_bytes` counts: bf16 logits, their fp32 copy, fp32 log-softmax) and within
     the chunk bound plus a few activations."""
-    from longctx.evals.perplexity import token_nll
+    from longctx.evals.tasks.perplexity import token_nll
 
     length, vocab, chunk = 32768, 128256, 1024
     model = random_llama(attn="sdpa", vocab=vocab, hidden=1024, layers=2)

@@ -14,7 +14,7 @@ import torch
 from test_patch_parity import LLAMA, transformers_rotary, v4_only, v5_only
 from test_transformers4_parity import CHILD, TF4
 
-from longctx import rope, rope_config
+from longctx import rope, rope_config, rope_methods
 from longctx.errors import UsageError
 from longctx.patch import PatchSpec, patch_config
 
@@ -42,7 +42,7 @@ def test_patched_config_writes_the_longrope_keys(factors):
 @pytest.mark.parametrize("layout", [v5_only, v4_only, lambda c: c], ids=["v5", "v4", "both"])
 def test_patched_config_frequencies_match_transformers(factors, layout):
     patched = patch_config(LLAMA, PatchSpec(method="longrope", factor=4, base=5e5, rope_factors=str(factors)))
-    ours, our_scaling = rope.inv_freq_for(rope_config.rope_parameters(patched), 128,
+    ours, our_scaling = rope_methods.inv_freq_for(rope_config.rope_parameters(patched), 128,
                                           max_position_embeddings=patched["max_position_embeddings"])
     theirs, their_scaling = transformers_rotary(layout(patched))
     torch.testing.assert_close(theirs.double(), ours, rtol=1e-6, atol=0)
@@ -54,7 +54,7 @@ def test_patched_config_frequencies_match_transformers(factors, layout):
 def test_long_factors_apply_past_the_trained_length_as_in_rope_init_functions(factors, seq_len):
     patched = patch_config(LLAMA, PatchSpec(method="longrope", target_length=16384, rope_factors=str(factors)))
     params = rope_config.rope_parameters(patched)
-    ours, _ = rope.inv_freq_for(params, 128, max_position_embeddings=16384, seq_len=seq_len)
+    ours, _ = rope_methods.inv_freq_for(params, 128, max_position_embeddings=16384, seq_len=seq_len)
     theirs, _ = transformers_rotary(patched, seq_len=seq_len)  # ROPE_INIT_FUNCTIONS["longrope"]
     torch.testing.assert_close(theirs.double(), ours, rtol=1e-6, atol=0)
     ext = params["long_factor"] if seq_len > 4096 else params["short_factor"]
@@ -71,7 +71,7 @@ def test_transformers4_reads_the_longrope_config_like_longctx(factors, tmp_path)
                           env={**os.environ, "PYTHONPATH": str(TF4)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    ours, scaling = rope.inv_freq_for(rope_config.rope_parameters(patched), 128, max_position_embeddings=16384)
+    ours, scaling = rope_methods.inv_freq_for(rope_config.rope_parameters(patched), 128, max_position_embeddings=16384)
     for name, result in report["results"].items():
         torch.testing.assert_close(torch.tensor(result["inv_freq"], dtype=torch.float64), ours, rtol=1e-6, atol=0, msg=name)
         assert result["scaling"] == pytest.approx(scaling, rel=1e-6), name
@@ -113,7 +113,7 @@ def test_phi3_takes_longrope(factors, tmp_path):
     factors.write_text(json.dumps({"short_factor": [1 + i / 10 for i in range(half)], "long_factor": [2.0 + i for i in range(half)]}))
     out = write_patched_checkpoint(src, tmp_path / "out", PatchSpec(method="longrope", factor=4, rope_factors=str(factors)))
     config = json.loads((out / "config.json").read_text())
-    expected, _ = rope.inv_freq_for(rope_config.rope_parameters(config), 2 * half, max_position_embeddings=2048)
+    expected, _ = rope_methods.inv_freq_for(rope_config.rope_parameters(config), 2 * half, max_position_embeddings=2048)
     model = AutoModelForCausalLM.from_pretrained(out)
     assert any(torch.allclose(buf.double(), expected, rtol=1e-6, atol=0) for buf in rotary_buffers(model)
                if buf.shape == expected.shape)

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from longctx import rope, rope_config
+from longctx import rope, rope_config, rope_methods
 from longctx.patch import PatchSpec, patch_config
 
 LLAMA = {"model_type": "llama", "hidden_size": 512, "num_attention_heads": 4, "head_dim": 128,
@@ -56,7 +56,7 @@ def v5_only(config: dict) -> dict:
 def test_patched_config_frequencies_match_transformers(name, layout):
     patched = patch_config(LLAMA, SPECS[name])
     params = rope_config.rope_parameters(patched)
-    ours, our_scaling = rope.inv_freq_for(params, 128, max_position_embeddings=patched["max_position_embeddings"])
+    ours, our_scaling = rope_methods.inv_freq_for(params, 128, max_position_embeddings=patched["max_position_embeddings"])
     theirs, their_scaling = transformers_rotary(layout(patched))
     torch.testing.assert_close(theirs.double(), ours, rtol=1e-6, atol=0)
     assert their_scaling == pytest.approx(our_scaling, rel=1e-6)
@@ -67,7 +67,7 @@ def test_dynamic_ntk_matches_transformers_at_every_length(seq_len):
     patched = patch_config(LLAMA, SPECS["dynamic"])
     assert patched["max_position_embeddings"] == 4096  # raising it would switch dynamic NTK off below it
     params = rope_config.rope_parameters(patched)
-    ours, _ = rope.inv_freq_for(params, 128, max_position_embeddings=4096, seq_len=seq_len)
+    ours, _ = rope_methods.inv_freq_for(params, 128, max_position_embeddings=4096, seq_len=seq_len)
     theirs, _ = transformers_rotary(patched, seq_len=seq_len)
     torch.testing.assert_close(theirs.double(), ours, rtol=1e-6, atol=0)
     if seq_len <= 4096:

@@ -11,11 +11,12 @@ import math
 import pytest
 
 from longctx.cli import main
-from longctx.evals import tasks
-from longctx.evals.scoring import wilson_interval
-from longctx.evals.summary import fmt_len, fmt_ppl
-from longctx.evals.task import PERPLEXITY, RETRIEVAL
+from longctx.evals.report.text import fmt_ppl
+from longctx.evals.tasks import all_tasks
+from longctx.evals.tasks.base import PERPLEXITY, RETRIEVAL
+from longctx.evals.tasks.scoring import wilson_interval
 from longctx.files import read_jsonl
+from longctx.lengths import fmt_len
 
 pytest.importorskip("matplotlib")
 
@@ -29,7 +30,7 @@ def results(tiny_llama_dir, tmp_path_factory):
     """(results folder, summary.json, report.md, report.html) of a real suite run and `longctx report`."""
     root = tmp_path_factory.mktemp("contract")
     suite = root / "suite.yaml"
-    suite.write_text("seed: 1\ntasks:\n" + "".join(f"  {t.name}: {SETTINGS[t.kind]}\n" for t in tasks().values()))
+    suite.write_text("seed: 1\ntasks:\n" + "".join(f"  {t.name}: {SETTINGS[t.kind]}\n" for t in all_tasks().values()))
     argv = ["eval", "suite", suite, "--labels", ",".join(LABELS), "--out", root / "results"]
     assert main([*argv[:3], "--model", tiny_llama_dir, "--model", tiny_llama_dir, *argv[3:]]) == 0
     assert main(["report", root / "results", "--out", root / "report"]) == 0
@@ -53,12 +54,12 @@ def test_every_task_of_every_model_reaches_summary_json(results):
     for model in summary["models"]:
         rows = {row["length"]: row for row in model["by_length"]}
         for row in rows.values():
-            assert set(row) == {"length", "retrieval", "status", *tasks(), *(f"{t}_ci95" for t in tasks()),
+            assert set(row) == {"length", "retrieval", "status", *all_tasks(), *(f"{t}_ci95" for t in all_tasks()),
                                 "retrieval_counts", "retrieval_ci95", "ppl_ratio", "ppl_ratio_ci95", "ppl_ratio_paired",
                                 "decision"}
-        assert set(model["series"]) == set(tasks())
+        assert set(model["series"]) == set(all_tasks())
         assert not [w for w in model["warnings"] if "skipped" in w], model["warnings"]
-        for name, task in tasks().items():
+        for name, task in all_tasks().items():
             for length, cells in written_cells(folder / model["label"], name).items():
                 shown = rows[length][name]
                 assert shown == pytest.approx(sum(c[task.value_key] for c in cells) / len(cells)), (name, length)
@@ -67,7 +68,7 @@ def test_every_task_of_every_model_reaches_summary_json(results):
                 if task.kind == RETRIEVAL:  # every depth's trials pooled
                     hits, totals = (sum(c[key] for c in cells) for key in task.counts)
                     assert interval == pytest.approx(wilson_interval(hits, totals))
-        retrieval_lengths = {n for t in tasks().values() if t.kind == RETRIEVAL
+        retrieval_lengths = {n for t in all_tasks().values() if t.kind == RETRIEVAL
                              for n in written_cells(folder / model["label"], t.name)}
         assert {n for n, row in rows.items() if row["retrieval"] is not None} == retrieval_lengths
         assert rows[320]["status"] != "in-distribution" and rows[128]["status"] == "in-distribution"
@@ -77,10 +78,10 @@ def test_every_task_of_every_model_reaches_summary_json(results):
 
 def test_every_task_has_its_table_and_figures_in_both_pages(results):
     _, summary, markdown, page = results
-    files = [figure.file for task in tasks().values() for figure in task.figures()]
+    files = [figure.file for task in all_tasks().values() for figure in task.figures()]
     assert sorted(summary["figures"]) == sorted(files)
     rows = {m["label"]: {r["length"]: r for r in m["by_length"]} for m in summary["models"]}
-    for name, task in tasks().items():
+    for name, task in all_tasks().items():
         table = markdown.split(f"\n### {task.title}\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
         lengths = sorted({n for label in LABELS for n, row in rows[label].items() if row[name] is not None})
         assert table[0] == "| Model | " + " | ".join(map(fmt_len, lengths)) + " |"
@@ -114,7 +115,7 @@ def test_synthetic_results_use_only_fields_the_eval_writes(results, tmp_path):
     from test_eval_report import write_synthetic_results
 
     synthetic = write_synthetic_results(tmp_path)
-    for name in tasks():
+    for name in all_tasks():
         real = {key for cells in written_cells(results[0] / LABELS[0], name).values() for c in cells for key in c}
         made_up = {key for c in read_jsonl(synthetic / "patched" / f"{name}.jsonl", repair=False) for key in c}
         assert made_up and made_up <= real, (name, made_up - real)

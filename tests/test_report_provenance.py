@@ -11,7 +11,7 @@ pytest.importorskip("matplotlib")
 
 
 def test_report_names_the_windows_documents_and_each_run(tiny_llama_dir, tmp_path):
-    from longctx.evals.report import write_report
+    from longctx.evals.report.page import write_report
     from longctx.evals.suite import make_config, run_tasks
     from longctx.provenance import git_commit
 

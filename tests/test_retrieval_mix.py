@@ -9,7 +9,7 @@ import re
 import pytest
 
 from longctx.errors import UsageError
-from longctx.evals.passkey import QUESTION, TASK_LINE
+from longctx.evals.tasks.passkey import QUESTION, TASK_LINE
 from longctx.train.retrieval_mix import (
     COPY_ALPHABET,
     PIECE_ROWS,

@@ -20,7 +20,7 @@ def books(tmp_path):
 
 
 def test_an_interrupted_run_records_the_cells_it_finished(tiny_llama_dir, books, tmp_path, monkeypatch):
-    from longctx.evals import results
+    from longctx.evals.run import results
     from longctx.evals.suite import make_config, run_tasks
 
     configs = {"ppl": make_config("ppl", {"lengths": "64,128", "docs": 1, "data": str(books)})}

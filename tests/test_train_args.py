@@ -189,3 +189,53 @@ def test_every_help_line_renders_as_written():
 
     text = " ".join(build_parser().format_help().split())
     assert "~30% slower" in text and "{'" not in text
+
+
+# What a resume may change: how long, how often, where and how fast the run goes; nothing that changes the model
+# it trains, its data or its optimisation. Written out here so the test does not trust the code it checks.
+MAY_CHANGE_ON_RESUME = {"out", "resume", "force", "max_steps", "max_minutes", "save_every", "keep_last", "log_every",
+                        "loss_chunk", "liger", "peak_flops", "report_to", "merge", "attn_implementation",
+                        "gradient_checkpointing", "trust_remote_code"}
+
+
+def _another(field, value):
+    """A valid-looking value of `field` other than `value`."""
+    import dataclasses
+
+    choices = field.metadata.get("choices")
+    if choices:
+        return next(c for c in choices if c != value)
+    kind = str(field.type).replace(" | None", "")
+    if kind == "bool":
+        return not value
+    if kind == "int":
+        return 4096 if value is None else value + 1
+    if kind == "float":
+        return 0.5 if value is None else value + 0.25
+    assert kind == "str", (field.name, field.type, dataclasses.MISSING)
+    return "something-else" if value != "something-else" else "other"
+
+
+def test_resume_refuses_every_setting_that_changes_the_run_in_one_line(tmp_path):
+    """PoSE, LoRA dropout, YaRN/Llama-3 options and every other setting of the model, data or optimiser must match
+    the run a --resume continues; only the settings above may change."""
+    import dataclasses
+    import json
+
+    from longctx.train.args import GROUPS
+    from longctx.train.finetune import ARGS_FILE, check_resume_args
+
+    fields = {f.name: f for group in GROUPS for f in dataclasses.fields(group)}
+    saved = parse_args(["--out", str(tmp_path)]).to_dict()
+    (tmp_path / ARGS_FILE).write_text(json.dumps(saved))
+    must = sorted(set(fields) - MAY_CHANGE_ON_RESUME)
+    assert {"pose_target_length", "pose_chunks", "lora_dropout", "beta_fast", "beta_slow", "attention_factor",
+            "low_freq_factor", "high_freq_factor", "lr"} <= set(must)
+    for name in must:
+        changed = {**saved, name: _another(fields[name], saved[name])}
+        with pytest.raises(UsageError) as info:
+            check_resume_args(tmp_path, changed)
+        message = str(info.value)
+        assert f"--{name.replace('_', '-')} was" in message and "\n" not in message, (name, message)
+    for name in MAY_CHANGE_ON_RESUME:
+        check_resume_args(tmp_path, {**saved, name: _another(fields[name], saved[name])})

@@ -278,9 +278,9 @@ def test_exported_model_is_the_trained_model_with_tied_embeddings(tiny_llama_dir
     import shutil
 
     from longctx.corpus import load_documents
-    from longctx.loss import CausalLMLoss
     from longctx.modeling import load_model
     from longctx.train.data import PackedRows, collate
+    from longctx.train.loss import CausalLMLoss
 
     tied = tmp_path / "tied"
     shutil.copytree(tiny_llama_dir, tied)

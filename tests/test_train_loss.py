@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longctx.loss import IGNORE_INDEX, CausalLMLoss, chunked_cross_entropy
+from longctx.loss import IGNORE_INDEX, chunked_cross_entropy
 from longctx.train import flops
+from longctx.train.loss import CausalLMLoss
 
 
 def test_chunked_cross_entropy_matches_full_logits_value_and_gradients():
@@ -121,7 +122,7 @@ def test_losses_from_hidden_states_apply_the_architectures_logit_postprocessing(
     the chunked training loss and the evaluation NLL, computed from hidden states, must apply them too."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from longctx.evals.perplexity import token_nll
+    from longctx.evals.tasks.perplexity import token_nll
     from longctx.train.data import row_tensors
 
     config = AutoConfig.for_model(model_type, hidden_size=64, intermediate_size=64, num_hidden_layers=2,

@@ -16,7 +16,7 @@ import pytest
 import torch
 from test_patch_parity import LLAMA, SPECS
 
-from longctx import rope, rope_config
+from longctx import rope_config, rope_methods
 from longctx.patch import patch_config
 
 TF4 = Path(os.environ.get("LONGCTX_TF4_PATH") or Path(os.environ["LONGCTX_CACHE"]) / "tf4")
@@ -50,7 +50,7 @@ def test_transformers4_reads_the_patched_config_like_longctx(tmp_path):
     assert report["version"].startswith("4.")
     for name, config in configs.items():
         params = rope_config.rope_parameters(config)
-        ours, scaling = rope.inv_freq_for(params, 128, max_position_embeddings=config["max_position_embeddings"])
+        ours, scaling = rope_methods.inv_freq_for(params, 128, max_position_embeddings=config["max_position_embeddings"])
         theirs = torch.tensor(report["results"][name]["inv_freq"], dtype=torch.float64)
         torch.testing.assert_close(theirs, ours, rtol=1e-6, atol=0, msg=f"{name} under transformers {report['version']}")
         assert report["results"][name]["scaling"] == pytest.approx(scaling, rel=1e-6), name

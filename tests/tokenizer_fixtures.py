@@ -25,7 +25,7 @@ def training_text() -> tuple[str, ...]:
     """Python's documentation prose plus the retrieval prompts' own words, so both tokenize into real merges."""
     from pydoc_data.topics import topics
 
-    from longctx.evals import niah, passkey
+    from longctx.evals.tasks import niah, passkey
 
     prompts = [passkey.TASK_LINE, "".join(passkey.FILLER) * 3, passkey.NEEDLE.format(key=31415), passkey.QUESTION,
                *(niah.NEEDLE.format(city=c, number=2718281) + niah.QUESTION.format(city=c) for c in niah.CITIES)]

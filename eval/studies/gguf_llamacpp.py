@@ -146,9 +146,9 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
-    from longctx.evals.data import special_prefix
-    from longctx.evals.passkey import PasskeyTrial, grade_passkey
-    from longctx.evals.perplexity import Config, plan_windows
+    from longctx.evals.tasks.data import special_prefix
+    from longctx.evals.tasks.passkey import PasskeyTrial, grade_passkey
+    from longctx.evals.tasks.perplexity import Config, plan_windows
     from longctx.sources import smollm2_checkpoint, smollm2_gguf_path
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -186,7 +186,7 @@ def main() -> int:
         study = {r.get("seed"): r for c in map(json.loads, (STUDY / label / "passkey.jsonl").read_text().splitlines())
                  if c.get("mode") == "generate" and c.get("length") == 12288 and c.get("depth") == 0.5
                  for r in c.get("samples", [])} if (STUDY / label / "passkey.jsonl").is_file() else {}
-        from longctx.evals.scoring import trial_seeds
+        from longctx.evals.tasks.scoring import trial_seeds
 
         seeds = trial_seeds(0, "passkey", 12288, [0.5], args.passkey, True)
         for _, seed in sorted(seeds.items()):

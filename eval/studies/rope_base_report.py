@@ -18,7 +18,10 @@ import sys
 from pathlib import Path
 
 from longctx import rope_bounds, rope_config
-from longctx.evals.summary import RETRIEVAL_FAILED, RETRIEVAL_OK  # the general report's passkey thresholds
+from longctx.evals.report.judge import (  # the general report's passkey thresholds
+    RETRIEVAL_FAILED,
+    RETRIEVAL_OK,
+)
 from longctx.files import read_jsonl, write_text_atomic
 
 BREAK_DELTA = 0.10  # bits per byte above the training-length value: the model no longer extrapolates

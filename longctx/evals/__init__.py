@@ -1,36 +1,12 @@
-"""Evaluation tasks: perplexity, passkey retrieval, needle in a haystack.
+"""Evaluation: what is measured, how it runs, how results are read and shown.
 
-A task is one module of this package that defines `TASK`, an instance of a `longctx.evals.task.Task`
-subclass: adding a module adds the task to the suite, the CLI, the report and the bench. `tasks()` finds
-them (importing this package's modules, none of which imports torch at the top); `get_task(name)` is one.
+- `tasks/`: the tasks (perplexity, passkey, NIAH), their protocol (`tasks.base`) and the registry
+  (`tasks.all_tasks()`, `tasks.get_task(name)`): a module of `tasks/` that defines `TASK` is a task.
+- `run/`: how cells run: processes sharing work (`parallel`), the results journal (`results`), the
+  per-token NLL of one sequence on one process or split across several (`nll`).
+- `report/`: reading a results folder (`load`), judging each model (`judge`), its words and numbers (`text`),
+  figures (`plots`) and the page (`page`, the `longctx report` verb).
+- `suite.py` runs a suite YAML (tasks over models, then the report); `cli.py` is `longctx eval`.
+
+Arrows go one way: suite/cli -> report -> tasks -> run.
 """
-
-from __future__ import annotations
-
-import difflib
-import functools
-import importlib
-import pkgutil
-
-from longctx.errors import UsageError
-
-
-@functools.cache
-def tasks() -> dict:
-    """name -> `Task` of every task module, in their `order` (the report's tables and figures)."""
-    found = []
-    for module in pkgutil.iter_modules(__path__):
-        task = getattr(importlib.import_module(f"{__name__}.{module.name}"), "TASK", None)
-        if task is not None:
-            found.append(task)
-    return {task.name: task for task in sorted(found, key=lambda task: task.order)}
-
-
-def get_task(name: str):
-    """The task called `name`; an unknown name answers with the closest valid one."""
-    names = list(tasks())
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise UsageError(f"unknown task {name!r}: {hint}valid tasks: {', '.join(names)}")
-    return tasks()[name]

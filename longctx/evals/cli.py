@@ -7,22 +7,22 @@
 
 Results go to OUT/<label>/<task>.jsonl (one line per finished cell); rerunning skips finished cells.
 
-Several processes share the work (data parallel, one model copy each; see longctx/evals/parallel.py):
+Several processes share the work (data parallel, one model copy each; see longctx/evals/run/parallel.py):
     accelerate launch --num_processes 8 -m longctx eval suite ...
     ACCELERATE_USE_CPU=true torchrun --standalone --nproc_per_node 2 -m longctx eval suite ...   (CPU)
-`ppl --context-parallel` splits each window's sequence across them instead (longctx/evals/context_parallel.py).
+`ppl --context-parallel` splits each window's sequence across them instead (longctx/evals/run/nll.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import re
 from functools import partial
 
-from longctx.evals import tasks
+from longctx.errors import unknown_name
 from longctx.evals.suite import make_config, run_suite, run_tasks
+from longctx.evals.tasks import all_tasks
 
 LENGTHS_HELP = "lengths in tokens: 2k,4k or 4096 or 4k..64k (powers of two) or 1.5k"
 
@@ -50,8 +50,8 @@ def add_parser(subparsers) -> None:
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="eval_task", metavar="TASK", parser_class=type(parser))
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
-    _suggest_close_task(parser, [*tasks(), "suite"])
-    for task in tasks().values():
+    _suggest_close_task(parser, [*all_tasks(), "suite"])
+    for task in all_tasks().values():
         command = commands.add_parser(task.name, help=task.help)
         _add_run_options(command)
         command.add_argument("--lengths", required=True, help=LENGTHS_HELP)
@@ -71,9 +71,7 @@ def _suggest_close_task(parser: argparse.ArgumentParser, names: list[str]) -> No
     def error(message: str):
         match = re.search(r"invalid choice: '([^']*)'", message)
         if match:
-            close = difflib.get_close_matches(match.group(1), names, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            message = f"unknown task {match.group(1)!r}: {hint}valid tasks: {', '.join(names)}"
+            message = str(unknown_name("task", match.group(1), names))
         report(message)
 
     parser.error = error

@@ -16,29 +16,26 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import re
 import sys
 from pathlib import Path
 
 from longctx.errors import UsageError
-from longctx.evals import get_task
+from longctx.evals.tasks import get_task
+from longctx.lengths import MAX_CONTEXT, parse_tokens
 
 MAX_DEPTHS = 1001  # a count above is a typo (`0:1:1000000000` would build a billion-entry list)
-_LENGTH = re.compile(r"^(\d+(?:\.\d+)?)([km]?)$", re.IGNORECASE)
 
 
 def _one_length(text: str) -> int:
-    match = _LENGTH.match(text.strip())
-    if not match:
-        raise UsageError(f"bad length {text!r}: use e.g. 2k,4k or 4096 or 4k..64k or 1.5k")
-    value = float(match.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[match.group(2).lower()]
-    if value != int(value) or value < 1:
+    try:
+        value = parse_tokens(text)
+    except ValueError as exc:
+        raise UsageError(f"bad length {text!r}: {exc} (lengths: a list 2k,4k or a range 4k..64k)") from None
+    if value < 1:
         raise UsageError(f"bad length {text!r}: it must be a whole number of tokens")
-    from longctx.rope_methods import MAX_CONTEXT
-
     if value > MAX_CONTEXT:
         raise UsageError(f"bad length {text!r}: above {MAX_CONTEXT:,} tokens (2^24), the longest context longctx handles")
-    return int(value)
+    return value
 
 
 def parse_lengths(spec) -> list[int]:
@@ -176,12 +173,12 @@ def run_tasks(source: str, configs: dict, out_dir, *, label: str | None = None, 
     """Load one model and run each {task: Config}; writes OUT/<label>/model.json, <task>.jsonl and a line of
     runs.jsonl (`command`, default sys.argv: how to rerun it; git commit, machine, wall time, `world`: processes).
 
-    Launched as several processes (`longctx.evals.parallel`), each loads the model on its own device and
+    Launched as several processes (`longctx.evals.run.parallel`), each loads the model on its own device and
     computes a share of every task; process 0 alone writes model.json, the cells and runs.jsonl. --out is
     locked for the run (`longctx.locks`), and OUT/<label> must hold this model's results or none (`force`:
     start them over).
     """
-    from longctx.evals.data import check_spec
+    from longctx.evals.tasks.data import check_spec
     from longctx.fingerprint import fingerprint
     from longctx.locks import output_lock
     from longctx.modeling import pick_device, source_dirs
@@ -206,8 +203,8 @@ def run_tasks(source: str, configs: dict, out_dir, *, label: str | None = None, 
 def _run_tasks(source: str, configs: dict, out_dir, *, label: str, device, dtype, base_model, after_append, command,
                force: bool, identity: dict) -> dict[str, list[dict]]:
     from longctx import rope_config
-    from longctx.evals.parallel import current_world
-    from longctx.evals.results import ResultsWriter, append_run, write_model_json
+    from longctx.evals.run.parallel import current_world
+    from longctx.evals.run.results import ResultsWriter, append_run, write_model_json
     from longctx.modeling import load_model
     from longctx.provenance import RunRecord
 
@@ -285,7 +282,7 @@ def load_suite(path) -> tuple[dict, int]:
 def run_suite(path, models: list[str], out_dir, *, labels: list[str] | None = None, seed: int | None = None,
               device: str | None = None, dtype: str | None = None, base_model: str | None = None,
               command: list[str] | None = None, force: bool = False) -> list[Path]:
-    """Every task of the suite for every model, then the report when `longctx.evals.report` is there; --out
+    """Every task of the suite for every model, then the report when `longctx.evals.report.page` is there; --out
     stays locked from the first model to the report."""
     tasks, suite_seed = load_suite(path)
     seed = suite_seed if seed is None else seed
@@ -308,12 +305,12 @@ def _run_suite(configs, models, labels, out_dir, *, device, dtype, base_model, c
     for source, label in zip(models, labels, strict=True):
         run_tasks(source, configs, out_dir, label=label, device=device, dtype=dtype, base_model=base_model,
                   command=command, force=force)
-    from longctx.evals.parallel import current_world
+    from longctx.evals.run.parallel import current_world
 
     if not current_world(device).main:  # process 0 writes the report
         return []
     try:
-        from longctx.evals.report import write_report
+        from longctx.evals.report.page import write_report
     except ImportError:
         print(f"results in {out_dir} (no report module installed)", file=sys.stderr)
         return []

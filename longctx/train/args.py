@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from longctx import rope_methods
-from longctx.errors import OneLineParser, UsageError, require
+from longctx.errors import OneLineParser, UsageError, require, unknown_name
+from longctx.lengths import MAX_CONTEXT, parse_tokens, token_count
 
 
 @dataclass
@@ -29,15 +30,16 @@ class ModelArgs:
     model: str = field(default="smollm2", metadata={"help": "checkpoint: Hub id, local dir, .gguf file, or 'smollm2' (the bundled SmolLM2-135M)"})
     init: str = field(default="pretrained", metadata={"help": "pretrained: start from the weights; scratch: same architecture, random weights", "choices": ("pretrained", "scratch")})
     dtype: str | None = field(default=None, metadata={"help": "weights dtype: bf16 on GPU, fp32 on CPU by default"})
-    attn_implementation: str | None = field(default=None, metadata={"help": "flash_attention_2 when flash-attn is importable, else sdpa"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory, ~30% slower)"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow checkpoints whose config has auto_map"})
+    attn_implementation: str | None = field(default=None, metadata={"resume": "may change", "help": "flash_attention_2 when flash-attn is importable, else sdpa"})
+    gradient_checkpointing: bool = field(default=False, metadata={"resume": "may change", "help": "recompute activations in backward (less memory, ~30% slower)"})
+    trust_remote_code: bool = field(default=False, metadata={"resume": "may change", "help": "allow checkpoints whose config has auto_map"})
     model_config: str | None = field(default=None, metadata={"help": "with --init scratch: a JSON/YAML file of config.json fields that override --model's (sizes of a new model)"})
     tokenizer: str | None = field(default=None, metadata={"help": "with --init scratch: 'bytes' for one token per UTF-8 byte (longctx.byte_tokenizer) instead of --model's tokenizer"})
 
 
 def _patch_field(option) -> tuple:
-    metadata = {"help": rope_methods.option_help(option)} | ({"choices": option.choices} if option.choices else {})
+    metadata = ({"help": rope_methods.option_help(option), "tokens": option.type is int}
+                | ({"choices": option.choices} if option.choices else {}))
     return option.name, f"{option.type.__name__} | None", field(default=None, metadata=metadata)
 
 
@@ -61,9 +63,9 @@ class TuneArgs:
 class DataArgs:
     data: str = field(default="pydoc", metadata={"help": "pydoc (embedded prose) | stdlib (Python sources) | hf:NAME[:CONFIG][:SPLIT] | .txt/.jsonl files or dirs, comma-separated"})
     text_field: str = field(default="text", metadata={"help": "field holding the text in JSONL / datasets rows"})
-    seq_len: int | None = field(default=None, metadata={"help": "training length (default: the model's trained length; never above it)"})
+    seq_len: int | None = field(default=None, metadata={"tokens": True, "help": "training length (default: the model's trained length; never above it)"})
     max_docs: int | None = field(default=None, metadata={"help": "use at most this many documents (after the seeded shuffle)"})
-    pose_target_length: int | None = field(default=None, metadata={"help": "PoSE: skip position ids inside each document so relative distances up to this length are seen (arXiv 2309.10400)"})
+    pose_target_length: int | None = field(default=None, metadata={"tokens": True, "help": "PoSE: skip position ids inside each document so relative distances up to this length are seen (arXiv 2309.10400)"})
     pose_chunks: int = field(default=2, metadata={"help": "PoSE: contiguous chunks per document (the paper uses 2)"})
     retrieval_mix: float = field(default=0.0, metadata={"help": "fraction of training characters that are synthetic passkey documents (longctx.train.retrieval_mix), so retrieval is learnable"})
     copy_mix: float = field(default=0.0, metadata={"help": "fraction of training characters that are dense copy documents (random segments written twice), so a model from scratch forms an induction circuit"})
@@ -71,11 +73,11 @@ class DataArgs:
 
 @dataclass
 class TrainArgs:
-    out: str = field(default="runs/finetune", metadata={"help": "output directory"})
-    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in --out"})
-    force: bool = field(default=False, metadata={"help": "overwrite an existing --out"})
-    max_steps: int = field(default=100, metadata={"help": "optimizer steps"})
-    max_minutes: float | None = field(default=None, metadata={"help": "wall-clock budget of this run: stop after the step that passes it, save and export as at --max-steps (the lr schedule still spans --max-steps)"})
+    out: str = field(default="runs/finetune", metadata={"resume": "may change", "help": "output directory"})
+    resume: bool = field(default=False, metadata={"resume": "may change", "help": "continue from the newest checkpoint in --out"})
+    force: bool = field(default=False, metadata={"resume": "may change", "help": "overwrite an existing --out"})
+    max_steps: int = field(default=100, metadata={"resume": "may change", "help": "optimizer steps"})
+    max_minutes: float | None = field(default=None, metadata={"resume": "may change", "help": "wall-clock budget of this run: stop after the step that passes it, save and export as at --max-steps (the lr schedule still spans --max-steps)"})
     batch_size: int = field(default=1, metadata={"help": "packed rows per device per micro-step"})
     grad_accum: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
     lr: float = field(default=2e-4, metadata={"help": "peak learning rate"})
@@ -87,14 +89,14 @@ class TrainArgs:
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW β2"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0: off)"})
     seed: int = field(default=0, metadata={"help": "seed for weights init, data order and dropout"})
-    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
-    keep_last: int = field(default=2, metadata={"help": "checkpoints kept"})
-    log_every: int = field(default=1, metadata={"help": "log every N steps"})
-    loss_chunk: int = field(default=1024, metadata={"help": "tokens per cross-entropy chunk (bounds the logits memory)"})
-    liger: bool = field(default=True, metadata={"help": "use Liger's fused linear cross-entropy on GPU when installed"})
-    peak_flops: float | None = field(default=None, metadata={"help": "peak FLOP/s per device for MFU (default: table by GPU name)"})
-    report_to: str = field(default="auto", metadata={"help": "tracker: auto (tensorboard when installed) | tensorboard | none"})
-    merge: bool = field(default=False, metadata={"help": "also write a merged full checkpoint to OUT/merged"})
+    save_every: int = field(default=0, metadata={"resume": "may change", "help": "checkpoint every N steps (0: only at the end)"})
+    keep_last: int = field(default=2, metadata={"resume": "may change", "help": "checkpoints kept"})
+    log_every: int = field(default=1, metadata={"resume": "may change", "help": "log every N steps"})
+    loss_chunk: int = field(default=1024, metadata={"resume": "may change", "help": "tokens per cross-entropy chunk (bounds the logits memory)"})
+    liger: bool = field(default=True, metadata={"resume": "may change", "help": "use Liger's fused linear cross-entropy on GPU when installed"})
+    peak_flops: float | None = field(default=None, metadata={"resume": "may change", "help": "peak FLOP/s per device for MFU (default: table by GPU name)"})
+    report_to: str = field(default="auto", metadata={"resume": "may change", "help": "tracker: auto (tensorboard when installed) | tensorboard | none"})
+    merge: bool = field(default=False, metadata={"resume": "may change", "help": "also write a merged full checkpoint to OUT/merged"})
 
 
 GROUPS = (ModelArgs, PatchArgs, TuneArgs, DataArgs, TrainArgs)
@@ -118,6 +120,13 @@ class FinetuneArgs:
         return {**flat, "config": self.config}
 
 
+def resume_must_match() -> tuple[str, ...]:
+    """The settings a resumed run must share with the run it continues: every field not marked
+    `"resume": "may change"` (how long, how often, where and how fast it runs)."""
+    return tuple(f.name for group in GROUPS for f in dataclasses.fields(group)
+                 if f.metadata.get("resume") != "may change")
+
+
 def known_keys() -> set[str]:
     return {f.name for group in GROUPS for f in dataclasses.fields(group)}
 
@@ -128,10 +137,15 @@ def _field_type(f: dataclasses.Field):
     return {"int": int, "float": float, "str": str, "bool": bool}[text]
 
 
-def _coerce(key: str, value, kind):
-    """A YAML value as the field's type (PyYAML reads `1e6` as a string, YAML 1.1)."""
+def _coerce(key: str, value, kind, tokens: bool = False):
+    """A YAML value as the field's type (PyYAML reads `1e6` as a string, YAML 1.1); a token count may be `16k`."""
     if value is None:
         return None
+    if tokens and isinstance(value, str):
+        try:
+            return parse_tokens(value)
+        except ValueError as exc:
+            raise UsageError(f"config key {key}: bad token count {value!r}: {exc}") from None
     try:
         if kind is bool:
             require(isinstance(value, bool), f"config key {key} must be true or false, got {value!r}")
@@ -167,11 +181,8 @@ def load_yaml(path: str) -> dict:
     for raw_key, value in data.items():
         key = str(raw_key).replace("-", "_")
         if key not in fields:
-            from difflib import get_close_matches
-
-            close = get_close_matches(key, fields, n=1)
-            raise UsageError(f"unknown key {raw_key!r} in {path}" + (f": did you mean {close[0]!r}?" if close else ""))
-        out[key] = _coerce(key, value, _field_type(fields[key]))
+            raise unknown_name("key", raw_key, sorted(fields), f" in {path}", list_valid=False)
+        out[key] = _coerce(key, value, _field_type(fields[key]), fields[key].metadata.get("tokens", False))
         choices = fields[key].metadata.get("choices")
         if choices is not None and out[key] not in choices:
             raise UsageError(f"config key {key} must be one of {', '.join(choices)}, got {value!r}")
@@ -191,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
             if kind is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
             else:
-                kwargs["type"] = kind
+                kwargs["type"] = token_count if f.metadata.get("tokens") else kind
                 if "choices" in f.metadata:
                     kwargs["choices"] = f.metadata["choices"]
             arg_group.add_argument(*flags, **kwargs)
@@ -246,8 +257,8 @@ def check_args(args: FinetuneArgs) -> None:
     require(args.data.seq_len is None or args.data.seq_len >= 2, "--seq-len must be ≥ 2")
     require(args.data.pose_chunks >= 2, f"--pose-chunks must be ≥ 2, got {args.data.pose_chunks}")
     require(0 <= t.seed < 2**32, f"--seed must be a whole number in [0, 2^32), got {t.seed}")  # numpy's seed range
-    require(args.data.pose_target_length is None or args.data.pose_target_length <= rope_methods.MAX_CONTEXT,
-            f"--pose-target-length {args.data.pose_target_length} is above {rope_methods.MAX_CONTEXT:,} tokens (2^24)")
+    require(args.data.pose_target_length is None or args.data.pose_target_length <= MAX_CONTEXT,
+            f"--pose-target-length {args.data.pose_target_length} is above {MAX_CONTEXT:,} tokens (2^24)")
     pose = args.data.pose_target_length
     require(pose is None or pose > (args.data.seq_len or 1),
             f"--pose-target-length must exceed the training length (--seq-len), got {pose}")

@@ -19,11 +19,6 @@ from longctx.errors import UsageError, require
 from longctx.train.checkpoints import CHECKPOINTS, checkpoint_dirs, read_state
 
 ARGS_FILE = "finetune_args.json"
-# Settings a resumed run must share with the run it continues (anything else, e.g. --max-steps, may change).
-RESUME_MUST_MATCH = ("model", "init", "method", "base", "factor", "original_length", "target_length", "finetune",
-                     "lora_r", "lora_alpha", "lora_targets", "trainable_extra", "data", "seq_len", "max_docs",
-                     "batch_size", "grad_accum", "seed", "model_config", "tokenizer", "retrieval_mix",
-                     "copy_mix")
 
 
 def prepare_out_dir(out: Path, *, resume: bool, force: bool) -> None:
@@ -44,7 +39,9 @@ def check_resume_args(out: Path, current: dict) -> None:
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise UsageError(f"--resume: {out / ARGS_FILE} is not valid JSON: start over with --force") from None
     require(isinstance(saved, dict), f"--resume: {out / ARGS_FILE} does not hold the run's settings: start over with --force")
-    for key in RESUME_MUST_MATCH:
+    from longctx.train.args import resume_must_match
+
+    for key in resume_must_match():
         if key in saved and saved[key] != current.get(key):
             raise UsageError(f"--resume: --{key.replace('_', '-')} was {saved[key]!r} in {out}, now {current.get(key)!r}; "
                              "a resumed run must use the same settings")

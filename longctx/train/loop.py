@@ -82,7 +82,8 @@ def optimizer_and_schedule(params, t):
 
 def prepare(args, accelerator, built):
     """The loss wrapper, optimizer and scheduler, handed to accelerate: (model, optimizer, scheduler, hf model)."""
-    from longctx.loss import CausalLMLoss, liger_available
+    from longctx.loss import liger_available
+    from longctx.train.loss import CausalLMLoss
 
     t = args.train
     use_liger = t.liger and accelerator.device.type == "cuda" and liger_available()

@@ -2,7 +2,7 @@
 documents (`--copy-mix FRACTION`).
 
 A model trained from scratch on books cannot do passkey retrieval unless it learns the format, so retrieval
-at long range would measure nothing. These documents are the eval's passkey prompt (`longctx.evals.passkey`:
+at long range would measure nothing. These documents are the eval's passkey prompt (`longctx.evals.tasks.passkey`:
 task line, filler, "The pass key is K. Remember it. K is the pass key.", filler, the question) followed by
 the answer " K.", at random lengths up to the training length and random depths: the model learns to copy
 the key within the trained context, and the eval then asks how far past it the skill carries — the
@@ -24,7 +24,7 @@ from longctx.errors import require
 
 def passkey_document(rng: random.Random, max_chars: int) -> str:
     """One prompt-plus-answer text of at most `max_chars` characters, key and depth drawn from `rng`."""
-    from longctx.evals.passkey import FILLER, NEEDLE, QUESTION, TASK_LINE
+    from longctx.evals.tasks.passkey import FILLER, NEEDLE, QUESTION, TASK_LINE
 
     key = str(rng.randint(10_000, 9_999_999))
     needle = NEEDLE.format(key=key)

@@ -6,7 +6,7 @@ flushed and fsynced the moment its cell finishes, so a killed run loses at most 
 rerun skips every key already present. Tasks also journal each finished unit of work in `<task>.partial`
 (JSON lines, not read by the report): a retrieval trial, which computes every depth of a length at once, and
 a perplexity window; a rerun reuses them instead of computing them again. Under several processes
-(`longctx.evals.parallel`) process N journals in `<task>.rankN.partial`, and process 0 folds those into
+(`longctx.evals.run.parallel`) process N journals in `<task>.rankN.partial`, and process 0 folds those into
 `<task>.partial` and alone writes cells.
 """
 
@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from longctx.evals.parallel import SINGLE, World
+from longctx.evals.run.parallel import SINGLE, World
 from longctx.files import append_jsonl, kill_point, read_jsonl, sanitize, write_json_atomic
 
 

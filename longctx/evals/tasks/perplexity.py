@@ -4,7 +4,7 @@ For each length L, `docs` windows of L tokens are scored, each taken from ONE do
 concatenated documents, which would reset the context mid-window): documents holding at least L tokens are
 taken in an order fixed by the seed, those long enough for the sweep's longest length first (so every length
 reads the same documents where the corpus allows), one window each, several non-overlapping ones when fewer
-documents qualify (`longctx.evals.data.DocumentTokens.windows`). Each cell records which document and offset every
+documents qualify (`longctx.evals.tasks.data.DocumentTokens.windows`). Each cell records which document and offset every
 window came from. Without a stride each window is one forward; with `stride` S, each window is a span of up
 to 2L tokens read by L-token windows moving S at a time, scoring only tokens no earlier window scored, so
 those tokens see at least L − S tokens of context. Reported: mean NLL over scored tokens, ppl = exp(NLL), a
@@ -14,8 +14,8 @@ where a model stops extrapolating.
 
 Memory: [L × vocab] fp32 logits would be 25 GB at L=128K for a 49K vocabulary. `token_nll` runs the decoder
 once, then applies `lm_head` to `chunk_tokens` positions at a time with an fp32 cross-entropy. Past one device:
-several processes share the (length, window) units (`longctx.evals.parallel`), or, with `context_parallel`,
-split each window's sequence between them (`longctx.evals.context_parallel`) when one window does not fit one.
+several processes share the (length, window) units (`longctx.evals.run.parallel`), or, with `context_parallel`,
+split each window's sequence between them (`longctx.evals.run.nll`) when one window does not fit one.
 """
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from functools import partial
 
 from longctx.corpus import data_name, load_named_documents
 from longctx.errors import UsageError
-from longctx.evals.data import DocumentTokens, Window, special_prefix
-from longctx.evals.intervals import mean_ci95
-from longctx.evals.results import ResultsWriter, cell_key
-from longctx.evals.scoring import length_warnings
-from longctx.evals.summary import fmt_len
-from longctx.evals.task import PERPLEXITY, Figure, Task, as_float
+from longctx.evals.run.nll import nll_function, token_nll
+from longctx.evals.run.results import ResultsWriter, cell_key
+from longctx.evals.tasks.base import PERPLEXITY, Figure, Task, as_float
+from longctx.evals.tasks.data import DocumentTokens, Window, special_prefix
+from longctx.evals.tasks.intervals import mean_ci95
+from longctx.evals.tasks.scoring import length_warnings
+from longctx.lengths import fmt_len
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Config:
 
     lengths: list[int]           # window lengths in tokens
     stride: int | None = None    # sliding-window step; None = non-overlapping windows
-    data: str | None = None      # data spec (see longctx.evals.data); pydoc if None
+    data: str | None = None      # data spec (see longctx.evals.tasks.data); pydoc if None
     docs: int = 4                # single-document windows scored per length (the interval is over these)
     buckets: int = 8             # position buckets of the loss-by-position curve
     chunk_tokens: int = 1024     # positions per lm_head + cross-entropy step
@@ -51,27 +51,6 @@ class Config:
     context_parallel: bool = False  # several processes: each window's sequence split across all of them
     prefix: bool = True          # one forward of each longest window scores every shorter length on its prefix
                                  # (rope that does not depend on the sequence length, no stride; else separate)
-
-
-def token_nll(model, input_ids, *, chunk_tokens: int = 1024):
-    """Per-token NLL (nats, fp32) of tokens 1..T-1 of input_ids [1, T]: FloatTensor [T-1].
-
-    The decoder runs once without a KV cache; lm_head and the fp32 cross-entropy run on `chunk_tokens`
-    positions at a time, so the [T × vocab] logits never exist at once.
-    """
-    import torch
-
-    from longctx.loss import chunked_token_nll, logit_transform
-    from longctx.modeling import reset_rope_state
-
-    with torch.inference_mode():
-        reset_rope_state(model)  # dynamic NTK: score this window as a freshly loaded model would
-        input_ids = input_ids.to(model.device)
-        hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state  # [1, T, H]
-        head = model.get_output_embeddings()
-        # position T-1 predicts nothing: hidden states 0..T-2 score tokens 1..T-1
-        return chunked_token_nll(hidden[0, :-1], head.weight, input_ids[0, 1:], bias=getattr(head, "bias", None),
-                                 chunk=chunk_tokens, transform=logit_transform(model.config))
 
 
 def score_windows(model, prefix: list[int], tokens: list[int], window: int, stride: int, *, chunk_tokens: int,
@@ -131,7 +110,7 @@ def prefix_evaluation(model, cfg: Config) -> tuple[bool, str]:
     score exactly as a window of L would, as long as the rotary frequencies do not depend on the sequence length:
     dynamic NTK and LongRoPE pick them from it, so they keep separate forwards (`scoring.prefix_sharing_allowed`).
     """
-    from longctx.evals.scoring import prefix_sharing_allowed
+    from longctx.evals.tasks.scoring import prefix_sharing_allowed
 
     if not cfg.prefix:
         return False, "prefix evaluation is off"
@@ -209,10 +188,10 @@ def cell(key: str, length: int, name: str, cfg: Config, windows: list[dict], edg
 def run(model, tokenizer, cfg: Config, writer: ResultsWriter) -> list[dict]:
     """Every length's cell, finished ones read back from `writer`. A (length, window) is the unit of work:
     journaled when scored, shared between processes under data parallel (`parallel.run_units`); with
-    `context_parallel` every process scores every window together (`longctx.evals.context_parallel`)."""
+    `context_parallel` every process scores every window together (`longctx.evals.run.nll`)."""
     from tqdm.auto import tqdm
 
-    from longctx.evals.parallel import run_units
+    from longctx.evals.run.parallel import run_units
 
     if cfg.docs < 1:
         raise UsageError("--docs must be at least 1")
@@ -227,9 +206,7 @@ def run(model, tokenizer, cfg: Config, writer: ResultsWriter) -> list[dict]:
         print(f"ppl: a separate forward per length: {why}", file=sys.stderr)
     nll_fn = token_nll
     if cfg.context_parallel and todo:
-        from longctx.evals import context_parallel
-
-        nll_fn = context_parallel.nll_function(model, writer.world)
+        nll_fn = nll_function(model, writer.world)
     longest = max(cfg.lengths)
     plans = plan_windows(tokenizer, cfg, [longest] if shared else todo) if todo else {}
     if shared and todo:  # every length reads the longest length's windows, cut to its own length
@@ -327,12 +304,10 @@ class Perplexity(Task):
         return "; ".join(parts) or None
 
     def figures(self) -> list[Figure]:
-        from longctx.evals import plots
-
         return [Figure("ppl_vs_length.png", "Perplexity by context length (dashed: each model's trained length; bars: "
-                       "95% CI).", partial(plots.ppl_vs_length, task=self)),
+                       "95% CI).", "ppl_vs_length", self),
                 Figure("ppl_buckets.png", "Loss by token position at each model's longest evaluated length: where "
-                       "extrapolation breaks.", partial(plots.ppl_buckets, task=self), detail=True)]
+                       "extrapolation breaks.", "ppl_buckets", self, detail=True)]
 
 
 TASK = Perplexity()

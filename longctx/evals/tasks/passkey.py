@@ -23,7 +23,8 @@ import re
 from dataclasses import dataclass, field
 
 from longctx.errors import UsageError
-from longctx.evals.data import (
+from longctx.evals.tasks.base import RetrievalTask
+from longctx.evals.tasks.data import (
     AFTER_SENTENCE,
     AFTER_WORD,
     Piece,
@@ -33,8 +34,7 @@ from longctx.evals.data import (
     special_prefix,
     tokenize_pieces,
 )
-from longctx.evals.scoring import Graded, Prompt, Query, first_integer, wilson_interval
-from longctx.evals.task import RetrievalTask
+from longctx.evals.tasks.scoring import Graded, Prompt, Query, first_integer, wilson_interval
 
 TASK_LINE = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
              "I will quiz you about the important information there.")

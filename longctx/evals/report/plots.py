@@ -12,7 +12,8 @@ import math
 from pathlib import Path
 
 from longctx.errors import UsageError
-from longctx.evals.summary import ModelSummary, fmt_len
+from longctx.evals.report.load import ModelSummary
+from longctx.lengths import fmt_len
 
 DPI = 110
 HEATMAP_CMAP = "RdYlGn"   # red = fails, green = retrieves; the colour scale is fixed to 0..1 across panels

@@ -27,7 +27,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from longctx.errors import UsageError
-from longctx.evals.data import (
+from longctx.evals.tasks.base import RetrievalTask
+from longctx.evals.tasks.data import (
     AFTER_SENTENCE,
     AFTER_WORD,
     Piece,
@@ -36,9 +37,8 @@ from longctx.evals.data import (
     load_texts,
     special_prefix,
 )
-from longctx.evals.passkey import place
-from longctx.evals.scoring import Graded, Prompt, Query, contains_answer, wilson_interval
-from longctx.evals.task import RetrievalTask
+from longctx.evals.tasks.passkey import place
+from longctx.evals.tasks.scoring import Graded, Prompt, Query, contains_answer, wilson_interval
 
 NEEDLE = " The special magic number for {city} is {number}."
 QUESTION = "\n\nWhat is the special magic number for {city}? The special magic number for {city} is"
@@ -61,7 +61,7 @@ class Config:
     trials: int = 3                                        # haystacks/needles per (length, depth)
     needles: int = 1                                       # needles to retrieve, each asked for separately
     distractors: int = 0                                   # needle-like sentences about other cities
-    haystack: str | None = None                            # data spec (see longctx.evals.data); pydoc if None
+    haystack: str | None = None                            # data spec (see longctx.evals.tasks.data); pydoc if None
     mode: str = "forced"                                   # forced (one teacher-forced forward) or generate
     seed: int = 0
     share_prefix: bool = True                              # reuse the haystack's KV cache across depths

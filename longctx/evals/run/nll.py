@@ -1,4 +1,5 @@
-"""Context parallel for the perplexity pass: one window's sequence split across every process.
+"""The per-token NLL of one sequence: `token_nll` on one process, or split across every process (context
+parallel, `nll_function`) for the perplexity pass.
 
 For a window longer than one device holds (activations and KV grow with it; the weights do not):
 
@@ -7,7 +8,7 @@ For a window longer than one device holds (activations and KV grow with it; the 
     ACCELERATE_USE_CPU=true torchrun --standalone --nproc_per_node 2 -m longctx eval ppl ... --context-parallel
 
 Every process holds the whole model and scores every window together with the others (no window is shared
-out: that is data parallel, `longctx.evals.parallel`, for windows that fit one device). One process alone
+out: that is data parallel, `longctx.evals.run.parallel`, for windows that fit one device). One process alone
 scores as usual.
 
 How, with torch's engine (`torch.distributed.tensor.experimental.context_parallel`, SDPA, a 1-D DeviceMesh of
@@ -61,12 +62,31 @@ def refusal(model) -> str | None:
     return None
 
 
+def token_nll(model, input_ids, *, chunk_tokens: int = 1024):
+    """Per-token NLL (nats, fp32) of tokens 1..T-1 of input_ids [1, T]: FloatTensor [T-1].
+
+    The decoder runs once without a KV cache; lm_head and the fp32 cross-entropy run on `chunk_tokens`
+    positions at a time, so the [T × vocab] logits never exist at once.
+    """
+    import torch
+
+    from longctx.loss import chunked_token_nll, logit_transform
+    from longctx.modeling import reset_rope_state
+
+    with torch.inference_mode():
+        reset_rope_state(model)  # dynamic NTK: score this window as a freshly loaded model would
+        input_ids = input_ids.to(model.device)
+        hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state  # [1, T, H]
+        head = model.get_output_embeddings()
+        # position T-1 predicts nothing: hidden states 0..T-2 score tokens 1..T-1
+        return chunked_token_nll(hidden[0, :-1], head.weight, input_ids[0, 1:], bias=getattr(head, "bias", None),
+                                 chunk=chunk_tokens, transform=logit_transform(model.config))
+
+
 def nll_function(model, world):
     """A `token_nll` replacement that scores each window across every process of `world`; plain `token_nll`
     for one process."""
     from functools import partial
-
-    from longctx.evals.perplexity import token_nll
 
     if world.size == 1:
         print("ppl: context parallel with one process: plain forwards", file=sys.stderr)
@@ -81,7 +101,7 @@ def nll_function(model, world):
 
 
 def token_nll_split(model, input_ids, *, mesh, chunk_tokens: int = 1024):
-    """`perplexity.token_nll` of input_ids [1, T] with the sequence split across `mesh`: FloatTensor [T-1],
+    """`token_nll` of input_ids [1, T] with the sequence split across `mesh`: FloatTensor [T-1],
     the same on every process."""
     import torch
     import torch.nn.functional as F

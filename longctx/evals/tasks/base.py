@@ -3,7 +3,7 @@
 A task declares its settings (`Config`, whose fields are also its suite YAML keys and, where it adds them, its
 `longctx eval NAME` flags), runs its cells, and says how the report reads them: which records are comparable
 (`variant`), the number shown per length (`values`) with its interval (`ci95`), and its figures. The suite, the
-CLI, the summary, the report and the bench iterate over `longctx.evals.tasks()` and never name a task.
+CLI, the summary, the report and the bench iterate over `longctx.evals.tasks.all_tasks()` and never name a task.
 
 `kind` is what the verdict weighs a task as: the perplexity (one task, which also has `value(record)` and
 `windows_text(records)` for the verdict and the provenance lines) against retrieval (the mean of every
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from longctx.errors import UsageError
-from longctx.evals.scoring import run_grid, trial_seeds, wilson_interval
+from longctx.evals.tasks.scoring import run_grid, trial_seeds, wilson_interval
 
 PERPLEXITY, RETRIEVAL = "perplexity", "retrieval"
 DEPTHS_HELP = "needle depths: start:stop:count (0:1:5 = 0,.25,.5,.75,1), a count (11) or a list (0,0.5,1)"
@@ -30,11 +30,14 @@ DEPTHS_HELP = "needle depths: start:stop:count (0:1:5 = 0,.25,.5,.75,1), a count
 
 @dataclass(frozen=True)
 class Figure:
-    """One PNG of the report: `draw(models, path)` writes it and returns False when no model has its data."""
+    """One PNG of the report, drawn by the function named `plot` of `longctx.evals.report.plots` as
+    `plot(models, path, task)`, which returns False when no model has its data. A task names its figures; the
+    report draws them (so no task imports the report)."""
 
     file: str
     caption: str
-    draw: Callable
+    plot: str              # a function of longctx.evals.report.plots
+    task: Task
     detail: bool = False   # shown after every task's overview figures
 
 
@@ -212,6 +215,4 @@ class RetrievalTask(Task):
         return pooled_counts(records, *self.counts)
 
     def figures(self) -> list[Figure]:
-        from longctx.evals import plots
-
-        return [Figure(f"{self.name}_heatmaps.png", self.heatmap_caption, partial(plots.heatmaps, task=self))]
+        return [Figure(f"{self.name}_heatmaps.png", self.heatmap_caption, "heatmaps", self)]

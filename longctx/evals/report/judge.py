@@ -1,18 +1,15 @@
-"""Reading a results folder and judging each model: perplexity vs retrieval by length, effective length
-(RULER) and the verdict that flags SUPERFICIAL long context. Pure data, no rendering; `report.py` draws it."""
+"""Judging each model: perplexity vs retrieval by length, effective length (RULER) and the verdict that flags
+SUPERFICIAL long context, each decided only where its interval allows. Pure data, no rendering."""
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from longctx.errors import UsageError
-from longctx.evals import tasks
-from longctx.evals.intervals import (
+from longctx.evals.report.load import ModelSummary, perplexity_task, retrieval_tasks
+from longctx.evals.report.text import counts_text, fmt_ppl, ratio_text, rope_text
+from longctx.evals.tasks import all_tasks
+from longctx.evals.tasks.intervals import (
     ppl_ratio,
     separated,
     trials_to_decide,
@@ -20,11 +17,8 @@ from longctx.evals.intervals import (
     wilson_interval,
     windows_to_decide,
 )
-from longctx.evals.task import PERPLEXITY, RETRIEVAL, as_float
-from longctx.files import read_jsonl, sanitize
-from longctx.rope_methods import same_rope_up_to
-
-log = logging.getLogger(__name__)
+from longctx.lengths import fmt_len
+from longctx.rope_config import same_rope_up_to
 
 RETRIEVAL_OK = 0.85      # RULER's threshold: a length counts as usable when retrieval's lower bound clears it
 RETRIEVAL_FAILED = 0.5   # an in-window control whose upper bound is below this cannot judge an extension
@@ -32,153 +26,6 @@ PPL_HOLDS = 1.25         # ppl(L) / in-distribution ppl: its interval <= 1.25 me
 PPL_BROKEN = 2.0         # its interval above 2: the model breaks at L
 SEPARATION = 0.1         # SUPERFICIAL: retrieval's upper bound at L this far below the control's lower bound
 
-
-@dataclass
-class ModelSummary:
-    """Everything the report says about one model folder; lengths are dict keys in tokens."""
-
-    label: str
-    meta: dict                                  # model.json
-    cells: dict[str, dict[tuple, list[dict]]]   # task -> variant -> records (one per key, the last line wins)
-    series: dict[str, tuple] = field(default_factory=dict)   # task -> variant shown in the table
-    values: dict[str, dict[int, float]] = field(default_factory=dict)  # task -> length -> number in its table
-    ci95: dict[str, dict[int, list[float]]] = field(default_factory=dict)  # task -> length -> 95% interval
-    retrieval: dict[int, float] = field(default_factory=dict)  # mean of the retrieval tasks where they exist
-    ppl_ref: float | None = None                # perplexity at the longest evaluated length <= trained
-    status: dict[int, str] = field(default_factory=dict)      # length -> in-distribution/extends/...
-    flags: list[dict] = field(default_factory=list)
-    effective_length: int | None = None
-    verdict: str = ""
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)             # verdict caveats, said before the verdict
-    runs: list[dict] = field(default_factory=list)              # runs.jsonl: command, commit, machine, wall time
-    counts: dict[int, tuple[int, int]] = field(default_factory=dict)  # retrieval (correct, trials) pooled by length
-    ref_length: int | None = None               # where ppl_ref was measured
-    ratios: dict[int, dict] = field(default_factory=dict)     # length -> ppl / ppl_ref with its interval
-    control: dict | None = None                 # in-window retrieval {length, counts, from: other label or None}
-    same_as: str | None = None                  # a model whose rope equals this one's up to the trained length
-    decisions: dict[int, str] = field(default_factory=dict)   # length beyond trained -> why its status
-
-    @property
-    def trained(self) -> int | None:
-        return _positive_int(self.meta.get("trained_length"))
-
-    @property
-    def claimed(self) -> int | None:
-        return _positive_int(self.meta.get("claimed_length"))
-
-    @property
-    def ppl_series(self) -> tuple | None:
-        task = perplexity_task()
-        return self.series.get(task.name) if task else None
-
-    def records(self, task: str) -> list[dict]:
-        """Cells of the variant of `task` that the table shows."""
-        return self.cells.get(task, {}).get(self.series.get(task), [])
-
-    def latest(self, task: str) -> dict[int, dict]:
-        """Length -> the table's record there (the last written, where older keys share a length)."""
-        return {r["length"]: r for r in sorted(self.records(task), key=lambda r: r["length"])}
-
-    def lengths(self) -> list[int]:
-        """Every length some task has a number at."""
-        return sorted(set().union(*self.values.values()))
-
-    def ppl_value(self, length: int) -> float | None:
-        task = perplexity_task()
-        return self.values.get(task.name, {}).get(length) if task else None
-
-
-def perplexity_task():
-    """The task whose perplexity the verdict weighs against retrieval, or None."""
-    return next((task for task in tasks().values() if task.kind == PERPLEXITY), None)
-
-
-def retrieval_tasks() -> list:
-    return [task for task in tasks().values() if task.kind == RETRIEVAL]
-
-
-def _positive_int(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def fmt_len(length: int) -> str:
-    """4096 -> '4K', 1536 -> '1.5K', 1000 -> '1000': how context lengths are usually spoken of."""
-    if length >= 1024 and length % 512 == 0:
-        return f"{length / 1024:g}K"
-    return str(length)
-
-
-def fmt_ppl(ppl: float | None) -> str:
-    if ppl is None:
-        return "–"
-    if not math.isfinite(ppl):
-        return "inf"
-    return f"{ppl:.2f}" if ppl < 100 else f"{ppl:.0f}" if ppl < 1e5 else f"{ppl:.1e}"
-
-
-# --- reading results ---------------------------------------------------------------------------------
-
-def read_cells(path: Path, task, warnings: list[str]) -> dict[tuple, list[dict]]:
-    """Variant -> records of one task file; lines that do not parse (a killed run) and records without a length
-    are skipped with a warning, and the last line of a key wins."""
-    by_key: dict[str, dict] = {}
-    for index, record in enumerate(read_jsonl(path, repair=False, skipped=warnings)):
-        key = str(record.get("key") or f"record {index}")
-        if _positive_int(record.get("length")) is None:
-            warnings.append(f"{path.name}: {key} has no positive integer `length`: skipped")
-            continue
-        by_key.pop(key, None)  # re-insert so the order follows the last write
-        by_key[key] = record
-    cells: dict[tuple, list[dict]] = {}
-    for record in by_key.values():
-        cells.setdefault(task.variant(record), []).append(record)
-    return cells
-
-
-def load_model_folder(folder: Path) -> ModelSummary:
-    warnings: list[str] = []
-    meta: dict = {}
-    meta_path = folder / "model.json"
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            warnings.append(f"model.json is not valid JSON ({exc}): trained/claimed lengths unknown")
-        if not isinstance(meta, dict):
-            meta = {}
-    else:
-        warnings.append("no model.json: trained/claimed lengths unknown")
-    cells = {}
-    for task in tasks().values():
-        variants = read_cells(folder / f"{task.name}.jsonl", task, warnings)
-        if variants:
-            cells[task.name] = variants
-    runs = read_jsonl(folder / "runs.jsonl", repair=False)  # a report only reads: a torn last line is skipped
-    for message in warnings:
-        log.warning("longctx report: %s: %s", folder.name, message)
-    return ModelSummary(label=str(meta.get("label") or folder.name), meta=meta, cells=cells, warnings=warnings,
-                        runs=runs)
-
-
-def load_results(results_dir: Path) -> list[ModelSummary]:
-    """One ModelSummary per model folder (sorted by folder name); RESULTS_DIR may also be one model folder."""
-    results_dir = Path(results_dir)
-    hint = "run `longctx eval suite ...` first"
-    if not results_dir.is_dir():
-        raise UsageError(f"no results in {results_dir} (not a directory): {hint}")
-
-    def is_model_folder(folder: Path) -> bool:
-        return (folder / "model.json").is_file() or any((folder / f"{t}.jsonl").is_file() for t in tasks())
-
-    folders = [results_dir] if is_model_folder(results_dir) else sorted(
-        p for p in results_dir.iterdir() if p.is_dir() and is_model_folder(p))
-    if not folders:
-        raise UsageError(f"no results in {results_dir}: {hint}")
-    return [load_model_folder(folder) for folder in folders]
-
-
-# --- judging ------------------------------------------------------------------------------------------
 
 def primary_variant(models: list[ModelSummary], task: str) -> tuple | None:
     """The variant evaluated at the most (model, length) pairs, so every model is compared on the same series."""
@@ -221,21 +68,6 @@ def _ppl_state(ratio: dict | None) -> str | None:
     if high <= PPL_HOLDS:
         return "holds"
     return "high" if low > PPL_HOLDS else "unsure"
-
-
-def ratio_text(ratio: dict) -> str:
-    if not math.isfinite(ratio["ratio"]):
-        return "ppl inf"
-    ci = ratio.get("ci95")
-    interval = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else " (no interval)"
-    how = "paired" if ratio.get("paired") else "unpaired"
-    n = f", {ratio['n']} windows" if ratio.get("n") else ""
-    return f"ppl ×{ratio['ratio']:.2f}{interval} of in-distribution ({how}{n})"
-
-
-def counts_text(counts: tuple[int, int]) -> str:
-    low, high = wilson_interval(*counts)
-    return f"{counts[0]}/{counts[1]} [{low:.2f}, {high:.2f}]"
 
 
 def _more(count: int | None, what: str, where: str = "") -> str:
@@ -321,7 +153,7 @@ def _ratios(model: ModelSummary) -> dict[int, dict]:
 def summarize(model: ModelSummary, primaries: dict[str, tuple | None]) -> None:
     """The per-length numbers of one model (its verdict needs every model: `judge`)."""
     model.series = {task: _pick(model, task, primaries.get(task)) for task in model.cells}
-    for task in tasks().values():
+    for task in all_tasks().values():
         model.values[task.name] = task.values(model.records(task.name))
         model.ci95[task.name] = task.ci95(model.records(task.name))
     by_task = [model.values[task.name] for task in retrieval_tasks()]
@@ -472,76 +304,10 @@ def _cell_warnings(model: ModelSummary) -> list[str]:
 
 
 def build_summary(models: list[ModelSummary]) -> list[ModelSummary]:
-    primaries = {task: primary_variant(models, task) for task in tasks()}
+    primaries = {task: primary_variant(models, task) for task in all_tasks()}
     for model in models:
         summarize(model, primaries)
     _controls(models)
     for model in models:
         judge(model)
     return models
-
-
-def ppl_windows_text(model: ModelSummary) -> str | None:
-    """Which documents the perplexity windows came from, per length: '2K: 2 windows (a.txt, b.txt); …'."""
-    task = perplexity_task()
-    return task and task.windows_text(model.records(task.name))
-
-
-def run_text(run: dict) -> str:
-    """One evaluation run in a line: command, commit, machine, wall time."""
-    commit = str(run.get("commit") or "unknown")[:12] + (" (modified)" if run.get("dirty") else "")
-    machine = run.get("machine") if isinstance(run.get("machine"), dict) else {}
-    where = ", ".join(str(x) for x in (machine.get("gpu") or machine.get("cpu"),
-                                       machine.get("cores") and f"{machine['cores']} cores",
-                                       machine.get("torch") and f"torch {machine['torch']}") if x)
-    world = run.get("world")
-    if isinstance(world, int) and world > 1:  # launched as several processes (longctx.evals.parallel)
-        where = f"{where or 'machine unknown'} × {world} processes"
-    seconds = as_float(run.get("wall_seconds"))
-    wall = f"{seconds / 60:.1f} min" if seconds is not None else "?"
-    return f"`{run.get('command')}` · commit {commit} · {where or 'machine unknown'} · {wall} · {run.get('started', '')}"
-
-
-def rope_text(rope: dict | None) -> str:
-    if not isinstance(rope, dict) or not rope:
-        return "–"
-    text = str(rope.get("rope_type") or rope.get("type") or "default")
-    theta = as_float(rope.get("rope_theta"))
-    if theta is not None:
-        text += " θ=" + f"{theta:.4g}".replace("e+0", "e").replace("e+", "e")  # 1e5, 5e5, 1.25e6
-    factor = as_float(rope.get("factor"))
-    if factor is not None:
-        text += f" ×{factor:g}"
-    return text
-
-
-def summary_json(models: list[ModelSummary], title: str, figures: list[str]) -> dict:
-    from longctx import __version__
-
-    rows = []
-    for m in models:
-        by_length = []
-        for n in m.lengths():
-            row = {"length": n}
-            for task in tasks():
-                row[task] = m.values.get(task, {}).get(n)
-                row[f"{task}_ci95"] = m.ci95.get(task, {}).get(n)
-            ratio = m.ratios.get(n)
-            by_length.append({**row, "retrieval": m.retrieval.get(n),
-                              "retrieval_counts": list(m.counts[n]) if n in m.counts else None,
-                              "retrieval_ci95": wilson_interval(*m.counts[n]) if n in m.counts else None,
-                              "ppl_ratio": ratio and ratio["ratio"], "ppl_ratio_ci95": ratio and ratio.get("ci95"),
-                              "ppl_ratio_paired": ratio and ratio.get("paired"),
-                              "status": m.status.get(n), "decision": m.decisions.get(n)})
-        rows.append({"label": m.label, "source": m.meta.get("source"), "trained_length": m.trained,
-                     "claimed_length": m.claimed, "rope": m.meta.get("rope"),
-                     "series": {task: tasks()[task].variant_name(variant) for task, variant in m.series.items()},
-                     "ppl_ref": m.ppl_ref, "ppl_ref_length": m.ref_length, "by_length": by_length,
-                     "control": m.control and {**m.control, "counts": list(m.control["counts"])},
-                     "same_rope_as": m.same_as, "effective_length": m.effective_length,
-                     "verdict": m.verdict, "superficial": bool(m.flags), "flags": m.flags, "warnings": m.warnings,
-                     "ppl_windows": ppl_windows_text(m), "runs": m.runs})
-    # an infinite perplexity is a result: "inf" (JSON parsers outside Python reject Infinity and NaN)
-    return sanitize({"title": title, "longctx_version": __version__, "thresholds": {
-        "retrieval_ok": RETRIEVAL_OK, "retrieval_failed": RETRIEVAL_FAILED, "ppl_holds": PPL_HOLDS,
-        "ppl_broken": PPL_BROKEN, "separation": SEPARATION}, "models": rows, "figures": figures}, inf_as_text=True)

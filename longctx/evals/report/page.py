@@ -1,6 +1,6 @@
 """`longctx report RESULTS_DIR`: one page that compares every evaluated model and says whether it worked.
 
-Reads `RESULTS_DIR/<label>/model.json` and `<task>.jsonl` (one per task of `longctx.evals.tasks()`) as written
+Reads `RESULTS_DIR/<label>/model.json` and `<task>.jsonl` (one per task of `longctx.evals.tasks.all_tasks()`) as written
 by `longctx eval`, and writes `report.html` (templates/report.html.j2, self-contained: figures embedded as data
 URIs, so it can be mailed), `report.md` (same content, linking the PNGs beside it), `summary.json` (the table
 and flags for machines) and the PNGs. Every task contributes its table, its figures and its summary.json columns.
@@ -21,27 +21,22 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from longctx.evals import tasks
-from longctx.evals.summary import (  # the data model and judging rules the page renders
+from longctx.evals.report import plots
+from longctx.evals.report.judge import (  # the judging rules the page explains
     PPL_BROKEN,
     PPL_HOLDS,
     RETRIEVAL_FAILED,
     RETRIEVAL_OK,
     SEPARATION,
-    ModelSummary,
     build_summary,
-    fmt_len,
-    fmt_ppl,
-    load_results,
-    perplexity_task,
-    ppl_windows_text,
-    retrieval_tasks,
-    rope_text,
-    run_text,
-    summary_json,
 )
-from longctx.evals.task import PERPLEXITY, RETRIEVAL
+from longctx.evals.report.load import ModelSummary, load_results, perplexity_task, retrieval_tasks
+from longctx.evals.report.summary_json import summary_json
+from longctx.evals.report.text import fmt_ppl, ppl_windows_text, rope_text, run_text
+from longctx.evals.tasks import all_tasks
+from longctx.evals.tasks.base import PERPLEXITY, RETRIEVAL
 from longctx.files import partial_dir, replace_into_place
+from longctx.lengths import fmt_len
 from longctx.locks import output_lock
 
 STATUS_BADGE = {"superficial": "bad", "breaks": "warn", "degrades": "warn", "inconclusive": "neutral",
@@ -67,7 +62,7 @@ def _ppl_colour(model: ModelSummary, length: int) -> str | None:
 
 def _columns(models: list[ModelSummary]) -> list[tuple]:
     """(task, lengths) for each task some model has numbers of, lengths the union over models."""
-    columns = [(task, sorted(set().union(*(m.values.get(task.name, {}) for m in models)))) for task in tasks().values()]
+    columns = [(task, sorted(set().union(*(m.values.get(task.name, {}) for m in models)))) for task in all_tasks().values()]
     return [(task, lengths) for task, lengths in columns if lengths]
 
 
@@ -109,11 +104,11 @@ def render_html(models: list[ModelSummary], context: dict, images: dict[str, str
 
 
 def _captions() -> dict[str, str]:
-    return {figure.file: figure.caption for task in tasks().values() for figure in task.figures()}
+    return {figure.file: figure.caption for task in all_tasks().values() for figure in task.figures()}
 
 
 def _legend(models: list[ModelSummary]) -> str:
-    shown = dict.fromkeys(f"{t.label} {t.variant_name(m.series[t.name])}" for t in tasks().values() for m in models
+    shown = dict.fromkeys(f"{t.label} {t.variant_name(m.series[t.name])}" for t in all_tasks().values() for m in models
                           if t.name in m.series)
     return _retrieval_legend() + (f" Series in the table: {'; '.join(shown)}." if shown else "")
 
@@ -256,9 +251,9 @@ def write_report(results_dir: Path | str, out_dir: Path | str | None = None, tit
 
 def _write_report(models, results_dir: Path, out_dir: Path, tmp: Path, title: str) -> list[Path]:
     figures: list[str] = []
-    every = [figure for task in tasks().values() for figure in task.figures()]
+    every = [figure for task in all_tasks().values() for figure in task.figures()]
     for figure in sorted(every, key=lambda figure: figure.detail):  # each task's overview first, then details
-        if figure.draw(models, tmp / figure.file):
+        if getattr(plots, figure.plot)(models, tmp / figure.file, figure.task):
             figures.append(figure.file)
 
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

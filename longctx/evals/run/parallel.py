@@ -9,7 +9,7 @@ Launched with several processes, `longctx eval` shares every task between them; 
 Data parallel (the default) fits a model whose longest window fits one device: each process loads the whole
 model on its own device (`accelerate.PartialState().device`) and computes a share of the work; the results
 are those of one process (same cells, same numbers). Context parallel (perplexity's `context_parallel`, see
-`longctx.evals.context_parallel`) is for a window longer than one device holds: every process works on every
+`longctx.evals.run.nll`) is for a window longer than one device holds: every process works on every
 window, each holding a slice of its sequence.
 
 Work units. A unit is what one journal record holds: a retrieval (length, trial), i.e. every depth of one

@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from longctx import rope_config, rope_methods
-from longctx.evals.intervals import wilson_interval  # noqa: F401  (re-exported: passkey, niah, task use it)
-from longctx.evals.results import ResultsWriter, cell_key, format_value
+from longctx.evals.run.results import ResultsWriter, cell_key, format_value
+from longctx.evals.tasks.intervals import wilson_interval  # noqa: F401  (re-exported: passkey, niah, task use it)
 
 
 @dataclass
@@ -251,7 +251,7 @@ def run_grid(model, tokenizer, writer: ResultsWriter, *, task: str, lengths: lis
     """
     from tqdm.auto import tqdm
 
-    from longctx.evals.parallel import run_units
+    from longctx.evals.run.parallel import run_units
 
     main = writer.world.main
     grading = grading_warnings(model, mode)

@@ -1,0 +1,42 @@
+"""summary.json: the report's tables, statuses and flags for machines (the page's numbers, nothing more)."""
+
+from __future__ import annotations
+
+from longctx.evals.report.judge import PPL_BROKEN, PPL_HOLDS, RETRIEVAL_FAILED, RETRIEVAL_OK, SEPARATION
+from longctx.evals.report.load import ModelSummary
+from longctx.evals.report.text import ppl_windows_text
+from longctx.evals.tasks import all_tasks
+from longctx.evals.tasks.intervals import wilson_interval
+from longctx.files import sanitize
+
+
+def summary_json(models: list[ModelSummary], title: str, figures: list[str]) -> dict:
+    from longctx import __version__
+
+    rows = []
+    for m in models:
+        by_length = []
+        for n in m.lengths():
+            row = {"length": n}
+            for task in all_tasks():
+                row[task] = m.values.get(task, {}).get(n)
+                row[f"{task}_ci95"] = m.ci95.get(task, {}).get(n)
+            ratio = m.ratios.get(n)
+            by_length.append({**row, "retrieval": m.retrieval.get(n),
+                              "retrieval_counts": list(m.counts[n]) if n in m.counts else None,
+                              "retrieval_ci95": wilson_interval(*m.counts[n]) if n in m.counts else None,
+                              "ppl_ratio": ratio and ratio["ratio"], "ppl_ratio_ci95": ratio and ratio.get("ci95"),
+                              "ppl_ratio_paired": ratio and ratio.get("paired"),
+                              "status": m.status.get(n), "decision": m.decisions.get(n)})
+        rows.append({"label": m.label, "source": m.meta.get("source"), "trained_length": m.trained,
+                     "claimed_length": m.claimed, "rope": m.meta.get("rope"),
+                     "series": {task: all_tasks()[task].variant_name(variant) for task, variant in m.series.items()},
+                     "ppl_ref": m.ppl_ref, "ppl_ref_length": m.ref_length, "by_length": by_length,
+                     "control": m.control and {**m.control, "counts": list(m.control["counts"])},
+                     "same_rope_as": m.same_as, "effective_length": m.effective_length,
+                     "verdict": m.verdict, "superficial": bool(m.flags), "flags": m.flags, "warnings": m.warnings,
+                     "ppl_windows": ppl_windows_text(m), "runs": m.runs})
+    # an infinite perplexity is a result: "inf" (JSON parsers outside Python reject Infinity and NaN)
+    return sanitize({"title": title, "longctx_version": __version__, "thresholds": {
+        "retrieval_ok": RETRIEVAL_OK, "retrieval_failed": RETRIEVAL_FAILED, "ppl_holds": PPL_HOLDS,
+        "ppl_broken": PPL_BROKEN, "separation": SEPARATION}, "models": rows, "figures": figures}, inf_as_text=True)
