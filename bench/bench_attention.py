@@ -55,7 +55,10 @@ def run(opts) -> dict:
         row = {"length": length}
         for backend in BACKENDS:
             if backend == "MATH" and on_gpu and length > 16384:  # its [T × T] scores would not fit
-                row[backend] = {"backend": backend, "skipped": f"not run: [T×T] scores need {length**2 * heads * 2 / common.GB:.0f} GB"}
+                row[backend] = {
+                    "backend": backend,
+                    "skipped": f"not run: [T×T] scores need {length**2 * heads * 2 / common.GB:.0f} GB",
+                }
                 continue
             row[backend] = time_backend(backend, length, heads, head_dim, device)
         rows.append(row)
@@ -73,8 +76,11 @@ def markdown(section: dict) -> str:
         cells = [r["length"]]
         for backend in BACKENDS:
             result = r[backend]
-            cells.append(f"{common.fmt_seconds(result['seconds'])} ({common.fmt_flops(result['flops_per_s'])})" if "seconds" in result
-                         else (result.get("skipped") or f"failed: {result.get('error', '').split('. ')[0]}"))
+            cells.append(
+                f"{common.fmt_seconds(result['seconds'])} ({common.fmt_flops(result['flops_per_s'])})"
+                if "seconds" in result
+                else (result.get("skipped") or f"failed: {result.get('error', '').split('. ')[0]}")
+            )
         rows.append(cells)
     out.append(common.table(["length", *BACKENDS], rows))
     out.append("\nGrowth (least-squares fit of log time on log length):\n")

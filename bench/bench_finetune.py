@@ -4,7 +4,8 @@ Both start from the same model built by `longctx.train.model.build_model` (same 
 r=8 on q/k/v/o, same gradient-checkpointing setting), train on the same packed rows (`PackedRows` of the
 pydoc corpus; the Trainer gets the labels shifted the way transformers expects) with the same optimizer
 settings (AdamW β=(0.9, 0.95), lr 2e-4, cosine, clip 1.0), batch 1; the Trainer keeps its default `optim`
-(transformers 5: `adamw_torch_fused`, the kernel longctx uses too), as its users would. longctx runs `longctx.train.loop.train` (the
+(transformers 5: `adamw_torch_fused`, the kernel longctx uses too), as its users would. longctx runs
+`longctx.train.loop.train` (the
 loop of `longctx.train.finetune`: accelerate, chunked cross-entropy from hidden states); the baseline runs
 `Trainer.train` (the model's own loss over full logits). Each variant runs in a fresh process; tokens/s is
 measured over the steps after `warmup` (end of one optimizer step to the end of the next, data included).
@@ -54,13 +55,16 @@ def build(args, model: str, device: str):
 
     if model == "smollm2":
         return build_model(args, None, preflight(args, None), device=device)
+    from longctx.checkpoint_files import read_config_json
     from longctx.modeling import load_tokenizer
-    from longctx.sources import read_config_json, smollm2_checkpoint
+    from longctx.sources import smollm2_checkpoint
     from longctx.train.model import Built, prepare_for_training, weights_dtype
 
     source = smollm2_checkpoint()
     dtype = "bf16" if str(weights_dtype(args, device)).endswith("bfloat16") else "fp32"
-    hf = prepare_for_training(common.random_llama(model, device, dtype, max(args.data.seq_len, 8192)).train(), args, None)
+    hf = prepare_for_training(
+        common.random_llama(model, device, dtype, max(args.data.seq_len, 8192)).train(), args, None
+    )
     return Built(hf, load_tokenizer(source), source, read_config_json(source), args.data.seq_len, args.data.seq_len)
 
 
@@ -71,10 +75,20 @@ def summarize_steps(step_seconds: list[float], tokens_per_step: int, warmup: int
 
     measured = step_seconds[warmup:]
     if not measured or min(measured) <= 0:
-        return {"step_seconds": step_seconds, "measured_steps": len(measured), "tokens_per_s": None, "seconds_per_step": None}
+        return {
+            "step_seconds": step_seconds,
+            "measured_steps": len(measured),
+            "tokens_per_s": None,
+            "seconds_per_step": None,
+        }
     median = statistics.median(measured)
-    return {"step_seconds": step_seconds, "measured_steps": len(measured), "seconds_per_step": median,
-            "tokens_per_s": tokens_per_step / median, "tokens_per_s_mean": tokens_per_step * len(measured) / sum(measured)}
+    return {
+        "step_seconds": step_seconds,
+        "measured_steps": len(measured),
+        "seconds_per_step": median,
+        "tokens_per_s": tokens_per_step / median,
+        "tokens_per_s_mean": tokens_per_step * len(measured) / sum(measured),
+    }
 
 
 class PeakBeforeFinalSave(Callback):
@@ -121,7 +135,9 @@ def hf_rows(args, built, n: int) -> list[dict]:
     from longctx.train.data import IGNORE_INDEX, PackedRows
 
     rows = []
-    for row in PackedRows(load_documents(args.data.data, args.data.text_field), built.tokenizer, built.seq_len, seed=args.train.seed).rows():
+    for row in PackedRows(
+        load_documents(args.data.data, args.data.text_field), built.tokenizer, built.seq_len, seed=args.train.seed
+    ).rows():
         aligned = row["labels"]  # aligned[t] = target of position t
         labels = torch.cat([torch.tensor([IGNORE_INDEX]), aligned[:-1]])  # HF: labels[t + 1] is the target of t
         rows.append({"input_ids": row["input_ids"], "position_ids": row["position_ids"], "labels": labels})
@@ -151,12 +167,29 @@ def run_trainer(args, built, device: str, warmup: int) -> dict:
     order = {"train_sampling_strategy": "sequential"} if "train_sampling_strategy" in {
         f.name for f in dataclasses.fields(TrainingArguments)} else {}
     training_args = TrainingArguments(
-        output_dir=args.train.out, per_device_train_batch_size=t.batch_size, max_steps=t.max_steps,
-        learning_rate=t.lr, lr_scheduler_type="cosine", warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
-        adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2, max_grad_norm=t.max_grad_norm,  # its default optim
-        logging_steps=1, save_strategy="no", report_to=[], bf16=device.startswith("cuda"), use_cpu=not device.startswith("cuda"),
-        dataloader_num_workers=0, remove_unused_columns=False, label_names=["labels"], seed=t.seed, disable_tqdm=True,
-        gradient_checkpointing=False, **order)  # build_model already enabled checkpointing where asked
+        output_dir=args.train.out,
+        per_device_train_batch_size=t.batch_size,
+        max_steps=t.max_steps,
+        learning_rate=t.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
+        max_grad_norm=t.max_grad_norm,  # its default optim
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        bf16=device.startswith("cuda"),
+        use_cpu=not device.startswith("cuda"),
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        seed=t.seed,
+        disable_tqdm=True,
+        gradient_checkpointing=False,
+        **order,
+    )  # build_model already enabled checkpointing where asked
     dataset = hf_rows(args, built, t.max_steps * t.batch_size)
     trainer = Trainer(model=built.model, args=training_args, train_dataset=dataset, data_collator=default_data_collator,
                       callbacks=[StepClock()])
@@ -252,7 +285,9 @@ def run(opts) -> dict:
             for impl in ("longctx", "trainer"):
                 row[impl] = pooled(runs[impl], seq_len, warmup)
                 if datasheet and row[impl].get("tokens_per_s"):
-                    row[impl]["mfu_vs_datasheet"] = flops.mfu(row[impl]["flops_per_token"], row[impl]["tokens_per_s"], datasheet)
+                    row[impl]["mfu_vs_datasheet"] = flops.mfu(
+                        row[impl]["flops_per_token"], row[impl]["tokens_per_s"], datasheet
+                    )
             a, b = row["longctx"], row["trainer"]
             if a.get("tokens_per_s") and b.get("tokens_per_s"):
                 row["speedup"] = a["tokens_per_s"] / b["tokens_per_s"]
@@ -275,8 +310,18 @@ def run(opts) -> dict:
             done = [(r["seq_len"], r[impl]["seconds_per_step"]) for r in rows
                     if r["finetune"] == finetune and r[impl].get("seconds_per_step")]
             growth[f"{finetune} {impl}"] = common.growth_exponent([n for n, _ in done], [t for _, t in done])
-    return {"model": model, "device": device, "steps": steps, "warmup": warmup, "order": list(order), "matmul_ceiling": ceiling,
-            "datasheet_peak_flops": datasheet, "rows": rows, "growth_exponent": growth, "targets": targets(rows, on_gpu)}
+    return {
+        "model": model,
+        "device": device,
+        "steps": steps,
+        "warmup": warmup,
+        "order": list(order),
+        "matmul_ceiling": ceiling,
+        "datasheet_peak_flops": datasheet,
+        "rows": rows,
+        "growth_exponent": growth,
+        "targets": targets(rows, on_gpu),
+    }
 
 
 def targets(rows: list[dict], on_gpu: bool) -> dict:
@@ -304,8 +349,13 @@ def run_spread(rows: list[dict]) -> float | None:
 
 def optimizers(section: dict) -> str:
     """'longctx AdamW (fused), Trainer AdamW (fused)' from what the runs recorded."""
-    names = {impl: sorted({r[impl].get("optimizer") or "not recorded" for r in section["rows"]}) for impl in ("longctx", "trainer")}
-    return ", ".join(f"{label} {' / '.join(names[impl])}" for impl, label in (("longctx", "longctx"), ("trainer", "Trainer")))
+    names = {
+        impl: sorted({r[impl].get("optimizer") or "not recorded" for r in section["rows"]})
+        for impl in ("longctx", "trainer")
+    }
+    return ", ".join(
+        f"{label} {' / '.join(names[impl])}" for impl, label in (("longctx", "longctx"), ("trainer", "Trainer"))
+    )
 
 
 def _mfu(result: dict, key: str) -> str | None:
@@ -314,21 +364,31 @@ def _mfu(result: dict, key: str) -> str | None:
 
 def markdown(section: dict) -> str:
     ceiling = section["matmul_ceiling"]
-    out = ["## Fine-tune step: longctx training loop vs transformers `Trainer`\n",
-           f"Model: `{section['model']}` on `{section['device']}`, batch 1, AdamW, {section['warmup']} warm-up step(s) then "
-           f"{section['steps']} measured steps per run, each run in a fresh process, "
-           + (f"runs in the order {' → '.join(section['order'])} per setting (a drift of the machine hits both alike), "
-              "tokens/s from the median of every measured step of an implementation's runs"
-              if len(section.get("order", ())) > 2 else "tokens/s from the median measured step")
-           + " (data loading included). MFU counts PaLM's "
-           "6N + 12·L·H·Q·T FLOPs/token for full fine-tuning and 4N + 12·L·H·Q·T for LoRA (N = non-embedding "
-           "parameters; frozen weights get no weight-gradient matmul), against the matmul ceiling measured in this "
-           f"run: {ceiling['op']} = {common.fmt_flops(ceiling['flops_per_s'])} (the higher of before and after the "
-           f"fine-tune runs: {', '.join(common.fmt_flops(x) for x in ceiling.get('before_and_after_flops_per_s', []))})"
-           + (f" (data-sheet peak {section['datasheet_peak_flops'] / 1e12:.0f} TFLOP/s also shown)" if section.get("datasheet_peak_flops") else
-              " (labelled *MFU vs measured CPU peak*: there is no data-sheet number for a CPU)")
-           + ". Peak memory = above the loaded model, longctx's read before its final checkpoint save. Optimizer: "
-           + optimizers(section) + ".\n"]
+    out = [
+        "## Fine-tune step: longctx training loop vs transformers `Trainer`\n",
+        f"Model: `{section['model']}` on `{section['device']}`, batch 1, AdamW, {section['warmup']} warm-up step(s) "
+        "then "
+        f"{section['steps']} measured steps per run, each run in a fresh process, "
+        + (
+            f"runs in the order {' → '.join(section['order'])} per setting (a drift of the machine hits both alike), "
+            "tokens/s from the median of every measured step of an implementation's runs"
+            if len(section.get("order", ())) > 2
+            else "tokens/s from the median measured step"
+        )
+        + " (data loading included). MFU counts PaLM's "
+        "6N + 12·L·H·Q·T FLOPs/token for full fine-tuning and 4N + 12·L·H·Q·T for LoRA (N = non-embedding "
+        "parameters; frozen weights get no weight-gradient matmul), against the matmul ceiling measured in this "
+        f"run: {ceiling['op']} = {common.fmt_flops(ceiling['flops_per_s'])} (the higher of before and after the "
+        f"fine-tune runs: {', '.join(common.fmt_flops(x) for x in ceiling.get('before_and_after_flops_per_s', []))})"
+        + (
+            f" (data-sheet peak {section['datasheet_peak_flops'] / 1e12:.0f} TFLOP/s also shown)"
+            if section.get("datasheet_peak_flops")
+            else " (labelled *MFU vs measured CPU peak*: there is no data-sheet number for a CPU)"
+        )
+        + ". Peak memory = above the loaded model, longctx's read before its final checkpoint save. Optimizer: "
+        + optimizers(section)
+        + ".\n",
+    ]
     rows = []
     for r in section["rows"]:
         a, b = r["longctx"], r["trainer"]
@@ -348,11 +408,14 @@ def markdown(section: dict) -> str:
     out.append("\nGrowth of seconds per step (least-squares fit of log time on log sequence length):\n")
     for name, k in section["growth_exponent"].items():
         out.append(common.growth_line(name, k, "seq_len"))
-    t = targets(section["rows"], str(section["device"]).startswith("cuda"))  # from the rows: --render of older results too
+    # from the rows: --render of older results too
+    t = targets(section["rows"], str(section["device"]).startswith("cuda"))
     longest = max(r["seq_len"] for r in section["rows"])
     vocab = common.SHAPES[section["model"]]["vocab_size"] if section["model"] in common.SHAPES else 49152
     logits = longest * vocab * 4
-    out.append(f"\nTargets (issue #5): ≥ {TARGET_SPEEDUP:g}× the Trainer's tokens/s; LoRA MFU ≥ 40% at 8K on one H100.\n")
+    out.append(
+        f"\nTargets (issue #5): ≥ {TARGET_SPEEDUP:g}× the Trainer's tokens/s; LoRA MFU ≥ 40% at 8K on one H100.\n"
+    )
     if t["worst_speedup"] is None:
         out.append("- speed: not evaluated (no setting where both ran)")
     else:
@@ -372,6 +435,12 @@ def markdown(section: dict) -> str:
                    f"{t['geomean_speedup']:.3f}× over the settings; runs of the same implementation differ by up to "
                    + (f"{100 * spread:.0f}%" if spread is not None else "? (one run each)")
                    + f" → **{t.get('parity', 'missed')}**")
-    out.append("- LoRA MFU at 8K on an H100: " + (f"{100 * t['lora_mfu_8k_gpu']:.1f}%" if t["lora_mfu_8k_gpu"] is not None
-                                                 else "not measured (no GPU in this run)"))
+    out.append(
+        "- LoRA MFU at 8K on an H100: "
+        + (
+            f"{100 * t['lora_mfu_8k_gpu']:.1f}%"
+            if t["lora_mfu_8k_gpu"] is not None
+            else "not measured (no GPU in this run)"
+        )
+    )
     return "\n".join(out) + "\n"

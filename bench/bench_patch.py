@@ -30,7 +30,9 @@ TINY_CONFIG = {
 }
 
 
-def make_sparse_checkpoint(directory: Path, total_bytes: int, shard_bytes: int = int(SHARD_GB * common.GB)) -> list[Path]:
+def make_sparse_checkpoint(
+    directory: Path, total_bytes: int, shard_bytes: int = int(SHARD_GB * common.GB)
+) -> list[Path]:
     """A checkpoint dir with config.json and `model-0000i-of-0000n.safetensors` sparse shards summing to total_bytes."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(TINY_CONFIG, indent=2) + "\n")
@@ -128,11 +130,24 @@ def markdown(section: dict) -> str:
            "(marked *extrap.*).\n"]
     rows = []
     for r in section["rows"]:
-        copy = (common.fmt_seconds(r["copy"]["seconds"]) if "copy" in r
-                else f"{common.fmt_seconds(r['copy_extrapolated_seconds'])} *extrap.*" if "copy_extrapolated_seconds" in r else None)
+        copy = (
+            common.fmt_seconds(r["copy"]["seconds"])
+            if "copy" in r
+            else f"{common.fmt_seconds(r['copy_extrapolated_seconds'])} *extrap.*"
+            if "copy_extrapolated_seconds" in r
+            else None
+        )
         copy_s = r["copy"]["seconds"] if "copy" in r else r.get("copy_extrapolated_seconds")
-        rows.append([f"{r['gb']:g} GB", r["shards"], common.fmt_seconds(r["patch"]["seconds"]), ", ".join(r["patch"]["link_kinds"]),
-                     copy, f"{copy_s / r['patch']['seconds']:.0f}×" if copy_s else None])
+        rows.append(
+            [
+                f"{r['gb']:g} GB",
+                r["shards"],
+                common.fmt_seconds(r["patch"]["seconds"]),
+                ", ".join(r["patch"]["link_kinds"]),
+                copy,
+                f"{copy_s / r['patch']['seconds']:.0f}×" if copy_s else None,
+            ]
+        )
     out.append(common.table(["weights", "shards", "patch", "weights placed by", "copytree", "copy / patch"], rows))
     g = section["growth_exponent"]
     out.append("\nGrowth (least-squares fit of log time on log bytes):\n")
@@ -140,7 +155,12 @@ def markdown(section: dict) -> str:
                + " (milliseconds: this fit measures noise; the point is that patch time does not grow)")
     out.append(common.growth_line("copytree (measured sizes only)", g["copy"], "bytes"))
     t = section["targets"]
-    verdict = "**met**" if t["met"] else f"**missed**: slowest patch {t['worst_patch_seconds']:.2f} s is {t['worst_patch_seconds'] / t['target_seconds']:.1f}× the target"
+    verdict = (
+        "**met**"
+        if t["met"]
+        else f"**missed**: slowest patch {t['worst_patch_seconds']:.2f} s is "
+             f"{t['worst_patch_seconds'] / t['target_seconds']:.1f}× the target"
+    )
     out.append(f"\nTarget (issue #5): patch under {t['target_seconds']:g} s regardless of size → {verdict} "
                f"(slowest {common.fmt_seconds(t['worst_patch_seconds'])}).")
     return "\n".join(out) + "\n"

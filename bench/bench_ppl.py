@@ -37,7 +37,9 @@ def load(model: str, device: str, dtype: str | None, max_length: int):
 
         loaded, tokenizer, _ = load_model(smollm2_checkpoint(), device=device, dtype=dtype, attn_implementation="sdpa")
         return loaded, tokenizer
-    return common.random_llama(model, device, dtype or ("bf16" if device.startswith("cuda") else "fp32"), max_length), None
+    return common.random_llama(
+        model, device, dtype or ("bf16" if device.startswith("cuda") else "fp32"), max_length
+    ), None
 
 
 def input_ids(tokenizer, vocab: int, length: int, seed: int):
@@ -81,10 +83,20 @@ def measure(variant: str, model: str, length: int, device: str, dtype: str | Non
         nll = mean_nll(variant, loaded, ids, chunk_tokens)
         common.synchronize(device)
         seconds = time.perf_counter() - start
-    return {"variant": variant, "length": length, "seconds": seconds, "tokens_per_s": length / seconds,
-            "peak_bytes": memory.peak_bytes, "resident_before_bytes": memory.start_bytes, "memory_method": memory.how,
-            "nll": nll, "ppl": math.exp(nll), "vocab": loaded.config.vocab_size,
-            "dtype": str(next(loaded.parameters()).dtype).replace("torch.", ""), "torch_threads": torch.get_num_threads()}
+    return {
+        "variant": variant,
+        "length": length,
+        "seconds": seconds,
+        "tokens_per_s": length / seconds,
+        "peak_bytes": memory.peak_bytes,
+        "resident_before_bytes": memory.start_bytes,
+        "memory_method": memory.how,
+        "nll": nll,
+        "ppl": math.exp(nll),
+        "vocab": loaded.config.vocab_size,
+        "dtype": str(next(loaded.parameters()).dtype).replace("torch.", ""),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def available_bytes(device: str) -> int:
@@ -115,8 +127,10 @@ def run(opts) -> dict:
         for variant in ("longctx", "naive"):
             weights = common.parameter_count(model) * dtype_bytes if model in common.SHAPES else 0
             if variant == "naive" and row["naive_extra_estimate_bytes"] + weights > 0.9 * available_bytes(device):
-                row[variant] = {"skipped": f"not run: needs ≥ {common.fmt_bytes(row['naive_extra_estimate_bytes'])} for "
-                                           f"logits + fp32 copy + log-softmax (computed), more than is free"}
+                row[variant] = {
+                    "skipped": f"not run: needs ≥ {common.fmt_bytes(row['naive_extra_estimate_bytes'])} for "
+                    f"logits + fp32 copy + log-softmax (computed), more than is free"
+                }
                 continue
             print(f"  ppl {variant} L={length} ...", flush=True)
             row[variant] = common.run_child("bench.bench_ppl:measure", {
@@ -158,23 +172,51 @@ def targets(rows: list[dict]) -> dict:
 
 
 def markdown(section: dict) -> str:
-    out = ["## Perplexity eval: longctx `token_nll` vs naive `model(ids, labels=ids)`\n",
-           f"Model: `{section['model']}` on `{section['device']}`; one forward per variant per length, each in a fresh "
-           "process after a 128-token warm-up. Peak = memory above the loaded model during the pass "
-           f"({next((r['longctx'].get('memory_method') for r in section['rows'] if 'memory_method' in r['longctx']), '—')}).\n"]
+    method = next((r["longctx"].get("memory_method") for r in section["rows"] if "memory_method" in r["longctx"]), "—")
+    out = [
+        "## Perplexity eval: longctx `token_nll` vs naive `model(ids, labels=ids)`\n",
+        f"Model: `{section['model']}` on `{section['device']}`; one forward per variant per length, each in a fresh "
+        "process after a 128-token warm-up. Peak = memory above the loaded model during the pass "
+        f"({method}).\n",
+    ]
     rows = []
     for r in section["rows"]:
         a, b = r["longctx"], r["naive"]
-        rows.append([r["length"], common.fmt_seconds(a.get("seconds")), common.fmt_seconds(b.get("seconds")),
-                     f"{a['tokens_per_s']:.0f}" if "tokens_per_s" in a else None,
-                     f"{b['tokens_per_s']:.0f}" if "tokens_per_s" in b else None,
-                     common.fmt_bytes(a.get("peak_bytes")), common.fmt_bytes(b.get("peak_bytes")) if "peak_bytes" in b else (b.get("skipped") or b.get("error")),
-                     f"{r['memory_ratio']:.3f}" if r.get("memory_ratio") is not None else None,
-                     f"{a['ppl']:.6f}" if "ppl" in a else a.get("error"), f"{b['ppl']:.6f}" if "ppl" in b else None,
-                     f"{r['ppl_rel_diff']:.1e}" if "ppl_rel_diff" in r else None,
-                     common.fmt_bytes(r["naive_extra_estimate_bytes"])])
-    out.append(common.table(["length", "longctx time", "naive time", "longctx tok/s", "naive tok/s", "longctx peak", "naive peak", "peak ratio",
-                             "longctx ppl", "naive ppl", "rel. Δ ppl", "naive logits need (computed)"], rows))
+        rows.append(
+            [
+                r["length"],
+                common.fmt_seconds(a.get("seconds")),
+                common.fmt_seconds(b.get("seconds")),
+                f"{a['tokens_per_s']:.0f}" if "tokens_per_s" in a else None,
+                f"{b['tokens_per_s']:.0f}" if "tokens_per_s" in b else None,
+                common.fmt_bytes(a.get("peak_bytes")),
+                common.fmt_bytes(b.get("peak_bytes")) if "peak_bytes" in b else (b.get("skipped") or b.get("error")),
+                f"{r['memory_ratio']:.3f}" if r.get("memory_ratio") is not None else None,
+                f"{a['ppl']:.6f}" if "ppl" in a else a.get("error"),
+                f"{b['ppl']:.6f}" if "ppl" in b else None,
+                f"{r['ppl_rel_diff']:.1e}" if "ppl_rel_diff" in r else None,
+                common.fmt_bytes(r["naive_extra_estimate_bytes"]),
+            ]
+        )
+    out.append(
+        common.table(
+            [
+                "length",
+                "longctx time",
+                "naive time",
+                "longctx tok/s",
+                "naive tok/s",
+                "longctx peak",
+                "naive peak",
+                "peak ratio",
+                "longctx ppl",
+                "naive ppl",
+                "rel. Δ ppl",
+                "naive logits need (computed)",
+            ],
+            rows,
+        )
+    )
     g = section["growth_exponent"]
     out.append("\nGrowth (least-squares fit of log time on log length):\n")
     out.append(common.growth_line("longctx", g.get("longctx"), "length"))
@@ -186,6 +228,12 @@ def markdown(section: dict) -> str:
     else:
         out.append(f"- memory at {t['length']}: {t['memory_ratio']:.3f}× naive → "
                    + ("**met**" if t["memory_met"] else f"**missed** by {t['memory_ratio'] / t['memory_target']:.2f}×"))
-        out.append(f"- worst relative ppl difference {t['worst_ppl_rel_diff']:.1e} → "
-                   + ("**met**" if t["ppl_met"] else f"**missed** ({t['worst_ppl_rel_diff'] / t['ppl_target']:.1f}× the tolerance)"))
+        out.append(
+            f"- worst relative ppl difference {t['worst_ppl_rel_diff']:.1e} → "
+            + (
+                "**met**"
+                if t["ppl_met"]
+                else f"**missed** ({t['worst_ppl_rel_diff'] / t['ppl_target']:.1f}× the tolerance)"
+            )
+        )
     return "\n".join(out) + "\n"

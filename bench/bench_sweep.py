@@ -113,10 +113,17 @@ def compare(fast: dict, naive: dict) -> dict:
                  "longctx_answer": fast["answers"].get(k), "generate_answer": naive["answers"].get(k)}
                 for k in keys if fast["grades"].get(k) != naive["grades"].get(k)]
     lengths = sorted(int(k) for k in fast["seconds_by_length"])
-    return {"cells": len(keys), "disagreements": disagree, "identical": not disagree,
-            "correct_longctx": sum(fast["grades"].values()), "correct_generate": sum(naive["grades"].values()),
-            "speedup": naive["seconds"] / fast["seconds"],
-            "speedup_by_length": {str(n): naive["seconds_by_length"][str(n)] / fast["seconds_by_length"][str(n)] for n in lengths}}
+    return {
+        "cells": len(keys),
+        "disagreements": disagree,
+        "identical": not disagree,
+        "correct_longctx": sum(fast["grades"].values()),
+        "correct_generate": sum(naive["grades"].values()),
+        "speedup": naive["seconds"] / fast["seconds"],
+        "speedup_by_length": {
+            str(n): naive["seconds_by_length"][str(n)] / fast["seconds_by_length"][str(n)] for n in lengths
+        },
+    }
 
 
 def run(opts) -> dict:
@@ -136,7 +143,9 @@ def run(opts) -> dict:
             result["comparison"] = compare(result["longctx"], result["generate"])
             for variant in ("longctx", "generate"):
                 by_length = result[variant]["seconds_by_length"]
-                result[variant]["growth_exponent"] = common.growth_exponent([int(k) for k in by_length], list(by_length.values()))
+                result[variant]["growth_exponent"] = common.growth_exponent(
+                    [int(k) for k in by_length], list(by_length.values())
+                )
         tasks[task] = result
     return {"model": "smollm2", "device": device, "lengths": lengths, "depths": DEPTHS, "trials": TRIALS,
             "tasks": tasks, "targets": targets(tasks)}
@@ -153,23 +162,37 @@ def targets(tasks: dict) -> dict:
 
 
 def markdown(section: dict) -> str:
-    out = ["## Passkey / NIAH sweep: longctx forced grading + prefix KV sharing vs `generate` per cell\n",
-           f"Model: SmolLM2-135M on `{section['device']}`; lengths {section['lengths']} × depths {section['depths']} × "
-           f"{section['trials']} trial(s). Both paths grade the same token ids (rebuilt from the same per-trial seeds); "
-           "the baseline calls `model.generate` (greedy, exactly len(answer) new tokens: its cheapest fair setting) once per "
-           "cell and question, prompt building included in both timings. "
-           "Each path runs in a fresh process after an untimed warm-up.\n"]
+    out = [
+        "## Passkey / NIAH sweep: longctx forced grading + prefix KV sharing vs `generate` per cell\n",
+        f"Model: SmolLM2-135M on `{section['device']}`; lengths {section['lengths']} × depths {section['depths']} × "
+        f"{section['trials']} trial(s). Both paths grade the same token ids (rebuilt from the same per-trial seeds); "
+        "the baseline calls `model.generate` (greedy, exactly len(answer) new tokens: its cheapest fair setting) once "
+        "per "
+        "cell and question, prompt building included in both timings. "
+        "Each path runs in a fresh process after an untimed warm-up.\n",
+    ]
     rows, disagreements = [], []
     for name, t in section["tasks"].items():
         c = t.get("comparison")
         if c is None:
             rows.append([name, None, None, None, None, t["longctx"].get("error") or t["generate"].get("error")])
             continue
-        rows.append([name, common.fmt_seconds(t["longctx"]["seconds"]), common.fmt_seconds(t["generate"]["seconds"]),
-                     f"{c['speedup']:.2f}×", f"{c['correct_longctx']}/{c['cells']} vs {c['correct_generate']}/{c['cells']}",
-                     "identical" if c["identical"] else f"{len(c['disagreements'])} of {c['cells']} differ"])
+        rows.append(
+            [
+                name,
+                common.fmt_seconds(t["longctx"]["seconds"]),
+                common.fmt_seconds(t["generate"]["seconds"]),
+                f"{c['speedup']:.2f}×",
+                f"{c['correct_longctx']}/{c['cells']} vs {c['correct_generate']}/{c['cells']}",
+                "identical" if c["identical"] else f"{len(c['disagreements'])} of {c['cells']} differ",
+            ]
+        )
         disagreements += [(name, d) for d in c["disagreements"]]
-    out.append(common.table(["task", "longctx", "generate per cell", "speedup", "correct (longctx vs generate)", "grades"], rows))
+    out.append(
+        common.table(
+            ["task", "longctx", "generate per cell", "speedup", "correct (longctx vs generate)", "grades"], rows
+        )
+    )
     per_length = []
     for name, t in section["tasks"].items():
         if "comparison" in t:
@@ -181,9 +204,15 @@ def markdown(section: dict) -> str:
         out.append(common.table(["task", "length", "longctx", "generate", "speedup"], per_length))
     if disagreements:
         out.append("\nDisagreements (cell = length|depth|trial seed):\n")
-        out.append(common.table(["task", "cell", "longctx", "generate", "longctx argmax answer", "generated text"],
-                                [[n, d["cell"], d["longctx"], d["generate"], f"`{d['longctx_answer']}`", f"`{d['generate_answer']}`"]
-                                 for n, d in disagreements]))
+        out.append(
+            common.table(
+                ["task", "cell", "longctx", "generate", "longctx argmax answer", "generated text"],
+                [
+                    [n, d["cell"], d["longctx"], d["generate"], f"`{d['longctx_answer']}`", f"`{d['generate_answer']}`"]
+                    for n, d in disagreements
+                ],
+            )
+        )
     out.append("\nGrowth (least-squares fit of log time on log length):\n")
     for name, t in section["tasks"].items():
         for variant in ("longctx", "generate"):

@@ -170,8 +170,11 @@ def run_child(target: str, kwargs: dict, *, timeout: float | None = None) -> dic
     with tempfile.TemporaryDirectory(prefix="longctx-bench-") as tmp:
         request, reply = Path(tmp) / "in.json", Path(tmp) / "out.json"
         request.write_text(json.dumps({"target": target, "kwargs": kwargs}))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-               "TOKENIZERS_PARALLELISM": "false"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            "TOKENIZERS_PARALLELISM": "false",
+        }
         command = [sys.executable, "-c", "from bench.common import child_main; child_main()", str(request), str(reply)]
         try:
             proc = subprocess.run(command, cwd=ROOT, env=env, timeout=timeout, capture_output=True, text=True)
@@ -212,14 +215,22 @@ def random_llama(shape: str, device: str, dtype: str, max_position_embeddings: i
                          bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=pick_dtype(device, dtype), attn_implementation=attn_implementation)
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=pick_dtype(device, dtype), attn_implementation=attn_implementation
+        )
     return model.eval()
 
 
 def parameter_count(shape: str) -> int:
     """Parameters of a named shape, without building it (embeddings included)."""
     s = SHAPES[shape]
-    h, layers, q, kv, d = s["hidden_size"], s["num_hidden_layers"], s["num_attention_heads"], s["num_key_value_heads"], s["head_dim"]
+    h, layers, q, kv, d = (
+        s["hidden_size"],
+        s["num_hidden_layers"],
+        s["num_attention_heads"],
+        s["num_key_value_heads"],
+        s["head_dim"],
+    )
     per_layer = h * q * d * 2 + h * kv * d * 2 + 3 * h * s["intermediate_size"] + 2 * h
     embed = s["vocab_size"] * h * (1 if s["tie_word_embeddings"] else 2)
     return layers * per_layer + embed + h
@@ -318,10 +329,12 @@ def environment_lines(env: dict) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
     load, end = env["load_average_1_5_15"], env.get("load_average_at_end")
     at_end = f", at end {end[0]} / {end[1]} / {end[2]}" if end else ""
-    return (f"- command: `{env['command']}`\n- device: {env['device']} ({env['device_name']}), {env['cpu_count']} CPUs, "
-            f"{env['torch_threads']} torch threads; load average (1/5/15 min) at start {load[0]} / {load[1]} / {load[2]}"
-            f"{at_end}\n"
-            f"- {versions}; Python {env['python']}; {env['platform']}; commit {env['git_commit']}; {env['utc']}")
+    return (
+        f"- command: `{env['command']}`\n- device: {env['device']} ({env['device_name']}), {env['cpu_count']} CPUs, "
+        f"{env['torch_threads']} torch threads; load average (1/5/15 min) at start {load[0]} / {load[1]} / {load[2]}"
+        f"{at_end}\n"
+        f"- {versions}; Python {env['python']}; {env['platform']}; commit {env['git_commit']}; {env['utc']}"
+    )
 
 
 def load_results(out_dir: Path) -> dict:

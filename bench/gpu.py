@@ -66,10 +66,21 @@ def measure_ppl(variant: str, shape: str, length: int, device: str, attn: str, c
         nll = bench_ppl.mean_nll(variant, model, ids, chunk_tokens)
         common.synchronize(device)
         seconds = time.perf_counter() - start
-    return {"variant": variant, "length": length, "seconds": seconds, "tokens_per_s": length / seconds,
-            "peak_bytes": memory.peak_bytes, "resident_before_bytes": memory.start_bytes, "memory_method": memory.how,
-            "nll": nll, "ppl": math.exp(nll), "vocab": model.config.vocab_size, "attn_implementation": attn,
-            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "torch_threads": torch.get_num_threads()}
+    return {
+        "variant": variant,
+        "length": length,
+        "seconds": seconds,
+        "tokens_per_s": length / seconds,
+        "peak_bytes": memory.peak_bytes,
+        "resident_before_bytes": memory.start_bytes,
+        "memory_method": memory.how,
+        "nll": nll,
+        "ppl": math.exp(nll),
+        "vocab": model.config.vocab_size,
+        "attn_implementation": attn,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def one_document(folder: Path) -> Path:
@@ -103,13 +114,21 @@ def measure_lora(shape: str, seq_len: int, steps: int, warmup: int, device: str,
         hf = trained.get_base_model()
         flops_token = flops.model_flops_per_token(hf, seq_len, full=False)
         result = (run_longctx if impl == "longctx" else run_trainer)(args, built, device, warmup)
-    result.update(impl=impl, shape=shape, seq_len=seq_len, attn_implementation=attn, dtype=dtype, flops_per_token=flops_token,
-                  non_embedding_params=flops.non_embedding_params(hf),
-                  trainable_params=sum(p.numel() for p in trained.parameters() if p.requires_grad),
-                  lora_r=args.tune.lora_r, lora_targets=args.tune.lora_targets,
-                  gradient_checkpointing=bool(args.model.gradient_checkpointing),
-                  liger=bool(args.train.liger) and device.startswith("cuda") and liger_available(),
-                  torch_threads=torch.get_num_threads())
+    result.update(
+        impl=impl,
+        shape=shape,
+        seq_len=seq_len,
+        attn_implementation=attn,
+        dtype=dtype,
+        flops_per_token=flops_token,
+        non_embedding_params=flops.non_embedding_params(hf),
+        trainable_params=sum(p.numel() for p in trained.parameters() if p.requires_grad),
+        lora_r=args.tune.lora_r,
+        lora_targets=args.tune.lora_targets,
+        gradient_checkpointing=bool(args.model.gradient_checkpointing),
+        liger=bool(args.train.liger) and device.startswith("cuda") and liger_available(),
+        torch_threads=torch.get_num_threads(),
+    )
     return result
 
 
@@ -126,15 +145,24 @@ def ppl_section(opts, plan: dict, attn: str) -> dict:
         row = {"length": length, "naive_extra_estimate_bytes": bench_ppl.naive_extra_bytes(length, vocab, dtype_bytes)}
         for variant in ("longctx", "naive"):
             if variant == "naive" and opts.naive_max_length and length > opts.naive_max_length:
-                row[variant] = {"skipped": f"not run: --naive-max-length {opts.naive_max_length} (its need is computed)"}
+                row[variant] = {
+                    "skipped": f"not run: --naive-max-length {opts.naive_max_length} (its need is computed)"
+                }
                 continue
-            if variant == "naive" and row["naive_extra_estimate_bytes"] + weights > 0.9 * bench_ppl.available_bytes(device):
-                row[variant] = {"skipped": f"not run: needs ≥ {common.fmt_bytes(row['naive_extra_estimate_bytes'])} for "
-                                           "logits + fp32 copy + log-softmax (computed), more than is free"}
+            if variant == "naive" and row["naive_extra_estimate_bytes"] + weights > 0.9 * bench_ppl.available_bytes(
+                device
+            ):
+                row[variant] = {
+                    "skipped": f"not run: needs ≥ {common.fmt_bytes(row['naive_extra_estimate_bytes'])} for "
+                    "logits + fp32 copy + log-softmax (computed), more than is free"
+                }
                 continue
             print(f"  ppl {variant} {shape} L={length} ...", flush=True)
-            row[variant] = common.run_child("bench.gpu:measure_ppl", {
-                "variant": variant, "shape": shape, "length": length, "device": device, "attn": attn}, timeout=opts.timeout)
+            row[variant] = common.run_child(
+                "bench.gpu:measure_ppl",
+                {"variant": variant, "shape": shape, "length": length, "device": device, "attn": attn},
+                timeout=opts.timeout,
+            )
         rows.append(bench_ppl.compare(row))
     return {"model": shape, "device": device, "attn_implementation": attn, "rows": rows,
             "growth_exponent": bench_ppl.growth(rows), "targets": bench_ppl.targets(rows)}
@@ -177,10 +205,21 @@ def lora_section(opts, plan: dict, attn: str) -> dict:
             run["mfu_vs_datasheet"] = flops.mfu(run["flops_per_token"], run["tokens_per_s"], datasheet)
     speedup = (result["tokens_per_s"] / trainer["tokens_per_s"]
                if result.get("tokens_per_s") and trainer.get("tokens_per_s") else None)
-    return {"model": plan["shape"], "device": device, "attn_implementation": attn, "seq_len": plan["lora_seq_len"],
-            "steps": plan["steps"], "warmup": plan["warmup"], "matmul_ceiling": ceiling, "datasheet_peak_flops": datasheet,
-            "result": result, "trainer": trainer, "speedup_vs_trainer": speedup, "target_mfu": TARGET_LORA_MFU,
-            "target_speedup": TARGET_TRAINER_SPEEDUP}
+    return {
+        "model": plan["shape"],
+        "device": device,
+        "attn_implementation": attn,
+        "seq_len": plan["lora_seq_len"],
+        "steps": plan["steps"],
+        "warmup": plan["warmup"],
+        "matmul_ceiling": ceiling,
+        "datasheet_peak_flops": datasheet,
+        "result": result,
+        "trainer": trainer,
+        "speedup_vs_trainer": speedup,
+        "target_mfu": TARGET_LORA_MFU,
+        "target_speedup": TARGET_TRAINER_SPEEDUP,
+    }
 
 
 # ---------------------------------------------------------------- output
@@ -192,14 +231,16 @@ def _pct(x: float | None) -> str | None:
 def lora_markdown(section: dict) -> str:
     r, ceiling = section["result"], section["matmul_ceiling"]
     trainer = section.get("trainer") or {"error": "not run (a results file from before the Trainer baseline)"}
-    out = [f"## LoRA step at {section['seq_len']} tokens: longctx's training loop vs transformers' `Trainer`\n",
-           f"Model: random `{section['model']}` on `{section['device']}` ({section['attn_implementation']}), batch 1, "
-           f"{section['warmup']} warm-up step(s) then {section['steps']} measured steps (tokens/s from the median step), "
-           "each row one document (no packing mask), the same model, rows and optimizer settings for both (the Trainer: "
-           "its own loss over full logits). MFU counts 4N + 12·L·d·T FLOPs per token (N = non-embedding "
-           "parameters, d = heads × head dim; frozen weights get no weight-gradient matmul; recomputation of "
-           f"gradient checkpointing not counted) against the data-sheet bf16 peak and against {ceiling['op']} = "
-           f"{common.fmt_flops(ceiling['flops_per_s'])} measured in this run (the higher of before and after).\n"]
+    out = [
+        f"## LoRA step at {section['seq_len']} tokens: longctx's training loop vs transformers' `Trainer`\n",
+        f"Model: random `{section['model']}` on `{section['device']}` ({section['attn_implementation']}), batch 1, "
+        f"{section['warmup']} warm-up step(s) then {section['steps']} measured steps (tokens/s from the median step), "
+        "each row one document (no packing mask), the same model, rows and optimizer settings for both (the Trainer: "
+        "its own loss over full logits). MFU counts 4N + 12·L·d·T FLOPs per token (N = non-embedding "
+        "parameters, d = heads × head dim; frozen weights get no weight-gradient matmul; recomputation of "
+        f"gradient checkpointing not counted) against the data-sheet bf16 peak and against {ceiling['op']} = "
+        f"{common.fmt_flops(ceiling['flops_per_s'])} measured in this run (the higher of before and after).\n",
+    ]
     if "error" in r:
         out.append(f"failed: {r['error']}\n")
         return "\n".join(out)
@@ -222,23 +263,33 @@ def lora_markdown(section: dict) -> str:
                f"{'on' if r['gradient_checkpointing'] else 'off'}, loss {'Liger fused' if r['liger'] else 'chunked'} "
                f"(longctx); peak memory above the loaded model ({r.get('memory_method')}).")
     mfu, measured, speedup = r.get("mfu_vs_datasheet"), r.get("mfu_vs_measured_peak"), section.get("speedup_vs_trainer")
-    out.append(f"\nTargets (issue #5): LoRA MFU ≥ {100 * section['target_mfu']:.0f}% at 8K → "
-               + ("not evaluated against a data sheet (not a known GPU)" if mfu is None else
-                  f"**{'met' if mfu >= section['target_mfu'] else 'missed'}** against the data sheet ({100 * mfu:.1f}%)")
-               + (f", {100 * measured:.1f}% of the matmul ceiling measured here" if measured is not None else "")
-               + f"; ≥ {section.get('target_speedup', TARGET_TRAINER_SPEEDUP):g}× the Trainer's tokens/s → "
-               + ("not evaluated (a run failed)" if speedup is None else
-                  f"**{'met' if speedup >= section.get('target_speedup', TARGET_TRAINER_SPEEDUP) else 'missed'}** "
-                  f"({speedup:.2f}×)"))
+    out.append(
+        f"\nTargets (issue #5): LoRA MFU ≥ {100 * section['target_mfu']:.0f}% at 8K → "
+        + (
+            "not evaluated against a data sheet (not a known GPU)"
+            if mfu is None
+            else f"**{'met' if mfu >= section['target_mfu'] else 'missed'}** against the data sheet ({100 * mfu:.1f}%)"
+        )
+        + (f", {100 * measured:.1f}% of the matmul ceiling measured here" if measured is not None else "")
+        + f"; ≥ {section.get('target_speedup', TARGET_TRAINER_SPEEDUP):g}× the Trainer's tokens/s → "
+        + (
+            "not evaluated (a run failed)"
+            if speedup is None
+            else f"**{'met' if speedup >= section.get('target_speedup', TARGET_TRAINER_SPEEDUP) else 'missed'}** "
+            f"({speedup:.2f}×)"
+        )
+    )
     return "\n".join(out) + "\n"
 
 
 def render(results: dict) -> str:
     run = results["run"]
     dry = run.get("dry_run")
-    parts = ["# longctx GPU benchmark: Llama-2-7B shape, random weights\n",
-             "Written by `bench/gpu.py` (`make bench-gpu`; see `bench/README.md`). Every number below was measured in "
-             "the run whose command, device, versions and wall time close its section; nothing is copied from elsewhere.\n"]
+    parts = [
+        "# longctx GPU benchmark: Llama-2-7B shape, random weights\n",
+        "Written by `bench/gpu.py` (`make bench-gpu`; see `bench/README.md`). Every number below was measured in "
+        "the run whose command, device, versions and wall time close its section; nothing is copied from elsewhere.\n",
+    ]
     if dry:
         parts.append("**DRY RUN** (`--dry-run`): the tiny shape on CPU at toy lengths, to exercise the code path. "
                      "These numbers say nothing about any GPU.\n")
@@ -246,7 +297,9 @@ def render(results: dict) -> str:
         section = results.get(name)
         if section is None:
             continue
-        parts.append(render_section(section) if "error" not in section else f"## {name}\n\nfailed: {section['error']}\n")
+        parts.append(
+            render_section(section) if "error" not in section else f"## {name}\n\nfailed: {section['error']}\n"
+        )
         parts.append("Conditions:\n\n" + common.environment_lines(section["environment"])
                      + f"\n- wall time of this benchmark: {section['bench_seconds']:.0f} s\n")
     machine = run["machine"]
@@ -261,8 +314,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/gpu.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true",
                         help="tiny shape on CPU at toy lengths: the code path and files, no meaningful numbers")
-    parser.add_argument("--out", default=None,
-                        help="output folder (default docs/results/bench-<gpu>, e.g. bench-h100; dry run: a temp folder)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default docs/results/bench-<gpu>, e.g. bench-h100; dry run: a temp folder)",
+    )
     parser.add_argument("--only", choices=("ppl", "lora"), action="append", help="run one section (the other is kept)")
     parser.add_argument("--attn", default="auto", choices=("auto", "sdpa", "flash_attention_2", "eager"),
                         help="attention implementation (auto: flash_attention_2 when installed, else sdpa)")

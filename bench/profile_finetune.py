@@ -20,7 +20,12 @@ WAIT, WARMUP, ACTIVE = 3, 1, 3  # profiler schedule in optimizer steps: skip the
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[0] not in ("longctx", "trainer") or argv[1] not in ("lora", "full") or not argv[2].isdigit():
+    if (
+        len(argv) != 3
+        or argv[0] not in ("longctx", "trainer")
+        or argv[1] not in ("lora", "full")
+        or not argv[2].isdigit()
+    ):
         print("usage: python bench/profile_finetune.py longctx|trainer lora|full SEQ_LEN", file=sys.stderr)
         return 2
     impl, finetune, seq_len = argv[0], argv[1], int(argv[2])

@@ -39,9 +39,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="run only this benchmark (repeatable); the others' results are kept")
     parser.add_argument("--sizes", help="comma-separated sizes for the selected benchmarks (tokens; GB for patch)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--shape", choices=sorted(common.SHAPES), default=None,
-                        help="random Llama shape instead of the default model (GPU default: 8b for ppl, 1b for finetune)")
-    parser.add_argument("--out", default=None, help="output directory (default docs/results/bench-cpu, or bench-suite-<gpu> on a GPU)")
+    parser.add_argument(
+        "--shape",
+        choices=sorted(common.SHAPES),
+        default=None,
+        help="random Llama shape instead of the default model (GPU default: 8b for ppl, 1b for finetune)",
+    )
+    parser.add_argument(
+        "--out", default=None, help="output directory (default docs/results/bench-cpu, or bench-suite-<gpu> on a GPU)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="finetune: measured optimizer steps (after warm-up)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per measured process")
     parser.add_argument("--render", action="store_true", help="only rewrite OUT/README.md from OUT/results.json")
@@ -71,7 +77,9 @@ def render(results: dict) -> str:
             continue
         section = results[name]
         module = importlib.import_module(BENCHES[name][0])
-        parts.append(module.markdown(section) if "error" not in section else f"## {name}\n\nfailed: {section['error']}\n")
+        parts.append(
+            module.markdown(section) if "error" not in section else f"## {name}\n\nfailed: {section['error']}\n"
+        )
         parts.append("Conditions:\n\n" + common.environment_lines(section["environment"])
                      + f"\n- wall time of this benchmark: {section['bench_seconds']:.0f} s\n")
     return "\n".join(parts)

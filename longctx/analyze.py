@@ -47,12 +47,22 @@ def analyze(dim: int, base: float, train_length: int, target_length: int, *, all
     require(dim >= 4 and dim % 2 == 0, f"--head-dim must be an even number ≥ 4, got {dim}")
     require(math.isfinite(base) and base > 1, f"--base must be a finite number > 1, got {base}")
     require(train_length >= 8, f"--train-length must be at least 8 tokens, got {train_length}")
-    require(1 <= target_length <= MAX_CONTEXT, f"--target-length must be between 1 and {MAX_CONTEXT:,} (2^24) tokens, "
-                                              f"got {target_length:,}: longer makes the exact bound search take minutes")
+    require(
+        1 <= target_length <= MAX_CONTEXT,
+        f"--target-length must be between 1 and {MAX_CONTEXT:,} (2^24) tokens, "
+        f"got {target_length:,}: longer makes the exact bound search take minutes",
+    )
     theta = rb.inv_freq(base, dim)
-    dimensions = [{"pair": i, "dims": f"{2 * i},{2 * i + 1}", "frequency": float(theta[i]),
-                   "period": float(rb.TWO_PI / theta[i]), "full_period_seen": bool(rb.TWO_PI / theta[i] <= train_length)}
-                  for i in range(dim // 2)]
+    dimensions = [
+        {
+            "pair": i,
+            "dims": f"{2 * i},{2 * i + 1}",
+            "frequency": float(theta[i]),
+            "period": float(rb.TWO_PI / theta[i]),
+            "full_period_seen": bool(rb.TWO_PI / theta[i] <= train_length),
+        }
+        for i in range(dim // 2)
+    ]
     d_extra = rb.critical_dim(dim, base, train_length)
     t_extra = rb.extrapolation_bound(dim, base, train_length)
     factor = max(1.0, target_length / train_length)
@@ -66,7 +76,9 @@ def analyze(dim: int, base: float, train_length: int, target_length: int, *, all
         recommended_base = _round_up(recommended_base * 1.02)
     if target_length <= train_length and first_negative is None:
         recommendation = "no patch needed"
-        reason = f"the target {target_length} is within the trained context {train_length} and the base satisfies the bound"
+        reason = (
+            f"the target {target_length} is within the trained context {train_length} and the base satisfies the bound"
+        )
     else:
         recommendation = (f"longctx patch --base {recommended_base:g} --target-length {target_length}, "
                           f"then fine-tune at {train_length} tokens; training-free: --method yarn --factor {factor:g}")
@@ -78,12 +90,28 @@ def analyze(dim: int, base: float, train_length: int, target_length: int, *, all
                   f"that does is {bound.base:.4g}, and below it long-context retrieval tends to fail while perplexity "
                   f"stays low); " + ("the current base already satisfies the bound" if first_negative is None
                                      else f"the current base {base:g} violates it from m = {first_negative}"))
-    return Analysis(dim, float(base), int(train_length), int(target_length), dimensions, d_extra,
-                    None if math.isinf(t_extra) else t_extra, tuned_base, bound.base, 10 ** (1 / bound.steps_per_decade),
-                    threshold[0].base if threshold else None, threshold[1] if threshold else None,
-                    first_negative is None, first_negative, factor, rb.ntk_base(base, factor, dim),
-                    rb.critical_base(train_length, target_length, base), rb.small_base_thresholds(train_length),
-                    recommendation, reason)
+    return Analysis(
+        dim,
+        float(base),
+        int(train_length),
+        int(target_length),
+        dimensions,
+        d_extra,
+        None if math.isinf(t_extra) else t_extra,
+        tuned_base,
+        bound.base,
+        10 ** (1 / bound.steps_per_decade),
+        threshold[0].base if threshold else None,
+        threshold[1] if threshold else None,
+        first_negative is None,
+        first_negative,
+        factor,
+        rb.ntk_base(base, factor, dim),
+        rb.critical_base(train_length, target_length, base),
+        rb.small_base_thresholds(train_length),
+        recommendation,
+        reason,
+    )
 
 
 def _round_up(value: float) -> float:
@@ -99,29 +127,39 @@ def format_table(result: Analysis) -> str:
     for row in result.dimensions:
         lines.append(f"{row['pair']:>4} {row['dims']:>7} {row['frequency']:>12.4e} {row['period']:>14.1f}  "
                      f"{'yes' if row['full_period_seen'] else 'no'}")
-    t_extra = ("none       (d_extra = d: every dimension completes a period in training, so no position is out of "
-               f"distribution and 2310.05209 sets no limit; base ≤ β₃ = T_train/2π = {result.train_length / (2 * math.pi):.4g} is its small-base regime)"
-               if result.t_extra_current_base is None else
-               f"{result.t_extra_current_base:,.0f} tokens   (2π·base^(d_extra/d))")
+    t_extra = (
+        "none       (d_extra = d: every dimension completes a period in training, so no position is out of "
+        "distribution and 2310.05209 sets no limit; base ≤ β₃ = T_train/2π = "
+        f"{result.train_length / (2 * math.pi):.4g} is its small-base regime)"
+        if result.t_extra_current_base is None
+        else f"{result.t_extra_current_base:,.0f} tokens   (2π·base^(d_extra/d))"
+    )
     grid = f"{(result.base_lower_bound_grid_ratio - 1) * 100:.3g}%"
     lines += [
         "",
         f"critical dimension d_extra        {result.d_extra}   (2·⌈(d/2)·log_base(T_train/2π)⌉, arXiv 2310.05209)",
         f"extrapolation bound, this base    {t_extra}",
-        f"tuned base for the target         {result.base_for_target_after_tuning:.4g}   (T_extra ≥ {result.target_length} after tuning at {result.train_length})",
-        f"smallest base keeping B(m) ≥ 0    {result.base_lower_bound:.4g}   (B(m) = Σ cos(m·θᵢ) for every m ≤ {result.target_length}; "
+        f"tuned base for the target         {result.base_for_target_after_tuning:.4g}   (T_extra ≥ "
+        f"{result.target_length} after tuning at {result.train_length})",
+        f"smallest base keeping B(m) ≥ 0    {result.base_lower_bound:.4g}   (B(m) = Σ cos(m·θᵢ) for every m ≤ "
+        f"{result.target_length}; "
         f"bases {grid} apart from 2 up, every one below fails; larger bases can fail too: islands)",
     ]
     if result.all_pass_base is not None:
-        lines.append(f"every base passes from            {result.all_pass_base:.4g}   (every base 1% apart from there to "
-                     f"{result.all_pass_checked_to:.4g} passes; none above is checked)")
+        lines.append(
+            f"every base passes from            {result.all_pass_base:.4g}   (every base 1% apart from there to "
+            f"{result.all_pass_checked_to:.4g} passes; none above is checked)"
+        )
     lines += [
-        f"this base satisfies the bound     {'yes' if result.current_base_satisfies_bound else f'no (B(m) < 0 first at m = {result.first_negative_m})'}",
+        "this base satisfies the bound     "
+        f"{'yes' if result.current_base_satisfies_bound else f'no (B(m) < 0 first at m = {result.first_negative_m})'}",
         f"factor needed                     {result.factor:g}",
         f"NTK-aware base for that factor    {result.ntk_base:.4g}   (base·s^(d/(d−2)))",
-        f"critical base, tuning at {result.target_length:<8} {result.critical_base:.4g}   (β₀: fine-tuned at {result.target_length} tokens, "
+        f"critical base, tuning at {result.target_length:<8} {result.critical_base:.4g}   (β₀: fine-tuned at "
+        f"{result.target_length} tokens, "
         f"a base above it extrapolates past {result.target_length}; at or below it, not)",
-        "small-base thresholds             " + ", ".join(f"{k.replace('beta', 'β')} = {v:.4g}" for k, v in result.small_base_thresholds.items())
+        "small-base thresholds             "
+        + ", ".join(f"{k.replace('beta', 'β')} = {v:.4g}" for k, v in result.small_base_thresholds.items())
         + "   (2T/π, T/π, T/2π: the small-base regimes of 2310.05209)",
         "",
         f"recommendation: {result.recommendation}",
@@ -135,13 +173,21 @@ def add_parser(subparsers) -> None:
         "analyze", help="critical dimension, extrapolation bound and base lower bound for a target context",
         description="Analyse a model's rotary base (or --head-dim/--base/--train-length) for --target-length.")
     parser.add_argument("--model", help="Hub id, checkpoint directory or .gguf (reads its config)")
-    parser.add_argument("--head-dim", "--dim", dest="head_dim", type=int, help="rotary dimension per head (instead of --model)")
+    parser.add_argument(
+        "--head-dim", "--dim", dest="head_dim", type=int, help="rotary dimension per head (instead of --model)"
+    )
     parser.add_argument("--base", type=float, help="rope_theta (instead of --model)")
     parser.add_argument("--train-length", type=token_count, help="trained context (instead of --model)")
-    parser.add_argument("--target-length", type=token_count,
-                        help=f"context you want, e.g. 65536, 64K or 1e6 (default: 8 × trained; at most {MAX_CONTEXT:,})")
-    parser.add_argument("--all-pass", action="store_true",
-                        help="also find the base from which every base (1%% apart) passes: seconds more for long targets")
+    parser.add_argument(
+        "--target-length",
+        type=token_count,
+        help=f"context you want, e.g. 65536, 64K or 1e6 (default: 8 × trained; at most {MAX_CONTEXT:,})",
+    )
+    parser.add_argument(
+        "--all-pass",
+        action="store_true",
+        help="also find the base from which every base (1%% apart) passes: seconds more for long targets",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
     parser.set_defaults(func=run)
 
@@ -150,16 +196,21 @@ def run(args) -> int:
     dim, base, train = args.head_dim, args.base, args.train_length
     if args.model:
         from longctx import rope_config
-        from longctx.sources import read_config_json, resolve_model_dir
+        from longctx.checkpoint_files import read_config_json
+        from longctx.sources import resolve_model_dir
 
         config = read_config_json(resolve_model_dir(args.model, need_weights=False))
-        require(rope_config.has_rope(config), f"{args.model} has no rotary position embeddings (RoPE): nothing to analyze")
+        require(
+            rope_config.has_rope(config), f"{args.model} has no rotary position embeddings (RoPE): nothing to analyze"
+        )
         params = rope_config.rope_parameters(config)
         dim = dim or rope_config.rotary_dim(config)
         base = base or params["rope_theta"]
         train = train or rope_config.original_length(config)
     missing = [flag for flag, value in (("--head-dim", dim), ("--base", base), ("--train-length", train)) if not value]
-    require(not missing, f"give --model, or all of --head-dim, --base and --train-length (missing {', '.join(missing)})")
+    require(
+        not missing, f"give --model, or all of --head-dim, --base and --train-length (missing {', '.join(missing)})"
+    )
     target = args.target_length or 8 * train
     result = analyze(int(dim), float(base), int(train), int(target), all_pass=args.all_pass)
     print(json.dumps(asdict(result), indent=2) if args.json else format_table(result))

@@ -19,11 +19,12 @@ import shutil
 from pathlib import Path
 
 from longctx import __version__, rope, rope_config
+from longctx.checkpoint_files import WEIGHT_SUFFIXES, check_rope_fields, read_config_json
 from longctx.errors import UsageError, environment_error, require
 from longctx.files import clean_leftovers, kill_point, partial_dir, publish_dir
 from longctx.locks import output_lock
 from longctx.patch import PatchSpec, patch_config
-from longctx.sources import WEIGHT_SUFFIXES, check_rope_fields, read_config_json, resolve_model_dir
+from longctx.sources import resolve_model_dir
 
 SKIPPED = {"config.json", "README.md", "longctx_patch.json", ".gitattributes"}
 RECORD = "longctx_patch.json"  # marks a folder as a longctx patch output (only those may be replaced)
@@ -52,8 +53,13 @@ def check_not_source(source_dir: Path, out: Path, flag: str = "--out") -> None:
     replacing any of those would delete what is being read or worked in."""
     src, dst, cwd = Path(source_dir).resolve(), Path(out).expanduser().resolve(), Path.cwd().resolve()
     require(dst != src, f"{flag} {out} is the source checkpoint itself: choose a new directory")
-    require(src not in dst.parents, f"{flag} {out} lies inside the source checkpoint {source_dir}: choose a directory outside it")
-    require(dst not in src.parents, f"{flag} {out} contains the source checkpoint {source_dir}: choose another directory")
+    require(
+        src not in dst.parents,
+        f"{flag} {out} lies inside the source checkpoint {source_dir}: choose a directory outside it",
+    )
+    require(
+        dst not in src.parents, f"{flag} {out} contains the source checkpoint {source_dir}: choose another directory"
+    )
     require(dst != cwd and dst not in cwd.parents,
             f"{flag} {out} is the current directory or contains it: name a new directory for the output")
 
@@ -64,7 +70,10 @@ def check_writable(out: Path, flag: str = "--out") -> None:
     while not parent.exists():
         parent = parent.parent
     require(parent.is_dir(), f"{flag} {out}: {parent} is a file, not a directory")
-    require(os.access(parent, os.W_OK | os.X_OK), f"{flag} {out}: cannot write in {parent} (read-only or no permission): write elsewhere")
+    require(
+        os.access(parent, os.W_OK | os.X_OK),
+        f"{flag} {out}: cannot write in {parent} (read-only or no permission): write elsewhere",
+    )
 
 
 def check_output_path(source_dir: Path, out: Path, *, force: bool, marker: str = RECORD,
@@ -89,7 +98,9 @@ def analysis_summary(config: dict) -> dict:
     claimed = rope_config.max_length(config)
     summary = {"rotary_dim": dim, "trained_length": trained, "claimed_length": claimed}
     if params["rope_type"] == "default":
-        summary["base_satisfies_lower_bound_at_claimed_length"] = rope.satisfies_base_bound(params["rope_theta"], dim, claimed)
+        summary["base_satisfies_lower_bound_at_claimed_length"] = rope.satisfies_base_bound(
+            params["rope_theta"], dim, claimed
+        )
     return summary
 
 
@@ -148,7 +159,8 @@ def write_patched_checkpoint(source, out, spec: PatchSpec, *, force: bool = Fals
     new_config = patch_config(config, spec)
     check_rope_fields(new_config, out, what="the patched config")  # what transformers would refuse to load
     with output_lock(out):
-        clean_leftovers(out)  # a run killed mid-publish may have moved the old output aside: it is back before any check
+        # a run killed mid-publish may have moved the old output aside: it is back before any check
+        clean_leftovers(out)
         check_output_path(source_dir, out, force=force)
         return _write(source, source_dir, out, spec, config, new_config, copy=copy, command=command,
                       written_by=written_by)

@@ -26,7 +26,9 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="longctx", description="Extend the context of RoPE language models and prove it worked.")
+    parser = OneLineParser(
+        prog="longctx", description="Extend the context of RoPE language models and prove it worked."
+    )
     parser.add_argument("--version", action="version", version=f"longctx {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for module_name in COMMANDS.values():

@@ -58,7 +58,9 @@ def hf_documents(spec: str, text_field: str = "text", default_split: str = "trai
     try:
         rows = datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError, …)
-        raise UsageError(f"could not load dataset {name!r} (config {config}, split {split}): {type(exc).__name__}") from None
+        raise UsageError(
+            f"could not load dataset {name!r} (config {config}, split {split}): {type(exc).__name__}"
+        ) from None
     require(text_field in rows.column_names,
             f"dataset {name!r} has no field {text_field!r} (fields: {', '.join(rows.column_names)})")
     return [(f"{spec}#{index}", text) for index, text in enumerate(rows[text_field]) if isinstance(text, str)]
@@ -71,7 +73,9 @@ def read_utf8(path: Path) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UsageError(f"data {path} is not UTF-8 text (invalid byte at offset {exc.start}): give a text file") from None
+        raise UsageError(
+            f"data {path} is not UTF-8 text (invalid byte at offset {exc.start}): give a text file"
+        ) from None
     require("\x00" not in text, f"data {path} holds NUL bytes, so it is binary, not text: give a text file")
     return text
 
@@ -114,7 +118,7 @@ def load_named_documents(spec: str | None = None, text_field: str = "text",
                 continue
             path = Path(item).expanduser()
             require(path.exists(), f"data {item} does not exist: give pydoc, stdlib, hf:NAME or text/JSONL files")
-            from longctx.sources import check_regular_files, require_regular_file
+            from longctx.checkpoint_files import check_regular_files, require_regular_file
 
             require_regular_file(path, "data")  # a FIFO or a device would block or never end
             if path.is_dir():

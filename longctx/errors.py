@@ -45,7 +45,8 @@ _ENVIRONMENT_ERRNOS = {
     errno.EACCES: "check who may read and write it",
     errno.EPERM: "check who may read and write it",
     errno.ENAMETOOLONG: "use a shorter path",
-    errno.EFBIG: "a file-size limit (ulimit -f) or the file system's largest file stopped the write: raise it or write elsewhere",
+    errno.EFBIG: "a file-size limit (ulimit -f) or the file system's largest file stopped the write: raise it or "
+                 "write elsewhere",
     errno.EIO: "the disk reported an I/O error: check it or write elsewhere",
 }
 _OS_CODE = re.compile(r"(?:Os \{ code: |\[Errno |errno )(\d+)")
@@ -71,7 +72,9 @@ def library_write_error(exc: BaseException) -> str | None:
             "PytorchStreamWriter failed" in text or "file write failed" in text or "unexpected pos" in text)):
         match = _OS_CODE.search(text)
         code = int(match.group(1)) if match else None
-        advice = _ENVIRONMENT_ERRNOS.get(code, "free some space, check the file-size limit (ulimit -f) or write elsewhere")
+        advice = _ENVIRONMENT_ERRNOS.get(
+            code, "free some space, check the file-size limit (ulimit -f) or write elsewhere"
+        )
         what = os.strerror(code) if code else (text.splitlines() or ["write failed"])[0][:120]
         return f"saving weights failed ({what}); {advice}"
     return None

@@ -46,7 +46,10 @@ def check_out(out: Path, sources: list[Path], force: bool) -> None:
     dst = out.expanduser().resolve()
     for src in sources:
         src = src.resolve()
-        require(dst != src and src not in dst.parents, f"--out {out} is or lies inside the source {src}: choose another path")
+        require(
+            dst != src and src not in dst.parents,
+            f"--out {out} is or lies inside the source {src}: choose another path",
+        )
     if out.exists():
         require(out.is_file(), f"--out {out} exists and is not a file: choose a new path")
         require(force, f"--out {out} exists: pass --force to replace it")
@@ -95,7 +98,8 @@ def _add_kv(writer, key: str, value, type_name: str) -> None:
 
 
 def write_gguf_patch(source: Path, out: Path, spec, *, force: bool = False, command: str | None = None) -> dict:
-    """GGUF -> GGUF: the same tensors byte for byte (a Q4 file stays Q4), the patched rope metadata. Returns the record."""
+    """GGUF -> GGUF: the same tensors byte for byte (a Q4 file stays Q4), the patched rope metadata. Returns the
+    record."""
     import gguf
 
     from longctx import rope_config
@@ -107,16 +111,25 @@ def write_gguf_patch(source: Path, out: Path, spec, *, force: bool = False, comm
     config = config_from_gguf(meta, names)
     check_out(out, [source], force)
     arch = meta["general.architecture"]
-    require(not names & set(ROPE_TENSORS), f"{source} already carries rope factor tensors ({', '.join(sorted(names & set(ROPE_TENSORS)))}): "
-                                           "start from the unscaled GGUF")
+    require(
+        not names & set(ROPE_TENSORS),
+        f"{source} already carries rope factor tensors ({', '.join(sorted(names & set(ROPE_TENSORS)))}): "
+        "start from the unscaled GGUF",
+    )
     new = patch_config(config, spec)
     params = rope_config.rope_parameters(new)
     rope = gguf_rope(params, arch=arch, dim=config["head_dim"], context_length=new["max_position_embeddings"],
                      original=new["original_max_position_embeddings"], finetuned=False)
     replaced = {f"{arch}.{k}" for k in rope.kv} | ({k for k in reader.fields if k.startswith(f"{arch}.rope.scaling.")}
                                                    if "rope.scaling.type" in rope.kv else set())
-    record = {"command": command, "source": str(source), "spec": spec.to_dict(), "rope": params,
-              "context_length": new["max_position_embeddings"], "original_context_length": new["original_max_position_embeddings"]}
+    record = {
+        "command": command,
+        "source": str(source),
+        "spec": spec.to_dict(),
+        "rope": params,
+        "context_length": new["max_position_embeddings"],
+        "original_context_length": new["original_max_position_embeddings"],
+    }
 
     writer = gguf.GGUFWriter(None, arch, endianess=reader.endianess)
     for name, f in reader.fields.items():
@@ -162,7 +175,8 @@ def source_gguf(model_dir: Path, seen: int = 0) -> Path | None:
             from longctx.sources import smollm2_gguf_path
 
             return smollm2_gguf_path()
-    if (model_dir.parent / "base").is_dir() and model_dir.name == "merged":  # a merged LoRA: OUT/base is the patched source
+    # a merged LoRA: OUT/base is the patched source
+    if (model_dir.parent / "base").is_dir() and model_dir.name == "merged":
         return source_gguf(model_dir.parent / "base", seen + 1)
     return None
 
@@ -182,8 +196,13 @@ def _tokenizer_kv(writer, model_dir: Path) -> str:
         return f"copied from {origin}"
     from gguf.vocab import BpeVocab, LlamaHfVocab, SpecialVocab
 
-    tokenizer = json.loads((model_dir / "tokenizer.json").read_text()) if (model_dir / "tokenizer.json").is_file() else {}
-    require(bool(tokenizer), f"{model_dir} has no tokenizer.json: GGUF needs the tokenizer; convert with llama.cpp's convert_hf_to_gguf.py")
+    tokenizer = (
+        json.loads((model_dir / "tokenizer.json").read_text()) if (model_dir / "tokenizer.json").is_file() else {}
+    )
+    require(
+        bool(tokenizer),
+        f"{model_dir} has no tokenizer.json: GGUF needs the tokenizer; convert with llama.cpp's convert_hf_to_gguf.py",
+    )
     bpe = tokenizer.get("model", {}).get("type") == "BPE" and not tokenizer.get("model", {}).get("byte_fallback")
     vocab = BpeVocab(model_dir) if bpe else LlamaHfVocab(model_dir)
     tokens, scores, types = [], [], []
@@ -205,7 +224,7 @@ def _hf_tensors(model_dir: Path, config: dict):
     import gguf
     from safetensors import safe_open
 
-    from longctx.sources import weight_files
+    from longctx.checkpoint_files import weight_files
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(config["num_hidden_layers"]))
     found = []
@@ -213,10 +232,15 @@ def _hf_tensors(model_dir: Path, config: dict):
         require(path.suffix == ".safetensors", f"{path}: HF -> GGUF reads safetensors weights only")
         with safe_open(path, framework="pt") as handle:
             for name in handle.keys():
-                if name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight" and config.get("tie_word_embeddings")):
+                if name.endswith("rotary_emb.inv_freq") or (
+                    name == "lm_head.weight" and config.get("tie_word_embeddings")
+                ):
                     continue
                 target = names.get_name(name, try_suffixes=(".weight", ".bias"))
-                require(target is not None, f"{path}: tensor {name} has no llama.cpp name: convert with llama.cpp's convert_hf_to_gguf.py")
+                require(
+                    target is not None,
+                    f"{path}: tensor {name} has no llama.cpp name: convert with llama.cpp's convert_hf_to_gguf.py",
+                )
                 found.append((target, path, name, tuple(handle.get_slice(name).get_shape())))
     return found
 
@@ -231,10 +255,13 @@ def write_hf_as_gguf(model_dir: Path, out: Path, spec, *, dtype: str = "f16", fo
     from safetensors import safe_open
 
     from longctx import rope_config
+    from longctx.checkpoint_files import read_config_json
     from longctx.patch import patch_config
-    from longctx.sources import read_config_json
 
-    require(dtype in DTYPES, f"--gguf-dtype {dtype}: choose {', '.join(DTYPES)} (quantize the result with llama.cpp's llama-quantize)")
+    require(
+        dtype in DTYPES,
+        f"--gguf-dtype {dtype}: choose {', '.join(DTYPES)} (quantize the result with llama.cpp's llama-quantize)",
+    )
     config = read_config_json(model_dir)
     model_type = config.get("model_type")
     require(model_type in HF_ARCHS and not config.get("sliding_window"),
@@ -247,8 +274,14 @@ def write_hf_as_gguf(model_dir: Path, out: Path, spec, *, dtype: str = "f16", fo
     n_kv = int(new.get("num_key_value_heads") or n_head)
     original = rope_config.original_length(new)
     finetuned = (model_dir / "finetune_args.json").is_file() or model_dir.name == "merged"
-    rope = gguf_rope(params, arch="llama", dim=rope_config.rotary_dim(new), context_length=int(new["max_position_embeddings"]),
-                     original=original, finetuned=finetuned)
+    rope = gguf_rope(
+        params,
+        arch="llama",
+        dim=rope_config.rotary_dim(new),
+        context_length=int(new["max_position_embeddings"]),
+        original=original,
+        finetuned=finetuned,
+    )
     tensors = _hf_tensors(model_dir, new)
 
     writer = gguf.GGUFWriter(None, "llama")
@@ -269,9 +302,16 @@ def write_hf_as_gguf(model_dir: Path, out: Path, spec, *, dtype: str = "f16", fo
     for key, (value, type_name) in rope.kv.items():
         _add_kv(writer, f"llama.{key}", value, type_name)
     tokenizer_origin = _tokenizer_kv(writer, model_dir)
-    record = {"command": command, "source": str(model_dir), "spec": spec.to_dict() if spec is not None else None,
-              "rope": params, "context_length": int(new["max_position_embeddings"]), "original_context_length": original,
-              "dtype": dtype, "tokenizer": tokenizer_origin}
+    record = {
+        "command": command,
+        "source": str(model_dir),
+        "spec": spec.to_dict() if spec is not None else None,
+        "rope": params,
+        "context_length": int(new["max_position_embeddings"]),
+        "original_context_length": original,
+        "dtype": dtype,
+        "tokenizer": tokenizer_origin,
+    }
     writer.add_string(RECORD_KEY, json.dumps(record, default=str))
 
     def stored(shape) -> tuple:  # (numpy dtype, raw GGML type) of a tensor: 1-D ones (norms) stay f32 as llama.cpp's
@@ -281,7 +321,9 @@ def write_hf_as_gguf(model_dir: Path, out: Path, spec, *, dtype: str = "f16", fo
 
     for target, _, _, shape in tensors:
         np_dtype, raw = stored(shape)
-        writer.add_tensor_info(target, shape, np.dtype(np_dtype), int(np.prod(shape)) * np.dtype(np_dtype).itemsize, raw)
+        writer.add_tensor_info(
+            target, shape, np.dtype(np_dtype), int(np.prod(shape)) * np.dtype(np_dtype).itemsize, raw
+        )
     for name, array in rope.tensors.items():
         writer.add_tensor_info(name, array.shape, array.dtype, array.nbytes)
 
@@ -317,13 +359,20 @@ def export(source: str, out, spec, *, dtype: str = "f16", force: bool = False, r
     if os.fspath(source) == BUNDLED_SMOLLM2 and not path.exists():
         path = smollm2_gguf_path()  # the shipped Q4_1 file itself, kept byte for byte
     if path.is_file() and path.suffix == ".gguf":
-        require(spec is not None, "nothing to patch: a GGUF source needs --base and/or --method with --factor or --target-length")
+        require(
+            spec is not None,
+            "nothing to patch: a GGUF source needs --base and/or --method with --factor or --target-length",
+        )
         record = write_gguf_patch(path, out, spec, force=force, command=command)
     else:
         if path.is_dir() and (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
-            raise UsageError(f"{source} is a LoRA adapter: merge it first (the fine-tune's --merge writes {path}/merged) "
-                             "and give that folder")
-        model_dir = resolve_model_dir(source, revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+            raise UsageError(
+                f"{source} is a LoRA adapter: merge it first (the fine-tune's --merge writes {path}/merged) "
+                "and give that folder"
+            )
+        model_dir = resolve_model_dir(
+            source, revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+        )
         record = write_hf_as_gguf(model_dir, out, spec, dtype=dtype, force=force, command=command)
     write_text_atomic(out.with_suffix(".Modelfile"), modelfile_text(out.name, record["context_length"]))
     return record

@@ -61,8 +61,11 @@ def _yarn(params, dim, arch, original, finetuned) -> GgufRope:
     """llama.cpp applies YaRN's temperature 0.1·ln s + 1 itself; `attn_factor` multiplies it (a custom
     attention_factor becomes their ratio). Only some architectures read the beta keys."""
     betas = (float(params.get("beta_fast", 32.0)), float(params.get("beta_slow", 1.0)))
-    require(betas == (32.0, 1.0) or arch in READS_YARN_BETAS,
-            f"llama.cpp's {arch} architecture ignores yarn_beta_fast/slow (it always uses 32 and 1): drop --beta-fast/--beta-slow for a GGUF")
+    require(
+        betas == (32.0, 1.0) or arch in READS_YARN_BETAS,
+        f"llama.cpp's {arch} architecture ignores yarn_beta_fast/slow (it always uses 32 and 1): drop "
+        "--beta-fast/--beta-slow for a GGUF",
+    )
     require(not params.get("mscale") and not params.get("mscale_all_dim"),
             "YaRN mscale/mscale_all_dim are read by llama.cpp only for DeepSeek: this setting has no GGUF form here")
     rope = GgufRope()
@@ -71,7 +74,10 @@ def _yarn(params, dim, arch, original, finetuned) -> GgufRope:
     rope.kv["rope.scaling.yarn_beta_fast"] = (betas[0], "FLOAT32")  # as convert_hf_to_gguf.py writes them
     rope.kv["rope.scaling.yarn_beta_slow"] = (betas[1], "FLOAT32")
     if params.get("attention_factor") is not None:
-        rope.kv["rope.scaling.attn_factor"] = (float(params["attention_factor"]) / (0.1 * math.log(factor) + 1), "FLOAT32")
+        rope.kv["rope.scaling.attn_factor"] = (
+            float(params["attention_factor"]) / (0.1 * math.log(factor) + 1),
+            "FLOAT32",
+        )
     return rope
 
 
@@ -82,7 +88,9 @@ def llama3_rope_freqs(params: dict, dim: int):
     from longctx import rope_methods
 
     inv_freq, _ = rope_methods.inv_freq_for({**params, "rope_type": "default"}, dim, max_position_embeddings=1)
-    scaled, _ = rope_methods.inv_freq_for(params, dim, max_position_embeddings=int(params["original_max_position_embeddings"]))
+    scaled, _ = rope_methods.inv_freq_for(
+        params, dim, max_position_embeddings=int(params["original_max_position_embeddings"])
+    )
     return (inv_freq / scaled).numpy().astype(np.float32)
 
 
@@ -137,7 +145,10 @@ def config_from_gguf(meta: dict, tensor_names: set[str]) -> dict:
     kind, factor = get("rope.scaling.type"), float(get("rope.scaling.factor") or get("rope.scale_linear") or 1.0)
     scaled = next((n for n in ROPE_TENSORS if n in tensor_names), None)
     if scaled or (kind not in (None, "none") and factor != 1.0) or kind == "longrope":
-        config["rope_scaling"] = {"rope_type": "llama3" if scaled == ROPE_TENSORS[0] else kind or "linear", "factor": factor}
+        config["rope_scaling"] = {
+            "rope_type": "llama3" if scaled == ROPE_TENSORS[0] else kind or "linear",
+            "factor": factor,
+        }
     if get("rope.scaling.original_context_length"):
         config["original_max_position_embeddings"] = int(get("rope.scaling.original_context_length"))
     return config
@@ -148,8 +159,11 @@ def hf_rope_from_gguf(meta: dict, tensor_names: set[str]) -> dict | None:
     takes only freq_base for Llama files, which would silently evaluate a patched GGUF unscaled."""
     arch = meta.get("general.architecture")
     get = lambda key: meta.get(f"{arch}.{key}")  # noqa: E731
-    require(not tensor_names & set(ROPE_TENSORS), "this GGUF scales its rope with factor tensors (rope_freqs or "
-                                                  "rope_factors_*), which longctx cannot read back: evaluate the HF checkpoint it came from")
+    require(
+        not tensor_names & set(ROPE_TENSORS),
+        "this GGUF scales its rope with factor tensors (rope_freqs or "
+        "rope_factors_*), which longctx cannot read back: evaluate the HF checkpoint it came from",
+    )
     kind, factor = get("rope.scaling.type"), float(get("rope.scaling.factor") or 1.0)
     if kind not in FORMS or factor == 1.0:  # none, or llama.cpp's default linear without a factor
         return None

@@ -48,7 +48,9 @@ def pick_device(device: str | None = None) -> str:
         raise UsageError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or mps") from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: no CUDA GPU is usable here (torch {torch.__version__}): use --device cpu")
+            raise UsageError(
+                f"--device {device}: no CUDA GPU is usable here (torch {torch.__version__}): use --device cpu"
+            )
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif parsed.type == "mps" and not torch.backends.mps.is_available():
@@ -78,22 +80,28 @@ def is_adapter_dir(path: str | Path) -> bool:
 def check_adapter(adapter_dir: Path, *, allow_pickle: bool = False) -> None:
     """A LoRA adapter directory is loadable without running code: valid adapter_config.json, safetensors
     weights (pickle only with allow_pickle) that are not truncated."""
-    from longctx.sources import check_regular_files, check_safetensors
+    from longctx.checkpoint_files import check_regular_files, check_safetensors
 
     check_regular_files(adapter_dir, " in the adapter folder")
     try:
         config = json.loads((adapter_dir / "adapter_config.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UsageError(f"{adapter_dir}/adapter_config.json is not valid JSON: repair or re-save the adapter") from None
+        raise UsageError(
+            f"{adapter_dir}/adapter_config.json is not valid JSON: repair or re-save the adapter"
+        ) from None
     if not isinstance(config, dict):
-        raise UsageError(f"{adapter_dir}/adapter_config.json does not hold a JSON object: repair or re-save the adapter")
+        raise UsageError(
+            f"{adapter_dir}/adapter_config.json does not hold a JSON object: repair or re-save the adapter"
+        )
     safe = adapter_dir / "adapter_model.safetensors"
     if safe.is_file():
         check_safetensors(safe)
     elif (adapter_dir / "adapter_model.bin").is_file():
         if not allow_pickle:
-            raise UsageError(f"{adapter_dir} has its adapter weights only as pickle (adapter_model.bin), which can run "
-                             "code on load: re-save it as safetensors (peft: save_pretrained(..., safe_serialization=True))")
+            raise UsageError(
+                f"{adapter_dir} has its adapter weights only as pickle (adapter_model.bin), which can run "
+                "code on load: re-save it as safetensors (peft: save_pretrained(..., safe_serialization=True))"
+            )
     else:
         raise UsageError(f"{adapter_dir} has adapter_config.json but no adapter weights (adapter_model.safetensors)")
 
@@ -133,7 +141,10 @@ def load_tokenizer(model_dir: str | Path, *, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"no usable tokenizer in {model_dir} ({type(exc).__name__}): copy the tokenizer files of the base model there") from None
+        raise UsageError(
+            f"no usable tokenizer in {model_dir} ({type(exc).__name__}): copy the tokenizer files of the base model "
+            "there"
+        ) from None
 
 
 def source_dirs(source: str | Path, *, base_model: str | None = None, trust_remote_code: bool = False,
@@ -180,9 +191,9 @@ def load_model(source: str | Path, *, device: str | None = None, dtype: str | No
 def reset_rope_state(model) -> None:
     """Put every rotary embedding back to the checkpoint's own frequencies before a fresh forward.
 
-    transformers' dynamic rope (and only it: `RopeMethod.stateful`) keeps state: a long input grows `inv_freq` and it stays grown
-    for every later input longer than the trained length (it resets only below it). A model loaded once
-    and run at 16K, then 10K, would score the 10K input with the 16K base. Calling this before each forward
+    transformers' dynamic rope (and only it: `RopeMethod.stateful`) keeps state: a long input grows `inv_freq`
+    and it stays grown for every later input longer than the trained length (it resets only below it). A model
+    loaded once and run at 16K, then 10K, would score the 10K input with the 16K base. Calling this before each forward
     that starts at position 0 makes every score independent of what ran before. Other rope types are left
     alone (their `inv_freq` never changes). Works with transformers 4 and 5, and with per-layer-type
     prefixes (`sliding_attention_original_inv_freq`, …).

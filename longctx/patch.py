@@ -45,14 +45,19 @@ def resolve_lengths(spec: PatchSpec, original_length: int) -> tuple[float | None
         raise UsageError(f"--method {spec.method} needs --factor or --target-length")
     if factor is None:
         factor = target / original_length
-        require(factor >= 1, f"--target-length {target} is below the trained length {original_length}: nothing to extend")
+        require(
+            factor >= 1, f"--target-length {target} is below the trained length {original_length}: nothing to extend"
+        )
         factor = round(factor, 6)
     expected = int(round(factor * original_length))
     cap = MAX_CONTEXT
     require(expected <= cap, f"--factor {factor:g} × trained length {original_length} = {expected:,} tokens, "
                              f"above {cap:,} (2^24): check the factor")
     if target is not None and target != expected:
-        raise UsageError(f"--factor {factor:g} × trained length {original_length} = {expected}, not --target-length {target}: give one of them")
+        raise UsageError(
+            f"--factor {factor:g} × trained length {original_length} = {expected}, not --target-length {target}: give "
+            "one of them"
+        )
     return float(factor), expected
 
 
@@ -80,8 +85,11 @@ def patch_config(config: dict, spec: PatchSpec) -> dict:
     method = validate_spec(spec)
     require(isinstance(config, dict) and "model_type" in config,
             "config.json has no model_type: this does not look like a transformers checkpoint")
-    require(rope_config.has_rope(config),
-            f"model_type {config.get('model_type')!r} has no rotary position embeddings (RoPE): longctx only patches RoPE models")
+    require(
+        rope_config.has_rope(config),
+        f"model_type {config.get('model_type')!r} has no rotary position embeddings (RoPE): longctx only patches RoPE "
+        "models",
+    )
     new = copy.deepcopy(config)
     target_cfg = rope_config.text_config(new)
     allowed = rope_methods.methods_for(target_cfg.get("model_type"))
@@ -134,7 +142,11 @@ def patch_model(model, spec: PatchSpec) -> dict:
                 rebuilt_module = type(child)(config=child.config)  # inv_freq is computed at construction
                 setattr(parent, name, rebuilt_module.to(child.inv_freq.device))
                 rebuilt += 1
-    require(rebuilt > 0, f"found no rotary embedding module in {type(model).__name__}: patch the checkpoint with `longctx patch` instead")
+    require(
+        rebuilt > 0,
+        f"found no rotary embedding module in {type(model).__name__}: "
+        "patch the checkpoint with `longctx patch` instead",
+    )
     return rope_config.rope_parameters(patched)
 
 
@@ -142,8 +154,13 @@ def add_patch_arguments(parser, *, required: bool = False) -> None:
     """The patch flags, shared by `longctx patch` and the fine-tune recipe: one per `rope_methods` option."""
     group = parser.add_argument_group("rope patch")
     for option in rope_methods.options():
-        group.add_argument(option.flag, type=token_count if option.type is int else option.type, choices=option.choices, metavar=option.metavar,
-                           help=rope_methods.option_help(option))
+        group.add_argument(
+            option.flag,
+            type=token_count if option.type is int else option.type,
+            choices=option.choices,
+            metavar=option.metavar,
+            help=rope_methods.option_help(option),
+        )
 
 
 def spec_from_args(args) -> PatchSpec | None:

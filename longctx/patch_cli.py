@@ -17,8 +17,12 @@ def add_parser(subparsers) -> None:
                     "hard-linked (symlinked across file systems), other files copied; the source is never "
                     "modified, the output appears atomically.")
     parser.add_argument("--model", required=True, help="Hub id, local checkpoint directory or .gguf file")
-    parser.add_argument("--out", required=True, help="new directory for the patched checkpoint, or FILE.gguf for llama.cpp/"
-                                                     "Ollama (plus FILE.Modelfile with num_ctx = the new length)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="new directory for the patched checkpoint, or FILE.gguf for llama.cpp/"
+        "Ollama (plus FILE.Modelfile with num_ctx = the new length)",
+    )
     add_patch_arguments(parser)
     parser.add_argument("--force", action="store_true", help="replace --out if it is an earlier longctx patch output")
     parser.add_argument("--copy", action="store_true", help="copy weights instead of hard-linking them")
@@ -56,8 +60,11 @@ def run(args) -> int:
     print(f"  max_position_embeddings {record['max_position_embeddings_before']} -> {record['max_position_embeddings']}"
           f" (trained at {record['original_max_position_embeddings']})")
     if record["analysis"].get("base_satisfies_lower_bound_at_claimed_length") is False:
-        print(f"  warning: base {after['rope_theta']:g} is below the lower bound for {record['analysis']['claimed_length']} "
-              "tokens (B(m) < 0 somewhere): expect superficial long context; see `longctx analyze`")
+        print(
+            f"  warning: base {after['rope_theta']:g} is below the lower bound for "
+            f"{record['analysis']['claimed_length']} "
+            "tokens (B(m) < 0 somewhere): expect superficial long context; see `longctx analyze`"
+        )
     return 0
 
 
@@ -74,7 +81,13 @@ def run_gguf(args, spec) -> int:
                         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
                         command=shlex.join(["longctx", *(sys.argv[1:] if argv is None else argv)]))
     rope = ", ".join(f"{k}={v}" for k, v in record["rope"].items() if not isinstance(v, list))
-    print(f"patched {args.model} -> {args.out} (GGUF{', ' + record['dtype'] if 'dtype' in record else ', tensors unchanged'})")
+    print(
+        f"patched {args.model} -> {args.out} "
+        f"(GGUF{', ' + record['dtype'] if 'dtype' in record else ', tensors unchanged'})"
+    )
     print(f"  rope: {rope}; context_length {record['context_length']} (trained at {record['original_context_length']})")
-    print(f"  ollama: ollama create NAME -f {Path(args.out).with_suffix('.Modelfile')}  (num_ctx {record['context_length']})")
+    print(
+        f"  ollama: ollama create NAME -f {Path(args.out).with_suffix('.Modelfile')}  (num_ctx "
+        f"{record['context_length']})"
+    )
     return 0

@@ -69,7 +69,9 @@ def rope_parameters(config: Any) -> dict:
     try:
         params["rope_theta"] = float(theta)
     except (TypeError, ValueError):
-        raise UsageError(f"config.json has rope_theta = {theta!r}, not a number: repair the checkpoint's config") from None
+        raise UsageError(
+            f"config.json has rope_theta = {theta!r}, not a number: repair the checkpoint's config"
+        ) from None
     if "partial_rotary_factor" not in params and cfg.get("partial_rotary_factor") is not None:
         params["partial_rotary_factor"] = cfg["partial_rotary_factor"]
     return params
@@ -92,7 +94,9 @@ def _max_positions(cfg: dict) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise UsageError(f"config.json has max_position_embeddings = {value!r}, not an integer: repair the config") from None
+        raise UsageError(
+            f"config.json has max_position_embeddings = {value!r}, not an integer: repair the config"
+        ) from None
 
 
 def head_dim(config: Any) -> int:
@@ -137,7 +141,9 @@ def same_rope_up_to(a: dict, b: dict, trained: int, dim: int = 64) -> bool:
     dim = 2 * len(factors[0]) if factors else dim
     for seq_len in (1, max(1, trained // 2), trained):
         try:
-            (fa, sa), (fb, sb) = (rope_methods.inv_freq_for(p, dim, max_position_embeddings=trained, seq_len=seq_len) for p in (a, b))
+            (fa, sa), (fb, sb) = (
+                rope_methods.inv_freq_for(p, dim, max_position_embeddings=trained, seq_len=seq_len) for p in (a, b)
+            )
         except (ValueError, KeyError, TypeError):
             return False
         if not (torch.allclose(torch.as_tensor(fa, dtype=torch.float64), torch.as_tensor(fb, dtype=torch.float64),

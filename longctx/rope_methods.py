@@ -71,7 +71,9 @@ METHODS: dict[str, RopeMethod] = {}
 
 def register(cls: type[RopeMethod]) -> type[RopeMethod]:
     """Add a method (in this order to --help and the README); an option name belongs to one method only."""
-    taken = {"method", "extra"} | {o.name for o in COMMON_OPTIONS} | {o.name for m in METHODS.values() for o in m.options}
+    taken = (
+        {"method", "extra"} | {o.name for o in COMMON_OPTIONS} | {o.name for m in METHODS.values() for o in m.options}
+    )
     clash = taken & {o.name for o in cls.options}
     if cls.name in METHODS or clash:
         raise ValueError(f"method {cls.name}: the name or option {sorted(clash)} is already registered")
@@ -164,11 +166,18 @@ class Yarn(RopeMethod):
     def inv_freq(self, params, dim, *, max_position_embeddings, seq_len=None):
         from longctx import rope
 
-        return rope.yarn_inv_freq(float(params["rope_theta"]), dim, _factor(params),
-                                  _original(params, max_position_embeddings),
-                                  beta_fast=self.setting(params, "beta_fast"), beta_slow=self.setting(params, "beta_slow"),
-                                  attention_factor=params.get("attention_factor"), mscale=params.get("mscale"),
-                                  mscale_all_dim=params.get("mscale_all_dim"), truncate=params.get("truncate", True))
+        return rope.yarn_inv_freq(
+            float(params["rope_theta"]),
+            dim,
+            _factor(params),
+            _original(params, max_position_embeddings),
+            beta_fast=self.setting(params, "beta_fast"),
+            beta_slow=self.setting(params, "beta_slow"),
+            attention_factor=params.get("attention_factor"),
+            mscale=params.get("mscale"),
+            mscale_all_dim=params.get("mscale_all_dim"),
+            truncate=params.get("truncate", True),
+        )
 
 
 @register
@@ -197,7 +206,8 @@ class Llama3(RopeMethod):
 
 
 def rope_factors(value, flag: str = "--rope-factors") -> dict:
-    """{'short_factor': [...], 'long_factor': [...]} from a JSON file holding those two lists (from Python, the dict)."""
+    """{'short_factor': [...], 'long_factor': [...]} from a JSON file holding those two lists (from Python, the
+    dict)."""
     import json
     from pathlib import Path
 
@@ -207,7 +217,9 @@ def rope_factors(value, flag: str = "--rope-factors") -> dict:
         try:
             data = json.loads(Path(value).read_text())
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise UsageError(f"{flag} {value} is not valid JSON: write {{\"short_factor\": [...], \"long_factor\": [...]}}") from None
+            raise UsageError(
+                f'{flag} {value} is not valid JSON: write {{"short_factor": [...], "long_factor": [...]}}'
+            ) from None
     require(isinstance(data, dict), f"{flag} {value} must hold an object with short_factor and long_factor lists")
     for key in ("short_factor", "long_factor"):
         factors = data.get(key)
@@ -252,7 +264,9 @@ class LongRope(RopeMethod):
         scaling = params.get("attention_factor")
         if scaling is None:
             scaling = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
-        return rope.default_inv_freq(float(params["rope_theta"]), dim) / torch.tensor(ext, dtype=torch.float64), float(scaling)
+        return rope.default_inv_freq(float(params["rope_theta"]), dim) / torch.tensor(ext, dtype=torch.float64), float(
+            scaling
+        )
 
 
 # --------------------------------------------------------------------------------------- derived views
@@ -303,7 +317,9 @@ def validate(values: dict) -> RopeMethod:
     method.check(values)
     factor = values.get("factor")
     if not method.scales:
-        require(factor is None, f"--factor has no meaning for --method {name}: pick a scaling method ({scaling_methods()})")
+        require(
+            factor is None, f"--factor has no meaning for --method {name}: pick a scaling method ({scaling_methods()})"
+        )
     elif factor is not None:
         require(factor >= 1, f"--factor must be ≥ 1 for {name} (it extends the context), got {factor}")
     for other in METHODS.values():

@@ -3,7 +3,8 @@
     # CPU demo: SmolLM2-135M, base 1e5 -> 1e6, LoRA at 256 tokens, a few steps (a couple of minutes on 2 cores)
     accelerate launch recipes/finetune.py --config recipes/configs/smollm2-135m-base1e6.yaml
     python recipes/finetune.py --config recipes/configs/smollm2-135m-base1e6.yaml          # same, no launcher
-    accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/finetune.py --config recipes/configs/smollm2-135m-base1e6.yaml
+    accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/finetune.py \
+        --config recipes/configs/smollm2-135m-base1e6.yaml
 
     # Llama-2-7B, LoRA at 4K with base 1e6, FSDP over the GPUs of one node
     accelerate launch --config_file recipes/accelerate/fsdp.yaml recipes/finetune.py \

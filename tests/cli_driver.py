@@ -4,8 +4,8 @@ output as JSON: `python tests/cli_driver.py CASES.json RESULTS.json`.
 Each case: {"id", "tool": "longctx" | "finetune", "argv": [...], "cwd": DIR, "fault": optional}. A fault
 simulates what a test cannot arrange for real: "enospc" (the disk fills while files are copied),
 "readonly:DIR" (DIR is on a read-only file system); or arranges it for real: "fsize:N" (a file-size limit of
-N bytes, `ulimit -f`: writes past it fail with EFBIG), "locked:PATH" (another writer holds PATH's lock). An exception that escapes the CLI is reported as a
-traceback: that is always a failure of the case.
+N bytes, `ulimit -f`: writes past it fail with EFBIG), "locked:PATH" (another writer holds PATH's
+lock). An exception that escapes the CLI is reported as a traceback: that is always a failure of the case.
 """
 
 from __future__ import annotations

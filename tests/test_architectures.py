@@ -7,18 +7,31 @@ import json
 import pytest
 import torch
 
-from longctx import rope, rope_config
+from longctx import rope_config, rope_methods
 from longctx.checkpoint import write_patched_checkpoint
 from longctx.errors import UsageError
 from longctx.patch import PatchSpec
 
 TINY = {"hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "vocab_size": 128, "max_position_embeddings": 512}
-ROPE_MODELS = {"llama": {}, "mistral": {}, "qwen2": {}, "qwen3": {"head_dim": 16}, "phi3": {"partial_rotary_factor": 0.5, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 1,
-                        "original_max_position_embeddings": 512},
-               "gemma": {"head_dim": 16}, "gemma2": {"head_dim": 16}, "olmo2": {}, "granite": {},
-               "gemma3_text": {"head_dim": 16, "sliding_window": 64,
-                                "layer_types": ["sliding_attention", "full_attention"]}}
+ROPE_MODELS = {
+    "llama": {},
+    "mistral": {},
+    "qwen2": {},
+    "qwen3": {"head_dim": 16},
+    "phi3": {
+        "partial_rotary_factor": 0.5,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "bos_token_id": 1,
+        "original_max_position_embeddings": 512,
+    },
+    "gemma": {"head_dim": 16},
+    "gemma2": {"head_dim": 16},
+    "olmo2": {},
+    "granite": {},
+    "gemma3_text": {"head_dim": 16, "sliding_window": 64, "layer_types": ["sliding_attention", "full_attention"]},
+}
 
 
 def save_tiny(model_type: str, path, **overrides):
@@ -46,7 +59,7 @@ def test_rope_architectures_patch_and_load(model_type, tmp_path):
     assert params["rope_type"] == ("default" if method == "ntk" else "yarn")
     assert config["max_position_embeddings"] == 2048
     model = AutoModelForCausalLM.from_pretrained(out)
-    expected, _ = rope.inv_freq_for(params, rope_config.rotary_dim(config), max_position_embeddings=2048)
+    expected, _ = rope_methods.inv_freq_for(params, rope_config.rotary_dim(config), max_position_embeddings=2048)
     matches = [buf for buf in rotary_buffers(model) if buf.shape == expected.shape
                and torch.allclose(buf.double(), expected, rtol=1e-6, atol=0)]
     assert matches, f"no rotary buffer of {model_type} carries the patched frequencies"

@@ -168,7 +168,9 @@ class Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
-DOCS = "".join(json.dumps({"text": f"The grass is green. The sky is blue. Here we go {i}. " * 6}) + "\n" for i in range(8))
+DOCS = "".join(
+    json.dumps({"text": f"The grass is green. The sky is blue. Here we go {i}. " * 6}) + "\n" for i in range(8)
+)
 
 
 def docs(d: Path, tiny: Path) -> None:
@@ -211,110 +213,527 @@ CASES = [
     ("patch: --base big", "longctx", src, patch("--base", "big"), "invalid float value", None),
     ("patch: --base without value", "longctx", src, patch("--base"), "expected one argument", None),
     ("patch: unknown flag", "longctx", src, patch("--base", "1e6", "--bsae", "2"), "unrecognized arguments", None),
-    ("patch: --factor 0.5", "longctx", src, patch("--method", "linear", "--factor", "0.5"), "--factor must be ≥ 1", None),
+    (
+        "patch: --factor 0.5",
+        "longctx",
+        src,
+        patch("--method", "linear", "--factor", "0.5"),
+        "--factor must be ≥ 1",
+        None,
+    ),
     ("patch: --factor 1e300", "longctx", src, patch("--method", "linear", "--factor", "1e300"), "absurdly large", None),
-    ("patch: --factor 1e6 too long", "longctx", src, patch("--method", "yarn", "--factor", "1e6"), "above 16,777,216", None),
-    ("patch: --target-length 1e13", "longctx", src, patch("--method", "yarn", "--target-length", str(10**13)),
-     "--target-length 10000000000000 is above", None),
-    ("patch: --original-length 0", "longctx", src, patch("--base", "1e6", "--original-length", "0"), "--original-length must be a positive", None),
+    (
+        "patch: --factor 1e6 too long",
+        "longctx",
+        src,
+        patch("--method", "yarn", "--factor", "1e6"),
+        "above 16,777,216",
+        None,
+    ),
+    (
+        "patch: --target-length 1e13",
+        "longctx",
+        src,
+        patch("--method", "yarn", "--target-length", str(10**13)),
+        "--target-length 10000000000000 is above",
+        None,
+    ),
+    (
+        "patch: --original-length 0",
+        "longctx",
+        src,
+        patch("--base", "1e6", "--original-length", "0"),
+        "--original-length must be a positive",
+        None,
+    ),
     ("patch: unknown method", "longctx", src, patch("--method", "rope-magic", "--factor", "2"), "invalid choice", None),
-    ("patch: factor with base method", "longctx", src, patch("--method", "base", "--base", "1e6", "--factor", "2"), "no meaning", None),
-    ("patch: yarn flag on linear", "longctx", src, patch("--method", "linear", "--factor", "2", "--beta-fast", "16"), "only apply to --method yarn", None),
-    ("patch: --beta-fast nan", "longctx", src, patch("--method", "yarn", "--factor", "2", "--beta-fast", "nan"), "--beta-fast must be", None),
-    ("patch: beta-fast below beta-slow", "longctx", src, patch("--method", "yarn", "--factor", "2", "--beta-fast", "1", "--beta-slow", "2"), "greater than --beta-slow", None),
-    ("patch: --high-freq-factor inf", "longctx", src, patch("--method", "llama3", "--factor", "2", "--high-freq-factor", "inf"), "--high-freq-factor must be", None),
-    ("patch: --attention-factor 0", "longctx", src, patch("--method", "yarn", "--factor", "2", "--attention-factor", "0"), "--attention-factor must be", None),
-    ("patch: factor and length disagree", "longctx", src, patch("--method", "yarn", "--factor", "2", "--target-length", "4096"), "give one of them", None),
-    ("patch: scaling without factor", "longctx", src, patch("--method", "yarn"), "needs --factor or --target-length", None),
-    ("patch: target below trained", "longctx", src, patch("--method", "linear", "--target-length", "128"), "below the trained length", None),
+    (
+        "patch: factor with base method",
+        "longctx",
+        src,
+        patch("--method", "base", "--base", "1e6", "--factor", "2"),
+        "no meaning",
+        None,
+    ),
+    (
+        "patch: yarn flag on linear",
+        "longctx",
+        src,
+        patch("--method", "linear", "--factor", "2", "--beta-fast", "16"),
+        "only apply to --method yarn",
+        None,
+    ),
+    (
+        "patch: --beta-fast nan",
+        "longctx",
+        src,
+        patch("--method", "yarn", "--factor", "2", "--beta-fast", "nan"),
+        "--beta-fast must be",
+        None,
+    ),
+    (
+        "patch: beta-fast below beta-slow",
+        "longctx",
+        src,
+        patch("--method", "yarn", "--factor", "2", "--beta-fast", "1", "--beta-slow", "2"),
+        "greater than --beta-slow",
+        None,
+    ),
+    (
+        "patch: --high-freq-factor inf",
+        "longctx",
+        src,
+        patch("--method", "llama3", "--factor", "2", "--high-freq-factor", "inf"),
+        "--high-freq-factor must be",
+        None,
+    ),
+    (
+        "patch: --attention-factor 0",
+        "longctx",
+        src,
+        patch("--method", "yarn", "--factor", "2", "--attention-factor", "0"),
+        "--attention-factor must be",
+        None,
+    ),
+    (
+        "patch: factor and length disagree",
+        "longctx",
+        src,
+        patch("--method", "yarn", "--factor", "2", "--target-length", "4096"),
+        "give one of them",
+        None,
+    ),
+    (
+        "patch: scaling without factor",
+        "longctx",
+        src,
+        patch("--method", "yarn"),
+        "needs --factor or --target-length",
+        None,
+    ),
+    (
+        "patch: target below trained",
+        "longctx",
+        src,
+        patch("--method", "linear", "--target-length", "128"),
+        "below the trained length",
+        None,
+    ),
     ("patch: nothing to patch", "longctx", src, patch(), "nothing to patch", None),
     # -- patch: the source
-    ("patch: missing model path", "longctx", None, patch("--base", "1e6", model="./no/such/dir"), "does not exist", None),
-    ("patch: model is a text file", "longctx", write("notes.txt", "hello", with_src=False), patch("--base", "1e6", model="notes.txt"), "not a GGUF file", None),
-    ("patch: garbage .gguf", "longctx", write("model.gguf", os.urandom(4096), with_src=False), patch("--base", "1e6", model="model.gguf"), "not a GGUF file", None),
-    ("patch: truncated .gguf", "longctx", write("model.gguf", b"GGUF\x03\x00\x00\x00" + os.urandom(64), with_src=False),
-     patch("--base", "1e6", model="model.gguf"), "could not read model.gguf as a GGUF model", None),
-    ("patch: Hub id offline", "longctx", None, patch("--base", "1e6", model="longctx-tests/no-such-model"), "HF_HUB_OFFLINE", None),
+    (
+        "patch: missing model path",
+        "longctx",
+        None,
+        patch("--base", "1e6", model="./no/such/dir"),
+        "does not exist",
+        None,
+    ),
+    (
+        "patch: model is a text file",
+        "longctx",
+        write("notes.txt", "hello", with_src=False),
+        patch("--base", "1e6", model="notes.txt"),
+        "not a GGUF file",
+        None,
+    ),
+    (
+        "patch: garbage .gguf",
+        "longctx",
+        write("model.gguf", os.urandom(4096), with_src=False),
+        patch("--base", "1e6", model="model.gguf"),
+        "not a GGUF file",
+        None,
+    ),
+    (
+        "patch: truncated .gguf",
+        "longctx",
+        write("model.gguf", b"GGUF\x03\x00\x00\x00" + os.urandom(64), with_src=False),
+        patch("--base", "1e6", model="model.gguf"),
+        "could not read model.gguf as a GGUF model",
+        None,
+    ),
+    (
+        "patch: Hub id offline",
+        "longctx",
+        None,
+        patch("--base", "1e6", model="longctx-tests/no-such-model"),
+        "HF_HUB_OFFLINE",
+        None,
+    ),
     ("patch: non-rope model", "longctx", gpt2, patch("--base", "1e6"), "no rotary position embeddings", None),
-    ("patch: config not JSON", "longctx", write("src/config.json", "{not json"), patch("--base", "1e6"), "is not valid JSON", None),
-    ("patch: config is a list", "longctx", write("src/config.json", "[1, 2]"), patch("--base", "1e6"), "does not hold a JSON object", None),
-    ("patch: config not UTF-8", "longctx", write("src/config.json", b"\xff\xfe{}"), patch("--base", "1e6"), "is not valid JSON", None),
-    ("patch: config without model_type", "longctx", edit_config(model_type=DELETE), patch("--base", "1e6"), "no model_type", None),
-    ("patch: config without max_position_embeddings", "longctx", edit_config(max_position_embeddings=DELETE),
-     patch("--base", "1e6"), "max_position_embeddings = None", None),
-    ("patch: max_position_embeddings 'abc'", "longctx", edit_config(max_position_embeddings="abc"), patch("--base", "1e6"), "max_position_embeddings = 'abc'", None),
-    ("patch: rope_theta 'abc'", "longctx", edit_config(rope_theta="abc", rope_parameters=DELETE), patch("--method", "linear", "--factor", "2"), "rope_theta = 'abc'", None),
-    ("patch: already scaled", "longctx", edit_config(rope_scaling={"rope_type": "linear", "factor": 2.0}), patch("--method", "yarn", "--factor", "2"), "already uses rope_type", None),
-    ("patch: truncated safetensors", "longctx", truncate_weights, patch("--base", "1e6"), "is truncated or not a safetensors file", None),
-    ("patch: garbled safetensors header", "longctx", garble_weights_header, patch("--base", "1e6"), "is truncated or not a safetensors file", None),
+    (
+        "patch: config not JSON",
+        "longctx",
+        write("src/config.json", "{not json"),
+        patch("--base", "1e6"),
+        "is not valid JSON",
+        None,
+    ),
+    (
+        "patch: config is a list",
+        "longctx",
+        write("src/config.json", "[1, 2]"),
+        patch("--base", "1e6"),
+        "does not hold a JSON object",
+        None,
+    ),
+    (
+        "patch: config not UTF-8",
+        "longctx",
+        write("src/config.json", b"\xff\xfe{}"),
+        patch("--base", "1e6"),
+        "is not valid JSON",
+        None,
+    ),
+    (
+        "patch: config without model_type",
+        "longctx",
+        edit_config(model_type=DELETE),
+        patch("--base", "1e6"),
+        "no model_type",
+        None,
+    ),
+    (
+        "patch: config without max_position_embeddings",
+        "longctx",
+        edit_config(max_position_embeddings=DELETE),
+        patch("--base", "1e6"),
+        "max_position_embeddings = None",
+        None,
+    ),
+    (
+        "patch: max_position_embeddings 'abc'",
+        "longctx",
+        edit_config(max_position_embeddings="abc"),
+        patch("--base", "1e6"),
+        "max_position_embeddings = 'abc'",
+        None,
+    ),
+    (
+        "patch: rope_theta 'abc'",
+        "longctx",
+        edit_config(rope_theta="abc", rope_parameters=DELETE),
+        patch("--method", "linear", "--factor", "2"),
+        "rope_theta = 'abc'",
+        None,
+    ),
+    (
+        "patch: already scaled",
+        "longctx",
+        edit_config(rope_scaling={"rope_type": "linear", "factor": 2.0}),
+        patch("--method", "yarn", "--factor", "2"),
+        "already uses rope_type",
+        None,
+    ),
+    (
+        "patch: truncated safetensors",
+        "longctx",
+        truncate_weights,
+        patch("--base", "1e6"),
+        "is truncated or not a safetensors file",
+        None,
+    ),
+    (
+        "patch: garbled safetensors header",
+        "longctx",
+        garble_weights_header,
+        patch("--base", "1e6"),
+        "is truncated or not a safetensors file",
+        None,
+    ),
     ("patch: no weight files", "longctx", no_weights, patch("--base", "1e6"), "holds no weight files", None),
     ("patch: pickle-only weights", "longctx", pickle_only, patch("--base", "1e6"), "--allow-pickle", None),
-    ("patch: needs remote code", "longctx", edit_config(auto_map={"AutoModelForCausalLM": "m.M"}), patch("--base", "1e6"), "--trust-remote-code", None),
+    (
+        "patch: needs remote code",
+        "longctx",
+        edit_config(auto_map={"AutoModelForCausalLM": "m.M"}),
+        patch("--base", "1e6"),
+        "--trust-remote-code",
+        None,
+    ),
     # -- patch: the output
-    ("patch: --out is the source", "longctx", src, patch("--base", "1e6", "--force", out="src"), "is the source checkpoint itself", None),
-    ("patch: --out inside the source", "longctx", src, patch("--base", "1e6", "--force", out="src/sub"), "lies inside the source", None),
-    ("patch: --out contains the source", "longctx", src, patch("--base", "1e6", "--force", out="."), "contains the source", None),
-    ("patch: --out . (the working folder)", "longctx", both(src, mkdir("work")),
-     ["patch", "--model", "../src", "--base", "1e6", "--out", ".", "--force"], "is the current directory", "cwd:work"),
+    (
+        "patch: --out is the source",
+        "longctx",
+        src,
+        patch("--base", "1e6", "--force", out="src"),
+        "is the source checkpoint itself",
+        None,
+    ),
+    (
+        "patch: --out inside the source",
+        "longctx",
+        src,
+        patch("--base", "1e6", "--force", out="src/sub"),
+        "lies inside the source",
+        None,
+    ),
+    (
+        "patch: --out contains the source",
+        "longctx",
+        src,
+        patch("--base", "1e6", "--force", out="."),
+        "contains the source",
+        None,
+    ),
+    (
+        "patch: --out . (the working folder)",
+        "longctx",
+        both(src, mkdir("work")),
+        ["patch", "--model", "../src", "--base", "1e6", "--out", ".", "--force"],
+        "is the current directory",
+        "cwd:work",
+    ),
     ("patch: --out exists", "longctx", earlier_patch_output, patch("--base", "1e6"), "pass --force", None),
-    ("patch: --force on a foreign folder", "longctx", foreign_folder, patch("--base", "1e6", "--force"), "not a longctx patch output", None),
-    ("patch: --out is a file", "longctx", both(src, write("out", "x", with_src=False)), patch("--base", "1e6"), "exists and is a file", None),
-    ("patch: read-only output folder", "longctx", both(src, mkdir("ro")), patch("--base", "1e6", out="ro/out"), "cannot write in", "readonly:ro"),
-    ("patch: disk full during --copy", "longctx", src, patch("--base", "1e6", "--copy"), "No space left on device", "enospc"),
+    (
+        "patch: --force on a foreign folder",
+        "longctx",
+        foreign_folder,
+        patch("--base", "1e6", "--force"),
+        "not a longctx patch output",
+        None,
+    ),
+    (
+        "patch: --out is a file",
+        "longctx",
+        both(src, write("out", "x", with_src=False)),
+        patch("--base", "1e6"),
+        "exists and is a file",
+        None,
+    ),
+    (
+        "patch: read-only output folder",
+        "longctx",
+        both(src, mkdir("ro")),
+        patch("--base", "1e6", out="ro/out"),
+        "cannot write in",
+        "readonly:ro",
+    ),
+    (
+        "patch: disk full during --copy",
+        "longctx",
+        src,
+        patch("--base", "1e6", "--copy"),
+        "No space left on device",
+        "enospc",
+    ),
     # -- analyze
-    ("analyze: odd head dim", "longctx", None, ["analyze", "--head-dim", "7", "--base", "1e4", "--train-length", "4096"], "--head-dim must be", None),
-    ("analyze: base 1", "longctx", None, ["analyze", "--head-dim", "64", "--base", "1", "--train-length", "4096"], "--base must be", None),
+    (
+        "analyze: odd head dim",
+        "longctx",
+        None,
+        ["analyze", "--head-dim", "7", "--base", "1e4", "--train-length", "4096"],
+        "--head-dim must be",
+        None,
+    ),
+    (
+        "analyze: base 1",
+        "longctx",
+        None,
+        ["analyze", "--head-dim", "64", "--base", "1", "--train-length", "4096"],
+        "--base must be",
+        None,
+    ),
     ("analyze: missing input", "longctx", None, ["analyze", "--head-dim", "128"], "give --model", None),
     # -- eval
     ("eval: --device cuda:99", "longctx", src, ppl("--device", "cuda:99"), "--device cuda:99", None),
     ("eval: --device banana", "longctx", src, ppl("--device", "banana"), "not a device", None),
     ("eval: --dtype int3", "longctx", src, ppl("--dtype", "int3"), "unknown dtype", None),
-    ("eval: random bytes as --data", "longctx", both(src, write("noise.txt", os.urandom(4096), with_src=False)),
-     ppl("--data", "noise.txt"), "is not UTF-8 text", None),
-    ("eval: NUL bytes in --data", "longctx", both(src, write("nul.txt", "text\x00more text " * 50, with_src=False)),
-     ppl("--data", "nul.txt"), "NUL bytes", None),
+    (
+        "eval: random bytes as --data",
+        "longctx",
+        both(src, write("noise.txt", os.urandom(4096), with_src=False)),
+        ppl("--data", "noise.txt"),
+        "is not UTF-8 text",
+        None,
+    ),
+    (
+        "eval: NUL bytes in --data",
+        "longctx",
+        both(src, write("nul.txt", "text\x00more text " * 50, with_src=False)),
+        ppl("--data", "nul.txt"),
+        "NUL bytes",
+        None,
+    ),
     ("eval: missing --data", "longctx", src, ppl("--data", "nowhere.txt"), "does not exist", None),
-    ("eval: passkey length too short (after load)", "longctx", src,
-     ["eval", "passkey", "--model", "src", "--lengths", "16", "--out", "results"], "too short", None),
-    ("eval: --stride above the length (after load)", "longctx", src, ppl("--stride", "100"), "--stride must be between", None),
+    (
+        "eval: passkey length too short (after load)",
+        "longctx",
+        src,
+        ["eval", "passkey", "--model", "src", "--lengths", "16", "--out", "results"],
+        "too short",
+        None,
+    ),
+    (
+        "eval: --stride above the length (after load)",
+        "longctx",
+        src,
+        ppl("--stride", "100"),
+        "--stride must be between",
+        None,
+    ),
     ("eval: pickle-only LoRA adapter", "longctx", adapter("pickle"), ppl(model="adapter"), "only as pickle", None),
-    ("eval: adapter config not JSON", "longctx", adapter("pickle", config="{oops"), ppl(model="adapter"), "is not valid JSON", None),
+    (
+        "eval: adapter config not JSON",
+        "longctx",
+        adapter("pickle", config="{oops"),
+        ppl(model="adapter"),
+        "is not valid JSON",
+        None,
+    ),
     ("eval: adapter without weights", "longctx", adapter(None), ppl(model="adapter"), "no adapter weights", None),
     ("eval: truncated model weights", "longctx", truncate_weights, ppl(), "is truncated", None),
     ("eval: unknown task", "longctx", src, ["eval", "pplx", "--model", "src"], "did you mean 'ppl'", None),
     ("eval: bad --lengths", "longctx", src, ["eval", "ppl", "--model", "src", "--lengths", "4q"], "bad length", None),
-    ("eval: bad --depths", "longctx", src, ["eval", "passkey", "--model", "src", "--lengths", "1k", "--depths", "0,2"], "every depth must lie in [0, 1]", None),
+    (
+        "eval: bad --depths",
+        "longctx",
+        src,
+        ["eval", "passkey", "--model", "src", "--lengths", "1k", "--depths", "0,2"],
+        "every depth must lie in [0, 1]",
+        None,
+    ),
     ("eval: missing suite", "longctx", src, ["eval", "suite", "nope.yaml", "--model", "src"], "does not exist", None),
-    ("eval: suite unknown key", "longctx", both(src, write("s.yaml", "tasks: {ppl: {lengths: 64, lenghts: 2}}\n", with_src=False)),
-     ["eval", "suite", "s.yaml", "--model", "src"], "unknown key 'lenghts'", None),
+    (
+        "eval: suite unknown key",
+        "longctx",
+        both(src, write("s.yaml", "tasks: {ppl: {lengths: 64, lenghts: 2}}\n", with_src=False)),
+        ["eval", "suite", "s.yaml", "--model", "src"],
+        "unknown key 'lenghts'",
+        None,
+    ),
     # -- fine-tune recipe
     ("finetune: --lr inf", "finetune", both(src, docs), ft("--lr", "inf"), "--lr must be a finite number > 0", None),
     ("finetune: --lr nan", "finetune", both(src, docs), ft("--lr", "nan"), "--lr must be", None),
     ("finetune: --lr -1", "finetune", both(src, docs), ft("--lr", "-1"), "--lr must be", None),
-    ("finetune: --weight-decay -0.1", "finetune", both(src, docs), ft("--weight-decay", "-0.1"), "--weight-decay must be", None),
-    ("finetune: --adam-beta1 2", "finetune", both(src, docs), ft("--adam-beta1", "2"), "--adam-beta1 must be in [0, 1)", None),
+    (
+        "finetune: --weight-decay -0.1",
+        "finetune",
+        both(src, docs),
+        ft("--weight-decay", "-0.1"),
+        "--weight-decay must be",
+        None,
+    ),
+    (
+        "finetune: --adam-beta1 2",
+        "finetune",
+        both(src, docs),
+        ft("--adam-beta1", "2"),
+        "--adam-beta1 must be in [0, 1)",
+        None,
+    ),
     ("finetune: --adam-beta2 1", "finetune", both(src, docs), ft("--adam-beta2", "1"), "--adam-beta2 must be", None),
-    ("finetune: --max-grad-norm -1", "finetune", both(src, docs), ft("--max-grad-norm", "-1"), "--max-grad-norm must be", None),
+    (
+        "finetune: --max-grad-norm -1",
+        "finetune",
+        both(src, docs),
+        ft("--max-grad-norm", "-1"),
+        "--max-grad-norm must be",
+        None,
+    ),
     ("finetune: --lora-alpha 0", "finetune", both(src, docs), ft("--lora-alpha", "0"), "--lora-alpha must be", None),
-    ("finetune: --min-lr-ratio 2", "finetune", both(src, docs), ft("--min-lr-ratio", "2"), "--min-lr-ratio must be", None),
-    ("finetune: --peak-flops inf", "finetune", both(src, docs), ft("--peak-flops", "inf"), "--peak-flops must be", None),
+    (
+        "finetune: --min-lr-ratio 2",
+        "finetune",
+        both(src, docs),
+        ft("--min-lr-ratio", "2"),
+        "--min-lr-ratio must be",
+        None,
+    ),
+    (
+        "finetune: --peak-flops inf",
+        "finetune",
+        both(src, docs),
+        ft("--peak-flops", "inf"),
+        "--peak-flops must be",
+        None,
+    ),
     ("finetune: --max-steps 0", "finetune", both(src, docs), ft("--max-steps", "0"), "--max-steps must be ≥ 1", None),
-    ("finetune: --seq-len above trained", "finetune", both(src, docs), ft("--seq-len", "512"), "above the model's trained length", None),
-    ("finetune: --factor 1e300", "finetune", both(src, docs), ft("--method", "linear", "--factor", "1e300"), "absurdly large", None),
-    ("finetune: YAML lr .inf", "finetune", both(src, docs, write("c.yaml", "lr: .inf\n", with_src=False)),
-     ft("--config", "c.yaml"), "--lr must be", None),
-    ("finetune: unknown YAML key", "finetune", both(src, docs, write("c.yaml", "learning_rate: 1e-4\n", with_src=False)),
-     ft("--config", "c.yaml"), "unknown key 'learning_rate'", None),
-    ("finetune: random bytes as --data", "finetune", both(src, write("noise.txt", os.urandom(4096), with_src=False)),
-     ft("--data", "noise.txt"), "is not UTF-8 text", None),
-    ("finetune: --model X --out X --force", "finetune", both(full_finetune_output, docs),
-     ft("--finetune", "full", "--out", "src", "--force"), "is the source checkpoint itself", None),
-    ("finetune: --out inside the model", "finetune", both(src, docs), ft("--out", "src/run"), "lies inside the source", None),
-    ("finetune: --out . (the working folder)", "finetune", both(src, docs, mkdir("work")),
-     ["--model", "../src", "--data", "../docs.jsonl", "--seq-len", "32", "--max-steps", "1", "--out", ".", "--force"],
-     "is the current directory", "cwd:work"),
-    ("finetune: --force on a foreign folder", "finetune", both(src, docs, write("run/thesis.tex", "years", with_src=False)),
-     ft("--force"), "not a finetune output", None),
+    (
+        "finetune: --seq-len above trained",
+        "finetune",
+        both(src, docs),
+        ft("--seq-len", "512"),
+        "above the model's trained length",
+        None,
+    ),
+    (
+        "finetune: --factor 1e300",
+        "finetune",
+        both(src, docs),
+        ft("--method", "linear", "--factor", "1e300"),
+        "absurdly large",
+        None,
+    ),
+    (
+        "finetune: YAML lr .inf",
+        "finetune",
+        both(src, docs, write("c.yaml", "lr: .inf\n", with_src=False)),
+        ft("--config", "c.yaml"),
+        "--lr must be",
+        None,
+    ),
+    (
+        "finetune: unknown YAML key",
+        "finetune",
+        both(src, docs, write("c.yaml", "learning_rate: 1e-4\n", with_src=False)),
+        ft("--config", "c.yaml"),
+        "unknown key 'learning_rate'",
+        None,
+    ),
+    (
+        "finetune: random bytes as --data",
+        "finetune",
+        both(src, write("noise.txt", os.urandom(4096), with_src=False)),
+        ft("--data", "noise.txt"),
+        "is not UTF-8 text",
+        None,
+    ),
+    (
+        "finetune: --model X --out X --force",
+        "finetune",
+        both(full_finetune_output, docs),
+        ft("--finetune", "full", "--out", "src", "--force"),
+        "is the source checkpoint itself",
+        None,
+    ),
+    (
+        "finetune: --out inside the model",
+        "finetune",
+        both(src, docs),
+        ft("--out", "src/run"),
+        "lies inside the source",
+        None,
+    ),
+    (
+        "finetune: --out . (the working folder)",
+        "finetune",
+        both(src, docs, mkdir("work")),
+        [
+            "--model",
+            "../src",
+            "--data",
+            "../docs.jsonl",
+            "--seq-len",
+            "32",
+            "--max-steps",
+            "1",
+            "--out",
+            ".",
+            "--force",
+        ],
+        "is the current directory",
+        "cwd:work",
+    ),
+    (
+        "finetune: --force on a foreign folder",
+        "finetune",
+        both(src, docs, write("run/thesis.tex", "years", with_src=False)),
+        ft("--force"),
+        "not a finetune output",
+        None,
+    ),
     ("finetune: --resume with nothing to resume", "finetune", both(src, docs), ft("--resume"), "no checkpoint", None),
 ]
 # --resume of crafted or damaged run folders (a real run, copied into the case folder, then altered)
@@ -323,7 +742,11 @@ RESUME_CASES = [
     ("finetune --resume: code in optimizer.bin", "evil_optimizer", "not plain tensors and data"),
     ("finetune --resume: truncated checkpoint file", "truncated", "is missing or truncated"),
     ("finetune --resume: code in an earlier longctx's scheduler pickle", "legacy_evil", "not plain tensors and data"),
-    ("finetune --resume: unknown pickle in an earlier longctx's checkpoint", "legacy_foreign", "was not written by longctx"),
+    (
+        "finetune --resume: unknown pickle in an earlier longctx's checkpoint",
+        "legacy_foreign",
+        "was not written by longctx",
+    ),
     ("finetune --resume: checkpoint format from the future", "future", "cannot read"),
     ("finetune --resume: trainer_state.json garbage", "garbage_state", "is unreadable"),
     ("finetune --resume: finetune_args.json garbage", "garbage_args", "is not valid JSON"),
@@ -436,17 +859,36 @@ def test_the_most_dangerous_inputs_through_the_console_script_and_the_recipe(tin
     run, resume_flags = trained_run
     script = [sys.executable, str(RECIPE), "--report-to", "none"]
     cases = {
-        "patch --force on a foreign folder": (foreign_folder, [str(LONGCTX), *patch("--base", "1e6", "--force")],
-                                              "not a longctx patch output", "longctx"),
-        "patch --out = the source --force": (src, [str(LONGCTX), *patch("--base", "1e6", "--force", out="src")],
-                                             "is the source checkpoint itself", "longctx"),
-        "eval --device cuda without that GPU": (src, [str(LONGCTX), *ppl("--device", "cuda" if not torch.cuda.is_available() else "cuda:99")],
-                                                "--device cuda", "longctx"),
-        "finetune --model X --out X --force": (both(full_finetune_output, docs),
-                                               [*script, *ft("--finetune", "full", "--out", "src", "--force")],
-                                               "is the source checkpoint itself", "finetune"),
-        "finetune --resume of a crafted pickle": (None, [*script, *resume_flags, "--out", "run", "--resume"],
-                                                  "not plain tensors and data", "finetune"),
+        "patch --force on a foreign folder": (
+            foreign_folder,
+            [str(LONGCTX), *patch("--base", "1e6", "--force")],
+            "not a longctx patch output",
+            "longctx",
+        ),
+        "patch --out = the source --force": (
+            src,
+            [str(LONGCTX), *patch("--base", "1e6", "--force", out="src")],
+            "is the source checkpoint itself",
+            "longctx",
+        ),
+        "eval --device cuda without that GPU": (
+            src,
+            [str(LONGCTX), *ppl("--device", "cuda" if not torch.cuda.is_available() else "cuda:99")],
+            "--device cuda",
+            "longctx",
+        ),
+        "finetune --model X --out X --force": (
+            both(full_finetune_output, docs),
+            [*script, *ft("--finetune", "full", "--out", "src", "--force")],
+            "is the source checkpoint itself",
+            "finetune",
+        ),
+        "finetune --resume of a crafted pickle": (
+            None,
+            [*script, *resume_flags, "--out", "run", "--resume"],
+            "not plain tensors and data",
+            "finetune",
+        ),
     }
     procs, roots, before = {}, {}, {}
     for index, (name, (prepare, cmd, _, _)) in enumerate(cases.items()):
@@ -458,7 +900,9 @@ def test_the_most_dangerous_inputs_through_the_console_script_and_the_recipe(tin
             shutil.copytree(run, folder / "run")
             craft(folder / "run", "evil_optimizer", folder / "PWNED")
         roots[name], before[name] = folder, tree_digest(folder)
-        procs[name] = subprocess.Popen(cmd, cwd=folder, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs[name] = subprocess.Popen(
+            cmd, cwd=folder, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     for name, proc in procs.items():
         _, stderr = proc.communicate(timeout=300)
         _, _, expect, tool = cases[name]
@@ -470,8 +914,24 @@ def test_the_most_dangerous_inputs_through_the_console_script_and_the_recipe(tin
 def test_analyze_with_an_absurd_target_answers_fast():
     """It used to scan for 393 s, then raise a ValueError."""
     try:
-        proc = subprocess.run([str(LONGCTX), "analyze", "--head-dim", "128", "--base", "10000", "--train-length", "4096",
-                               "--target-length", str(10**12)], capture_output=True, text=True, env=ENV, timeout=15)
+        proc = subprocess.run(
+            [
+                str(LONGCTX),
+                "analyze",
+                "--head-dim",
+                "128",
+                "--base",
+                "10000",
+                "--train-length",
+                "4096",
+                "--target-length",
+                str(10**12),
+            ],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=15,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("analyze --target-length 1e12 still runs after 15 s")
     assert_one_line_error(proc.returncode, proc.stderr, "--target-length")
@@ -494,7 +954,9 @@ def test_read_only_output_folder_for_real(tiny_llama_dir, tmp_path):
     before = tree_digest(tmp_path)
     shell = ('mount --bind ro ro && mount -o remount,bind,ro ro && '
              f'exec {LONGCTX} patch --model src --base 1e6 --out ro/patched')
-    proc = subprocess.run(["unshare", "-rm", "sh", "-c", shell], cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=120)
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", shell], cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=120
+    )
     assert_one_line_error(proc.returncode, proc.stderr, "cannot write in")
     assert tree_digest(tmp_path) == before
 
@@ -506,9 +968,14 @@ def test_full_disk_for_real(tiny_llama_dir, tmp_path):
     shutil.copytree(tiny_llama_dir, tmp_path / "src")
     (tmp_path / "small").mkdir()
     before = tree_digest(tmp_path)
-    shell = (f'mount -t tmpfs -o size=300k tmpfs small && {LONGCTX} patch --model src --copy --base 1e6 --out small/patched; '
-             'rc=$?; ls -A small; exit $rc')
-    proc = subprocess.run(["unshare", "-rm", "sh", "-c", shell], cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=120)
+    shell = (
+        f"mount -t tmpfs -o size=300k tmpfs small && {LONGCTX} patch --model src --copy --base 1e6 --out "
+        "small/patched; "
+        "rc=$?; ls -A small; exit $rc"
+    )
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", shell], cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=120
+    )
     assert_one_line_error(proc.returncode, proc.stderr, "No space left on device")
     assert proc.stdout.strip() == "", f"left behind on the full disk: {proc.stdout}"
     assert tree_digest(tmp_path) == before
@@ -538,12 +1005,36 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny
     Without clipping (--max-grad-norm 0) the gradient norm is still computed and checked."""
     (tmp_path / "docs.jsonl").write_text(DOCS)
     capsys.readouterr()
-    code = recipe_cli()(["--model", str(tiny_llama_dir), "--data", str(tmp_path / "docs.jsonl"), "--seq-len", "32",
-                         "--max-steps", "4", "--save-every", "1", "--lr", "1e30", "--warmup-steps", "0", "--finetune", "full",
-                         "--max-grad-norm", clip, "--report-to", "none", "--out", str(tmp_path / "run")])
+    code = recipe_cli()(
+        [
+            "--model",
+            str(tiny_llama_dir),
+            "--data",
+            str(tmp_path / "docs.jsonl"),
+            "--seq-len",
+            "32",
+            "--max-steps",
+            "4",
+            "--save-every",
+            "1",
+            "--lr",
+            "1e30",
+            "--warmup-steps",
+            "0",
+            "--finetune",
+            "full",
+            "--max-grad-norm",
+            clip,
+            "--report-to",
+            "none",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     stderr = capsys.readouterr().err
     assert_one_line_error(code, stderr, "at step 2 is not finite", "finetune")
-    records = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]  # strict JSON
+    # strict JSON
+    records = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1]
     checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))
     assert [p.name for p in checkpoints] == ["step-000001"]
@@ -554,7 +1045,9 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny
     assert all(torch.isfinite(t).all() for t in load_file(checkpoints[0] / "model.safetensors").values())
 
 
-def test_a_full_disk_during_the_fine_tune_export_is_one_line_and_resumable(tiny_llama_dir, tmp_path, capsys, monkeypatch):
+def test_a_full_disk_during_the_fine_tune_export_is_one_line_and_resumable(
+    tiny_llama_dir, tmp_path, capsys, monkeypatch
+):
     """The disk fills while the patched base of the adapter is written: exit 2 in one line, no partial base
     folder, and --resume finishes the run once there is space again."""
     import errno

@@ -124,9 +124,11 @@ def test_cli_refuses_a_target_beyond_two_to_the_24(capsys):
 
 def test_analyze_never_imports_torch():
     """torch takes seconds to import on a busy 2-core machine: analyze is numpy only."""
-    code = ("import sys; from longctx.cli import main; "
-            "main(['analyze', '--head-dim', '64', '--base', '1e4', '--train-length', '1024', '--target-length', '2048']); "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; from longctx.cli import main; "
+        "main(['analyze', '--head-dim', '64', '--base', '1e4', '--train-length', '1024', '--target-length', '2048']); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 

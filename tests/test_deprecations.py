@@ -12,7 +12,12 @@ TORCH_CALL = f"{SITE}/torch/nn/modules/module.py"
 
 
 def test_a_deprecated_kwarg_passed_by_longctx_is_ours():
-    stack = [f"{SITE}/transformers/utils/deprecation.py", TORCH_CALL, TORCH_CALL, str(ROOT / "longctx/evals/tasks/scoring.py")]
+    stack = [
+        f"{SITE}/transformers/utils/deprecation.py",
+        TORCH_CALL,
+        TORCH_CALL,
+        str(ROOT / "longctx/evals/tasks/scoring.py"),
+    ]
     assert deprecated_caller(stack) == str(ROOT / "longctx/evals/tasks/scoring.py")
 
 

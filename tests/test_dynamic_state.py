@@ -72,7 +72,9 @@ def test_suite_scores_do_not_depend_on_cell_order(dynamic_dir, tmp_path):
     assert first == second
 
 
-def test_forced_passkey_cells_of_a_dynamic_model_say_generation_may_grade_differently(dynamic_dir, tiny_llama_dir, tmp_path):
+def test_forced_passkey_cells_of_a_dynamic_model_say_generation_may_grade_differently(
+    dynamic_dir, tiny_llama_dir, tmp_path
+):
     """Forced grading equals greedy decoding only for frequencies that do not depend on the length: the cells of a
     dynamic-NTK model say so, those of a plain model do not, and generate mode needs no such note."""
     from longctx.evals.tasks.scoring import grading_warnings

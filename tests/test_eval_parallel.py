@@ -127,7 +127,8 @@ CONTEXT_PARALLEL = textwrap.dedent("""
     world = current_world()
     model, _, _ = load_model(model_dir, device=world.device)
     seen = []
-    model.get_decoder().register_forward_pre_hook(lambda m, a, k: seen.append(k["input_ids"].shape[1]), with_kwargs=True)
+    decoder = model.get_decoder()
+    decoder.register_forward_pre_hook(lambda m, a, k: seen.append(k["input_ids"].shape[1]), with_kwargs=True)
     ids = torch.randint(3, 500, (1, 130), generator=torch.Generator().manual_seed(0))
     split = context_parallel.token_nll_split(model, ids, mesh=world.mesh(), chunk_tokens=16)
     whole = token_nll(model, ids)

@@ -59,7 +59,9 @@ def test_prefix_evaluation_is_never_used_for_dynamic_ntk(tiny_llama_dir, tmp_pat
     assert not allowed and "dynamic" in why
     forwards = []
     real = perplexity.token_nll
-    monkeypatch.setattr(perplexity, "token_nll", lambda m, ids, **kw: forwards.append(ids.shape[1]) or real(m, ids, **kw))
+    monkeypatch.setattr(
+        perplexity, "token_nll", lambda m, ids, **kw: forwards.append(ids.shape[1]) or real(m, ids, **kw)
+    )
     cells = perplexity.run(model, tokenizer, cfg, ResultsWriter(tmp_path / "out", "dyn", "ppl"))
     assert all(c["key"].endswith("windows=document") for c in cells)
     assert sorted(forwards) == [200, 200, 400, 400]  # one forward per window per length: the 200s are not prefixes

@@ -152,7 +152,9 @@ def test_sentence_pieces_join_back():
 
 def test_text_sources(tmp_path, tokenizer):
     assert len(load_texts("pydoc")) > 50 and len(load_texts("stdlib")) > 50
-    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "alpha beta"}) + "\n\n" + json.dumps({"text": "gamma"}) + "\n")
+    (tmp_path / "a.jsonl").write_text(
+        json.dumps({"text": "alpha beta"}) + "\n\n" + json.dumps({"text": "gamma"}) + "\n"
+    )
     assert load_texts(str(tmp_path / "a.jsonl")) == ["alpha beta", "gamma"]
     (tmp_path / "empty.txt").write_text("   \n")
     with pytest.raises(UsageError, match="no text"):

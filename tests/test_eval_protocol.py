@@ -119,7 +119,8 @@ def test_the_bench_baseline_grades_the_prompts_that_run_grades(tiny, tmp_path, n
 ITERATORS = ["longctx/evals/report/load.py", "longctx/evals/report/judge.py", "longctx/evals/report/text.py",
              "longctx/evals/report/summary_json.py", "longctx/evals/report/page.py", "longctx/evals/report/plots.py",
              "longctx/evals/suite.py", "longctx/evals/cli.py", "bench/bench_sweep.py",
-             "longctx/evals/run/results.py", "longctx/evals/tasks/scoring.py", "longctx/evals/run/parallel.py"]  # shared machinery
+             # shared machinery
+             "longctx/evals/run/results.py", "longctx/evals/tasks/scoring.py", "longctx/evals/run/parallel.py"]
 
 
 @pytest.mark.parametrize("path", ITERATORS)
@@ -134,7 +135,9 @@ def test_the_modules_that_iterate_over_tasks_name_none(path):
     keys = {id(key) for node in ast.walk(tree) if isinstance(node, ast.Dict) for key in node.keys}
     named = [(node.lineno, node.value) for node in ast.walk(tree) if isinstance(node, ast.Constant)
              and id(node) not in docstrings | keys and node.value in names]
-    named += [(node.lineno, node.attr) for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr in names]
+    named += [
+        (node.lineno, node.attr) for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr in names
+    ]
     assert not named, named
     template = (ROOT / "longctx/templates/report.html.j2").read_text()
     assert not [name for name in names if f"'{name}'" in template or f".{name}" in template]

@@ -313,8 +313,12 @@ def test_infinite_perplexity_breaks_and_summary_stays_strict_json(tmp_path):
     folder = tmp_path / "blowup"
     folder.mkdir()
     (folder / "model.json").write_text(json.dumps({"label": "blowup", "trained_length": 4096}))
-    (folder / "ppl.jsonl").write_text("".join(json.dumps({"key": f"ppl|L={n}", "length": n, "ppl": ppl}) + "\n"
-                                              for n, ppl in ((4096, 7.5), (16384, float("inf")), (32768, float("nan")))))
+    (folder / "ppl.jsonl").write_text(
+        "".join(
+            json.dumps({"key": f"ppl|L={n}", "length": n, "ppl": ppl}) + "\n"
+            for n, ppl in ((4096, 7.5), (16384, float("inf")), (32768, float("nan")))
+        )
+    )
     write_report(tmp_path, tmp_path / "out")
     text = (tmp_path / "out" / "summary.json").read_text()
     assert "Infinity" not in text and "NaN" not in text
@@ -387,6 +391,7 @@ def test_a_rope_equal_within_the_window_shares_the_control_and_nothing_is_flagge
     assert models["dynamic"]["control"] == {"length": 8192, "counts": [30, 30], "from": "original"}
     assert models["dynamic"]["verdict"].startswith("dynamic θ=1e5 ×2 is original up to 8K: its in-window reading is "
                                                    "original's; SUPERFICIAL at 16K")
-    assert models["yarn"]["control"] is None and not models["yarn"]["superficial"]  # yarn-tuned: same config, other weights
+    # yarn-tuned: same config, other weights
+    assert models["yarn"]["control"] is None and not models["yarn"]["superficial"]
     assert "not measured within the trained length" in models["yarn"]["verdict"]
     assert [label for label, m in models.items() if m["superficial"]] == ["dynamic"]

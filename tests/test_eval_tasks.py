@@ -68,7 +68,9 @@ def test_ppl_cell_matches_the_hf_docs_recipe(tiny, tmp_path, stride):
             labels[0, : (end - begin) - (end - prev_end)] = -100
             with torch.no_grad():
                 logits = model(ids, use_cache=False).logits.float()
-            losses = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], reduction="none", ignore_index=-100)
+            losses = torch.nn.functional.cross_entropy(
+                logits[0, :-1], labels[0, 1:], reduction="none", ignore_index=-100
+            )
             total += losses.sum().item()
             count += int((labels[0, 1:] != -100).sum())
             prev_end = end
@@ -106,7 +108,9 @@ def test_prefix_sharing_gives_the_same_logits_and_grades(tiny):
             assert len(a.hits) == len(a.logits) and set(a.hits) <= {0, 1} and all(a.hits) == a.correct
     gen_shared = grade_prompts(model, tokenizer, prompts, mode="generate", share_prefix=True)
     gen_full = grade_prompts(model, tokenizer, prompts, mode="generate", share_prefix=False)
-    assert [[(g.answer, g.correct) for g in p] for p in gen_shared] == [[(g.answer, g.correct) for g in p] for p in gen_full]
+    assert [[(g.answer, g.correct) for g in p] for p in gen_shared] == [
+        [(g.answer, g.correct) for g in p] for p in gen_full
+    ]
 
 
 def test_prefix_sharing_does_less_work(tiny):
@@ -130,12 +134,25 @@ def test_prefix_sharing_does_less_work(tiny):
 ])
 def test_length_dependent_rope_refuses_prefix_sharing(tiny, rope):
     model, _ = tiny
-    patched = types.SimpleNamespace(config=type(model.config).from_dict({**model.config.to_dict(), "rope_parameters": rope}))
+    patched = types.SimpleNamespace(
+        config=type(model.config).from_dict({**model.config.to_dict(), "rope_parameters": rope})
+    )
     allowed, why = prefix_sharing_allowed(patched)
     assert not allowed and rope["rope_type"] in why
     for rope_type in ("yarn", "linear"):  # their frequencies do not depend on the length
-        plain = types.SimpleNamespace(config=type(model.config).from_dict({**model.config.to_dict(), "rope_parameters": {
-            "rope_type": rope_type, "rope_theta": 10000.0, "factor": 2.0, "original_max_position_embeddings": 256}}))
+        plain = types.SimpleNamespace(
+            config=type(model.config).from_dict(
+                {
+                    **model.config.to_dict(),
+                    "rope_parameters": {
+                        "rope_type": rope_type,
+                        "rope_theta": 10000.0,
+                        "factor": 2.0,
+                        "original_max_position_embeddings": 256,
+                    },
+                }
+            )
+        )
         assert prefix_sharing_allowed(plain)[0], rope_type
 
 
@@ -153,7 +170,9 @@ def test_interrupted_passkey_sweep_resumes_without_recomputing(tiny, tmp_path, c
             raise Crash
 
     with pytest.raises(Crash):
-        passkey.TASK.run(model, tokenizer, cfg, ResultsWriter(tmp_path / "a", "tiny", "passkey", after_append=crash_after_second))
+        passkey.TASK.run(
+            model, tokenizer, cfg, ResultsWriter(tmp_path / "a", "tiny", "passkey", after_append=crash_after_second)
+        )
     calls[0] = 0
     resumed = passkey.TASK.run(model, tokenizer, cfg, ResultsWriter(tmp_path / "a", "tiny", "passkey"))
     resumed_forwards = calls[0]
@@ -221,8 +240,10 @@ def test_cli_bad_input_is_one_line_and_exit_2(tiny_llama_dir, tmp_path, capsys, 
 
 def test_cli_suite_runs_every_task_for_every_model_then_reports(tiny_llama_dir, tmp_path, capsys, monkeypatch):
     suite = tmp_path / "s.yaml"
-    suite.write_text("seed: 3\ntasks:\n  ppl: {lengths: 128, docs: 1}\n  passkey: {lengths: 160, depths: '0,1', trials: 1}\n"
-                     "  niah: {lengths: 200, depths: 0.5, trials: 1, needles: 2}\n")
+    suite.write_text(
+        "seed: 3\ntasks:\n  ppl: {lengths: 128, docs: 1}\n  passkey: {lengths: 160, depths: '0,1', trials: 1}\n"
+        "  niah: {lengths: 200, depths: 0.5, trials: 1, needles: 2}\n"
+    )
     seen = []
     report = types.ModuleType("longctx.evals.report.page")
     report.add_parser = lambda subparsers: None  # the CLI registers the report verb from this module
@@ -234,7 +255,12 @@ def test_cli_suite_runs_every_task_for_every_model_then_reports(tiny_llama_dir, 
     assert str(tmp_path / "report.html") in capsys.readouterr().out
     for label in ("a", "b"):
         folder = tmp_path / "out" / label
-        assert sorted(p.name for p in folder.glob("*.jsonl")) == ["niah.jsonl", "passkey.jsonl", "ppl.jsonl", "runs.jsonl"]
+        assert sorted(p.name for p in folder.glob("*.jsonl")) == [
+            "niah.jsonl",
+            "passkey.jsonl",
+            "ppl.jsonl",
+            "runs.jsonl",
+        ]
         run = json.loads((folder / "runs.jsonl").read_text().splitlines()[-1])  # how the cells were made
         assert "eval suite" in run["command"] and run["tasks"] == ["ppl", "passkey", "niah"]
         niah_cell = json.loads((folder / "niah.jsonl").read_text())

@@ -94,27 +94,62 @@ def converter_llama3_factors(factor, low, high, original, base, dim) -> list[flo
 
 SCALING = {"llama.rope.scaling.original_context_length": ORIGINAL, "llama.rope.scaling.finetuned": False}
 EXPECTED = {  # flags -> llama.cpp keys (after the patch) that must hold these values
-    "base": (["--base", "1e6", "--target-length", "16384"], {"llama.rope.freq_base": 1e6, "llama.context_length": 16384}),
-    "ntk": (["--method", "ntk", "--factor", "4"], {"llama.rope.freq_base": BASE * 4 ** (DIM / (DIM - 2)), "llama.context_length": 4 * ORIGINAL}),
-    "linear": (["--method", "linear", "--factor", "4"], {"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0,
-                                                         "llama.context_length": 4 * ORIGINAL, **SCALING}),
-    "yarn": (["--method", "yarn", "--factor", "2"], {"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 2.0,
-                                                     "llama.context_length": 2 * ORIGINAL, "llama.rope.freq_base": BASE,
-                                                     "llama.rope.scaling.yarn_beta_fast": 32.0,
-                                                     "llama.rope.scaling.yarn_beta_slow": 1.0, **SCALING}),
-    "yarn-attention": (["--method", "yarn", "--factor", "2", "--attention-factor", "1.2"],
-                       {"llama.rope.scaling.attn_factor": 1.2 / (0.1 * math.log(2) + 1)}),
-    "llama3": (["--method", "llama3", "--factor", "8"], {"llama.context_length": 8 * ORIGINAL, "llama.rope.freq_base": BASE}),
-    "longrope": (["--method", "longrope", "--factor", "2", "--rope-factors", "FACTORS"],
-                 {"llama.rope.scaling.type": "longrope", "llama.rope.scaling.attn_factor": math.sqrt(1 + math.log(2) / math.log(ORIGINAL)),
-                  "llama.context_length": 2 * ORIGINAL, **SCALING}),
+    "base": (
+        ["--base", "1e6", "--target-length", "16384"],
+        {"llama.rope.freq_base": 1e6, "llama.context_length": 16384},
+    ),
+    "ntk": (
+        ["--method", "ntk", "--factor", "4"],
+        {"llama.rope.freq_base": BASE * 4 ** (DIM / (DIM - 2)), "llama.context_length": 4 * ORIGINAL},
+    ),
+    "linear": (
+        ["--method", "linear", "--factor", "4"],
+        {
+            "llama.rope.scaling.type": "linear",
+            "llama.rope.scaling.factor": 4.0,
+            "llama.context_length": 4 * ORIGINAL,
+            **SCALING,
+        },
+    ),
+    "yarn": (
+        ["--method", "yarn", "--factor", "2"],
+        {
+            "llama.rope.scaling.type": "yarn",
+            "llama.rope.scaling.factor": 2.0,
+            "llama.context_length": 2 * ORIGINAL,
+            "llama.rope.freq_base": BASE,
+            "llama.rope.scaling.yarn_beta_fast": 32.0,
+            "llama.rope.scaling.yarn_beta_slow": 1.0,
+            **SCALING,
+        },
+    ),
+    "yarn-attention": (
+        ["--method", "yarn", "--factor", "2", "--attention-factor", "1.2"],
+        {"llama.rope.scaling.attn_factor": 1.2 / (0.1 * math.log(2) + 1)},
+    ),
+    "llama3": (
+        ["--method", "llama3", "--factor", "8"],
+        {"llama.context_length": 8 * ORIGINAL, "llama.rope.freq_base": BASE},
+    ),
+    "longrope": (
+        ["--method", "longrope", "--factor", "2", "--rope-factors", "FACTORS"],
+        {
+            "llama.rope.scaling.type": "longrope",
+            "llama.rope.scaling.attn_factor": math.sqrt(1 + math.log(2) / math.log(ORIGINAL)),
+            "llama.context_length": 2 * ORIGINAL,
+            **SCALING,
+        },
+    ),
 }
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_written_metadata_is_what_llama_cpp_reads(name, tiny_gguf, tmp_path):
     flags, expected = EXPECTED[name]
-    factors = {"short_factor": [1.0 + i / 10 for i in range(DIM // 2)], "long_factor": [2.0 + i for i in range(DIM // 2)]}
+    factors = {
+        "short_factor": [1.0 + i / 10 for i in range(DIM // 2)],
+        "long_factor": [2.0 + i for i in range(DIM // 2)],
+    }
     (tmp_path / "f.json").write_text(json.dumps(factors))
     flags = [str(tmp_path / "f.json") if f == "FACTORS" else f for f in flags]
     before = digest(tiny_gguf)
@@ -128,13 +163,18 @@ def test_written_metadata_is_what_llama_cpp_reads(name, tiny_gguf, tmp_path):
     if name == "longrope":  # a factor key would be applied by llama.cpp as a linear scale on top of the tensors
         assert "llama.rope.scaling.factor" not in fields
         assert np.frombuffer(tensors["rope_factors_long.weight"][1], np.float32).tolist() == factors["long_factor"]
-        assert np.frombuffer(tensors["rope_factors_short.weight"][1], np.float32) == pytest.approx(factors["short_factor"])
+        assert np.frombuffer(tensors["rope_factors_short.weight"][1], np.float32) == pytest.approx(
+            factors["short_factor"]
+        )
     if name == "llama3":
         got = np.frombuffer(tensors["rope_freqs.weight"][1], np.float32)
         assert got == pytest.approx(converter_llama3_factors(8.0, 1.0, 4.0, ORIGINAL, BASE, DIM), rel=1e-5)
     record = json.loads(fields["longctx.patch"])
     assert record["context_length"] == fields["llama.context_length"] and record["command"].startswith("longctx patch")
-    assert (tmp_path / "out.Modelfile").read_text().splitlines()[1:] == ["FROM ./out.gguf", f"PARAMETER num_ctx {fields['llama.context_length']}"]
+    assert (tmp_path / "out.Modelfile").read_text().splitlines()[1:] == [
+        "FROM ./out.gguf",
+        f"PARAMETER num_ctx {fields['llama.context_length']}",
+    ]
     assert digest(tiny_gguf) == before
 
 
@@ -147,25 +187,41 @@ def test_every_method_has_a_gguf_form_or_a_refusal():
 
 
 def test_gguf_to_gguf_keeps_every_tensor_byte_for_byte(tiny_gguf, tmp_path):
-    assert patch(["--model", str(tiny_gguf), "--out", str(tmp_path / "o.gguf"), "--method", "yarn", "--factor", "2"]).returncode == 0
+    assert (
+        patch(
+            ["--model", str(tiny_gguf), "--out", str(tmp_path / "o.gguf"), "--method", "yarn", "--factor", "2"]
+        ).returncode
+        == 0
+    )
     src_fields, src = read(tiny_gguf)
     out_fields, out = read(tmp_path / "o.gguf")
     assert out == src  # same names, same GGML types (Q8_0 stays Q8_0), same bytes
-    assert {k: v for k, v in out_fields.items() if ".rope." not in k and k not in ("llama.context_length", "longctx.patch")} == \
-           {k: v for k, v in src_fields.items() if ".rope." not in k and k != "llama.context_length"}
+    assert {
+        k: v for k, v in out_fields.items() if ".rope." not in k and k not in ("llama.context_length", "longctx.patch")
+    } == {k: v for k, v in src_fields.items() if ".rope." not in k and k != "llama.context_length"}
 
 
 def test_real_smollm2_q4_stays_q4_and_gets_yarn(tmp_path):
     from longctx.sources import smollm2_gguf_path
 
     source = smollm2_gguf_path()
-    assert patch(["--model", str(source), "--out", str(tmp_path / "s.gguf"), "--method", "yarn", "--factor", "2"]).returncode == 0
+    assert (
+        patch(
+            ["--model", str(source), "--out", str(tmp_path / "s.gguf"), "--method", "yarn", "--factor", "2"]
+        ).returncode
+        == 0
+    )
     a, b = gguf.GGUFReader(source), gguf.GGUFReader(tmp_path / "s.gguf")
     assert [(t.name, t.tensor_type) for t in a.tensors] == [(t.name, t.tensor_type) for t in b.tensors]
     assert all(np.array_equal(x.data, y.data) for x, y in zip(a.tensors, b.tensors, strict=True))
     fields = {k: f.contents() for k, f in b.fields.items()}
-    assert (fields["llama.context_length"], fields["llama.rope.scaling.type"], fields["llama.rope.scaling.factor"],
-            fields["llama.rope.scaling.original_context_length"], fields["llama.rope.freq_base"]) == (16384, "yarn", 2.0, 8192, 1e5)
+    assert (
+        fields["llama.context_length"],
+        fields["llama.rope.scaling.type"],
+        fields["llama.rope.scaling.factor"],
+        fields["llama.rope.scaling.original_context_length"],
+        fields["llama.rope.freq_base"],
+    ) == (16384, "yarn", 2.0, 8192, 1e5)
     assert fields["tokenizer.ggml.pre"] == "smollm" and fields["general.file_type"] == 3
 
 
@@ -184,13 +240,24 @@ def damaged(tmp_path: Path, kind: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind,message", [("truncated", "truncated"), ("not-gguf", "not a GGUF"), ("quant", "quantization type"),
-                                          ("arch", "architecture 'gpt2'")])
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("truncated", "truncated"),
+        ("not-gguf", "not a GGUF"),
+        ("quant", "quantization type"),
+        ("arch", "architecture 'gpt2'"),
+    ],
+)
 def test_bad_files_fail_in_one_line_and_write_nothing(kind, message, tmp_path):
     source = damaged(tmp_path, kind)
     before = digest(source)
-    result = patch(["--model", str(source), "--out", str(tmp_path / "out" / "x.gguf"), "--method", "yarn", "--factor", "2"])
-    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    result = patch(
+        ["--model", str(source), "--out", str(tmp_path / "out" / "x.gguf"), "--method", "yarn", "--factor", "2"]
+    )
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (
+        result.stderr
+    )
     assert digest(source) == before and not (tmp_path / "out").exists()
 
 
@@ -202,7 +269,9 @@ def test_bad_files_fail_in_one_line_and_write_nothing(kind, message, tmp_path):
 ])
 def test_settings_without_a_gguf_meaning_are_refused(flags, message, tiny_gguf, tmp_path):
     result = patch(["--model", str(tiny_gguf), "--out", str(tmp_path / "x.gguf"), *flags])
-    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (
+        result.stderr
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.gguf"]
 
 
@@ -231,11 +300,27 @@ def test_hf_to_gguf_loads_back_with_the_same_logits(tiny_llama_dir, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    result = patch(["--model", str(tiny_llama_dir), "--out", str(tmp_path / "t.gguf"), "--method", "yarn", "--factor", "2",
-                    "--gguf-dtype", "f32"])
+    result = patch(
+        [
+            "--model",
+            str(tiny_llama_dir),
+            "--out",
+            str(tmp_path / "t.gguf"),
+            "--method",
+            "yarn",
+            "--factor",
+            "2",
+            "--gguf-dtype",
+            "f32",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     fields, tensors = read(tmp_path / "t.gguf")
-    assert (fields["llama.rope.scaling.type"], fields["llama.context_length"], fields["tokenizer.ggml.model"]) == ("yarn", 512, "gpt2")
+    assert (fields["llama.rope.scaling.type"], fields["llama.context_length"], fields["tokenizer.ggml.model"]) == (
+        "yarn",
+        512,
+        "gpt2",
+    )
     assert tensors["blk.0.attn_q.weight"][0] == gguf.GGMLQuantizationType.F32
     ids = torch.tensor([[1, 5, 9, 42, 7, 100, 3]])
     want = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()(ids).logits
@@ -245,12 +330,29 @@ def test_hf_to_gguf_loads_back_with_the_same_logits(tiny_llama_dir, tmp_path):
 
 
 def test_longctx_reads_the_scaling_of_a_gguf_back(tiny_llama_dir, tmp_path):
-    """transformers' GGUF reader keeps only freq_base: longctx restores the scaling, so `longctx eval X.gguf` is patched."""
+    """transformers' GGUF reader keeps only freq_base: longctx restores the scaling, so `longctx eval X.gguf` is
+    patched."""
     from longctx import rope_config
-    from longctx.sources import read_config_json, resolve_model_dir
+    from longctx.checkpoint_files import read_config_json
+    from longctx.sources import resolve_model_dir
 
-    assert patch(["--model", str(tiny_llama_dir), "--out", str(tmp_path / "y.gguf"), "--method", "yarn", "--factor", "2",
-                  "--gguf-dtype", "f32"]).returncode == 0
+    assert (
+        patch(
+            [
+                "--model",
+                str(tiny_llama_dir),
+                "--out",
+                str(tmp_path / "y.gguf"),
+                "--method",
+                "yarn",
+                "--factor",
+                "2",
+                "--gguf-dtype",
+                "f32",
+            ]
+        ).returncode
+        == 0
+    )
     params = rope_config.rope_parameters(read_config_json(resolve_model_dir(tmp_path / "y.gguf")))
     assert {k: params[k] for k in ("rope_type", "factor", "original_max_position_embeddings", "beta_fast")} == \
            {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 256, "beta_fast": 32.0}

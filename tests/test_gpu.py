@@ -1,5 +1,6 @@
 """What only a CUDA GPU can show: the flash-attention varlen path, bf16 training, Liger's fused loss, the
-memory of the chunked-loss perplexity at 32K, and an FSDP launch of the recipe. `make test-gpu` runs them; on CPU each skips with its reason.
+memory of the chunked-loss perplexity at 32K, and an FSDP launch of the recipe. `make test-gpu` runs them; on
+CPU each skips with its reason.
 
 These need no download: random-weight Llama shapes, built on the device.
 """
@@ -13,7 +14,9 @@ import torch
 
 pytestmark = pytest.mark.gpu
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make test-gpu on a GPU machine)")
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (make test-gpu on a GPU machine)"
+)
 
 
 def _flash_attn_ready() -> bool:
@@ -47,11 +50,15 @@ def packed_batch(lengths=(300, 500, 224), vocab: int = 1024, seed: int = 0):
     labels[0, starts] = -100  # no document predicts across its start
     labels = torch.roll(labels, -1, dims=1)
     labels[0, -1] = -100
-    return {k: v.cuda() for k, v in dict(input_ids=ids, position_ids=positions, labels=labels, segment_ids=segments).items()}
+    return {
+        k: v.cuda() for k, v in dict(input_ids=ids, position_ids=positions, labels=labels, segment_ids=segments).items()
+    }
 
 
 @needs_cuda
-@pytest.mark.skipif(not importlib.util.find_spec("flash_attn"), reason="flash-attn is not installed (pip install -e '.[gpu]')")
+@pytest.mark.skipif(
+    not importlib.util.find_spec("flash_attn"), reason="flash-attn is not installed (pip install -e '.[gpu]')"
+)
 def test_flash_attention_varlen_packing_equals_sdpa_with_a_block_mask():
     """flash_attention_2 finds document boundaries from restarting position ids (varlen kernel); SDPA gets the
     block-diagonal causal mask explicitly. Same weights, same packed row: the same loss within bf16 tolerance."""
@@ -131,7 +138,9 @@ def test_bf16_training_step_is_finite_and_matches_fp32():
 
 
 @needs_cuda
-@pytest.mark.skipif(not importlib.util.find_spec("liger_kernel"), reason="liger-kernel is not installed (pip install -e '.[liger]')")
+@pytest.mark.skipif(
+    not importlib.util.find_spec("liger_kernel"), reason="liger-kernel is not installed (pip install -e '.[liger]')"
+)
 @pytest.mark.parametrize("softcap", [None, 30.0], ids=["plain", "gemma-softcap"])
 def test_liger_fused_cross_entropy_gives_the_chunked_loss(softcap):
     """Liger's fused linear cross-entropy (with Gemma-style soft-capping where the model has it) against the
@@ -196,16 +205,32 @@ def test_fsdp_launch_trains_like_one_plain_process_and_exports_what_loads(tmp_pa
     gpus = torch.cuda.device_count()
     common = ["--model", model_dir, "--base", "1e5", "--data", "pydoc", "--seq-len", 128, "--max-steps", 3,
               "--lr", "5e-3", "--grad-accum", 1, "--report-to", "none"]
-    runs = {"plain": [sys.executable, root / "recipes" / "finetune.py", *common, "--batch-size", gpus],
-            "fsdp": [sys.executable, "-m", "accelerate.commands.launch", "--config_file", root / "recipes" / "accelerate" / "fsdp.yaml",
-                     "--num_processes", gpus, "--mixed_precision", "no", root / "recipes" / "finetune.py", *common,
-                     "--batch-size", 1]}
+    runs = {
+        "plain": [sys.executable, root / "recipes" / "finetune.py", *common, "--batch-size", gpus],
+        "fsdp": [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            root / "recipes" / "accelerate" / "fsdp.yaml",
+            "--num_processes",
+            gpus,
+            "--mixed_precision",
+            "no",
+            root / "recipes" / "finetune.py",
+            *common,
+            "--batch-size",
+            1,
+        ],
+    }
     for name, argv in runs.items():
         result = subprocess.run([str(a) for a in argv] + ["--out", str(tmp_path / name)], capture_output=True,
                                 text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
         assert result.returncode == 0, (name, result.stderr[-3000:])
-    losses = {name: [json.loads(line)["loss"] for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
-              for name in runs}
+    losses = {
+        name: [json.loads(line)["loss"] for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
+        for name in runs
+    }
     assert losses["fsdp"] == pytest.approx(losses["plain"], rel=1e-2), losses  # both train under bf16 autocast
     ids = torch.arange(3, 131).unsqueeze(0).cuda()
     logits = []

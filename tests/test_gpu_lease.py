@@ -94,7 +94,9 @@ def test_the_lease_plan_splits_fits_joins_and_runs_every_stage_into_files_that_c
     results = tmp / "unpacked"
     results.mkdir()
     assert lease({**env, "RESULTS": str(results)}, "unpack", str(tmp / "out")).returncode == 0
-    stages = [json.loads(line) for line in (results / "smollm2-extension-dry" / "lease-stages.jsonl").read_text().splitlines()]
+    stages = [
+        json.loads(line) for line in (results / "smollm2-extension-dry" / "lease-stages.jsonl").read_text().splitlines()
+    ]
     order = [s["stage"] for s in stages]  # the LoRA trains beside ppl and passkey: its line lands when it ends
     assert sorted(order) == sorted(["study-patch", "study-lora", "study-ppl", "study-passkey", "study-tuned-ppl",
                                     "study-tuned-passkey", "study-report"])
@@ -118,7 +120,10 @@ def test_a_stage_over_its_budget_is_cut_recorded_and_the_next_stage_still_runs(l
     tmp, env = lease_env
     done = lease({**env, "BUDGET_TESTS": "1"}, "tests", "tests")  # pytest cannot even start in a second
     assert done.returncode == 0, done.stderr[-2000:]
-    records = [json.loads(line) for line in (tmp / "run" / "results" / "bench-dry" / "lease-stages.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for line in (tmp / "run" / "results" / "bench-dry" / "lease-stages.jsonl").read_text().splitlines()
+    ]
     assert [r["cut_at_budget"] for r in records] == [True, True] and all(r["exit_status"] == 124 for r in records)
     assert "cut at its budget" in (tmp / "out" / "lease.log").read_text()
 

@@ -127,7 +127,9 @@ def test_bench_and_study_refuse_to_run_the_real_thing_without_a_gpu(tmp_path):
 
     assert gpu.main(["--out", str(tmp_path / "bench")]) == 2
     env = interpreter_env(OUT=str(tmp_path / "study"), MODELS=str(tmp_path / "models"), BOOKS=str(tmp_path))
-    done = subprocess.run(["bash", str(STUDY), "retrieval"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["bash", str(STUDY), "retrieval"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2 and "DRY_RUN=1" in done.stderr
     assert not (tmp_path / "bench").exists() and not (tmp_path / "study").exists()
 

@@ -33,7 +33,9 @@ def run_all(commands: dict[str, tuple[list[str], Path, str | None]]) -> dict[str
     procs = {}
     for name, (argv, cwd, point) in commands.items():
         env = {**ENV, "LONGCTX_KILL_AT": point} if point else ENV
-        procs[name] = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs[name] = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     done = {}
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=300)
@@ -77,12 +79,17 @@ def test_kill_9_during_patch_then_rerun_gives_the_uninterrupted_result(tiny_llam
     for name in ["straight", *PATCH_POINTS]:
         folder = folders[name] = tmp_path / name.replace(":", "-").replace("@", "-")
         shutil.copytree(tiny_llama_dir, folder / "src")
-        if name == "publish:moved-aside":  # --force over an earlier output: killed between moving it aside and the rename
-            assert in_folder(monkeypatch, folder, ["patch", "--model", "src", "--base", "2e6", "--out", "out"], main) == 0
+        # --force over an earlier output: killed between moving it aside and the rename
+        if name == "publish:moved-aside":
+            assert (
+                in_folder(monkeypatch, folder, ["patch", "--model", "src", "--base", "2e6", "--out", "out"], main) == 0
+            )
     killed = run_all({name: ([str(LONGCTX), *patch], folders[name], name) for name in PATCH_POINTS})
     for name in PATCH_POINTS:
         assert_killed(killed[name])
-        assert any(p.name.startswith(".out.longctx-") for p in folders[name].iterdir()), "the kill left no partial folder"
+        assert any(p.name.startswith(".out.longctx-") for p in folders[name].iterdir()), (
+            "the kill left no partial folder"
+        )
     for folder in folders.values():
         assert in_folder(monkeypatch, folder, patch, main) == 0
     expected = without_timestamps(folders["straight"] / "out")
@@ -99,8 +106,15 @@ def test_an_output_moved_aside_by_a_killed_force_run_comes_back(tiny_llama_dir, 
 
     shutil.copytree(tiny_llama_dir, tmp_path / "src")
     assert main(["patch", "--model", str(tmp_path / "src"), "--base", "2e6", "--out", str(tmp_path / "out")]) == 0
-    killed = run_all({"k": ([str(LONGCTX), "patch", "--model", "src", "--base", "1e6", "--out", "out", "--force"], tmp_path,
-                            "publish:moved-aside")})
+    killed = run_all(
+        {
+            "k": (
+                [str(LONGCTX), "patch", "--model", "src", "--base", "1e6", "--out", "out", "--force"],
+                tmp_path,
+                "publish:moved-aside",
+            )
+        }
+    )
     assert_killed(killed["k"])
     assert not (tmp_path / "out").exists()
     assert main(["patch", "--model", str(tmp_path / "src"), "--base", "1e6", "--out", str(tmp_path / "out")]) == 2
@@ -175,7 +189,9 @@ def test_kill_9_during_finetune_then_resume_gives_the_uninterrupted_adapter(tiny
         assert in_folder(monkeypatch, folders[name], [*common, "--resume"], cli) == 0
 
     def losses(folder):
-        return {r["step"]: r["loss"] for r in map(json.loads, (folder / "run" / "train_log.jsonl").read_text().splitlines())}
+        return {
+            r["step"]: r["loss"] for r in map(json.loads, (folder / "run" / "train_log.jsonl").read_text().splitlines())
+        }
 
     straight = folders["straight"] / "run"
     expected = load_file(straight / "adapter_model.safetensors")
@@ -187,7 +203,9 @@ def test_kill_9_during_finetune_then_resume_gives_the_uninterrupted_adapter(tiny
         for key in expected:
             torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=1e-6)
         assert (run / "README.md").is_file()
-        assert json.loads((run / "base" / "config.json").read_text()) == json.loads((straight / "base" / "config.json").read_text())
+        assert json.loads((run / "base" / "config.json").read_text()) == json.loads(
+            (straight / "base" / "config.json").read_text()
+        )
         assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002", "step-000004"], name
         assert not [p for p in run.rglob(".*") if "longctx-" in p.name or ".tmp-" in p.name], name
 
@@ -199,9 +217,32 @@ def test_a_checkpoint_of_an_earlier_longctx_resumes_identically(tiny_llama_dir, 
 
     (tmp_path / "docs.jsonl").write_text("".join(
         json.dumps({"text": f"The grass is green. The sky is blue. Here we go {i}. " * 6}) + "\n" for i in range(8)))
-    common = ["--model", str(tiny_llama_dir), "--base", "1e5", "--data", str(tmp_path / "docs.jsonl"), "--seq-len", "32",
-              "--batch-size", "2", "--max-steps", "4", "--save-every", "2", "--lr", "5e-3", "--warmup-steps", "1",
-              "--lora-dropout", "0.1", "--report-to", "none", "--out", "run"]
+    common = [
+        "--model",
+        str(tiny_llama_dir),
+        "--base",
+        "1e5",
+        "--data",
+        str(tmp_path / "docs.jsonl"),
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "4",
+        "--save-every",
+        "2",
+        "--lr",
+        "5e-3",
+        "--warmup-steps",
+        "1",
+        "--lora-dropout",
+        "0.1",
+        "--report-to",
+        "none",
+        "--out",
+        "run",
+    ]
     cli = recipe_cli()
     (tmp_path / "straight").mkdir()
     assert in_folder(monkeypatch, tmp_path / "straight", common, cli) == 0
@@ -211,9 +252,14 @@ def test_a_checkpoint_of_an_earlier_longctx_resumes_identically(tiny_llama_dir, 
     step = old / "checkpoints" / "step-000002"
     state = json.loads((step / "trainer_state.json").read_text())
     torch.save(state["scheduler"], step / "custom_checkpoint_0.pkl")  # what accelerate wrote for a registered scheduler
-    (step / "trainer_state.json").write_text(json.dumps({"step": state["step"], "rows_consumed": state["rows_consumed"]}))
+    (step / "trainer_state.json").write_text(
+        json.dumps({"step": state["step"], "rows_consumed": state["rows_consumed"]})
+    )
     (step / "rng_state_0.json").unlink()
     assert in_folder(monkeypatch, tmp_path / "old", [*common, "--resume"], cli) == 0
-    expected, got = load_file(tmp_path / "straight" / "run" / "adapter_model.safetensors"), load_file(old / "adapter_model.safetensors")
+    expected, got = (
+        load_file(tmp_path / "straight" / "run" / "adapter_model.safetensors"),
+        load_file(old / "adapter_model.safetensors"),
+    )
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=1e-6)

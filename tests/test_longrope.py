@@ -36,7 +36,10 @@ def test_patched_config_writes_the_longrope_keys(factors):
     assert params["rope_type"] == "longrope" and params["factor"] == 4.0
     assert params["original_max_position_embeddings"] == 4096 and patched["max_position_embeddings"] == 16384
     assert len(params["short_factor"]) == len(params["long_factor"]) == HALF
-    assert patched["rope_scaling"]["type"] == "longrope" and patched["rope_scaling"]["long_factor"] == params["long_factor"]
+    assert (
+        patched["rope_scaling"]["type"] == "longrope"
+        and patched["rope_scaling"]["long_factor"] == params["long_factor"]
+    )
 
 
 @pytest.mark.parametrize("layout", [v5_only, v4_only, lambda c: c], ids=["v5", "v4", "both"])
@@ -62,7 +65,9 @@ def test_long_factors_apply_past_the_trained_length_as_in_rope_init_functions(fa
 
 
 @pytest.mark.compat
-@pytest.mark.skipif(not (TF4 / "transformers").is_dir(), reason=f"no transformers 4 install at {TF4} (make test-compat makes one)")
+@pytest.mark.skipif(
+    not (TF4 / "transformers").is_dir(), reason=f"no transformers 4 install at {TF4} (make test-compat makes one)"
+)
 def test_transformers4_reads_the_longrope_config_like_longctx(factors, tmp_path):
     patched = patch_config(LLAMA, PatchSpec(method="longrope", factor=4, rope_factors=str(factors)))
     configs = {"both": patched, "v4-keys-only": v4_only(patched)}
@@ -73,7 +78,9 @@ def test_transformers4_reads_the_longrope_config_like_longctx(factors, tmp_path)
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     ours, scaling = rope_methods.inv_freq_for(rope_config.rope_parameters(patched), 128, max_position_embeddings=16384)
     for name, result in report["results"].items():
-        torch.testing.assert_close(torch.tensor(result["inv_freq"], dtype=torch.float64), ours, rtol=1e-6, atol=0, msg=name)
+        torch.testing.assert_close(
+            torch.tensor(result["inv_freq"], dtype=torch.float64), ours, rtol=1e-6, atol=0, msg=name
+        )
         assert result["scaling"] == pytest.approx(scaling, rel=1e-6), name
 
 
@@ -84,7 +91,9 @@ def test_flag_and_recipe_key_reach_the_spec(factors, tmp_path):
     config.write_text(f"method: longrope\nfactor: 4\nrope_factors: {factors}\n")
     spec = patch_spec(parse_args(["--config", str(config)]).patch)
     assert spec.to_dict() == {"method": "longrope", "factor": 4.0, "rope_factors": str(factors)}
-    assert patch_spec(parse_args(["--method", "longrope", "--factor", "4", "--rope-factors", str(factors)]).patch) == spec
+    assert (
+        patch_spec(parse_args(["--method", "longrope", "--factor", "4", "--rope-factors", str(factors)]).patch) == spec
+    )
 
 
 def test_longrope_checkpoint_loads_in_transformers(tiny_llama_dir, factors, tmp_path):
@@ -110,8 +119,12 @@ def test_phi3_takes_longrope(factors, tmp_path):
 
     src = save_tiny("phi3", tmp_path / "src")  # partial_rotary_factor 0.5: the factors cover the rotated dims only
     half = rope_config.rotary_dim(json.loads((src / "config.json").read_text())) // 2
-    factors.write_text(json.dumps({"short_factor": [1 + i / 10 for i in range(half)], "long_factor": [2.0 + i for i in range(half)]}))
-    out = write_patched_checkpoint(src, tmp_path / "out", PatchSpec(method="longrope", factor=4, rope_factors=str(factors)))
+    factors.write_text(
+        json.dumps({"short_factor": [1 + i / 10 for i in range(half)], "long_factor": [2.0 + i for i in range(half)]})
+    )
+    out = write_patched_checkpoint(
+        src, tmp_path / "out", PatchSpec(method="longrope", factor=4, rope_factors=str(factors))
+    )
     config = json.loads((out / "config.json").read_text())
     expected, _ = rope_methods.inv_freq_for(rope_config.rope_parameters(config), 2 * half, max_position_embeddings=2048)
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -124,7 +137,10 @@ BAD_FACTORS = {
     "not json": ("{short", "is not valid JSON"),
     "a list": ([1.0], "must hold an object"),
     "no long_factor": ({"short_factor": [1.0] * HALF}, "long_factor must be a non-empty list"),
-    "zero": ({"short_factor": [0.0] * HALF, "long_factor": [1.0] * HALF}, "short_factor holds 0.0; every factor must be"),
+    "zero": (
+        {"short_factor": [0.0] * HALF, "long_factor": [1.0] * HALF},
+        "short_factor holds 0.0; every factor must be",
+    ),
     "nan": ('{"short_factor": [NaN], "long_factor": [1.0]}', "short_factor holds nan"),
     "text": ({"short_factor": ["1"] * HALF, "long_factor": [1.0] * HALF}, "holds '1'"),
     "wrong length": ({"short_factor": [1.0] * 8, "long_factor": [1.0] * 8}, "short_factor has 8 values; .* needs 64"),

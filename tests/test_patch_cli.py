@@ -61,8 +61,14 @@ def test_help_of_every_verb(capsys, verb):
     assert code == 0 and "usage" in out
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["patch", "--help"], ["analyze", "--head-dim", "64", "--base", "1e5",
-                                                                  "--train-length", "8192", "--target-length", "16384"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["patch", "--help"],
+        ["analyze", "--head-dim", "64", "--base", "1e5", "--train-length", "8192", "--target-length", "16384"],
+    ],
+)
 def test_help_and_analyze_never_import_torch_or_transformers(argv):
     """Why `longctx --help` is instant: the commands that need no model import neither torch nor transformers
     (a module-level import anywhere on their path fails this, where a wall-clock limit would only be flaky)."""
@@ -83,7 +89,9 @@ def test_analyze_prints_llama2_critical_dimension(capsys):
     assert "d_extra        92" in out
 
 
-@pytest.mark.parametrize("dim,base,train,target", [(128, 1e4, 4096, 32768), (64, 1e5, 8192, 8192 * 8), (64, 1e5, 1024, 8192)])
+@pytest.mark.parametrize(
+    "dim,base,train,target", [(128, 1e4, 4096, 32768), (64, 1e5, 8192, 8192 * 8), (64, 1e5, 1024, 8192)]
+)
 def test_recommended_base_itself_satisfies_the_bound(dim, base, train, target):
     """The passing bases are not monotonic (d=64: 4.8e5 passes at 8K, 1e6 fails), so rounding up the lower
     bound could land on a failing base: the recommendation is checked."""
@@ -155,14 +163,19 @@ def test_record_says_what_was_applied_and_the_command_only_from_the_cli(capsys, 
     from longctx.checkpoint import write_patched_checkpoint
     from longctx.patch import PatchSpec
 
-    assert run_cli(capsys, "patch", "--model", source, "--method", "yarn", "--factor", 4, "--out", tmp_path / "cli")[0] == 0
+    assert (
+        run_cli(capsys, "patch", "--model", source, "--method", "yarn", "--factor", 4, "--out", tmp_path / "cli")[0]
+        == 0
+    )
     cli = json.loads((tmp_path / "cli" / "longctx_patch.json").read_text())
     assert cli["command"] == f"longctx patch --model {source} --method yarn --factor 4 --out {tmp_path / 'cli'}"
     assert cli["written_by"] == "longctx patch"
     assert cli["changed_fields"]["max_position_embeddings"] == [256, 1024]
     assert cli["spec"] == {"method": "yarn", "factor": 4.0} and cli["longctx_version"] and cli["source"] == str(source)
 
-    write_patched_checkpoint(source, tmp_path / "api", PatchSpec(method="base", base=1e6), written_by="recipes/finetune.py")
+    write_patched_checkpoint(
+        source, tmp_path / "api", PatchSpec(method="base", base=1e6), written_by="recipes/finetune.py"
+    )
     api = json.loads((tmp_path / "api" / "longctx_patch.json").read_text())
     assert api["command"] is None and api["written_by"] == "recipes/finetune.py"
     assert api["changed_fields"]["rope_theta"][1] == 1e6 and api["spec"] == {"method": "base", "base": 1e6}
@@ -247,7 +260,10 @@ BAD_INPUTS = {
     "yarn flag on linear": (None, ["--method", "linear", "--factor", "2", "--beta-fast", "16"]),
     "factor and length disagree": (None, ["--method", "yarn", "--factor", "2", "--target-length", "4096"]),
     "scaling without factor": (None, ["--method", "yarn"]),
-    "longrope factors file missing": (None, ["--method", "longrope", "--factor", "2", "--rope-factors", "no-such.json"]),
+    "longrope factors file missing": (
+        None,
+        ["--method", "longrope", "--factor", "2", "--rope-factors", "no-such.json"],
+    ),
     "nothing to patch": (None, []),
     "corrupt config": (break_config, ["--base", "1e6"]),
     "pickle weights only": (pickle_only, ["--base", "1e6"]),
@@ -288,7 +304,9 @@ def test_output_equal_to_inside_or_around_the_source_is_refused(capsys, source, 
 def test_hub_id_offline_gives_a_clear_error(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    code, _, err = run_cli(capsys, "patch", "--model", "meta-llama/Llama-2-7b-hf", "--base", 1e6, "--out", tmp_path / "o")
+    code, _, err = run_cli(
+        capsys, "patch", "--model", "meta-llama/Llama-2-7b-hf", "--base", 1e6, "--out", tmp_path / "o"
+    )
     assert_usage_error(code, err)
     assert "HF_HUB_OFFLINE" in err
 

@@ -56,7 +56,9 @@ def v5_only(config: dict) -> dict:
 def test_patched_config_frequencies_match_transformers(name, layout):
     patched = patch_config(LLAMA, SPECS[name])
     params = rope_config.rope_parameters(patched)
-    ours, our_scaling = rope_methods.inv_freq_for(params, 128, max_position_embeddings=patched["max_position_embeddings"])
+    ours, our_scaling = rope_methods.inv_freq_for(
+        params, 128, max_position_embeddings=patched["max_position_embeddings"]
+    )
     theirs, their_scaling = transformers_rotary(layout(patched))
     torch.testing.assert_close(theirs.double(), ours, rtol=1e-6, atol=0)
     assert their_scaling == pytest.approx(our_scaling, rel=1e-6)

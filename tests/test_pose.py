@@ -85,7 +85,9 @@ def test_pose_refuses_flash_attention():
     from longctx.errors import UsageError
 
     with pytest.raises(UsageError, match="flash_attention_2"):
-        block_causal_mask(torch.zeros(1, 4, dtype=torch.long), attn_implementation="flash_attention_2", dtype=torch.float32)
+        block_causal_mask(
+            torch.zeros(1, 4, dtype=torch.long), attn_implementation="flash_attention_2", dtype=torch.float32
+        )
 
 
 def test_finetune_with_pose_trains_and_checks_its_flags(tiny_llama_dir, tmp_path):

@@ -64,20 +64,29 @@ def test_base_alone_means_the_base_method_and_a_factor_needs_a_method():
         rope_methods.implied_method({"target_length": 8192})
 
 
-@pytest.mark.parametrize("values,message", [
-    ({"method": "rope-magic"}, "unknown method 'rope-magic': choose one of base, linear"),
-    ({"method": "linear", "factor": 2, "beta_fast": 16}, "--beta-fast only apply to --method yarn"),
-    ({"method": "yarn", "factor": 2, "low_freq_factor": 2}, "--low-freq-factor only apply to --method llama3"),
-    ({"method": "yarn", "factor": 2, "beta_fast": 1, "beta_slow": 2}, "--beta-fast must be greater than --beta-slow"),
-    ({"method": "llama3", "factor": 2, "low_freq_factor": 4, "high_freq_factor": 2}, "--high-freq-factor must be greater"),
-    ({"method": "yarn", "factor": float("nan")}, "--factor must be a finite number > 0"),
-    ({"method": "yarn", "factor": 1e300}, "--factor 1e[+]300 is absurdly large"),
-    ({"method": "yarn", "factor": 0.5}, "--factor must be ≥ 1 for yarn"),
-    ({"method": "base", "base": 1e6, "factor": 2}, "--factor has no meaning for --method base"),
-    ({"method": "base"}, "method base needs --base"),
-    ({"method": "linear", "target_length": 1 << 30}, "--target-length 1073741824 is above 16,777,216 tokens"),
-    ({"method": "linear", "original_length": 2.5}, "--original-length must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"method": "rope-magic"}, "unknown method 'rope-magic': choose one of base, linear"),
+        ({"method": "linear", "factor": 2, "beta_fast": 16}, "--beta-fast only apply to --method yarn"),
+        ({"method": "yarn", "factor": 2, "low_freq_factor": 2}, "--low-freq-factor only apply to --method llama3"),
+        (
+            {"method": "yarn", "factor": 2, "beta_fast": 1, "beta_slow": 2},
+            "--beta-fast must be greater than --beta-slow",
+        ),
+        (
+            {"method": "llama3", "factor": 2, "low_freq_factor": 4, "high_freq_factor": 2},
+            "--high-freq-factor must be greater",
+        ),
+        ({"method": "yarn", "factor": float("nan")}, "--factor must be a finite number > 0"),
+        ({"method": "yarn", "factor": 1e300}, "--factor 1e[+]300 is absurdly large"),
+        ({"method": "yarn", "factor": 0.5}, "--factor must be ≥ 1 for yarn"),
+        ({"method": "base", "base": 1e6, "factor": 2}, "--factor has no meaning for --method base"),
+        ({"method": "base"}, "method base needs --base"),
+        ({"method": "linear", "target_length": 1 << 30}, "--target-length 1073741824 is above 16,777,216 tokens"),
+        ({"method": "linear", "original_length": 2.5}, "--original-length must be a positive integer"),
+    ],
+)
 def test_bad_settings_are_one_line_usage_errors_naming_the_flag(values, message):
     with pytest.raises(UsageError, match=message):
         rope_methods.validate(values)

@@ -20,7 +20,9 @@ ACCELERATE = sorted((ROOT / "recipes" / "accelerate").glob("*.yaml"))
 def test_recipe_configs_exist():
     names = {p.name for p in CONFIGS}
     assert {"smollm2-135m-base1e6.yaml", "llama2-7b-lora-4k.yaml", "llama3-8b-full-8k.yaml"} <= names
-    assert {"single_gpu.yaml", "multi_gpu.yaml", "fsdp.yaml", "deepspeed_zero3.yaml", "cpu.yaml"} <= {p.name for p in ACCELERATE}
+    assert {"single_gpu.yaml", "multi_gpu.yaml", "fsdp.yaml", "deepspeed_zero3.yaml", "cpu.yaml"} <= {
+        p.name for p in ACCELERATE
+    }
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -38,7 +40,9 @@ def test_every_recipe_yaml_has_only_known_keys(path):
 def test_accelerate_configs_use_accelerate_engines(path):
     cfg = yaml.safe_load(path.read_text())
     assert cfg["distributed_type"] in {"NO", "MULTI_GPU", "FSDP", "DEEPSPEED"}
-    engine = {"fsdp.yaml": "FSDP", "deepspeed_zero3.yaml": "DEEPSPEED", "multi_gpu.yaml": "MULTI_GPU"}.get(path.name, "NO")
+    engine = {"fsdp.yaml": "FSDP", "deepspeed_zero3.yaml": "DEEPSPEED", "multi_gpu.yaml": "MULTI_GPU"}.get(
+        path.name, "NO"
+    )
     assert cfg["distributed_type"] == engine
 
 
@@ -173,8 +177,12 @@ def test_optimizer_is_fused_adamw_with_the_same_update_as_the_for_loop():
     optimizer, scheduler = optimizer_and_schedule(fused_params, t)
     assert all(group["fused"] for group in optimizer.param_groups)
     assert [group["weight_decay"] for group in optimizer.param_groups] == [0.1, 0.0]
-    reference = torch.optim.AdamW([{"params": loop_params[:1], "weight_decay": 0.1}, {"params": loop_params[1:], "weight_decay": 0.0}],
-                                  lr=scheduler.get_last_lr()[0], betas=(t.adam_beta1, t.adam_beta2), foreach=False)
+    reference = torch.optim.AdamW(
+        [{"params": loop_params[:1], "weight_decay": 0.1}, {"params": loop_params[1:], "weight_decay": 0.0}],
+        lr=scheduler.get_last_lr()[0],
+        betas=(t.adam_beta1, t.adam_beta2),
+        foreach=False,
+    )
     for _ in range(3):
         optimizer.step()
         reference.step()

@@ -173,7 +173,9 @@ def test_scratch_init_trains_random_weights_of_the_same_architecture(tiny_llama_
                     "--data", corpus, "--seq-len", 64, "--max-steps", 1, "--seed", 7, "--out", out) == 0
     source, trained = load_file(tiny_llama_dir / "model.safetensors"), load_file(out / "model.safetensors")
     assert source.keys() == trained.keys()
-    assert not torch.allclose(source["model.layers.0.self_attn.q_proj.weight"], trained["model.layers.0.self_attn.q_proj.weight"], atol=1e-2)
+    assert not torch.allclose(
+        source["model.layers.0.self_attn.q_proj.weight"], trained["model.layers.0.self_attn.q_proj.weight"], atol=1e-2
+    )
     assert json.loads((out / "config.json").read_text())["rope_theta"] == 5e5
 
 
@@ -209,7 +211,9 @@ def test_script_exits_2_with_one_line(tmp_path):
     result = subprocess.run([sys.executable, str(RECIPE), "--config", str(tmp_path / "bad.yaml")],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "unknown key 'learning_rate'" in result.stderr
+    assert (
+        result.stderr.strip().splitlines() == [result.stderr.strip()] and "unknown key 'learning_rate'" in result.stderr
+    )
 
 
 @pytest.mark.slow

@@ -17,7 +17,9 @@ def test_chunked_cross_entropy_matches_full_logits_value_and_gradients():
     weight = torch.randn(50, 16, requires_grad=True)
     labels = torch.randint(0, 50, (2, 13))
     labels[0, 3] = labels[1, 12] = IGNORE_INDEX
-    reference = F.cross_entropy((hidden @ weight.T).reshape(-1, 50), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    reference = F.cross_entropy(
+        (hidden @ weight.T).reshape(-1, 50), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     ref_grads = torch.autograd.grad(reference, (hidden, weight))
     summed = chunked_cross_entropy(hidden, weight, labels, chunk=5)  # 24 labelled tokens: chunks of 5, 5, 5, 5, 4
     grads = torch.autograd.grad(summed, (hidden, weight))
@@ -37,7 +39,9 @@ def test_chunked_cross_entropy_keeps_at_most_one_chunk_of_logits_for_backward():
     saved = []
 
     def keep(tensor):
-        logits = tensor.shape[-1:] == (vocab,) and tensor.untyped_storage().data_ptr() != weight.untyped_storage().data_ptr()
+        logits = (
+            tensor.shape[-1:] == (vocab,) and tensor.untyped_storage().data_ptr() != weight.untyped_storage().data_ptr()
+        )
         saved.append(tensor.numel() if logits else 0)
         return tensor
 
@@ -134,7 +138,9 @@ def test_losses_from_hidden_states_apply_the_architectures_logit_postprocessing(
         model.get_output_embeddings().weight.mul_(20)  # large logits, so capping and scaling matter
     ids = torch.randint(3, 128, (24,), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        reference = torch.nn.functional.cross_entropy(model(ids[None]).logits[0, :-1].float(), ids[1:], reduction="none")
+        reference = torch.nn.functional.cross_entropy(
+            model(ids[None]).logits[0, :-1].float(), ids[1:], reduction="none"
+        )
         row = row_tensors(ids, torch.zeros(24, dtype=torch.long))
         summed = CausalLMLoss(model, chunk=5)(row["input_ids"][None], row["position_ids"][None], row["labels"][None])
     torch.testing.assert_close(token_nll(model, ids[None], chunk_tokens=5), reference, atol=1e-4, rtol=1e-4)

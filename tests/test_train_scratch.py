@@ -26,9 +26,37 @@ def test_byte_level_model_from_scratch_with_a_passkey_mix_then_a_base_change(tin
     doc = tmp_path / "book.txt"
     doc.write_text("It was a bright cold day in April, and the clocks were striking thirteen. " * 60)
     out = tmp_path / "scratch"
-    assert finetune("--model", tiny_llama_dir, "--init", "scratch", "--finetune", "full", "--model-config", small,
-                    "--tokenizer", "bytes", "--base", "500", "--retrieval-mix", "0.2", "--copy-mix", "0.3", "--data", doc, "--seq-len", 512,
-                    "--max-steps", 3, "--lr", "1e-3", "--out", out) == 0
+    assert (
+        finetune(
+            "--model",
+            tiny_llama_dir,
+            "--init",
+            "scratch",
+            "--finetune",
+            "full",
+            "--model-config",
+            small,
+            "--tokenizer",
+            "bytes",
+            "--base",
+            "500",
+            "--retrieval-mix",
+            "0.2",
+            "--copy-mix",
+            "0.3",
+            "--data",
+            doc,
+            "--seq-len",
+            512,
+            "--max-steps",
+            3,
+            "--lr",
+            "1e-3",
+            "--out",
+            out,
+        )
+        == 0
+    )
     config = json.loads((out / "config.json").read_text())
     assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (32, 1, 259)
     assert config["max_position_embeddings"] == 512 and config["rope_theta"] == 500

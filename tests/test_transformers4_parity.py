@@ -36,7 +36,9 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.skipif(not (TF4 / "transformers").is_dir(), reason=f"no transformers 4 install at {TF4} (make test-compat makes one)")
+@pytest.mark.skipif(
+    not (TF4 / "transformers").is_dir(), reason=f"no transformers 4 install at {TF4} (make test-compat makes one)"
+)
 def test_transformers4_reads_the_patched_config_like_longctx(tmp_path):
     configs = {name: patch_config(LLAMA, spec) for name, spec in SPECS.items()}
     configs.update({f"{name}/v4-keys-only": {k: v for k, v in config.items() if k != "rope_parameters"}
@@ -50,7 +52,11 @@ def test_transformers4_reads_the_patched_config_like_longctx(tmp_path):
     assert report["version"].startswith("4.")
     for name, config in configs.items():
         params = rope_config.rope_parameters(config)
-        ours, scaling = rope_methods.inv_freq_for(params, 128, max_position_embeddings=config["max_position_embeddings"])
+        ours, scaling = rope_methods.inv_freq_for(
+            params, 128, max_position_embeddings=config["max_position_embeddings"]
+        )
         theirs = torch.tensor(report["results"][name]["inv_freq"], dtype=torch.float64)
-        torch.testing.assert_close(theirs, ours, rtol=1e-6, atol=0, msg=f"{name} under transformers {report['version']}")
+        torch.testing.assert_close(
+            theirs, ours, rtol=1e-6, atol=0, msg=f"{name} under transformers {report['version']}"
+        )
         assert report["results"][name]["scaling"] == pytest.approx(scaling, rel=1e-6), name

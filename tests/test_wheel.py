@@ -29,7 +29,9 @@ def test_shipped_data_files_equal_their_copies_in_the_repository():
     assert len(shipped) >= 10
     for path, copy in shipped:
         assert copy.is_file() and copy.read_bytes() == path.read_bytes(), (
-            f"{copy.relative_to(ROOT)} differs from {path.relative_to(ROOT)} (the shipped original): copy one onto the other")
+            f"{copy.relative_to(ROOT)} differs from {path.relative_to(ROOT)} (the shipped original): copy one onto "
+            "the other"
+        )
 
 
 def test_the_demo_and_the_recipe_docs_name_shipped_files():
@@ -60,8 +62,21 @@ def wheel_venv(tmp_path_factory) -> tuple[Path, dict]:
     shutil.copytree(ROOT / "longctx", src / "longctx", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.update(PIP_NO_INPUT="1", PIP_DISABLE_PIP_VERSION_CHECK="1", HF_HUB_OFFLINE="1")
-    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp / "dist",
-        src, cwd=tmp, env=env)
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "-w",
+        tmp / "dist",
+        src,
+        cwd=tmp,
+        env=env,
+    )
     (wheel,) = (tmp / "dist").glob("longctx-*.whl")
     venv = tmp / "venv"
     run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp, env=env)
@@ -89,8 +104,20 @@ def test_a_wheel_installs_and_runs_help_patch_and_an_eval(wheel_venv, tiny_llama
     assert "patch" in run(bin_dir / "longctx", "--help", cwd=work, env=env).stdout
     assert "--config" in run(bin_dir / "python", "-m", "longctx.train.finetune", "--help", cwd=work, env=env).stdout
 
-    run(bin_dir / "longctx", "patch", "--model", tiny_llama_dir, "--method", "yarn", "--factor", "2", "--out", "patched",
-        cwd=work, env=env)
+    run(
+        bin_dir / "longctx",
+        "patch",
+        "--model",
+        tiny_llama_dir,
+        "--method",
+        "yarn",
+        "--factor",
+        "2",
+        "--out",
+        "patched",
+        cwd=work,
+        env=env,
+    )
     assert json.loads((work / "patched" / "config.json").read_text())["rope_parameters"]["rope_type"] == "yarn"
     assert "yarn" in (work / "patched" / "README.md").read_text()  # the card template is shipped too
     run(bin_dir / "longctx", "eval", "ppl", "--model", "patched", "--lengths", "64", "--docs", "1", "--device", "cpu",

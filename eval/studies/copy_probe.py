@@ -72,7 +72,9 @@ def main(path: str, documents: int = 20, seed: int = 0) -> int:
     for name, value in zip(("needle (1st, random)", "repeat in needle (2nd)", "answer (3rd)"), sums, strict=True):
         print(f"{name:24s} {value:.3f} nats/digit")
     print(f"uniform over digits: {math.log(10):.3f}")
-    firsts, seconds = zip(*(segment_nll(model, tokenizer, copy_document(rng, 460)) for _ in range(documents)), strict=True)
+    firsts, seconds = zip(
+        *(segment_nll(model, tokenizer, copy_document(rng, 460)) for _ in range(documents)), strict=True
+    )
     print(f"copy documents, 1st copy {sum(firsts) / documents:.3f}, 2nd copy {sum(seconds) / documents:.3f} nats/char "
           f"(uniform over the {len(COPY_ALPHABET)} characters: {math.log(len(COPY_ALPHABET)):.3f})")
     return 0

@@ -117,7 +117,9 @@ def patched_gguf(label: str, source: Path, work: Path) -> tuple[Path, str | None
     command = [sys.executable, "-m", "longctx", "patch", "--model", str(source), "--out", str(out), *MODELS[label]]
     if not out.is_file():
         subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return out, "longctx patch --model SmolLM2-135M-Instruct.Q4_1.gguf --out " + out.name + " " + " ".join(MODELS[label])
+    return out, "longctx patch --model SmolLM2-135M-Instruct.Q4_1.gguf --out " + out.name + " " + " ".join(
+        MODELS[label]
+    )
 
 
 def hf_cells(label: str, fresh: Path | None) -> dict[int, dict]:
@@ -138,7 +140,9 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "gguf-llamacpp", help="patched GGUFs")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
-    parser.add_argument("--passkey", type=int, default=3, help="passkey trials at 12K per model (study seeds, depth 0.5)")
+    parser.add_argument(
+        "--passkey", type=int, default=3, help="passkey trials at 12K per model (study seeds, depth 0.5)"
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--fresh-hf", type=Path, help="results folder of a fresh `longctx eval ppl` of the same models")
     args = parser.parse_args()
@@ -175,11 +179,22 @@ def main() -> int:
                 s, k = runner.nll_sum(prefix + window.tokens)
                 nll, n = nll + s, n + k
             cell = hf.get(length, {})
-            record = {"key": key, "task": "ppl", "model": label, "length": length, "gguf": gguf_path.name,
-                      "patch_command": command, "windows": windows, "n_tokens": n, "llamacpp_nll": nll / n,
-                      "llamacpp_ppl": math.exp(nll / n), "llamacpp_seconds": round(time.time() - t0, 1),
-                      "hf_ppl": cell.get("ppl"), "hf_windows_equal": cell.get("windows") == windows,
-                      "hf_source": str((args.fresh_hf or STUDY).relative_to(ROOT) / label / "ppl.jsonl") if cell else None}
+            record = {
+                "key": key,
+                "task": "ppl",
+                "model": label,
+                "length": length,
+                "gguf": gguf_path.name,
+                "patch_command": command,
+                "windows": windows,
+                "n_tokens": n,
+                "llamacpp_nll": nll / n,
+                "llamacpp_ppl": math.exp(nll / n),
+                "llamacpp_seconds": round(time.time() - t0, 1),
+                "hf_ppl": cell.get("ppl"),
+                "hf_windows_equal": cell.get("windows") == windows,
+                "hf_source": str((args.fresh_hf or STUDY).relative_to(ROOT) / label / "ppl.jsonl") if cell else None,
+            }
             append(cells_path, record)
             done[key], computed = record, computed + 1
             print(f"{label} {length}: llama.cpp ppl {record['llamacpp_ppl']:.3f}, HF {record['hf_ppl']}", flush=True)
@@ -214,50 +229,91 @@ def run_record(args, computed: int, seconds: float) -> dict:
     import llama_cpp
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "longctx"], cwd=ROOT, capture_output=True, text=True).stdout)
-    return {"command": " ".join(["eval/studies/gguf_llamacpp.py", *sys.argv[1:]]), "commit": commit, "dirty": dirty,
-            "llama_cpp_python": llama_cpp.__version__, "machine": {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(), "threads": args.threads}, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() - seconds)),
-            "wall_seconds": round(seconds, 1), "cells_computed": computed}
+    dirty = bool(
+        subprocess.run(["git", "status", "--porcelain", "longctx"], cwd=ROOT, capture_output=True, text=True).stdout
+    )
+    return {
+        "command": " ".join(["eval/studies/gguf_llamacpp.py", *sys.argv[1:]]),
+        "commit": commit,
+        "dirty": dirty,
+        "llama_cpp_python": llama_cpp.__version__,
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "threads": args.threads,
+        },
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() - seconds)),
+        "wall_seconds": round(seconds, 1),
+        "cells_computed": computed,
+    }
 
 
 def report(out: Path) -> int:
     """README.md from cells.jsonl and runs.jsonl; 1 when a 12K/16K difference exceeds the target."""
     cells = list(journal(out / "cells.jsonl").values())
-    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()] if (out / "runs.jsonl").is_file() else []
+    runs = (
+        [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+        if (out / "runs.jsonl").is_file()
+        else []
+    )
     lines = [Path(__file__).read_text().split('"""')[1].strip().split("\n\n")[0], "",
              "```bash\nmake test-llamacpp\n```", "",
              "| model | length | llama.cpp ppl (Q4_1) | longctx HF ppl (fp32) | Δ | same windows | llama.cpp s |",
              "|---|---|---|---|---|---|---|"]
     failed = []
-    for c in sorted((c for c in cells if c["task"] == "ppl"), key=lambda c: (list(MODELS).index(c["model"]), c["length"])):
+    for c in sorted(
+        (c for c in cells if c["task"] == "ppl"), key=lambda c: (list(MODELS).index(c["model"]), c["length"])
+    ):
         delta = (c["llamacpp_ppl"] / c["hf_ppl"] - 1) if c.get("hf_ppl") else None
         if delta is not None and c["length"] >= 12288 and abs(delta) > TARGET:
             failed.append(f"{c['model']} {c['length']}")
-        lines.append(f"| {c['model']} | {c['length'] // 1024}K | {c['llamacpp_ppl']:.3f} | "
-                     f"{c['hf_ppl']:.3f} | {delta:+.2%} | {'yes' if c['hf_windows_equal'] else 'NO'} | {c['llamacpp_seconds']} |"
-                     if delta is not None else f"| {c['model']} | {c['length'] // 1024}K | {c['llamacpp_ppl']:.3f} | — | — | — | {c['llamacpp_seconds']} |")
+        lines.append(
+            f"| {c['model']} | {c['length'] // 1024}K | {c['llamacpp_ppl']:.3f} | "
+            f"{c['hf_ppl']:.3f} | {delta:+.2%} | {'yes' if c['hf_windows_equal'] else 'NO'} | {c['llamacpp_seconds']} |"
+            if delta is not None
+            else f"| {c['model']} | {c['length'] // 1024}K | {c['llamacpp_ppl']:.3f} | — | — | — | "
+                 f"{c['llamacpp_seconds']} |"
+        )
     judged = [c for c in cells if c["task"] == "ppl" and c["length"] >= 12288 and c.get("hf_ppl")]
-    verdict = f"MISSED for {', '.join(failed)}" if failed else f"met in {len(judged)} cells" if judged else "NOT MEASURED YET (no 12K/16K cell)"
-    lines += ["", f"Agreement target |Δ| ≤ {TARGET:.0%} at 12K and 16K: {verdict}"
-              + ". Each model's 2K Δ (llama.cpp and HF on the same patched model, far inside every context) is the "
-              "quantization baseline: llama.cpp runs the Q4_1/Q8_0 tensors as shipped, longctx their fp32 "
-              "dequantization.", "",
-              "Passkey at 12K, depth 0.5, greedy generation through llama.cpp (graded by the first integer), beside "
-              "longctx's HF generate-mode answer for the same seed:", "",
-              "| model | seed | passkey | llama.cpp answer | correct | HF answer | HF correct | llama.cpp s |", "|---|---|---|---|---|---|---|---|"]
+    verdict = (
+        f"MISSED for {', '.join(failed)}"
+        if failed
+        else f"met in {len(judged)} cells"
+        if judged
+        else "NOT MEASURED YET (no 12K/16K cell)"
+    )
+    lines += [
+        "",
+        f"Agreement target |Δ| ≤ {TARGET:.0%} at 12K and 16K: {verdict}"
+        + ". Each model's 2K Δ (llama.cpp and HF on the same patched model, far inside every context) is the "
+        "quantization baseline: llama.cpp runs the Q4_1/Q8_0 tensors as shipped, longctx their fp32 "
+        "dequantization.",
+        "",
+        "Passkey at 12K, depth 0.5, greedy generation through llama.cpp (graded by the first integer), beside "
+        "longctx's HF generate-mode answer for the same seed:",
+        "",
+        "| model | seed | passkey | llama.cpp answer | correct | HF answer | HF correct | llama.cpp s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for c in (c for c in cells if c["task"] == "passkey"):
-        lines.append(f"| {c['model']} | {c['seed']} | {c['passkey']} | `{c['llamacpp_answer']}` | {c['llamacpp_correct']} | "
-                     f"`{c['hf_answer']}` | {c['hf_correct']} | {c['llamacpp_seconds']} |")
+        lines.append(
+            f"| {c['model']} | {c['seed']} | {c['passkey']} | `{c['llamacpp_answer']}` | {c['llamacpp_correct']} | "
+            f"`{c['hf_answer']}` | {c['hf_correct']} | {c['llamacpp_seconds']} |"
+        )
     patches = sorted({c["patch_command"] for c in cells if c.get("patch_command")})
     sources = sorted({c["hf_source"] for c in cells if c.get("hf_source")})
     lines += ["", "GGUFs written by:", "", "```bash", *patches, "```", "",
               f"HF cells: {', '.join(f'`{s}`' for s in sources)} (their run records beside them). Windows per length:",
               ""] + sorted({f"- {c['length'] // 1024}K: " + ", ".join(f"{w['doc']}@{w['start']}" for w in c["windows"])
                             for c in cells if c["task"] == "ppl"}) + ["", "Run records (`runs.jsonl`):", ""]
-    lines += [f"- {r['started']}: `{r['command']}` at {r['commit'][:10]}{' (dirty)' if r['dirty'] else ''}, llama-cpp-python "
-              f"{r['llama_cpp_python']}, {r['machine']['cpu']} × {r['machine']['cores']} cores ({r['machine']['threads']} threads), "
-              f"{r['wall_seconds']} s, {r['cells_computed']} cells" for r in runs]
+    lines += [
+        f"- {r['started']}: `{r['command']}` at {r['commit'][:10]}{' (dirty)' if r['dirty'] else ''}, llama-cpp-python "
+        f"{r['llama_cpp_python']}, {r['machine']['cpu']} × {r['machine']['cores']} cores ({r['machine']['threads']} "
+        "threads), "
+        f"{r['wall_seconds']} s, {r['cells_computed']} cells"
+        for r in runs
+    ]
     (out / "README.md").write_text("\n".join(lines) + "\n")
     return 1 if failed or not judged else 0
 

@@ -36,8 +36,10 @@ def render(folder: Path, stages: list[dict]) -> str:
              "|---|---|---|---|---|---|"]
     for s in stages:
         status = f"{s['exit_status']}" + (" (cut at its budget)" if s.get("cut_at_budget") else "")
-        lines.append(f"| {s['stage']} | {s.get('ended', '')} | {status} | {s['wall_seconds']} | {s.get('budget_seconds', '')} "
-                     f"| `{s['command']}` |")
+        lines.append(
+            f"| {s['stage']} | {s.get('ended', '')} | {status} | {s['wall_seconds']} | {s.get('budget_seconds', '')} "
+            f"| `{s['command']}` |"
+        )
     total = sum(s["wall_seconds"] for s in stages)
     lines.append(f"\nWall time of these stages: {total} s (stages that ran side by side are counted each).\n")
     return "\n".join(lines)

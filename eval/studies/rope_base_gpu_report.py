@@ -22,7 +22,8 @@ from rope_base_report import analyse, fmt_len, load, provenance, superficial_len
 from longctx import rope_bounds  # noqa: E402
 from longctx.files import read_jsonl, write_text_atomic  # noqa: E402
 
-# The original experiment (one H100, 3 min per model, 1024 tokens), as quoted by the task that asked for this study: val bpb at 1024 and
+# The original experiment (one H100, 3 min per model, 1024 tokens), as quoted by the task that asked for this study: val
+# bpb at 1024 and
 # Δbpb at 8192 against 1024, per base.
 ORIGINAL = {1e4: {"bpb": 1.64, "delta_8x": 0.118}, 1e5: {"bpb": 2.38, "delta_8x": 0.043},
             1e6: {"bpb": 2.49, "delta_8x": 0.036}}
@@ -47,7 +48,9 @@ def render(models: list[dict], schedule: dict) -> str:
     lower, longest = bound_rows(dim, [a["base"] for _, a in analysed], lengths)
     trained = [m["trained"] for m in models]
     steps = sorted({t.get("step") for t in trained})
-    shared = "all three trained at once on the one device (PARALLEL=1)" if schedule.get("parallel") else "one after another"
+    shared = (
+        "all three trained at once on the one device (PARALLEL=1)" if schedule.get("parallel") else "one after another"
+    )
     lines = ["# Rope base from scratch at GPU scale: bits per byte and retrieval past the training length", "",
              f"Byte-level Llamas trained from random init at {train} tokens with rope base "
              + " / ".join(f"{a['base']:g}" for _, a in analysed) + f" (head dim {dim}), {shared}; "
@@ -67,14 +70,28 @@ def render(models: list[dict], schedule: dict) -> str:
               "## Passkey accuracy by length (mean over depths)", "",
               "| model | base | " + " | ".join(fmt_len(n) for n in lengths) + " |", "|" + "---|" * (len(lengths) + 2)]
     for model, a in analysed:
-        lines.append(f"| {model['label']} | {a['base']:g} | " + " | ".join(
-            (f"{model['passkey'][n]:.2f}" + ("" if a["b_m_ok"].get(n, True) else " ⚠")) if n in model["passkey"] else "–"
-            for n in lengths) + " |")
-    lines += ["", f"## Lower bound of the base (head dim {dim}, `longctx.rope_bounds`)", "",
-              "Smallest base with B(m) = Σ cos(m·θᵢ) ≥ 0 for every m ≤ L, per evaluation length L: "
-              + ", ".join(f"{fmt_len(n)}: {lower[n]:.3g}" for n in lengths) + ".", "",
-              "| base | longest length with B(m) ≥ 0 | eval lengths past it | superficial lengths (bpb holds, retrieval fails) |",
-              "|---|---|---|---|"]
+        lines.append(
+            f"| {model['label']} | {a['base']:g} | "
+            + " | ".join(
+                (f"{model['passkey'][n]:.2f}" + ("" if a["b_m_ok"].get(n, True) else " ⚠"))
+                if n in model["passkey"]
+                else "–"
+                for n in lengths
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        f"## Lower bound of the base (head dim {dim}, `longctx.rope_bounds`)",
+        "",
+        "Smallest base with B(m) = Σ cos(m·θᵢ) ≥ 0 for every m ≤ L, per evaluation length L: "
+        + ", ".join(f"{fmt_len(n)}: {lower[n]:.3g}" for n in lengths)
+        + ".",
+        "",
+        "| base | longest length with B(m) ≥ 0 | eval lengths past it | superficial lengths (bpb holds, retrieval "
+        "fails) |",
+        "|---|---|---|---|",
+    ]
     for model, a in analysed:
         last = longest[a["base"]]
         past = [n for n in lengths if last is not None and n > last]
@@ -160,27 +177,42 @@ def mixcheck(out: str) -> int:
     tail = [by_step[s] for s in steps[-20:]]
     probe = (folder / "copy_probe.txt").read_text() if (folder / "copy_probe.txt").is_file() else ""
     copies = [float(x) for x in re.findall(r"(\d+\.\d+)", probe.splitlines()[-1])[:2]] if probe else []
-    lines = ["# Rope-base at GPU scale: the mix check on CPU\n",
-             "Written by `eval/studies/rope_base_gpu_report.py --mixcheck` from the files beside it. Before a GPU "
-             "lease trains the three 85M models of `recipes/configs/rope-base-gpu/`, this checks at a tiny size "
-             "(the CPU study's 4-layer, width-256 byte Llama) that their data and mix — the three training books plus "
-             f"the pydoc prose, retrieval_mix {args.get('retrieval_mix')} (synthetic passkey documents) and copy_mix "
-             f"{args.get('copy_mix')} (dense copy documents) — train: the loss falls and stays finite. It says nothing "
-             "about whether retrieval forms at 85M (that is what the lease measures).\n",
-             f"- data: `{args.get('data')}`; {args.get('seq_len')} tokens a row, batch {args.get('batch_size')}, lr {args.get('lr')}, "
-             f"{steps[-1]} steps\n",
-             "| steps | " + " | ".join(name for name, _ in means) + " |", "|---|" + "---|" * len(means),
-             "| mean loss (nats/byte) | " + " | ".join(f"{value:.3f}" for _, value in means) + " |",
-             f"\nMean loss over the last {len(tail)} steps: {sum(tail) / len(tail):.3f} nats/byte "
-             f"({sum(tail) / len(tail) / 0.6931:.2f} bits/byte); first step {by_step[steps[0]]:.3f}.\n",
-             "## Does it copy? (`eval/studies/copy_probe.py`, output as written)\n",
-             *([f"Second copy {copies[1]:.3f} against first copy {copies[0]:.3f} nats/char: "
-                + ("the tiny model copies." if copies[0] - copies[1] > 0.1 else
-                   "no copying yet at this size and token count, which the mix check does not ask for (the CPU "
-                   "study's 4x256 model formed its copy circuit after ~3M tokens of 80% copy text).") + "\n"]
-               if len(copies) == 2 else []),
-             "```", (folder / "copy_probe.txt").read_text().strip() if (folder / "copy_probe.txt").is_file() else "not run",
-             "```\n", "## Runs\n"]
+    lines = [
+        "# Rope-base at GPU scale: the mix check on CPU\n",
+        "Written by `eval/studies/rope_base_gpu_report.py --mixcheck` from the files beside it. Before a GPU "
+        "lease trains the three 85M models of `recipes/configs/rope-base-gpu/`, this checks at a tiny size "
+        "(the CPU study's 4-layer, width-256 byte Llama) that their data and mix — the three training books plus "
+        f"the pydoc prose, retrieval_mix {args.get('retrieval_mix')} (synthetic passkey documents) and copy_mix "
+        f"{args.get('copy_mix')} (dense copy documents) — train: the loss falls and stays finite. It says nothing "
+        "about whether retrieval forms at 85M (that is what the lease measures).\n",
+        f"- data: `{args.get('data')}`; {args.get('seq_len')} tokens a row, batch {args.get('batch_size')}, lr "
+        f"{args.get('lr')}, "
+        f"{steps[-1]} steps\n",
+        "| steps | " + " | ".join(name for name, _ in means) + " |",
+        "|---|" + "---|" * len(means),
+        "| mean loss (nats/byte) | " + " | ".join(f"{value:.3f}" for _, value in means) + " |",
+        f"\nMean loss over the last {len(tail)} steps: {sum(tail) / len(tail):.3f} nats/byte "
+        f"({sum(tail) / len(tail) / 0.6931:.2f} bits/byte); first step {by_step[steps[0]]:.3f}.\n",
+        "## Does it copy? (`eval/studies/copy_probe.py`, output as written)\n",
+        *(
+            [
+                f"Second copy {copies[1]:.3f} against first copy {copies[0]:.3f} nats/char: "
+                + (
+                    "the tiny model copies."
+                    if copies[0] - copies[1] > 0.1
+                    else "no copying yet at this size and token count, which the mix check does not ask for (the CPU "
+                    "study's 4x256 model formed its copy circuit after ~3M tokens of 80% copy text)."
+                )
+                + "\n"
+            ]
+            if len(copies) == 2
+            else []
+        ),
+        "```",
+        (folder / "copy_probe.txt").read_text().strip() if (folder / "copy_probe.txt").is_file() else "not run",
+        "```\n",
+        "## Runs\n",
+    ]
     for run in runs:
         machine = run.get("machine", {})
         lines.append(f"- `{run['command']}` — commit {run.get('commit')}{' (dirty)' if run.get('dirty') else ''}, "

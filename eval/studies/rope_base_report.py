@@ -124,7 +124,11 @@ def superficial_lengths(model: dict, a: dict) -> list[int]:
     train = a["train"]
     if model["passkey"].get(train, 0.0) < RETRIEVAL_OK:
         return []
-    return [n for n, d in a["deltas"].items() if n > train and d <= BREAK_DELTA and model["passkey"].get(n, 1.0) < RETRIEVAL_FAILED]
+    return [
+        n
+        for n, d in a["deltas"].items()
+        if n > train and d <= BREAK_DELTA and model["passkey"].get(n, 1.0) < RETRIEVAL_FAILED
+    ]
 
 
 def bound_verdict(model: dict, a: dict) -> str:
@@ -134,7 +138,9 @@ def bound_verdict(model: dict, a: dict) -> str:
                 f"while retrieval < {RETRIEVAL_FAILED}")
     at_train = model["passkey"].get(a["train"], 0.0)
     if at_train < RETRIEVAL_OK:
-        return f"retrieval at its training length {at_train:.2f} (below the {RETRIEVAL_OK} needed to judge longer lengths)"
+        return (
+            f"retrieval at its training length {at_train:.2f} (below the {RETRIEVAL_OK} needed to judge longer lengths)"
+        )
     return f"retrieval at its training length {at_train:.2f}; no length where bits per byte hold and retrieval fails"
 
 
@@ -146,15 +152,22 @@ def bound_section(models: list[dict]) -> list[str]:
     lengths = sorted({n for m in models for n in m["bpb"]} | {n for m in models for n in m["passkey"]})
     dim = analyse(models[0])["dim"]
     lower = {n: rope_bounds.smallest_passing_base(dim, n).base for n in lengths}
-    lines = ["", "## Lower bound of the base: bits per byte against retrieval (13.3)", "",
-             "The base-1e4 model trained from scratch on dense copy text (`bound-copy-base1e4.yaml`), then at "
-             "512 tokens with half of its text synthetic passkey documents (`bound-scratch-base1e4.yaml`), then "
-             "trained on at 512 tokens with its base changed "
-             "(`bound-tune-to-*.yaml`). Cells: bpb (Δ against the model's own 512-token bpb) · passkey accuracy "
-             f"(mean over depths). ⚠: the base breaks B(m) ≥ 0 at that length. Lower bound of the base for head dim {dim} "
-             "(smallest base with B(m) ≥ 0 for all m ≤ L, `longctx.rope_bounds`): "
-             + ", ".join(f"{fmt_len(n)}: {lower[n]:.3g}" for n in lengths) + ".", "",
-             "| model | base | " + " | ".join(fmt_len(n) for n in lengths) + " |", "|" + "---|" * (len(lengths) + 2)]
+    lines = [
+        "",
+        "## Lower bound of the base: bits per byte against retrieval (13.3)",
+        "",
+        "The base-1e4 model trained from scratch on dense copy text (`bound-copy-base1e4.yaml`), then at "
+        "512 tokens with half of its text synthetic passkey documents (`bound-scratch-base1e4.yaml`), then "
+        "trained on at 512 tokens with its base changed "
+        "(`bound-tune-to-*.yaml`). Cells: bpb (Δ against the model's own 512-token bpb) · passkey accuracy "
+        f"(mean over depths). ⚠: the base breaks B(m) ≥ 0 at that length. Lower bound of the base for head dim {dim} "
+        "(smallest base with B(m) ≥ 0 for all m ≤ L, `longctx.rope_bounds`): "
+        + ", ".join(f"{fmt_len(n)}: {lower[n]:.3g}" for n in lengths)
+        + ".",
+        "",
+        "| model | base | " + " | ".join(fmt_len(n) for n in lengths) + " |",
+        "|" + "---|" * (len(lengths) + 2),
+    ]
     verdicts = []
     for model in models:
         a = analyse(model)
@@ -162,7 +175,9 @@ def bound_section(models: list[dict]) -> list[str]:
         for n in lengths:
             bpb = f"{model['bpb'][n]:.3f} ({a['deltas'].get(n, 0):+.2f})" if n in model["bpb"] else "–"
             key = f"{model['passkey'][n]:.2f}" if n in model["passkey"] else "–"
-            cells.append(f"{bpb} · {key}" + ("" if rope_bounds.first_negative(a["base"], a["dim"], n) is None else " ⚠"))
+            cells.append(
+                f"{bpb} · {key}" + ("" if rope_bounds.first_negative(a["base"], a["dim"], n) is None else " ⚠")
+            )
         lines.append(f"| {model['label']} | {a['base']:g} | " + " | ".join(cells) + " |")
         verdicts.append(f"- **{model['label']}**: {bound_verdict(model, a)}")
     depths = sorted({d for m in models for by in m["passkey_by_depth"].values() for d in by})
@@ -171,9 +186,17 @@ def bound_section(models: list[dict]) -> list[str]:
               "| model | " + " | ".join(fmt_len(n) for n in lengths) + " |", "|" + "---|" * (len(lengths) + 1)]
     for model in models:
         by = model["passkey_by_depth"]
-        lines.append(f"| {model['label']} | " + " | ".join(
-            " / ".join(str(by[n][d][0]) if d in by[n] else "–" for d in depths) + f" of {max(t for _, t in by[n].values())}"
-            if n in by else "–" for n in lengths) + " |")
+        lines.append(
+            f"| {model['label']} | "
+            + " | ".join(
+                " / ".join(str(by[n][d][0]) if d in by[n] else "–" for d in depths)
+                + f" of {max(t for _, t in by[n].values())}"
+                if n in by
+                else "–"
+                for n in lengths
+            )
+            + " |"
+        )
     lines += ["", "Digits of the key right in the forced answer (`answer_hits` of the passkey samples: each digit "
               "the argmax given the gold digits before it; chance ≈ 0.10; right of total over all depths and trials; "
               "– where the cells predate `answer_hits`): a graded score that shows partial retrieval where exact "
@@ -207,8 +230,11 @@ def render(models: list[dict]) -> str:
                 continue
             warn = "" if a["b_m_ok"][n] else " ⚠"
             cells.append(f"{model['bpb'][n]:.3f} ({a['deltas'].get(n, 0):+.3f}){warn}")
-        lines.append(f"| {model['label']} | {a['base']:g} | " + " | ".join(cells) +
-                     f" | {fmt_len(a['break']) if a['break'] else '> ' + fmt_len(lengths[-1])} | {fmt_len(a['bound'])} |")
+        lines.append(
+            f"| {model['label']} | {a['base']:g} | "
+            + " | ".join(cells)
+            + f" | {fmt_len(a['break']) if a['break'] else '> ' + fmt_len(lengths[-1])} | {fmt_len(a['bound'])} |"
+        )
     lines += ["", "## Passkey accuracy by length (mean over depths, 5 trials each)", "",
               "| model | " + " | ".join(fmt_len(n) for n in lengths) + " |", "|" + "---|" * (len(lengths) + 1)]
     for model in models:
@@ -226,7 +252,10 @@ def plot(models: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, prefix, title in ((axes[0], "scratch-", "trained from scratch at 512"), (axes[1], "tune-", "base 1e4, tuned at 512")):
+    for ax, prefix, title in (
+        (axes[0], "scratch-", "trained from scratch at 512"),
+        (axes[1], "tune-", "base 1e4, tuned at 512"),
+    ):
         for model in (m for m in models if m["label"].startswith(prefix)):
             lengths = sorted(model["bpb"])
             ax.plot(lengths, [model["bpb"][n] for n in lengths], marker="o", label=model["label"])

@@ -40,7 +40,9 @@ def _add_run_options(parser: argparse.ArgumentParser, *, suite: bool = False) ->
     parser.add_argument("--out", default="results", help="results folder (default: results/)")
     parser.add_argument("--device", help="cuda, cuda:1, cpu, mps (default: cuda when available)")
     parser.add_argument("--dtype", help="bf16, fp16 or fp32 (default: bf16 on GPU, fp32 on CPU)")
-    parser.add_argument("--base-model", help="base checkpoint of a LoRA adapter dir (default: from adapter_config.json)")
+    parser.add_argument(
+        "--base-model", help="base checkpoint of a LoRA adapter dir (default: from adapter_config.json)"
+    )
     parser.add_argument("--force", action="store_true",
                         help="start the label's results over (delete OUT/<label> first), e.g. after the model changed")
 
@@ -86,8 +88,17 @@ def _command(args) -> list[str] | None:
 def run_task(task, args) -> int:
     """One task for one model; every flag named after a field of the task's Config is a setting."""
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(task.Config) if hasattr(args, f.name)}
-    run_tasks(args.model, {task.name: make_config(task.name, settings)}, args.out, label=args.label,
-              device=args.device, dtype=args.dtype, base_model=args.base_model, command=_command(args), force=args.force)
+    run_tasks(
+        args.model,
+        {task.name: make_config(task.name, settings)},
+        args.out,
+        label=args.label,
+        device=args.device,
+        dtype=args.dtype,
+        base_model=args.base_model,
+        command=_command(args),
+        force=args.force,
+    )
     return 0
 
 

@@ -34,7 +34,9 @@ def _one_length(text: str) -> int:
     if value < 1:
         raise UsageError(f"bad length {text!r}: it must be a whole number of tokens")
     if value > MAX_CONTEXT:
-        raise UsageError(f"bad length {text!r}: above {MAX_CONTEXT:,} tokens (2^24), the longest context longctx handles")
+        raise UsageError(
+            f"bad length {text!r}: above {MAX_CONTEXT:,} tokens (2^24), the longest context longctx handles"
+        )
     return value
 
 
@@ -131,7 +133,13 @@ def check_out_outside_models(out_dir, label: str, model_dirs) -> None:
     results = out / label  # --force replaces it: it may not contain a model either
     for folder in model_dirs:
         folder = Path(folder).resolve()
-        if out == folder or folder in out.parents or results == folder or folder in results.parents or results in folder.parents:
+        if (
+            out == folder
+            or folder in out.parents
+            or results == folder
+            or folder in results.parents
+            or results in folder.parents
+        ):
             raise UsageError(f"--out {out_dir} (label {label!r}) would write into the model folder {folder} (or over "
                              "it): write the results elsewhere")
 
@@ -147,7 +155,9 @@ def start_results(out_dir, label: str, info: dict, source: str, *, force: bool) 
     if force and folder.exists():
         ours = (folder / "model.json").is_file() or all(p.suffix in (".jsonl", ".partial") for p in folder.iterdir())
         if not folder.is_dir() or not ours:
-            raise UsageError(f"--force: {folder} is not a longctx results folder (no model.json); refusing to delete it")
+            raise UsageError(
+                f"--force: {folder} is not a longctx results folder (no model.json); refusing to delete it"
+            )
         shutil.rmtree(folder)
     check_same_model(folder, info, source)
 
@@ -255,7 +265,7 @@ def load_suite(path) -> tuple[dict, int]:
     import yaml
 
     path = Path(path)
-    from longctx.sources import require_regular_file
+    from longctx.checkpoint_files import require_regular_file
 
     require_regular_file(path, "suite file")
     if path.is_dir():
@@ -268,7 +278,9 @@ def load_suite(path) -> tuple[dict, int]:
         raise UsageError(f"{path} needs a 'tasks' mapping, e.g. tasks: {{ppl: {{lengths: 2k,4k}}}}")
     unknown = set(suite) - {"tasks", "seed", "description"}
     if unknown:
-        raise UsageError(f"unknown top-level key {sorted(unknown)[0]!r} in {path}: valid keys: tasks, seed, description")
+        raise UsageError(
+            f"unknown top-level key {sorted(unknown)[0]!r} in {path}: valid keys: tasks, seed, description"
+        )
     for task, settings in suite["tasks"].items():
         get_task(task)
         if not isinstance(settings, dict):
@@ -286,12 +298,16 @@ def run_suite(path, models: list[str], out_dir, *, labels: list[str] | None = No
     stays locked from the first model to the report."""
     tasks, suite_seed = load_suite(path)
     seed = suite_seed if seed is None else seed
-    configs = {task: make_config(task, {"seed": seed, **settings}, where=f" in {path}") for task, settings in tasks.items()}
+    configs = {
+        task: make_config(task, {"seed": seed, **settings}, where=f" in {path}") for task, settings in tasks.items()
+    }
     labels = labels or [default_label(m) for m in models]
     if len(labels) != len(models):
         raise UsageError(f"--labels names {len(labels)} models but --model gives {len(models)}")
     if len(set(labels)) != len(labels):
-        raise UsageError(f"two models share the label {next(x for x in labels if labels.count(x) > 1)!r}: pass --labels a,b,...")
+        raise UsageError(
+            f"two models share the label {next(x for x in labels if labels.count(x) > 1)!r}: pass --labels a,b,..."
+        )
     for label in labels:
         check_label(label, "--labels")
     from longctx.locks import output_lock

@@ -27,14 +27,43 @@ from longctx.lengths import MAX_CONTEXT, parse_tokens, token_count
 
 @dataclass
 class ModelArgs:
-    model: str = field(default="smollm2", metadata={"help": "checkpoint: Hub id, local dir, .gguf file, or 'smollm2' (the bundled SmolLM2-135M)"})
-    init: str = field(default="pretrained", metadata={"help": "pretrained: start from the weights; scratch: same architecture, random weights", "choices": ("pretrained", "scratch")})
+    model: str = field(
+        default="smollm2",
+        metadata={"help": "checkpoint: Hub id, local dir, .gguf file, or 'smollm2' (the bundled SmolLM2-135M)"},
+    )
+    init: str = field(
+        default="pretrained",
+        metadata={
+            "help": "pretrained: start from the weights; scratch: same architecture, random weights",
+            "choices": ("pretrained", "scratch"),
+        },
+    )
     dtype: str | None = field(default=None, metadata={"help": "weights dtype: bf16 on GPU, fp32 on CPU by default"})
-    attn_implementation: str | None = field(default=None, metadata={"resume": "may change", "help": "flash_attention_2 when flash-attn is importable, else sdpa"})
-    gradient_checkpointing: bool = field(default=False, metadata={"resume": "may change", "help": "recompute activations in backward (less memory, ~30% slower)"})
-    trust_remote_code: bool = field(default=False, metadata={"resume": "may change", "help": "allow checkpoints whose config has auto_map"})
-    model_config: str | None = field(default=None, metadata={"help": "with --init scratch: a JSON/YAML file of config.json fields that override --model's (sizes of a new model)"})
-    tokenizer: str | None = field(default=None, metadata={"help": "with --init scratch: 'bytes' for one token per UTF-8 byte (longctx.byte_tokenizer) instead of --model's tokenizer"})
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"resume": "may change", "help": "flash_attention_2 when flash-attn is importable, else sdpa"},
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"resume": "may change", "help": "recompute activations in backward (less memory, ~30% slower)"},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"resume": "may change", "help": "allow checkpoints whose config has auto_map"}
+    )
+    model_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "with --init scratch: a JSON/YAML file of config.json fields that override --model's (sizes of a "
+                    "new model)"
+        },
+    )
+    tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "with --init scratch: 'bytes' for one token per UTF-8 byte (longctx.byte_tokenizer) instead of "
+                    "--model's tokenizer"
+        },
+    )
 
 
 def _patch_field(option) -> tuple:
@@ -51,52 +80,115 @@ PatchArgs = dataclasses.make_dataclass(
 
 @dataclass
 class TuneArgs:
-    finetune: str = field(default="lora", metadata={"help": "lora (peft adapters) or full (every weight)", "choices": ("lora", "full")})
+    finetune: str = field(
+        default="lora", metadata={"help": "lora (peft adapters) or full (every weight)", "choices": ("lora", "full")}
+    )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (update scaled by alpha / r)"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
-    lora_targets: str = field(default="q_proj,k_proj,v_proj,o_proj", metadata={"help": "comma-separated module names that get adapters"})
-    trainable_extra: str = field(default="", metadata={"help": "with LoRA, also train these fully: embed,norm (LongLoRA's finding)"})
+    lora_targets: str = field(
+        default="q_proj,k_proj,v_proj,o_proj", metadata={"help": "comma-separated module names that get adapters"}
+    )
+    trainable_extra: str = field(
+        default="", metadata={"help": "with LoRA, also train these fully: embed,norm (LongLoRA's finding)"}
+    )
 
 
 @dataclass
 class DataArgs:
-    data: str = field(default="pydoc", metadata={"help": "pydoc (embedded prose) | stdlib (Python sources) | hf:NAME[:CONFIG][:SPLIT] | .txt/.jsonl files or dirs, comma-separated"})
+    data: str = field(
+        default="pydoc",
+        metadata={
+            "help": "pydoc (embedded prose) | stdlib (Python sources) | hf:NAME[:CONFIG][:SPLIT] | .txt/.jsonl files "
+                    "or dirs, comma-separated"
+        },
+    )
     text_field: str = field(default="text", metadata={"help": "field holding the text in JSONL / datasets rows"})
-    seq_len: int | None = field(default=None, metadata={"tokens": True, "help": "training length (default: the model's trained length; never above it)"})
-    max_docs: int | None = field(default=None, metadata={"help": "use at most this many documents (after the seeded shuffle)"})
-    pose_target_length: int | None = field(default=None, metadata={"tokens": True, "help": "PoSE: skip position ids inside each document so relative distances up to this length are seen (arXiv 2309.10400)"})
+    seq_len: int | None = field(
+        default=None,
+        metadata={"tokens": True, "help": "training length (default: the model's trained length; never above it)"},
+    )
+    max_docs: int | None = field(
+        default=None, metadata={"help": "use at most this many documents (after the seeded shuffle)"}
+    )
+    pose_target_length: int | None = field(
+        default=None,
+        metadata={
+            "tokens": True,
+            "help": "PoSE: skip position ids inside each document so relative distances up to this length are seen "
+                    "(arXiv 2309.10400)",
+        },
+    )
     pose_chunks: int = field(default=2, metadata={"help": "PoSE: contiguous chunks per document (the paper uses 2)"})
-    retrieval_mix: float = field(default=0.0, metadata={"help": "fraction of training characters that are synthetic passkey documents (longctx.train.retrieval_mix), so retrieval is learnable"})
-    copy_mix: float = field(default=0.0, metadata={"help": "fraction of training characters that are dense copy documents (random segments written twice), so a model from scratch forms an induction circuit"})
+    retrieval_mix: float = field(
+        default=0.0,
+        metadata={
+            "help": "fraction of training characters that are synthetic passkey documents "
+                    "(longctx.train.retrieval_mix), so retrieval is learnable"
+        },
+    )
+    copy_mix: float = field(
+        default=0.0,
+        metadata={
+            "help": "fraction of training characters that are dense copy documents (random segments written twice), "
+                    "so a model from scratch forms an induction circuit"
+        },
+    )
 
 
 @dataclass
 class TrainArgs:
     out: str = field(default="runs/finetune", metadata={"resume": "may change", "help": "output directory"})
-    resume: bool = field(default=False, metadata={"resume": "may change", "help": "continue from the newest checkpoint in --out"})
+    resume: bool = field(
+        default=False, metadata={"resume": "may change", "help": "continue from the newest checkpoint in --out"}
+    )
     force: bool = field(default=False, metadata={"resume": "may change", "help": "overwrite an existing --out"})
     max_steps: int = field(default=100, metadata={"resume": "may change", "help": "optimizer steps"})
-    max_minutes: float | None = field(default=None, metadata={"resume": "may change", "help": "wall-clock budget of this run: stop after the step that passes it, save and export as at --max-steps (the lr schedule still spans --max-steps)"})
+    max_minutes: float | None = field(
+        default=None,
+        metadata={
+            "resume": "may change",
+            "help": "wall-clock budget of this run: stop after the step that passes it, save and export as at "
+                    "--max-steps (the lr schedule still spans --max-steps)",
+        },
+    )
     batch_size: int = field(default=1, metadata={"help": "packed rows per device per micro-step"})
     grad_accum: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
     lr: float = field(default=2e-4, metadata={"help": "peak learning rate"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr as a fraction of --lr"})
     warmup_steps: int = field(default=10, metadata={"help": "linear warmup steps"})
-    schedule: str = field(default="cosine", metadata={"help": "decay after warmup", "choices": ("cosine", "linear", "constant")})
+    schedule: str = field(
+        default="cosine", metadata={"help": "decay after warmup", "choices": ("cosine", "linear", "constant")}
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW β1"})
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW β2"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0: off)"})
     seed: int = field(default=0, metadata={"help": "seed for weights init, data order and dropout"})
-    save_every: int = field(default=0, metadata={"resume": "may change", "help": "checkpoint every N steps (0: only at the end)"})
+    save_every: int = field(
+        default=0, metadata={"resume": "may change", "help": "checkpoint every N steps (0: only at the end)"}
+    )
     keep_last: int = field(default=2, metadata={"resume": "may change", "help": "checkpoints kept"})
     log_every: int = field(default=1, metadata={"resume": "may change", "help": "log every N steps"})
-    loss_chunk: int = field(default=1024, metadata={"resume": "may change", "help": "tokens per cross-entropy chunk (bounds the logits memory)"})
-    liger: bool = field(default=True, metadata={"resume": "may change", "help": "use Liger's fused linear cross-entropy on GPU when installed"})
-    peak_flops: float | None = field(default=None, metadata={"resume": "may change", "help": "peak FLOP/s per device for MFU (default: table by GPU name)"})
-    report_to: str = field(default="auto", metadata={"resume": "may change", "help": "tracker: auto (tensorboard when installed) | tensorboard | none"})
-    merge: bool = field(default=False, metadata={"resume": "may change", "help": "also write a merged full checkpoint to OUT/merged"})
+    loss_chunk: int = field(
+        default=1024,
+        metadata={"resume": "may change", "help": "tokens per cross-entropy chunk (bounds the logits memory)"},
+    )
+    liger: bool = field(
+        default=True,
+        metadata={"resume": "may change", "help": "use Liger's fused linear cross-entropy on GPU when installed"},
+    )
+    peak_flops: float | None = field(
+        default=None,
+        metadata={"resume": "may change", "help": "peak FLOP/s per device for MFU (default: table by GPU name)"},
+    )
+    report_to: str = field(
+        default="auto",
+        metadata={"resume": "may change", "help": "tracker: auto (tensorboard when installed) | tensorboard | none"},
+    )
+    merge: bool = field(
+        default=False, metadata={"resume": "may change", "help": "also write a merged full checkpoint to OUT/merged"}
+    )
 
 
 GROUPS = (ModelArgs, PatchArgs, TuneArgs, DataArgs, TrainArgs)
@@ -167,7 +259,7 @@ def load_yaml(path: str) -> dict:
     import yaml
 
     file = Path(path)
-    from longctx.sources import require_regular_file
+    from longctx.checkpoint_files import require_regular_file
 
     require_regular_file(file, "config file")
     require(file.is_file(), f"config file {path} is a folder: give a YAML file")
@@ -190,8 +282,11 @@ def load_yaml(path: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="finetune", description="Fine-tune a rope-patched model at its original context length.",
-                           argument_default=None)
+    parser = OneLineParser(
+        prog="finetune",
+        description="Fine-tune a rope-patched model at its original context length.",
+        argument_default=None,
+    )
     parser.add_argument("--config", help="YAML file of defaults; flags override it")
     for group in GROUPS:
         arg_group = parser.add_argument_group(group.__name__.removesuffix("Args").lower())
@@ -253,7 +348,10 @@ def check_args(args: FinetuneArgs) -> None:
     require(args.data.max_docs is None or args.data.max_docs >= 1, f"--max-docs must be ≥ 1, got {args.data.max_docs}")
     require(0 <= t.min_lr_ratio <= 1, f"--min-lr-ratio must be in [0, 1], got {t.min_lr_ratio}")
     require(not (t.resume and t.force), "give --resume or --force, not both")
-    require(t.report_to in ("auto", "tensorboard", "none"), f"--report-to must be auto, tensorboard or none, got {t.report_to!r}")
+    require(
+        t.report_to in ("auto", "tensorboard", "none"),
+        f"--report-to must be auto, tensorboard or none, got {t.report_to!r}",
+    )
     require(args.data.seq_len is None or args.data.seq_len >= 2, "--seq-len must be ≥ 2")
     require(args.data.pose_chunks >= 2, f"--pose-chunks must be ≥ 2, got {args.data.pose_chunks}")
     require(0 <= t.seed < 2**32, f"--seed must be a whole number in [0, 2^32), got {t.seed}")  # numpy's seed range
@@ -270,9 +368,14 @@ def check_args(args: FinetuneArgs) -> None:
     require(args.model.tokenizer in (None, "bytes"), f"--tokenizer takes 'bytes', got {args.model.tokenizer!r}")
     number("--retrieval-mix", args.data.retrieval_mix, 0 <= args.data.retrieval_mix < 1, "in [0, 1)")
     number("--copy-mix", args.data.copy_mix, 0 <= args.data.copy_mix < 1, "in [0, 1)")
-    require(args.data.retrieval_mix + args.data.copy_mix < 1, "--retrieval-mix + --copy-mix must stay below 1: leave some of --data")
+    require(
+        args.data.retrieval_mix + args.data.copy_mix < 1,
+        "--retrieval-mix + --copy-mix must stay below 1: leave some of --data",
+    )
     extras = {e.strip() for e in args.tune.trainable_extra.split(",") if e.strip()}
-    require(extras <= {"embed", "norm"}, f"--trainable-extra takes embed and/or norm, got {args.tune.trainable_extra!r}")
+    require(
+        extras <= {"embed", "norm"}, f"--trainable-extra takes embed and/or norm, got {args.tune.trainable_extra!r}"
+    )
     require(not extras or args.tune.finetune == "lora", "--trainable-extra only applies to --finetune lora")
     require(args.tune.lora_r >= 1, f"--lora-r must be ≥ 1, got {args.tune.lora_r}")
     require(0 <= args.tune.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {args.tune.lora_dropout}")

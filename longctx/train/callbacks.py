@@ -66,7 +66,9 @@ class TrainLog(Callback):
         if accelerator.is_main_process and path.exists():  # drop lines a resumed run will redo (and a torn one)
             kept = [r for r in read_jsonl(path) if isinstance(r.get("step"), int) and r["step"] <= start.step]
             write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
-        self.bar = tqdm(total=start.max_steps, initial=start.step, desc="finetune", disable=not accelerator.is_local_main_process)
+        self.bar = tqdm(
+            total=start.max_steps, initial=start.step, desc="finetune", disable=not accelerator.is_local_main_process
+        )
         self.started = self.window_start = time.perf_counter()
         self.window_rows = start.rows_consumed
 
@@ -80,13 +82,20 @@ class TrainLog(Callback):
         now = time.perf_counter()
         elapsed = now - self.window_start
         tokens_per_s = (state.rows_consumed - self.window_rows) * state.seq_len / elapsed if elapsed > 0 else None
-        record = {"step": state.step, "loss": round(state.loss, 6), "lr": state.lr,
-                  "grad_norm": state.grad_norm, "tokens": state.tokens,
-                  "tokens_per_s": tokens_per_s and round(tokens_per_s, 1),
-                  "mfu": flops.mfu(self.flops_per_token, tokens_per_s or 0, self.peak_flops, self.accelerator.num_processes),
-                  "elapsed_s": round(now - self.started, 2)}
+        record = {
+            "step": state.step,
+            "loss": round(state.loss, 6),
+            "lr": state.lr,
+            "grad_norm": state.grad_norm,
+            "tokens": state.tokens,
+            "tokens_per_s": tokens_per_s and round(tokens_per_s, 1),
+            "mfu": flops.mfu(self.flops_per_token, tokens_per_s or 0, self.peak_flops, self.accelerator.num_processes),
+            "elapsed_s": round(now - self.started, 2),
+        }
         self.bar.set_postfix(loss=f"{state.loss:.4f}", tok_s=f"{tokens_per_s or 0:.0f}")
-        self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, step=state.step)
+        self.accelerator.log(
+            {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, step=state.step
+        )
         if self.accelerator.is_main_process:
             append_jsonl(self.path, record)
         self.window_start, self.window_rows = time.perf_counter(), state.rows_consumed

@@ -93,8 +93,14 @@ def save_checkpoint(accelerator, out: Path, step: int, rows_consumed: int, keep_
         if accelerator.is_main_process:
             kill_point("checkpoint:saved")
             files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-            state = {"format": FORMAT, "step": step, "rows_consumed": rows_consumed, "accelerate_step": accelerator.step,
-                     "scheduler": scheduler.state_dict() if scheduler is not None else None, "files": files}
+            state = {
+                "format": FORMAT,
+                "step": step,
+                "rows_consumed": rows_consumed,
+                "accelerate_step": accelerator.step,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "files": files,
+            }
             (tmp / STATE_FILE).write_text(json.dumps(state) + "\n")
             shutil.rmtree(final, ignore_errors=True)
             replace_into_place(tmp, final)
@@ -115,9 +121,14 @@ def read_state(path: Path) -> dict:
     try:
         state = json.loads((path / STATE_FILE).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise UsageError(f"--resume: {path / STATE_FILE} is unreadable: remove {path} to resume from an earlier checkpoint") from None
-    require(isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("rows_consumed"), int),
-            f"--resume: {path / STATE_FILE} was not written by longctx (no step and rows_consumed): start over with --force")
+        raise UsageError(
+            f"--resume: {path / STATE_FILE} is unreadable: remove {path} to resume from an earlier checkpoint"
+        ) from None
+    require(
+        isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("rows_consumed"), int),
+        f"--resume: {path / STATE_FILE} was not written by longctx (no step and rows_consumed): "
+        "start over with --force",
+    )
     check_state_schema(path, state)
     if "format" not in state:  # an earlier longctx
         for file in path.rglob("*"):
@@ -178,7 +189,9 @@ def check_state_schema(path: Path, state: dict) -> None:
                                                   and all(x is None for x in scheduler["lr_lambdas"])):
                 bad.append("scheduler.lr_lambdas (longctx writes none)")
     files = state.get("files")
-    if files is not None and not (isinstance(files, dict) and all(isinstance(k, str) and _whole(v) for k, v in files.items())):
+    if files is not None and not (
+        isinstance(files, dict) and all(isinstance(k, str) and _whole(v) for k, v in files.items())
+    ):
         bad.append("files (not a mapping of names to sizes)")
     for rng in sorted(path.glob("rng_state_*.json")):
         try:

@@ -40,7 +40,8 @@ class PackedRows:
 
     def tokens(self, index: int) -> list[int]:
         if index not in self._cache:
-            ids = self.tokenizer(self.docs[index], add_special_tokens=True, verbose=False)["input_ids"]  # no length warning
+            # no length warning
+            ids = self.tokenizer(self.docs[index], add_special_tokens=True, verbose=False)["input_ids"]
             self._cache[index] = list(ids) + [self.tokenizer.eos_token_id]
         return self._cache[index]
 

@@ -22,7 +22,13 @@ from pathlib import Path
 
 from longctx.files import kill_point, partial_dir, publish_dir, replace_into_place, write_text_atomic
 
-ROPE_KEYS = ("rope_theta", "rope_scaling", "rope_parameters", "max_position_embeddings", "original_max_position_embeddings")
+ROPE_KEYS = (
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "max_position_embeddings",
+    "original_max_position_embeddings",
+)
 
 
 def write_patched_config(checkpoint_dir: Path, source_config: dict, spec) -> None:
@@ -47,11 +53,21 @@ def model_card(args, spec, built, summary: dict, kind: str) -> str:
     from longctx import rope_config
     from longctx.templates import model_card as render_card
 
-    return render_card(Path(args.train.out).name, library_name="transformers", tags=["longctx", "long-context", "rope"],
-                       finetune={"args": args, "summary": summary, "kind": kind, "source_dir": built.source_dir,
-                                 "trained_length": built.trained_length, "seq_len": built.seq_len,
-                                 "patch": json.dumps(spec.to_dict()) if spec is not None else "none (the source is used as patched)",
-                                 "source_rope": json.dumps(rope_config.rope_parameters(built.source_config))})
+    return render_card(
+        Path(args.train.out).name,
+        library_name="transformers",
+        tags=["longctx", "long-context", "rope"],
+        finetune={
+            "args": args,
+            "summary": summary,
+            "kind": kind,
+            "source_dir": built.source_dir,
+            "trained_length": built.trained_length,
+            "seq_len": built.seq_len,
+            "patch": json.dumps(spec.to_dict()) if spec is not None else "none (the source is used as patched)",
+            "source_rope": json.dumps(rope_config.rope_parameters(built.source_config)),
+        },
+    )
 
 
 def export(args, spec, built, summary: dict, accelerator, model) -> Path:

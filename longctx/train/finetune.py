@@ -30,7 +30,10 @@ def prepare_out_dir(out: Path, *, resume: bool, force: bool) -> None:
         return
     if out.exists() and any(out.iterdir()):
         require(force, f"output directory {out} exists: pass --resume to continue it or --force to start over")
-        require((out / ARGS_FILE).is_file(), f"--force: {out} is not a finetune output (no {ARGS_FILE}); refusing to delete it")
+        require(
+            (out / ARGS_FILE).is_file(),
+            f"--force: {out} is not a finetune output (no {ARGS_FILE}); refusing to delete it",
+        )
 
 
 def check_resume_args(out: Path, current: dict) -> None:
@@ -38,13 +41,18 @@ def check_resume_args(out: Path, current: dict) -> None:
         saved = json.loads((out / ARGS_FILE).read_text()) if (out / ARGS_FILE).is_file() else {}
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise UsageError(f"--resume: {out / ARGS_FILE} is not valid JSON: start over with --force") from None
-    require(isinstance(saved, dict), f"--resume: {out / ARGS_FILE} does not hold the run's settings: start over with --force")
+    require(
+        isinstance(saved, dict),
+        f"--resume: {out / ARGS_FILE} does not hold the run's settings: start over with --force",
+    )
     from longctx.train.args import resume_must_match
 
     for key in resume_must_match():
         if key in saved and saved[key] != current.get(key):
-            raise UsageError(f"--resume: --{key.replace('_', '-')} was {saved[key]!r} in {out}, now {current.get(key)!r}; "
-                             "a resumed run must use the same settings")
+            raise UsageError(
+                f"--resume: --{key.replace('_', '-')} was {saved[key]!r} in {out}, now {current.get(key)!r}; "
+                "a resumed run must use the same settings"
+            )
 
 
 def pick_tracker(report_to: str) -> str | None:
@@ -165,8 +173,10 @@ def _finetune(args, spec, checked, docs, record, callbacks) -> dict:
         accelerator.init_trackers("finetune", config=hparams)
     trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in built.model.parameters())
-    accelerator.print(f"{args.tune.finetune}: {trainable:,} of {total:,} parameters trainable; seq_len {built.seq_len}; "
-                      f"{len(docs)} documents; patch {spec.to_dict() if spec else 'none'}")
+    accelerator.print(
+        f"{args.tune.finetune}: {trainable:,} of {total:,} parameters trainable; seq_len {built.seq_len}; "
+        f"{len(docs)} documents; patch {spec.to_dict() if spec else 'none'}"
+    )
     summary = train(args, accelerator=accelerator, built=built, docs=docs, callbacks=callbacks)
     model = summary.pop("model")
     if summary["final_loss"] is None:  # resumed at --max-steps already: report the logged loss
@@ -194,7 +204,11 @@ def stopped_message(args, signal_name: str, argv: list[str]) -> str:
     flags = [a for a in argv if a not in ("--resume", "--force")]
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "recipes/finetune.py"
     command = shlex.join(["python", script, *flags, "--resume"])
-    saved = f"the last checkpoint is {kept[-1]}" if kept else "no checkpoint was saved yet (--resume starts again at step 0)"
+    saved = (
+        f"the last checkpoint is {kept[-1]}"
+        if kept
+        else "no checkpoint was saved yet (--resume starts again at step 0)"
+    )
     return f"finetune: stopped by {signal_name}; {saved}; continue with: {command}"
 
 

@@ -48,7 +48,9 @@ def lora_only_hooks(accelerator) -> None:
             trainable = {name for name, p in model.named_parameters() if p.requires_grad}
             kept = {k: v for k, v in state.items() if k in trainable}
             if len(kept) != len(trainable):
-                raise RuntimeError(f"LoRA checkpoint: {len(kept)} of {len(trainable)} trainable tensors found in the state dict")
+                raise RuntimeError(
+                    f"LoRA checkpoint: {len(kept)} of {len(trainable)} trainable tensors found in the state dict"
+                )
             state.clear()
             state.update(kept)
 
@@ -63,7 +65,9 @@ def fused_adamw_ok(params) -> bool:
     Trainer's default optimizer (`adamw_torch_fused`) is the same kernel.
     """
     devices = {p.device for p in params}
-    return len(devices) == 1 and next(iter(devices)).type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
+    return (
+        len(devices) == 1 and next(iter(devices)).type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
+    )
 
 
 def optimizer_and_schedule(params, t):
@@ -73,8 +77,12 @@ def optimizer_and_schedule(params, t):
 
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), fused=fused_adamw_ok(params) or None)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=t.lr,
+        betas=(t.adam_beta1, t.adam_beta2),
+        fused=fused_adamw_ok(params) or None,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
         step, warmup=t.warmup_steps, total=t.max_steps, schedule=t.schedule, min_ratio=t.min_lr_ratio))
     return optimizer, scheduler
@@ -199,8 +207,14 @@ def train(args, *, accelerator, built, docs, callbacks=()) -> dict:
     step, rows_consumed = resume(args, accelerator, scheduler)
     check_pose(args, built, hf)
     rows_per_step = accelerator.num_processes * t.batch_size * t.grad_accum
-    rows = PackedRows(docs, built.tokenizer, built.seq_len, seed=t.seed, pose_target_length=args.data.pose_target_length,
-                      pose_chunks=args.data.pose_chunks).rows(rows_consumed)
+    rows = PackedRows(
+        docs,
+        built.tokenizer,
+        built.seq_len,
+        seed=t.seed,
+        pose_target_length=args.data.pose_target_length,
+        pose_chunks=args.data.pose_chunks,
+    ).rows(rows_consumed)
     flops_token, peak = mfu_inputs(args, accelerator, built, hf)
     state = TrainState(step=step, max_steps=t.max_steps, rows_consumed=rows_consumed, seq_len=built.seq_len)
     hooks = [TrainLog(accelerator, out / LOG_FILE, log_every=t.log_every, start=state, flops_per_token=flops_token,
@@ -211,8 +225,15 @@ def train(args, *, accelerator, built, docs, callbacks=()) -> dict:
     while state.step < t.max_steps and not stopped_by_time:
         step_rows = [next(rows) for _ in range(rows_per_step)]
         loss, grad_norm = optimizer_step(model, optimizer, step_rows, accelerator=accelerator, t=t)
-        state = TrainState(step=state.step + 1, max_steps=t.max_steps, rows_consumed=state.rows_consumed + rows_per_step,
-                           seq_len=built.seq_len, loss=loss, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm)
+        state = TrainState(
+            step=state.step + 1,
+            max_steps=t.max_steps,
+            rows_consumed=state.rows_consumed + rows_per_step,
+            seq_len=built.seq_len,
+            loss=loss,
+            lr=scheduler.get_last_lr()[0],
+            grad_norm=grad_norm,
+        )
         scheduler.step()
         stop_if_not_finite(out, state)
         call(hooks, "on_step", state)
@@ -223,7 +244,13 @@ def train(args, *, accelerator, built, docs, callbacks=()) -> dict:
             call(hooks, "on_save", state, path)
     if stopped_by_time:
         accelerator.print(f"stopped at step {state.step} of {t.max_steps}: --max-minutes {t.max_minutes:g} spent")
-    summary = {"step": state.step, "final_loss": state.loss, "tokens": state.tokens, "model": model, "optimizer": optimizer,
-               "stopped_by_time": stopped_by_time}
+    summary = {
+        "step": state.step,
+        "final_loss": state.loss,
+        "tokens": state.tokens,
+        "model": model,
+        "optimizer": optimizer,
+        "stopped_by_time": stopped_by_time,
+    }
     call(hooks, "on_end", summary)
     return summary

@@ -16,7 +16,9 @@ class CausalLMLoss(torch.nn.Module):
     the module that accelerate prepares, so FSDP/DeepSpeed gather its weight during this forward.
     """
 
-    def __init__(self, model: torch.nn.Module, *, chunk: int = 1024, use_liger: bool = False, flatten_batch: bool | None = None):
+    def __init__(
+        self, model: torch.nn.Module, *, chunk: int = 1024, use_liger: bool = False, flatten_batch: bool | None = None
+    ):
         super().__init__()
         self.model, self.chunk, self.use_liger = model, chunk, use_liger
         attn = str(getattr(self.hf_model().config, "_attn_implementation", "") or "")

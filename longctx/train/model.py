@@ -54,8 +54,11 @@ def lora_config(model, tune):
     targets = [t.strip() for t in tune.lora_targets.split(",") if t.strip()]
     require(targets, "--lora-targets is empty")
     for target in targets:
-        require(suffixes.get(target) == "Linear",
-                f"--lora-targets: {type(model).__name__} has no linear layer named {target!r} (it has: {', '.join(linear)})")
+        require(
+            suffixes.get(target) == "Linear",
+            f"--lora-targets: {type(model).__name__} has no linear layer named {target!r} "
+            f"(it has: {', '.join(linear)})",
+        )
     extras = {e.strip() for e in tune.trainable_extra.split(",") if e.strip()}
     to_save = []
     if "embed" in extras:
@@ -91,7 +94,7 @@ def scratch_overrides(args, tokenizer) -> dict:
         import yaml
 
         path = Path(args.model.model_config)
-        from longctx.sources import require_regular_file
+        from longctx.checkpoint_files import require_regular_file
 
         require_regular_file(path, "--model-config")
         require(path.is_file(), f"--model-config {path} is a folder: give a JSON or YAML file")
@@ -113,8 +116,8 @@ def preflight(args, spec) -> Preflight:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from longctx import rope_config
+    from longctx.checkpoint_files import read_config_json
     from longctx.modeling import load_tokenizer
-    from longctx.sources import read_config_json
 
     source_dir = resolve_source(args.model.model, trust_remote_code=args.model.trust_remote_code)
     if args.model.tokenizer == "bytes":
@@ -214,5 +217,12 @@ def link_patched_base(source_dir: Path, out_dir: Path, spec) -> Path:
     from longctx.checkpoint import write_patched_checkpoint
 
     # The source already passed the preflight checks (pickle / remote code) when training started.
-    return write_patched_checkpoint(source_dir, out_dir, spec, force=True, allow_pickle=True, trust_remote_code=True,
-                                    written_by="recipes/finetune.py (longctx.train.export, the base of the LoRA adapter)")
+    return write_patched_checkpoint(
+        source_dir,
+        out_dir,
+        spec,
+        force=True,
+        allow_pickle=True,
+        trust_remote_code=True,
+        written_by="recipes/finetune.py (longctx.train.export, the base of the LoRA adapter)",
+    )

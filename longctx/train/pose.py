@@ -64,4 +64,6 @@ def block_causal_mask(segment_ids, *, attn_implementation: str, dtype):
     allowed = allowed[:, None]
     if attn_implementation == "sdpa":
         return allowed
-    return torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )

@@ -82,12 +82,18 @@ def mix_in_synthetic(docs: list[str], *, retrieval: float = 0.0, copy: float = 0
     Each piece is its own document when packed: positions restart and no label crosses into the next piece."""
     require(0 <= retrieval < 1, f"--retrieval-mix must be in [0, 1), got {retrieval}")
     require(0 <= copy < 1, f"--copy-mix must be in [0, 1), got {copy}")
-    require(retrieval + copy < 1, f"--retrieval-mix + --copy-mix must stay below 1 (leave some of --data), got {retrieval + copy}")
+    require(
+        retrieval + copy < 1,
+        f"--retrieval-mix + --copy-mix must stay below 1 (leave some of --data), got {retrieval + copy}",
+    )
     if retrieval == copy == 0:
         return list(docs)
     require(not retrieval or max_chars >= 400,
             f"passkey samples need room: the training length gives only {max_chars} characters, 400 needed")
-    require(not copy or max_chars >= 100, f"copy samples need room: the training length gives only {max_chars} characters, 100 needed")
+    require(
+        not copy or max_chars >= 100,
+        f"copy samples need room: the training length gives only {max_chars} characters, 100 needed",
+    )
     rng = random.Random(seed)
     data_chars = sum(map(len, docs)) / (1 - retrieval - copy)
     mixed = [piece for doc in docs for piece in cut_into_pieces(doc, PIECE_ROWS * max_chars)]

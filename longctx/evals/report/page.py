@@ -62,7 +62,9 @@ def _ppl_colour(model: ModelSummary, length: int) -> str | None:
 
 def _columns(models: list[ModelSummary]) -> list[tuple]:
     """(task, lengths) for each task some model has numbers of, lengths the union over models."""
-    columns = [(task, sorted(set().union(*(m.values.get(task.name, {}) for m in models)))) for task in all_tasks().values()]
+    columns = [
+        (task, sorted(set().union(*(m.values.get(task.name, {}) for m in models)))) for task in all_tasks().values()
+    ]
     return [(task, lengths) for task, lengths in columns if lengths]
 
 
@@ -130,7 +132,9 @@ def _retrieval_legend() -> str:
 
 
 def _status_text(status: str) -> str:
-    return {"superficial": "🟥 **SUPERFICIAL**", "extends": "extends", "inconclusive": "inconclusive"}.get(status, status)
+    return {"superficial": "🟥 **SUPERFICIAL**", "extends": "extends", "inconclusive": "inconclusive"}.get(
+        status, status
+    )
 
 
 def _len_or_dash(length: int | None) -> str:
@@ -210,7 +214,9 @@ def render_markdown(models: list[ModelSummary], context: dict) -> str:
     if context["figures"]:
         out += ["## Figures", ""]
         captions = _captions()
-        out += [line for name in context["figures"] for line in (f"![{captions[name]}]({name})", "", captions[name], "")]
+        out += [
+            line for name in context["figures"] for line in (f"![{captions[name]}]({name})", "", captions[name], "")
+        ]
     warned = [(m, w) for m in models for w in m.warnings]
     if warned:
         out += ["## Warnings", "", *(f"- **{m.label}**: {w}" for m, w in warned), ""]
@@ -258,7 +264,9 @@ def _write_report(models, results_dir: Path, out_dir: Path, tmp: Path, title: st
 
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     context = {"title": title, "generated": generated, "results_dir": str(results_dir), "figures": figures}
-    (tmp / "summary.json").write_text(json.dumps(summary_json(models, title, figures), indent=2, allow_nan=False) + "\n")
+    (tmp / "summary.json").write_text(
+        json.dumps(summary_json(models, title, figures), indent=2, allow_nan=False) + "\n"
+    )
     (tmp / "report.md").write_text(render_markdown(models, context))
     images = {name: base64.b64encode((tmp / name).read_bytes()).decode("ascii") for name in figures}
     (tmp / "report.html").write_text(render_html(models, context, images))

@@ -203,9 +203,13 @@ def ppl_buckets(models: list[ModelSummary], path: Path, task) -> bool:
         if not with_buckets:
             continue
         longest = max(with_buckets)
-        points = sorted(((b["start"] + b["end"]) / 2, b["nll"]) for b in records[longest]["buckets"]
-                        if isinstance(b, dict) and all(isinstance(b.get(k), (int, float)) for k in ("start", "end", "nll"))
-                        and math.isfinite(b["nll"]))
+        points = sorted(
+            ((b["start"] + b["end"]) / 2, b["nll"])
+            for b in records[longest]["buckets"]
+            if isinstance(b, dict)
+            and all(isinstance(b.get(k), (int, float)) for k in ("start", "end", "nll"))
+            and math.isfinite(b["nll"])
+        )
         if not points:
             continue
         colour = _colour(matplotlib, index)

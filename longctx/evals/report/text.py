@@ -50,7 +50,9 @@ def run_text(run: dict) -> str:
         where = f"{where or 'machine unknown'} × {world} processes"
     seconds = as_float(run.get("wall_seconds"))
     wall = f"{seconds / 60:.1f} min" if seconds is not None else "?"
-    return f"`{run.get('command')}` · commit {commit} · {where or 'machine unknown'} · {wall} · {run.get('started', '')}"
+    return (
+        f"`{run.get('command')}` · commit {commit} · {where or 'machine unknown'} · {wall} · {run.get('started', '')}"
+    )
 
 
 def rope_text(rope: dict | None) -> str:

@@ -132,7 +132,9 @@ def with_control(lengths: list[int], trained: int | None, control: bool | int) -
     elif isinstance(control, int) and 0 < control <= trained:
         length = control
     else:
-        raise UsageError(f"control must be true, false or a length within the trained {trained} tokens, not {control!r}")
+        raise UsageError(
+            f"control must be true, false or a length within the trained {trained} tokens, not {control!r}"
+        )
     return sorted({length, *lengths})
 
 
@@ -194,7 +196,9 @@ class RetrievalTask(Task):
     def add_arguments(self, parser) -> None:
         depths, trials = self.flag_defaults["depths"], self.flag_defaults["trials"]
         parser.add_argument("--depths", default=depths, help=f"{DEPTHS_HELP} (default: {depths})")
-        parser.add_argument("--trials", type=int, default=trials, help=f"trials per (length, depth) (default: {trials})")
+        parser.add_argument(
+            "--trials", type=int, default=trials, help=f"trials per (length, depth) (default: {trials})"
+        )
         parser.add_argument("--mode", choices=("forced", "generate"), default="forced",
                             help="forced: one teacher-forced forward, correct iff greedy argmax matches every answer "
                                  "token (what greedy decoding would emit); generate: greedy decoding (default: forced)")

@@ -171,7 +171,8 @@ class Passkey(RetrievalTask):
     def variant_name(self, variant: tuple) -> str:
         return f"mode={variant[0]}" + (f", key_digits={variant[1]}" if variant[1] else "")
 
-    def key_fields(self, cfg: Config, length: int, depth: float) -> dict:  # key_digits in the key: other keys, other cells
+    # key_digits in the key: other keys, other cells
+    def key_fields(self, cfg: Config, length: int, depth: float) -> dict:
         return {"length": length, "depth": depth, "key_digits": cfg.key_digits, "mode": cfg.mode}
 
     def builder(self, tokenizer, cfg: Config):

@@ -265,8 +265,12 @@ class Perplexity(Task):
     run = staticmethod(run)
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--data", help="pydoc (default, embedded), stdlib, FILE, DIR, *.jsonl or hf:NAME[:CONFIG][:SPLIT]")
-        parser.add_argument("--stride", type=int, help="sliding-window step in tokens (default: non-overlapping windows)")
+        parser.add_argument(
+            "--data", help="pydoc (default, embedded), stdlib, FILE, DIR, *.jsonl or hf:NAME[:CONFIG][:SPLIT]"
+        )
+        parser.add_argument(
+            "--stride", type=int, help="sliding-window step in tokens (default: non-overlapping windows)"
+        )
         parser.add_argument("--docs", type=int, default=4, help="chunks of each length to score (default: 4)")
         parser.add_argument("--no-prefix-eval", dest="prefix", action="store_false",
                             help="a separate forward per length, on windows of its own, instead of scoring every "

@@ -64,7 +64,8 @@ def prefix_sharing_allowed(model) -> tuple[bool, str]:
 
     Dynamic NTK picks its rotary base from the current sequence length, and LongRoPE its factors (short up to
     the trained length, long past it): keys cached for a short prefix were rotated under other frequencies than
-    the queries of the full prompt (transformers #25104), so reuse would grade a model that does not exist. Sliding-window caches cannot be cropped back reliably.
+    the queries of the full prompt (transformers #25104), so reuse would grade a model that does not exist.
+    Sliding-window caches cannot be cropped back reliably.
     """
     config = model.config
     rope_type = rope_config.rope_parameters(config).get("rope_type")
