@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 # Package data (pyproject.toml [tool.setuptools.package-data]), so a wheel install finds them as well as a checkout;
-# eval/suites/demo.yaml and recipes/configs/ hold byte-identical copies for readers of the repository.
+# longctx/evals/suites/demo.yaml and recipes/configs/ hold byte-identical copies for readers of the repository.
 DEMO_SUITE = "evals/suites/demo.yaml"
 FINETUNE_CONFIG = "train/configs/smollm2-135m-yarn2-pose.yaml"
 PROMPT = "The capital of France is"
@@ -33,7 +33,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--out", default="demo-out", help="folder for the patched and tuned models, results and report")
     parser.add_argument("--suite", default=str(shipped(DEMO_SUITE)),
-                        help="eval suite YAML (default: the shipped copy of eval/suites/demo.yaml)")
+                        help="eval suite YAML (default: the shipped copy of longctx/evals/suites/demo.yaml)")
     parser.add_argument("--skip-train", action="store_true", help="no fine-tune: compare original and patched only")
     parser.add_argument("--skip-eval", action="store_true", help="stop before the evaluation")
     parser.set_defaults(func=run)
@@ -90,7 +90,7 @@ def run(args) -> int:
     models, labels = [original, patched], ["smollm2-original", f"smollm2-yarn-x{FACTOR}"]
     if not args.skip_train:
         tuned = out / f"smollm2-yarn-x{FACTOR}-pose-lora"
-        config = shipped(FINETUNE_CONFIG)  # = recipes/configs/smollm2-135m-yarn2-pose.yaml
+        config = shipped(FINETUNE_CONFIG)  # = longctx/train/configs/smollm2-135m-yarn2-pose.yaml
         # recipes/finetune.py is a launcher of this module; a wheel install has no recipes/ folder
         cmd = [sys.executable, "-m", "longctx.train.finetune", "--config", str(config), "--out", str(tuned), "--force"]
         step(f"5. fine-tune at the original length: python -m longctx.train.finetune --config {config} --out {tuned}")

@@ -194,7 +194,7 @@ def test_model_json_keeps_earlier_warnings(tmp_path):
 def test_shipped_suites_are_valid(name):
     from pathlib import Path
 
-    tasks, _ = load_suite(Path(__file__).resolve().parents[1] / "eval" / "suites" / name)
+    tasks, _ = load_suite(Path(__file__).resolve().parents[1] / "longctx" / "evals" / "suites" / name)
     configs = {task: make_config(task, settings) for task, settings in tasks.items()}
     if name == "demo.yaml":  # one length inside SmolLM2's trained 8K and one past it, CPU-sized
         assert set(configs) == {"ppl", "passkey"}

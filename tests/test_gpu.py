@@ -181,7 +181,7 @@ def test_chunked_loss_perplexity_at_32k_stays_within_its_memory_bound():
 
 @needs_cuda
 def test_fsdp_launch_trains_like_one_plain_process_and_exports_what_loads(tmp_path):
-    """recipes/accelerate/fsdp.yaml on the GPUs present (FSDP2 full shard, one process per GPU; one GPU is a valid
+    """longctx/train/accelerate/fsdp.yaml on the GPUs present (FSDP2 full shard, one process per GPU; one GPU is a valid
     world of 1) gives the loss curve of a plain run on the same global batch, and its exported adapter (gathered
     from the shards) scores like the plain run's. CPU cannot run this: accelerate enables FSDP only for GPUs."""
     import json
@@ -212,7 +212,7 @@ def test_fsdp_launch_trains_like_one_plain_process_and_exports_what_loads(tmp_pa
             "-m",
             "accelerate.commands.launch",
             "--config_file",
-            root / "recipes" / "accelerate" / "fsdp.yaml",
+            root / "longctx" / "train" / "accelerate" / "fsdp.yaml",
             "--num_processes",
             gpus,
             "--mixed_precision",

@@ -13,8 +13,10 @@ from longctx.train.args import check_args, known_keys, load_yaml, parse_args, pa
 from longctx.train.loop import lr_factor, optimizer_and_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
-ACCELERATE = sorted((ROOT / "recipes" / "accelerate").glob("*.yaml"))
+# the shipped recipe configs and the study configs of recipes/configs (each file in one place)
+CONFIGS = sorted([*(ROOT / "longctx" / "train" / "configs").glob("*.yaml"),
+                  *(ROOT / "recipes" / "configs").glob("*.yaml")])
+ACCELERATE = sorted((ROOT / "longctx" / "train" / "accelerate").glob("*.yaml"))
 
 
 def test_recipe_configs_exist():

@@ -221,7 +221,8 @@ def test_smollm2_lora_recipe_runs_and_saves_through_accelerate_launch(smollm2_di
     out = tmp_path / "smol"
     accelerate = Path(sys.executable).parent / "accelerate"
     cmd = [str(accelerate), "launch", "--num_processes", "1", "--cpu", "--mixed_precision", "no", "--num_machines", "1",
-           "--dynamo_backend", "no", str(RECIPE), "--config", str(ROOT / "recipes/configs/smollm2-135m-base1e6.yaml"),
+           "--dynamo_backend", "no", str(RECIPE),
+           "--config", str(ROOT / "longctx/train/configs/smollm2-135m-base1e6.yaml"),
            "--model", str(smollm2_dir), "--max-steps", "2", "--grad-accum", "1", "--save-every", "1", "--out", str(out),
            "--report-to", "tensorboard"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)

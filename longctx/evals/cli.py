@@ -3,7 +3,7 @@
     longctx eval ppl     --model DIR --lengths 2k,4k,8k,16k,32k [--data FILE|DATASET] [--stride N]
     longctx eval passkey --model DIR --lengths 4k,8k,16k,32k --depths 0:1:5 --trials 5
     longctx eval niah    --model DIR --lengths 4k..64k --depths 11 [--haystack FILE] [--needles 3]
-    longctx eval suite   eval/suites/quick.yaml --model ORIG --model PATCHED --out results/
+    longctx eval suite   longctx/evals/suites/quick.yaml --model ORIG --model PATCHED --out results/
 
 Results go to OUT/<label>/<task>.jsonl (one line per finished cell); rerunning skips finished cells.
 
@@ -61,7 +61,7 @@ def add_parser(subparsers) -> None:
         command.set_defaults(func=partial(run_task, task))
 
     suite = commands.add_parser("suite", help="every task of a suite YAML for every --model, then the report")
-    suite.add_argument("suite", help="suite YAML, e.g. eval/suites/quick.yaml")
+    suite.add_argument("suite", help="suite YAML, e.g. longctx/evals/suites/quick.yaml")
     _add_run_options(suite, suite=True)
     suite.set_defaults(func=run_suite_command)
 

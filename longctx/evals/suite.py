@@ -8,7 +8,7 @@ A suite YAML names the tasks and their settings once and runs them for several m
       passkey: {lengths: 4k..32k, depths: "0:1:5", trials: 5}
       niah:    {lengths: 4k..32k, depths: 11, needles: 1, distractors: 0, trials: 3}
 
-    longctx eval suite eval/suites/quick.yaml --model ORIG --model PATCHED --out results/
+    longctx eval suite longctx/evals/suites/quick.yaml --model ORIG --model PATCHED --out results/
 """
 
 from __future__ import annotations

@@ -12,5 +12,6 @@ loop        -- the accelerate training loop, split into its steps
 callbacks   -- on_step / on_save / on_end hooks; the loop's own log (train_log.jsonl, tracker, progress bar)
 checkpoints -- atomic, resumable checkpoints, loaded without unpickling code
 export      -- adapter / merged / full checkpoint, model card
-configs/, accelerate/ -- the shipped recipe and accelerate YAMLs (copies in recipes/)
+configs/, accelerate/ -- the shipped recipe and accelerate YAMLs (the only copies; recipes/configs holds the
+                        study configs that are not shipped)
 """

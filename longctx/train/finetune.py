@@ -127,7 +127,7 @@ def require_asked_engine(accelerator) -> None:
         require(not asked or given == engine,
                 f"the accelerate config asks for {engine} but accelerate runs "
                 f"{ {'NO': 'one plain process', 'MULTI_CPU': 'DDP on CPU'}.get(given, given)} here ({engine} needs "
-                f"GPUs/accelerators, not CPU): launch with recipes/accelerate/cpu.yaml (or torchrun with "
+                f"GPUs/accelerators, not CPU): launch with longctx/train/accelerate/cpu.yaml (or torchrun with "
                 f"ACCELERATE_USE_CPU=true for DDP on CPU), or on GPUs")
 
 

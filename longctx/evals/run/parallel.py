@@ -2,7 +2,7 @@
 
 Launched with several processes, `longctx eval` shares every task between them; one process runs as before:
 
-    accelerate launch --num_processes 8 -m longctx eval suite eval/suites/quick.yaml --model M --out results/
+    accelerate launch --num_processes 8 -m longctx eval suite longctx/evals/suites/quick.yaml --model M --out results/
     torchrun --nproc_per_node 8 -m longctx eval suite ...                  (the same, without accelerate's launcher)
     ACCELERATE_USE_CPU=true torchrun --standalone --nproc_per_node 2 -m longctx eval suite ...   (CPU, gloo)
 
