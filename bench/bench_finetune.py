@@ -414,7 +414,7 @@ def markdown(section: dict) -> str:
     vocab = common.SHAPES[section["model"]]["vocab_size"] if section["model"] in common.SHAPES else 49152
     logits = longest * vocab * 4
     out.append(
-        f"\nTargets (issue #5): ≥ {TARGET_SPEEDUP:g}× the Trainer's tokens/s; LoRA MFU ≥ 40% at 8K on one H100.\n"
+        f"\nTargets: ≥ {TARGET_SPEEDUP:g}× the Trainer's tokens/s; LoRA MFU ≥ 40% at 8K on one H100.\n"
     )
     if t["worst_speedup"] is None:
         out.append("- speed: not evaluated (no setting where both ran)")
@@ -431,7 +431,7 @@ def markdown(section: dict) -> str:
                    "The design pays where rows are long and the vocabulary large (8K × 128K fp32 logits = 4.2 GB): "
                    "the GPU run, not measured yet."))
         spread = t.get("run_spread")
-        out.append(f"- parity (issue 15: ≥ 1.0× the Trainer): worst {t['worst_speedup']:.3f}×, geometric mean "
+        out.append(f"- parity (≥ 1.0× the Trainer): worst {t['worst_speedup']:.3f}×, geometric mean "
                    f"{t['geomean_speedup']:.3f}× over the settings; runs of the same implementation differ by up to "
                    + (f"{100 * spread:.0f}%" if spread is not None else "? (one run each)")
                    + f" → **{t.get('parity', 'missed')}**")

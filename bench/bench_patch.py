@@ -161,6 +161,6 @@ def markdown(section: dict) -> str:
         else f"**missed**: slowest patch {t['worst_patch_seconds']:.2f} s is "
              f"{t['worst_patch_seconds'] / t['target_seconds']:.1f}× the target"
     )
-    out.append(f"\nTarget (issue #5): patch under {t['target_seconds']:g} s regardless of size → {verdict} "
+    out.append(f"\nTarget: patch under {t['target_seconds']:g} s regardless of size → {verdict} "
                f"(slowest {common.fmt_seconds(t['worst_patch_seconds'])}).")
     return "\n".join(out) + "\n"

@@ -222,7 +222,7 @@ def markdown(section: dict) -> str:
     out.append(common.growth_line("longctx", g.get("longctx"), "length"))
     out.append(common.growth_line("naive", g.get("naive"), "length"))
     t = section["targets"]
-    out.append("\nTarget (issue #5): peak ≤ 0.5× naive at the longest length, same ppl to 1e-4 relative.\n")
+    out.append("\nTarget: peak ≤ 0.5× naive at the longest length, same ppl to 1e-4 relative.\n")
     if t.get("met") is None:
         out.append(f"- not evaluated: {t['why']}")
     else:

@@ -219,7 +219,7 @@ def markdown(section: dict) -> str:
             if "growth_exponent" in t.get(variant, {}):
                 out.append(common.growth_line(f"{name} {variant}", t[variant]["growth_exponent"], "length"))
     t = section["targets"]
-    out.append(f"\nTarget (issue #5): ≥ {TARGET_SPEEDUP:g}× faster than generate-per-cell with identical grades.\n")
+    out.append(f"\nTarget: ≥ {TARGET_SPEEDUP:g}× faster than generate-per-cell with identical grades.\n")
     if t.get("met") is None:
         out.append(f"- not evaluated: {t['why']}")
     else:

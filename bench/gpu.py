@@ -45,8 +45,8 @@ REAL = dict(shape="7b", device="cuda", ppl_lengths=[32768, 131072], lora_seq_len
             matmul=("bf16", 8192, 2.0))
 DRY = dict(shape="tiny", device="cpu", ppl_lengths=[128, 256], lora_seq_len=64, steps=2, warmup=1,
            matmul=("fp32", 256, 0.2))
-TARGET_LORA_MFU = 0.40  # issue 5: LoRA MFU at 8K on one H100
-TARGET_TRAINER_SPEEDUP = 1.3  # issue 5: longctx's loop against transformers' Trainer, same step
+TARGET_LORA_MFU = 0.40  # LoRA MFU at 8K on one H100
+TARGET_TRAINER_SPEEDUP = 1.3  # longctx's loop against transformers' Trainer, same step
 
 
 # ---------------------------------------------------------------- measured in fresh processes
@@ -264,7 +264,7 @@ def lora_markdown(section: dict) -> str:
                f"(longctx); peak memory above the loaded model ({r.get('memory_method')}).")
     mfu, measured, speedup = r.get("mfu_vs_datasheet"), r.get("mfu_vs_measured_peak"), section.get("speedup_vs_trainer")
     out.append(
-        f"\nTargets (issue #5): LoRA MFU ≥ {100 * section['target_mfu']:.0f}% at 8K → "
+        f"\nTargets: LoRA MFU ≥ {100 * section['target_mfu']:.0f}% at 8K → "
         + (
             "not evaluated against a data sheet (not a known GPU)"
             if mfu is None

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
 
 from longctx import __version__
-from longctx.errors import OneLineParser, UsageError, close_progress_bars, environment_error
+from longctx.errors import OneLineParser, UsageError, run_in_one_line
 
 # verb -> module whose add_parser(subparsers) registers it (and sets `func` on its parser)
 COMMANDS = {
@@ -36,14 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_signalled = {"term": False}
-
-
-def _interrupt(signum, frame):
-    _signalled["term"] = True
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
@@ -56,28 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
-    _signalled["term"] = False
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops a run like Ctrl-C: finished work is recorded
-    try:
-        return int(args.func(args) or 0)
-    except UsageError as exc:
-        close_progress_bars()
-        sys.stderr.write(f"longctx: error: {exc}\n")
-        return 2
-    except Exception as exc:  # a full disk, a file-size limit, a read-only folder: one line; anything else is a bug
-        if environment_error(exc) is None:
-            raise
-        close_progress_bars()
-        sys.stderr.write(f"longctx: error: {environment_error(exc)}\n")
-        return 2
-    except KeyboardInterrupt:
-        close_progress_bars()
-        name = "SIGTERM" if _signalled["term"] else "SIGINT"
-        sys.stderr.write(f"longctx: stopped by {name}: every finished result is kept (nothing half-written); rerun the "
-                         "same command to resume\n")
-        return 143 if _signalled["term"] else 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return run_in_one_line("longctx", lambda: args.func(args), lambda name: (
+        f"longctx: stopped by {name}: every finished result is kept (nothing half-written); "
+        "rerun the same command to resume"))
 
 
 if __name__ == "__main__":

@@ -80,6 +80,43 @@ def library_write_error(exc: BaseException) -> str | None:
     return None
 
 
+def run_in_one_line(prog: str, work, stopped) -> int:
+    """`work()`'s exit code, with every way it can end said in one line on stderr: a UsageError or a failure of
+    the machine (full disk, file-size limit, read-only folder) is `{prog}: error: ...` and exit 2; Ctrl-C or
+    SIGTERM (which stops the work like Ctrl-C, so finished work is recorded) is the line `stopped(signal name)`
+    and exit 130 / 143. Anything else is a bug: its traceback stays. `longctx` and the fine-tune recipe run in it."""
+    import signal
+    import sys
+    import threading
+
+    signalled: list[str] = []
+
+    def terminate(signum, frame):
+        signalled.append("SIGTERM")
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
+    try:
+        return int(work() or 0)
+    except UsageError as exc:
+        message = str(exc)
+    except Exception as exc:
+        message = environment_error(exc)
+        if message is None:
+            raise
+    except KeyboardInterrupt:
+        close_progress_bars()
+        sys.stderr.write(stopped(signalled[0] if signalled else "SIGINT") + "\n")
+        return 143 if signalled else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    close_progress_bars()
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    return 2
+
+
 def close_progress_bars() -> None:
     """A progress bar may own the current stderr line (tqdm redraws it with \\r): close every live bar so an
     error message starts on a line of its own."""

@@ -1,4 +1,4 @@
-"""Hostile and careless input (issue 11): each bad input or fault ends with exit code 2 and one line that
+"""Hostile and careless input: each bad input or fault ends with exit code 2 and one line that
 names the problem; the source, and everything around it, stays byte-identical; nothing partial is left.
 
 Every case gets its own folder (a private copy of the tiny model in `src/` when it needs one) and runs

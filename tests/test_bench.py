@@ -77,7 +77,7 @@ def test_patch_bench_end_to_end_renders_its_section(tmp_path):
     assert section["growth_exponent"]["patch"] is not None
     section.update(environment=common.environment("cpu"), bench_seconds=1.0)
     text = bench_run.render({"patch": section})
-    assert "*extrap.*" in text and "hardlink" in text and "Target (issue #5)" in text
+    assert "*extrap.*" in text and "hardlink" in text and "Target: patch under" in text
     assert "load average" in text and "torch" in text
 
 

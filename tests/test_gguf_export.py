@@ -1,4 +1,4 @@
-"""`longctx patch --out X.gguf` (issue 25): the metadata llama.cpp reads, tensors byte for byte, refusals, kill -9.
+"""`longctx patch --out X.gguf`: the metadata llama.cpp reads, tensors byte for byte, refusals, kill -9.
 
 The expected keys are written out here from llama.cpp's own code (src/llama-model.cpp's hparams loading,
 src/llama-context.cpp's YaRN attention factor, convert_hf_to_gguf.py's rope_freqs and LongRoPE tensors), not

@@ -1,5 +1,5 @@
 """`kill -9` at chosen points of patch, eval and fine-tune, then a rerun: the final files equal those of an
-uninterrupted run, and nothing is left behind (issue 11).
+uninterrupted run, and nothing is left behind.
 
 The process kills itself at a named point (LONGCTX_KILL_AT=NAME[@N], `longctx.files.kill_point`): exact
 and repeatable, unlike a timer. The killed runs are separate processes started together; the uninterrupted

@@ -158,7 +158,7 @@ def test_force_never_deletes_a_folder_longctx_did_not_write(capsys, source, tmp_
 
 
 def test_record_says_what_was_applied_and_the_command_only_from_the_cli(capsys, source, tmp_path):
-    """Issue 10.6: longctx_patch.json recorded sys.argv, so a checkpoint written by the fine-tune recipe claimed
+    """longctx_patch.json once recorded sys.argv, so a checkpoint written by the fine-tune recipe claimed
     to come from a `longctx patch` command with the recipe's flags."""
     from longctx.checkpoint import write_patched_checkpoint
     from longctx.patch import PatchSpec

@@ -1,4 +1,4 @@
-"""eval/studies/rope-base-gpu.sh (issue 27) end to end in its dry run: three tiny byte models trained at once
+"""eval/studies/rope-base-gpu.sh end to end in its dry run: three tiny byte models trained at once
 with equal steps, the eval suite, and the study's page with a row per base and a column per length."""
 
 from __future__ import annotations

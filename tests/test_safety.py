@@ -1,4 +1,4 @@
-"""Nothing silently wrong, nothing written twice at once, nothing written where it was not asked (issue 21).
+"""Nothing silently wrong, nothing written twice at once, nothing written where it was not asked.
 
 The table drives each bad input through the real CLI and recipe in one subprocess (tests/cli_driver.py, as in
 tests/test_bad_inputs.py): exit 2, one line, no traceback, and the case folder byte-identical afterwards (so the

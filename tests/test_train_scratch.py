@@ -1,5 +1,5 @@
 """The recipe options of the from-scratch studies: a model-config override file, the byte tokenizer, a
-passkey mix, and a base change when training on (issue 13)."""
+passkey mix, and a base change when training on."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ repeated right after it ("K is the pass key.", ~15 tokens later) and as the answ
 
 A model that copies predicts the 2nd and 3rd occurrence far better than the 1st (which is random: ln 10 =
 2.303 nats per digit). Equal values mean no copying even at short range, so passkey retrieval at any length
-cannot be expected (the situation of issue 13.3 at this scale); a drop at the 2nd but not the 3rd means
+cannot be expected (the situation of the base-bound experiment at this scale); a drop at the 2nd but not the 3rd means
 copying over short distances only. The last line does the same on dense copy documents ("seg|seg" lines of
 random letters and digits): a model with an induction circuit predicts the second copy far better than the first.
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The rope-base findings reproduced from scratch on CPU (issue 13) into docs/results/rope-base-scratch/:
+# The rope-base findings reproduced from scratch on CPU into docs/results/rope-base-scratch/:
 #   train:  byte-level 4x256 Llamas from random init at 512 tokens, base 500 / 1e4 / 1e5 / 1e6, equal tokens
 #           and seed, 5% synthetic passkey documents in the mix (recipes/configs/rope-base-scratch/scratch-*.yaml);
 #   tune:   the base-1e4 model trained on at 512 tokens with base 80 / 500 / 1e4 (control) / 1e5 / 1e6, equal steps

@@ -215,46 +215,18 @@ def stopped_message(args, signal_name: str, argv: list[str]) -> str:
 def cli(argv: list[str] | None = None, *, callbacks=()) -> int:
     """Parse the flags (YAML first, flags override) and fine-tune; bad input is one line on stderr, exit 2.
     SIGTERM stops the run like Ctrl-C: one line on its own says what was saved and how to resume."""
-    import signal
-
-    from longctx.errors import close_progress_bars, environment_error
+    from longctx.errors import run_in_one_line
     from longctx.train.args import parse_args
 
-    signalled, args = [], None
+    parsed = {}
 
-    def terminate(signum, frame):
-        signalled.append("SIGTERM")
-        raise KeyboardInterrupt
+    def work() -> int:
+        parsed["args"] = parse_args(argv)
+        finetune(parsed["args"], callbacks=callbacks)
+        return 0
 
-    previous = signal.signal(signal.SIGTERM, terminate) if _main_thread() else None
-    try:
-        args = parse_args(argv)
-        finetune(args, callbacks=callbacks)
-    except UsageError as exc:
-        close_progress_bars()
-        sys.stderr.write(f"finetune: error: {exc}\n")
-        return 2
-    except Exception as exc:  # a full disk, a file-size limit, a read-only folder: one line; the last checkpoint stays
-        if environment_error(exc) is None:
-            raise
-        close_progress_bars()
-        sys.stderr.write(f"finetune: error: {environment_error(exc)}\n")
-        return 2
-    except KeyboardInterrupt:
-        close_progress_bars()
-        name = signalled[0] if signalled else "SIGINT"
-        sys.stderr.write(stopped_message(args, name, sys.argv[1:] if argv is None else list(argv)) + "\n")
-        return 143 if signalled else 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    return 0
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+    asked = sys.argv[1:] if argv is None else list(argv)
+    return run_in_one_line("finetune", work, lambda name: stopped_message(parsed.get("args"), name, asked))
 
 
 if __name__ == "__main__":
