@@ -29,7 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 MODELS = {"original": None, "yarn-x2": ["--method", "yarn", "--factor", "2"],
-          "base-1e6": ["--base", "1e6", "--target-length", "16384"]}
+          "base-1e6": ["--base", "1e6", "--target-length", "16384"], "yarn-x2-hf": ["--method", "yarn", "--factor", "2"]}
+# The route of a fine-tuned model: the patched Hugging Face folder (fp32, dequantized) written as an f32 GGUF by
+# `longctx patch --out X.gguf`. Nothing is quantized on either side, so llama.cpp must give the HF number itself:
+# that is what proves the HF -> GGUF conversion (tensor names, the q/k row order of llama.cpp's rope) right.
+HF_ROUTE = {"yarn-x2-hf": "yarn-x2"}  # label -> the model whose HF cells it is compared with
+HF_ROUTE_LENGTHS = [2048, 12288]
 LENGTHS = [2048, 8192, 12288, 16384]
 DATA = str(ROOT.parent / "shared" / "data" / "books")
 STUDY = ROOT / "docs" / "results" / "smollm2-extension-cpu"  # longctx's HF cells of the same models and windows
@@ -114,9 +119,21 @@ def patched_gguf(label: str, source: Path, work: Path) -> tuple[Path, str | None
     if MODELS[label] is None:
         return source, None
     out = work / f"smollm2-{label}.gguf"
-    command = [sys.executable, "-m", "longctx", "patch", "--model", str(source), "--out", str(out), *MODELS[label]]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    longctx = [sys.executable, "-m", "longctx", "patch"]
+    if label in HF_ROUTE:  # GGUF -> patched HF folder (fp32) -> f32 GGUF
+        folder = work / f"smollm2-{label}"
+        if not out.is_file():
+            if not (folder / "config.json").is_file():
+                subprocess.run([*longctx, "--model", str(source), "--out", str(folder), *MODELS[label]], check=True,
+                               cwd=ROOT, env=env)
+            subprocess.run([*longctx, "--model", str(folder), "--out", str(out), "--gguf-dtype", "f32"], check=True,
+                           cwd=ROOT, env=env)
+        return out, (f"longctx patch --model SmolLM2-135M-Instruct.Q4_1.gguf --out {folder.name} "
+                     f"{' '.join(MODELS[label])} && longctx patch --model {folder.name} --out {out.name} --gguf-dtype f32")
+    command = [*longctx, "--model", str(source), "--out", str(out), *MODELS[label]]
     if not out.is_file():
-        subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        subprocess.run(command, check=True, cwd=ROOT, env=env)
     return out, "longctx patch --model SmolLM2-135M-Instruct.Q4_1.gguf --out " + out.name + " " + " ".join(MODELS[label])
 
 
@@ -163,8 +180,8 @@ def main() -> int:
     for label in args.models.split(","):
         gguf_path, command = patched_gguf(label, smollm2_gguf_path(), args.work)
         runner = None
-        hf = hf_cells(label, args.fresh_hf)
-        for length in lengths:
+        hf = hf_cells(HF_ROUTE.get(label, label), args.fresh_hf)
+        for length in (n for n in lengths if label not in HF_ROUTE or n in HF_ROUTE_LENGTHS):
             key = f"ppl|{label}|{length}"
             if key in done:
                 continue
@@ -179,7 +196,8 @@ def main() -> int:
                       "patch_command": command, "windows": windows, "n_tokens": n, "llamacpp_nll": nll / n,
                       "llamacpp_ppl": math.exp(nll / n), "llamacpp_seconds": round(time.time() - t0, 1),
                       "hf_ppl": cell.get("ppl"), "hf_windows_equal": cell.get("windows") == windows,
-                      "hf_source": str((args.fresh_hf or STUDY).relative_to(ROOT) / label / "ppl.jsonl") if cell else None}
+                      "hf_source": str((args.fresh_hf or STUDY).relative_to(ROOT) / HF_ROUTE.get(label, label) / "ppl.jsonl")
+                      if cell else None, "route": "hf-f32" if label in HF_ROUTE else "gguf"}
             append(cells_path, record)
             done[key], computed = record, computed + 1
             print(f"{label} {length}: llama.cpp ppl {record['llamacpp_ppl']:.3f}, HF {record['hf_ppl']}", flush=True)
@@ -188,7 +206,7 @@ def main() -> int:
                  for r in c.get("samples", [])} if (STUDY / label / "passkey.jsonl").is_file() else {}
         from longctx.evals.scoring import trial_seeds
 
-        seeds = trial_seeds(0, "passkey", 12288, [0.5], args.passkey, True)
+        seeds = trial_seeds(0, "passkey", 12288, [0.5], 0 if label in HF_ROUTE else args.passkey, True)
         for _, seed in sorted(seeds.items()):
             key = f"passkey|{label}|12288|{seed}"
             if key in done:
@@ -227,7 +245,7 @@ def report(out: Path) -> int:
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()] if (out / "runs.jsonl").is_file() else []
     lines = [Path(__file__).read_text().split('"""')[1].strip().split("\n\n")[0], "",
              "```bash\nmake test-llamacpp\n```", "",
-             "| model | length | llama.cpp ppl (Q4_1) | longctx HF ppl (fp32) | Δ | same windows | llama.cpp s |",
+             "| model | length | llama.cpp ppl (GGUF) | longctx HF ppl (fp32) | Δ | same windows | llama.cpp s |",
              "|---|---|---|---|---|---|---|"]
     failed = []
     for c in sorted((c for c in cells if c["task"] == "ppl"), key=lambda c: (list(MODELS).index(c["model"]), c["length"])):
@@ -242,7 +260,8 @@ def report(out: Path) -> int:
     lines += ["", f"Agreement target |Δ| ≤ {TARGET:.0%} at 12K and 16K: {verdict}"
               + ". Each model's 2K Δ (llama.cpp and HF on the same patched model, far inside every context) is the "
               "quantization baseline: llama.cpp runs the Q4_1/Q8_0 tensors as shipped, longctx their fp32 "
-              "dequantization.", "",
+              "dequantization. The `-hf` row is the route of a fine-tuned model (HF folder -> f32 GGUF): no "
+              "quantization on either side, so its Δ is the conversion's own error.", "",
               "Passkey at 12K, depth 0.5, greedy generation through llama.cpp (graded by the first integer), beside "
               "longctx's HF generate-mode answer for the same seed:", "",
               "| model | seed | passkey | llama.cpp answer | correct | HF answer | HF correct | llama.cpp s |", "|---|---|---|---|---|---|---|---|"]
