@@ -179,6 +179,8 @@ def render_markdown(models: list[ModelSummary], context: dict) -> str:
                 texts.append(f"*{text}*" if text != "–" and _beyond(m, n) else text)
             out.append(row([f"**{m.label}**", *texts]))
     out += ["", _legend(models), ""]
+    for task in tasks().values():  # a task's own section (RULER's table layout), where it has one
+        out += task.report_lines(models) if hasattr(task, "report_lines") else []
     if context["figures"]:
         out += ["## Figures", ""]
         captions = _captions()
