@@ -310,7 +310,7 @@ class Ruler(Task):
                             help=f"effective length: longest length averaging ≥ this (default {THRESHOLD})")
 
     def key(self, cfg: Config, name: str, length: int, wrapper: Wrapper, haystack: str, samples: bool = True) -> str:
-        fields = {"task": name, "length": length, **({"samples": cfg.samples} if samples else {}),
+        fields = {"name": name, "length": length, **({"samples": cfg.samples} if samples else {}),
                   "chat": "on" if wrapper.chat else "off", "haystack": haystack, "seed": cfg.seed,
                   "protocol": PROTOCOL}
         return cell_key(self.name, **fields)
