@@ -135,7 +135,18 @@ class Sample:
 
 def build_sample(name: str, length: int, index: int, seed: int, res: rt.Resources, wrapper: Wrapper) -> Sample:
     """Sample `index` of (task, length): the largest haystack whose prompt fits L − budget, then `spill` cut so the
-    prompt takes exactly that many tokens."""
+    prompt takes exactly that many tokens. Where no cut of the text hits the count (a tokenizer that turns one more
+    character into two more tokens at that spot), an essay haystack starts a few words later (`essay_offset`)."""
+    sample = _build_sample(name, length, index, seed, res, wrapper)
+    for offset in (1, 2, 3, 5, 8) if rt.needs_essay(name) and not sample.exact else ():
+        shifted = _build_sample(name, length, index, seed, rt.with_essay(res, res.essay[offset:]), wrapper)
+        if shifted.exact:
+            shifted.draft.meta["essay_offset"] = offset
+            return shifted
+    return sample
+
+
+def _build_sample(name: str, length: int, index: int, seed: int, res: rt.Resources, wrapper: Wrapper) -> Sample:
     task, args = rt.SYNTHETIC[name]
     if task == "qa":
         raise UsageError(f"{name} needs SQuAD/HotpotQA, which longctx does not generate")
@@ -173,7 +184,7 @@ def build_sample(name: str, length: int, index: int, seed: int, res: rt.Resource
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (mid, high) if fits(mid) else (low, mid)
-    for n in (low, low - 1, low - 2):
+    for n in (low, low - 1, low - 2, low - 3, low - 4):
         if n < rt.min_units(task, args):
             break
         draft = make(n)
@@ -194,7 +205,8 @@ def exact_cut(draft: rt.Draft, size, target: int) -> int | None:
     while high - low > 1:  # the first cut reaching the target (token counts grow with the text)
         mid = (low + high) // 2
         low, high = (low, mid) if size(mid) >= target else (mid, high)
-    for cut in range(high, min(high + 8, len(draft.spill)) + 1):
+    # counts are not quite monotone (Llama-3 glues "." to the newline after it): look around the first reach
+    for cut in sorted(range(max(0, high - 24), min(high + 24, len(draft.spill)) + 1), key=lambda c: abs(c - high)):
         if size(cut) == target:
             return cut
     return None
