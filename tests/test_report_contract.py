@@ -22,7 +22,7 @@ pytest.importorskip("matplotlib")
 LABELS = ("a", "b")
 # the tiny model claims 256 tokens: lengths within and beyond it, for every registered task
 SETTINGS = {PERPLEXITY: "{lengths: '128,320'}", RETRIEVAL: "{lengths: '160,320', depths: '0,1', trials: 2}"}
-OWN_SETTINGS = {"ruler": "{lengths: '320', tasks: fwe, samples: 1, past_context: true}"}  # tasks of their own shape
+OWN_SETTINGS = {"ruler": "{lengths: '512', tasks: fwe, samples: 1, past_context: true}"}  # tasks of their own shape
 
 
 @pytest.fixture(scope="module")
