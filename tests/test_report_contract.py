@@ -113,7 +113,7 @@ def test_synthetic_results_use_only_fields_the_eval_writes(results, tmp_path):
     from test_eval_report import write_synthetic_results
 
     synthetic = write_synthetic_results(tmp_path)
-    for name in tasks():
+    for name in [name for name in tasks() if name not in OWN_SETTINGS]:  # those have no hand-written cells
         real = {key for cells in written_cells(results[0] / LABELS[0], name).values() for c in cells for key in c}
         made_up = {key for c in read_jsonl(synthetic / "patched" / f"{name}.jsonl", repair=False) for key in c}
         assert made_up and made_up <= real, (name, made_up - real)

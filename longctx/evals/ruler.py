@@ -300,7 +300,7 @@ def haystack_label(cfg: Config, res: rt.Resources) -> str:
 
 class Ruler(Task):
     name, label, metric, order = "ruler", "RULER", "RULER score", 3
-    kind, value_key = RETRIEVAL, "score"
+    kind, value_key, counts = RETRIEVAL, "score", ("found", "refs")  # Wilson interval: expected strings found / asked
     help = "RULER's synthetic tasks (niah_*, vt, cwe, fwe): tasks × lengths, RULER's templates and scoring"
     Config = Config
 
