@@ -175,7 +175,7 @@ def test_tiny_model_end_to_end_and_report(tiny_llama_dir, tmp_path, capsys):
     (["--tasks", "niah_singel_1"], "did you mean 'niah_single_1'"),
     (["--tasks", "niah_single_2"], "need --haystack-dir"),
     (["--chat-template", "on"], "no chat template"),
-    (["--lengths", "100"], "too short"),
+    (["--lengths", "100", "--tasks", "fwe"], "too short"),  # fwe: no wonderwords needed
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tiny_llama_dir, tmp_path, capsys, extra, message):
     argv = ["eval", "ruler", "--model", str(tiny_llama_dir), "--lengths", "512", "--tasks", "niah_single_1",
