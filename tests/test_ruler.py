@@ -192,6 +192,7 @@ def test_past_the_claimed_context_is_refused(tiny_llama_dir, tmp_path, capsys):
     assert "pass --past-context" in capsys.readouterr().err
 
 
+@NEEDS_WORDS
 @pytest.mark.skipif(not BOOKS.is_dir(), reason="../shared/data/books is not beside the project")
 def test_too_little_haystack_text_is_refused(tiny_llama_dir, tmp_path, capsys):
     small = tmp_path / "books"
