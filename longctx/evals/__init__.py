@@ -26,11 +26,16 @@ def tasks() -> dict:
     return {task.name: task for task in sorted(found, key=lambda task: task.order)}
 
 
+def unknown_name(what: str, name: str, names: list[str]) -> UsageError:
+    """"unknown task 'x': did you mean 'y'? valid tasks: ..." for any list of names."""
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return UsageError(f"unknown {what} {name!r}: {hint}valid {what}s: {', '.join(names)}")
+
+
 def get_task(name: str):
     """The task called `name`; an unknown name answers with the closest valid one."""
     names = list(tasks())
     if name not in names:
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise UsageError(f"unknown task {name!r}: {hint}valid tasks: {', '.join(names)}")
+        raise unknown_name("task", name, names)
     return tasks()[name]

@@ -212,6 +212,8 @@ def render_markdown(models: list[ModelSummary], context: dict) -> str:
                 row(["Model", "Length", "Verdict", "Why"]), row(["---"] * 4)]
         out += [row([f"**{m.label}**", fmt_len(n), _status_text(m.status[n]), m.decisions[n]]) for m, n in decided]
         out += [""]
+    for task in tasks().values():  # a task's own section (RULER's table layout), where it has one
+        out += task.report_lines(models) if hasattr(task, "report_lines") else []
     if context["figures"]:
         out += ["## Figures", ""]
         captions = _captions()
