@@ -41,7 +41,7 @@ from longctx.evals.scoring import (
     trial_seed,
     wilson_interval,
 )
-from longctx.evals.task import RETRIEVAL, Figure, Task
+from longctx.evals.task import RETRIEVAL, Figure, Task, pooled_counts
 
 PROTOCOL = 1  # in every key: bump when prompts change, so old cells are recomputed, not mixed in
 DEFAULT_TASKS = ("niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,niah_multikey_2,niah_multikey_3,"
@@ -409,12 +409,11 @@ class Ruler(Task):
         return {n: sum(v) / len(v) for n, v in sorted(by_length.items())}
 
     def ci95(self, records: list[dict]) -> dict[int, list[float]]:
-        pooled: dict[int, list[int]] = {}
-        for record in records:
-            counts = pooled.setdefault(record["length"], [0, 0])
-            counts[0] += record.get("found") or 0
-            counts[1] += record.get("refs") or 0
-        return {n: wilson_interval(k, m) for n, (k, m) in sorted(pooled.items()) if m}
+        return {n: wilson_interval(k, m) for n, (k, m) in self.trial_counts(records).items()}
+
+    def trial_counts(self, records: list[dict]) -> dict[int, tuple[int, int]]:
+        """Length -> (expected strings found, asked) pooled over the RULER tasks run there: what verdicts count."""
+        return pooled_counts(records, *self.counts)
 
     def figures(self) -> list[Figure]:
         return []
