@@ -101,12 +101,13 @@ def test_prefix_sharing_gives_the_same_logits_and_grades(tiny):
     for a_prompt, b_prompt in zip(shared, full, strict=True):
         for a, b in zip(a_prompt, b_prompt, strict=True):
             torch.testing.assert_close(a.logits, b.logits, atol=1e-4, rtol=1e-4)
-            assert (a.answer, a.correct, a.hits) == (b.answer, b.correct, b.hits)
-            # partial credit per answer token: all right exactly when the answer is
-            assert len(a.hits) == len(a.logits) and set(a.hits) <= {0, 1} and all(a.hits) == a.correct
+            assert (a.answer, a.correct, a.strict, a.tokens, a.hits) == (b.answer, b.correct, b.strict, b.tokens, b.hits)
+            # partial credit per answer token: all right exactly when the answer is, token for token
+            assert len(a.hits) == len(a.logits) and set(a.hits) <= {0, 1} and all(a.hits) == a.strict
     gen_shared = grade_prompts(model, tokenizer, prompts, mode="generate", share_prefix=True)
     gen_full = grade_prompts(model, tokenizer, prompts, mode="generate", share_prefix=False)
-    assert [[(g.answer, g.correct) for g in p] for p in gen_shared] == [[(g.answer, g.correct) for g in p] for p in gen_full]
+    fields = [[(g.answer, g.correct, g.strict, g.tokens) for g in p] for p in gen_shared]
+    assert fields == [[(g.answer, g.correct, g.strict, g.tokens) for g in p] for p in gen_full]
 
 
 def test_prefix_sharing_does_less_work(tiny):

@@ -51,10 +51,12 @@ def written_cells(folder, task) -> dict[int, list[dict]]:
 def test_every_task_of_every_model_reaches_summary_json(results):
     folder, summary, _, _ = results
     assert [m["label"] for m in summary["models"]] == list(LABELS)
+    graded = [name for name, task in tasks().items() if hasattr(task, "graded_by")]  # content, token-exact beside
     for model in summary["models"]:
         rows = {row["length"]: row for row in model["by_length"]}
         for row in rows.values():
             assert set(row) == {"length", "retrieval", "status", *tasks(), *(f"{t}_ci95" for t in tasks()),
+                                *(f"{t}_strict" for t in graded), *(f"{t}_graded_by" for t in graded),
                                 "retrieval_counts", "retrieval_ci95", "ppl_ratio", "ppl_ratio_ci95", "ppl_ratio_paired",
                                 "decision"}
         assert set(model["series"]) == set(tasks())
@@ -68,6 +70,10 @@ def test_every_task_of_every_model_reaches_summary_json(results):
                 if task.kind == RETRIEVAL:  # every depth's trials pooled
                     hits, totals = (sum(c[key] for c in cells) for key in task.counts)
                     assert interval == pytest.approx(wilson_interval(hits, totals))
+                if name in graded:  # the content grade heads, the token-exact one beside it
+                    strict = sum(c[f"{task.value_key}_strict"] for c in cells) / len(cells)
+                    assert rows[length][f"{name}_strict"] == pytest.approx(strict), (name, length)
+                    assert rows[length][f"{name}_graded_by"] == "content"
         retrieval_lengths = {n for t in tasks().values() if t.kind == RETRIEVAL
                              for n in written_cells(folder / model["label"], t.name)}
         assert {n for n, row in rows.items() if row["retrieval"] is not None} == retrieval_lengths
@@ -91,7 +97,7 @@ def test_every_task_has_its_table_and_figures_in_both_pages(results):
             texts = [fmt_ppl(v) if task.kind != RETRIEVAL else f"{v:.2f}" for v in shown]
             cells = [cell.strip(" *") for cell in line.split("|")[2:-1]]
             assert [cell.split(" [")[0] for cell in cells] == texts, (name, label)
-            assert all(f"<td>{text}</td>" in page or f">{text}</td>" in page for text in texts)
+            assert all(f">{text}</td>" in page or f">{text} (exact " in page for text in texts)
     for name in files:
         assert f"]({name})" in markdown and f"<img alt='{name}' src='data:image/png;base64," in page
     assert "## How these numbers were made" in markdown and "perplexity windows, each from one document" in markdown

@@ -82,6 +82,21 @@ def _cell(model: ModelSummary, task, length: int) -> tuple[str, str | None]:
     return f"{value:.2f}", _score_colour(value)
 
 
+OLD_GRADE = "†"  # marks a retrieval number graded token-exact only (cells written before content grading)
+
+
+def _grade_note(model: ModelSummary, task, length: int) -> str:
+    """What follows a retrieval number: † where it is the token-exact grade of older cells, the token-exact grade
+    in parentheses where it differs from the content grade, else nothing."""
+    graded_by = model.graded_by.get(task.name, {}).get(length)
+    if graded_by in ("token-exact", "mixed"):
+        return OLD_GRADE
+    strict, value = model.strict.get(task.name, {}).get(length), model.values.get(task.name, {}).get(length)
+    if strict is None or value is None or f"{strict:.2f}" == f"{value:.2f}":
+        return ""
+    return f" (exact {strict:.2f})"
+
+
 def _beyond(model: ModelSummary, length: int) -> bool:
     return model.status.get(length, "in-distribution") != "in-distribution"
 
@@ -99,7 +114,8 @@ def render_html(models: list[ModelSummary], context: dict, images: dict[str, str
     from longctx.templates import html_page
 
     columns = _columns(models)
-    rows = [(m, [(*_cell(m, task, n), _beyond(m, n)) for task, lengths in columns for n in lengths]) for m in models]
+    rows = [(m, [(text + _grade_note(m, task, n) if text != "–" else text, colour, _beyond(m, n))
+                 for task, lengths in columns for n in lengths for text, colour in [_cell(m, task, n)]]) for m in models]
     return html_page("report.html.j2", **context, models=models, columns=columns, rows=rows, fmt_len=fmt_len,
                      badge=_verdict_badge, len_or_dash=_len_or_dash, rope_text=rope_text, effective=_effective_text,
                      legend=_legend(models), images=images, captions=_captions(),
@@ -115,7 +131,26 @@ def _captions() -> dict[str, str]:
 def _legend(models: list[ModelSummary]) -> str:
     shown = dict.fromkeys(f"{t.label} {t.variant_name(m.series[t.name])}" for t in tasks().values() for m in models
                           if t.name in m.series)
-    return _retrieval_legend() + (f" Series in the table: {'; '.join(shown)}." if shown else "")
+    return (_retrieval_legend() + _grading_legend(models)
+            + (f" Series in the table: {'; '.join(shown)}." if shown else ""))
+
+
+def _grading_legend(models: list[ModelSummary]) -> str:
+    """How retrieval was graded, and what the marks beside its numbers mean, where a model has them."""
+    grades = {g for m in models for by_length in m.graded_by.values() for g in by_length.values()}
+    if not grades:
+        return ""
+    text = ""
+    if "content" in grades:
+        text += (" Retrieval is graded by content, as the passkey anchors and RULER grade: greedy decoding's answer "
+                 "holds the expected value (passkey: its first integer; NIAH: the number, ignoring case); "
+                 "(exact x): the token-exact grade (greedy decoding emits the gold answer's tokens first), where it "
+                 "differs.")
+    if grades & {"token-exact", "mixed"}:
+        text += (f" {OLD_GRADE}: graded token-exact only (greedy decoding emits the gold answer's tokens first): "
+                 "cells written before retrieval was graded by content (the answer holds the expected value); "
+                 "stricter: an answer with a newline instead of a space before the key counts wrong.")
+    return text
 
 
 def _retrieval_legend() -> str:
@@ -202,6 +237,7 @@ def render_markdown(models: list[ModelSummary], context: dict) -> str:
                     text += f" [{interval[0]:.2f}, {interval[1]:.2f}]"
                 elif interval and task.kind == PERPLEXITY:  # t interval over windows
                     text += f" [{fmt_ppl(interval[0])}, {fmt_ppl(interval[1])}]"
+                text += _grade_note(m, task, n) if text != "–" else ""
                 texts.append(f"*{text}*" if text != "–" and _beyond(m, n) else text)
             out.append(row([f"**{m.label}**", *texts]))
     out += ["", _legend(models), ""]

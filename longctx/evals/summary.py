@@ -43,6 +43,8 @@ class ModelSummary:
     series: dict[str, tuple] = field(default_factory=dict)   # task -> variant shown in the table
     values: dict[str, dict[int, float]] = field(default_factory=dict)  # task -> length -> number in its table
     ci95: dict[str, dict[int, list[float]]] = field(default_factory=dict)  # task -> length -> 95% interval
+    strict: dict[str, dict[int, float]] = field(default_factory=dict)  # retrieval task -> length -> token-exact grade
+    graded_by: dict[str, dict[int, str]] = field(default_factory=dict)  # retrieval task -> length -> content/token-exact
     retrieval: dict[int, float] = field(default_factory=dict)  # mean of the retrieval tasks where they exist
     ppl_ref: float | None = None                # perplexity at the longest evaluated length <= trained
     status: dict[int, str] = field(default_factory=dict)      # length -> in-distribution/extends/...
@@ -324,6 +326,9 @@ def summarize(model: ModelSummary, primaries: dict[str, tuple | None]) -> None:
     for task in tasks().values():
         model.values[task.name] = task.values(model.records(task.name))
         model.ci95[task.name] = task.ci95(model.records(task.name))
+        if hasattr(task, "graded_by"):  # retrieval graded by content, with the token-exact grade beside it
+            model.strict[task.name] = task.strict_values(model.records(task.name))
+            model.graded_by[task.name] = task.graded_by(model.records(task.name))
     by_task = [model.values[task.name] for task in retrieval_tasks()]
     for length in sorted(set().union(*by_task)):
         scores = [values[length] for values in by_task if length in values]
@@ -526,6 +531,9 @@ def summary_json(models: list[ModelSummary], title: str, figures: list[str]) -> 
             for task in tasks():
                 row[task] = m.values.get(task, {}).get(n)
                 row[f"{task}_ci95"] = m.ci95.get(task, {}).get(n)
+                if task in m.graded_by:
+                    row[f"{task}_strict"] = m.strict[task].get(n)
+                    row[f"{task}_graded_by"] = m.graded_by[task].get(n)
             ratio = m.ratios.get(n)
             by_length.append({**row, "retrieval": m.retrieval.get(n),
                               "retrieval_counts": list(m.counts[n]) if n in m.counts else None,
