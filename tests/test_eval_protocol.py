@@ -17,7 +17,7 @@ from longctx.cli import main
 from longctx.evals.run.results import ResultsWriter
 from longctx.evals.suite import make_config
 from longctx.evals.tasks import all_tasks, passkey
-from longctx.evals.tasks.base import RETRIEVAL, RetrievalTask
+from longctx.evals.tasks.base import RetrievalTask
 from longctx.evals.tasks.scoring import grade_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def test_a_registered_task_reaches_cli_suite_summary_report_and_bench(echo, tiny
                 assert row["echo"] is not None and row["retrieval"] == row["echo"] and len(row["echo_ci95"]) == 2
     markdown, page = (out / "report.md").read_text(), (out / "report.html").read_text()
     assert "\n### Echo accuracy\n" in markdown and "<th colspan=2>Echo accuracy</th>" in page
-    assert "mean of passkey accuracy, NIAH score and echo accuracy" in markdown
+    assert "mean of passkey accuracy, NIAH score, RULER score and echo accuracy" in markdown
     assert "echo mode=forced" in markdown and "Echo accuracy by context length and depth." in page
 
     from bench import bench_sweep
@@ -95,11 +95,11 @@ def test_a_registered_task_reaches_cli_suite_summary_report_and_bench(echo, tiny
     asked = []
     monkeypatch.setattr(bench_sweep.common, "run_child", lambda target, kwargs, timeout: asked.append(kwargs) or {})
     section = bench_sweep.run(SimpleNamespace(device="cpu", sizes=[256], timeout=1))
-    assert list(section["tasks"]) == [t.name for t in all_tasks().values() if t.kind == RETRIEVAL]
+    assert list(section["tasks"]) == [t.name for t in all_tasks().values() if isinstance(t, RetrievalTask)]
     assert {kwargs["task"] for kwargs in asked} == {"passkey", "niah", "echo"}
 
 
-@pytest.mark.parametrize("name", [name for name, task in all_tasks().items() if task.kind == RETRIEVAL])
+@pytest.mark.parametrize("name", [name for name, task in all_tasks().items() if isinstance(task, RetrievalTask)])
 def test_the_bench_baseline_grades_the_prompts_that_run_grades(tiny, tmp_path, name):
     """bench_sweep's `generate` path takes `task.prompts`: the same seeds, depths and token ids as `run`."""
     model, tokenizer = tiny

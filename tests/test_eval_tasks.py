@@ -103,14 +103,19 @@ def test_prefix_sharing_gives_the_same_logits_and_grades(tiny):
     for a_prompt, b_prompt in zip(shared, full, strict=True):
         for a, b in zip(a_prompt, b_prompt, strict=True):
             torch.testing.assert_close(a.logits, b.logits, atol=1e-4, rtol=1e-4)
-            assert (a.answer, a.correct, a.hits) == (b.answer, b.correct, b.hits)
-            # partial credit per answer token: all right exactly when the answer is
-            assert len(a.hits) == len(a.logits) and set(a.hits) <= {0, 1} and all(a.hits) == a.correct
+            assert (a.answer, a.correct, a.strict, a.tokens, a.hits) == (
+                b.answer,
+                b.correct,
+                b.strict,
+                b.tokens,
+                b.hits,
+            )
+            # partial credit per answer token: all right exactly when the answer is, token for token
+            assert len(a.hits) == len(a.logits) and set(a.hits) <= {0, 1} and all(a.hits) == a.strict
     gen_shared = grade_prompts(model, tokenizer, prompts, mode="generate", share_prefix=True)
     gen_full = grade_prompts(model, tokenizer, prompts, mode="generate", share_prefix=False)
-    assert [[(g.answer, g.correct) for g in p] for p in gen_shared] == [
-        [(g.answer, g.correct) for g in p] for p in gen_full
-    ]
+    fields = [[(g.answer, g.correct, g.strict, g.tokens) for g in p] for p in gen_shared]
+    assert fields == [[(g.answer, g.correct, g.strict, g.tokens) for g in p] for p in gen_full]
 
 
 def test_prefix_sharing_does_less_work(tiny):
@@ -118,7 +123,8 @@ def test_prefix_sharing_does_less_work(tiny):
     prompts = _passkey_prompts(tokenizer)
     tokens = []
     hook = model.get_decoder().register_forward_pre_hook(
-        lambda _m, args, kwargs: tokens.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+        lambda _m, args, kwargs: tokens.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
     grade_prompts(model, tokenizer, prompts, share_prefix=True)
     shared_tokens = sum(tokens)
     tokens.clear()
@@ -127,11 +133,20 @@ def test_prefix_sharing_does_less_work(tiny):
     assert 0 < shared_tokens < 0.8 * sum(tokens)
 
 
-@pytest.mark.parametrize("rope", [
-    {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0},
-    {"rope_type": "longrope", "rope_theta": 10000.0, "factor": 2.0, "original_max_position_embeddings": 256,
-     "short_factor": [1.0] * 8, "long_factor": [2.0] * 8},  # short factors up to 256 tokens, long ones past them
-])
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0},
+        {
+            "rope_type": "longrope",
+            "rope_theta": 10000.0,
+            "factor": 2.0,
+            "original_max_position_embeddings": 256,
+            "short_factor": [1.0] * 8,
+            "long_factor": [2.0] * 8,
+        },  # short factors up to 256 tokens, long ones past them
+    ],
+)
 def test_length_dependent_rope_refuses_prefix_sharing(tiny, rope):
     model, _ = tiny
     patched = types.SimpleNamespace(
@@ -178,8 +193,12 @@ def test_interrupted_passkey_sweep_resumes_without_recomputing(tiny, tmp_path, c
     resumed_forwards = calls[0]
     # reference: the row that was never started, from scratch; the crashed row's depth 1.0 comes from the journal
     calls[0] = 0
-    passkey.TASK.run(model, tokenizer, passkey.Config(lengths=[200], depths=cfg.depths, trials=2, seed=1),
-                ResultsWriter(tmp_path / "b", "tiny", "passkey"))
+    passkey.TASK.run(
+        model,
+        tokenizer,
+        passkey.Config(lengths=[200], depths=cfg.depths, trials=2, seed=1),
+        ResultsWriter(tmp_path / "b", "tiny", "passkey"),
+    )
     assert resumed_forwards == calls[0] > 0
     clean = passkey.TASK.run(model, tokenizer, cfg, ResultsWriter(tmp_path / "c", "tiny", "passkey"))
     strip = [{k: v for k, v in c.items() if k != "seconds"} for c in resumed]
@@ -211,8 +230,22 @@ def test_deleted_ppl_cell_is_the_only_one_recomputed(tiny, tmp_path, count_forwa
 
 
 def test_cli_ppl_writes_results_and_warns_beyond_the_claimed_length(tiny_llama_dir, tmp_path, capsys):
-    rc = main(["eval", "ppl", "--model", str(tiny_llama_dir), "--lengths", "128,320", "--docs", "2",
-               "--out", str(tmp_path), "--label", "tiny"])
+    rc = main(
+        [
+            "eval",
+            "ppl",
+            "--model",
+            str(tiny_llama_dir),
+            "--lengths",
+            "128,320",
+            "--docs",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--label",
+            "tiny",
+        ]
+    )
     assert rc == 0
     cells = [json.loads(line) for line in (tmp_path / "tiny" / "ppl.jsonl").read_text().splitlines()]
     assert [c["length"] for c in cells] == [128, 320]
@@ -223,12 +256,15 @@ def test_cli_ppl_writes_results_and_warns_beyond_the_claimed_length(tiny_llama_d
     assert "warning: ppl: length 320 exceeds" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["eval", "pasky", "--lengths", "1k"], "unknown task 'pasky': did you mean 'passkey'?"),
-    (["eval", "ppl", "--lengths", "4q"], "bad length '4q'"),
-    (["eval", "passkey", "--lengths", "1k", "--depths", "0:1"], "bad depths"),
-    (["eval", "ppl", "--lengths", "1k", "--data", "/nonexistent.txt"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "pasky", "--lengths", "1k"], "unknown task 'pasky': did you mean 'passkey'?"),
+        (["eval", "ppl", "--lengths", "4q"], "bad length '4q'"),
+        (["eval", "passkey", "--lengths", "1k", "--depths", "0:1"], "bad depths"),
+        (["eval", "ppl", "--lengths", "1k", "--data", "/nonexistent.txt"], "does not exist"),
+    ],
+)
 def test_cli_bad_input_is_one_line_and_exit_2(tiny_llama_dir, tmp_path, capsys, argv, message):
     try:
         rc = main([*argv, "--model", str(tiny_llama_dir), "--out", str(tmp_path)])
@@ -249,8 +285,21 @@ def test_cli_suite_runs_every_task_for_every_model_then_reports(tiny_llama_dir, 
     report.add_parser = lambda subparsers: None  # the CLI registers the report verb from this module
     report.write_report = lambda results_dir: seen.append(results_dir) or [tmp_path / "report.html"]
     monkeypatch.setitem(sys.modules, "longctx.evals.report.page", report)
-    rc = main(["eval", "suite", str(suite), "--model", str(tiny_llama_dir), "--model", str(tiny_llama_dir),
-               "--labels", "a,b", "--out", str(tmp_path / "out")])
+    rc = main(
+        [
+            "eval",
+            "suite",
+            str(suite),
+            "--model",
+            str(tiny_llama_dir),
+            "--model",
+            str(tiny_llama_dir),
+            "--labels",
+            "a,b",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert rc == 0 and seen == [str(tmp_path / "out")]
     assert str(tmp_path / "report.html") in capsys.readouterr().out
     for label in ("a", "b"):

@@ -23,6 +23,7 @@ pytest.importorskip("matplotlib")
 LABELS = ("a", "b")
 # the tiny model claims 256 tokens: lengths within and beyond it, for every registered task
 SETTINGS = {PERPLEXITY: "{lengths: '128,320'}", RETRIEVAL: "{lengths: '160,320', depths: '0,1', trials: 2}"}
+OWN_SETTINGS = {"ruler": "{lengths: '512', tasks: fwe, samples: 1, past_context: true}"}  # tasks of their own shape
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +31,18 @@ def results(tiny_llama_dir, tmp_path_factory):
     """(results folder, summary.json, report.md, report.html) of a real suite run and `longctx report`."""
     root = tmp_path_factory.mktemp("contract")
     suite = root / "suite.yaml"
-    suite.write_text("seed: 1\ntasks:\n" + "".join(f"  {t.name}: {SETTINGS[t.kind]}\n" for t in all_tasks().values()))
+    suite.write_text(
+        "seed: 1\ntasks:\n"
+        + "".join(f"  {t.name}: {OWN_SETTINGS.get(t.name, SETTINGS[t.kind])}\n" for t in all_tasks().values())
+    )
     argv = ["eval", "suite", suite, "--labels", ",".join(LABELS), "--out", root / "results"]
     assert main([*argv[:3], "--model", tiny_llama_dir, "--model", tiny_llama_dir, *argv[3:]]) == 0
     assert main(["report", root / "results", "--out", root / "report"]) == 0
     out = root / "report"
-    summary = json.loads((out / "summary.json").read_text(),
-                         parse_constant=lambda name: pytest.fail(f"summary.json holds {name}: not strict JSON"))
+    summary = json.loads(
+        (out / "summary.json").read_text(),
+        parse_constant=lambda name: pytest.fail(f"summary.json holds {name}: not strict JSON"),
+    )
     return root / "results", summary, (out / "report.md").read_text(), (out / "report.html").read_text()
 
 
@@ -51,12 +57,25 @@ def written_cells(folder, task) -> dict[int, list[dict]]:
 def test_every_task_of_every_model_reaches_summary_json(results):
     folder, summary, _, _ = results
     assert [m["label"] for m in summary["models"]] == list(LABELS)
+    graded = [name for name, task in all_tasks().items() if hasattr(task, "graded_by")]  # content, token-exact beside
     for model in summary["models"]:
         rows = {row["length"]: row for row in model["by_length"]}
         for row in rows.values():
-            assert set(row) == {"length", "retrieval", "status", *all_tasks(), *(f"{t}_ci95" for t in all_tasks()),
-                                "retrieval_counts", "retrieval_ci95", "ppl_ratio", "ppl_ratio_ci95", "ppl_ratio_paired",
-                                "decision"}
+            assert set(row) == {
+                "length",
+                "retrieval",
+                "status",
+                *all_tasks(),
+                *(f"{t}_ci95" for t in all_tasks()),
+                *(f"{t}_strict" for t in graded),
+                *(f"{t}_graded_by" for t in graded),
+                "retrieval_counts",
+                "retrieval_ci95",
+                "ppl_ratio",
+                "ppl_ratio_ci95",
+                "ppl_ratio_paired",
+                "decision",
+            }
         assert set(model["series"]) == set(all_tasks())
         assert not [w for w in model["warnings"] if "skipped" in w], model["warnings"]
         for name, task in all_tasks().items():
@@ -68,8 +87,16 @@ def test_every_task_of_every_model_reaches_summary_json(results):
                 if task.kind == RETRIEVAL:  # every depth's trials pooled
                     hits, totals = (sum(c[key] for c in cells) for key in task.counts)
                     assert interval == pytest.approx(wilson_interval(hits, totals))
-        retrieval_lengths = {n for t in all_tasks().values() if t.kind == RETRIEVAL
-                             for n in written_cells(folder / model["label"], t.name)}
+                if name in graded:  # the content grade heads, the token-exact one beside it
+                    strict = sum(c[f"{task.value_key}_strict"] for c in cells) / len(cells)
+                    assert rows[length][f"{name}_strict"] == pytest.approx(strict), (name, length)
+                    assert rows[length][f"{name}_graded_by"] == "content"
+        retrieval_lengths = {
+            n
+            for t in all_tasks().values()
+            if t.kind == RETRIEVAL
+            for n in written_cells(folder / model["label"], t.name)
+        }
         assert {n for n, row in rows.items() if row["retrieval"] is not None} == retrieval_lengths
         assert rows[320]["status"] != "in-distribution" and rows[128]["status"] == "in-distribution"
         assert model["trained_length"] == 256 and model["verdict"] and model["ppl_windows"]
@@ -91,7 +118,7 @@ def test_every_task_has_its_table_and_figures_in_both_pages(results):
             texts = [fmt_ppl(v) if task.kind != RETRIEVAL else f"{v:.2f}" for v in shown]
             cells = [cell.strip(" *") for cell in line.split("|")[2:-1]]
             assert [cell.split(" [")[0] for cell in cells] == texts, (name, label)
-            assert all(f"<td>{text}</td>" in page or f">{text}</td>" in page for text in texts)
+            assert all(f">{text}</td>" in page or f">{text} (exact " in page for text in texts)
     for name in files:
         assert f"]({name})" in markdown and f"<img alt='{name}' src='data:image/png;base64," in page
     assert "## How these numbers were made" in markdown and "perplexity windows, each from one document" in markdown
@@ -115,7 +142,7 @@ def test_synthetic_results_use_only_fields_the_eval_writes(results, tmp_path):
     from test_eval_report import write_synthetic_results
 
     synthetic = write_synthetic_results(tmp_path)
-    for name in all_tasks():
+    for name in [name for name in all_tasks() if name not in OWN_SETTINGS]:  # those have no hand-written cells
         real = {key for cells in written_cells(results[0] / LABELS[0], name).values() for c in cells for key in c}
         made_up = {key for c in read_jsonl(synthetic / "patched" / f"{name}.jsonl", repair=False) for key in c}
         assert made_up and made_up <= real, (name, made_up - real)

@@ -56,3 +56,17 @@ def test_readme_headline_cites_only_numbers_in_the_study_summary():
               if row.get("retrieval_counts")}
     quoted = {(int(k), int(n)) for k, n in re.findall(r"\b(\d+)/(\d+)\b", headline)}
     assert quoted and quoted <= counts
+
+
+def test_the_readme_demo_timing_is_the_committed_demo_record():
+    """A demo timing in the README is `demo.timing_text` of the last whole run in docs/results/demo/runs.jsonl
+    (copied there from demo-out/runs.jsonl); without that file the README quotes none."""
+    from longctx.demo import RECORD, last_complete_run, timing_text
+
+    readme = (STUDY.parent.parent.parent / "README.md").read_text()
+    paragraph = " ".join(readme.split("`make demo` builds", 1)[1].split("\n\n", 1)[0].split())
+    record = last_complete_run(STUDY.parent / "demo" / RECORD)
+    if record is None:
+        assert not re.search(r"\b\d+ min\b|\b\d+ s\b", paragraph), "a demo timing that no committed run record backs"
+    else:
+        assert " ".join(timing_text(record).split()) in paragraph

@@ -58,3 +58,30 @@ def test_sigterm_stops_the_cli_like_ctrl_c(monkeypatch):
     parser.set_defaults(func=command)
     assert cli.main([]) == 143  # 128 + SIGTERM, as a shell reports it (Ctrl-C: 130)
     assert signal.getsignal(signal.SIGTERM) is not cli._interrupt  # restored afterwards
+
+
+def test_the_demo_records_its_wall_time_and_steps_also_when_it_fails(tmp_path, monkeypatch):
+    from longctx import demo
+    from longctx.cli import main
+
+    def workflow(args, step):
+        step("1. first")
+        step("2. second")
+        return 0 if args.skip_eval else 1
+
+    monkeypatch.setattr(demo, "workflow", workflow)
+    monkeypatch.setattr("sys.argv", ["longctx", "demo"])
+    out = tmp_path / "demo-out"
+    assert main(["demo", "--out", str(out), "--skip-eval"]) == 0
+    assert main(["demo", "--out", str(out)]) == 1
+    runs = [json.loads(line) for line in (out / demo.RECORD).read_text().splitlines()]
+    assert [(r["exit_code"], r["completed"], r["skip_eval"]) for r in runs] == [(0, True, True), (1, False, False)]
+    for run in runs:
+        assert [s["step"] for s in run["steps"]] == ["1. first", "2. second"]
+        assert run["wall_seconds"] >= 0 and run["machine"]["cores"] and run["command"].startswith("longctx demo")
+    assert demo.last_complete_run(out / demo.RECORD) is None  # a skipped step or a failure is no timing of the demo
+    whole = {**runs[0], "skip_eval": False, "wall_seconds": 125.4, "commit": "0123456789ab", "dirty": False,
+             "machine": {"cores": 2, "cpu": "Intel Xeon"}, "command": "longctx demo --out demo-out"}
+    (out / demo.RECORD).write_text(json.dumps(whole) + "\n")
+    assert demo.timing_text(demo.last_complete_run(out / demo.RECORD)) == (
+        "Measured: 2 min 5 s for `longctx demo --out demo-out` on 2 cores of Intel Xeon (commit 0123456)")

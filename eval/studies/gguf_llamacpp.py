@@ -1,4 +1,4 @@
-"""GGUFs written by `longctx patch --out X.gguf`, run by a real llama.cpp, into docs/results/gguf-llamacpp/.
+"""GGUFs written by `longctx patch --out X.gguf`, run by a real llama.cpp (issue 25), into docs/results/gguf-llamacpp/.
 
     make test-llamacpp            # builds llama.cpp once from PyPI's llama-cpp-python (CPU) under .cache, then this
     .venv/bin/python eval/studies/gguf_llamacpp.py --llamacpp .cache/llamacpp --out docs/results/gguf-llamacpp
@@ -28,8 +28,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-MODELS = {"original": None, "yarn-x2": ["--method", "yarn", "--factor", "2"],
-          "base-1e6": ["--base", "1e6", "--target-length", "16384"]}
+MODELS = {
+    "original": None,
+    "yarn-x2": ["--method", "yarn", "--factor", "2"],
+    "base-1e6": ["--base", "1e6", "--target-length", "16384"],
+    "yarn-x2-hf": ["--method", "yarn", "--factor", "2"],
+}
+# The route of a fine-tuned model: the patched Hugging Face folder (fp32, dequantized) written as an f32 GGUF by
+# `longctx patch --out X.gguf`. Nothing is quantized on either side, so llama.cpp must give the HF number itself:
+# that is what proves the HF -> GGUF conversion (tensor names, the q/k row order of llama.cpp's rope) right.
+HF_ROUTE = {"yarn-x2-hf": "yarn-x2"}  # label -> the model whose HF cells it is compared with
+HF_ROUTE_LENGTHS = [2048, 12288]
 LENGTHS = [2048, 8192, 12288, 16384]
 DATA = str(ROOT.parent / "shared" / "data" / "books")
 STUDY = ROOT / "docs" / "results" / "smollm2-extension-cpu"  # longctx's HF cells of the same models and windows
@@ -81,9 +90,9 @@ class LlamaCpp:
         self.L.llama_memory_clear(self.L.llama_get_memory(self.ctx), True)
         total = 0.0
         for start in range(0, len(ids) - 1, 512):
-            chunk = ids[start:min(start + 512, len(ids) - 1)]
+            chunk = ids[start : min(start + 512, len(ids) - 1)]
             logits = self.decode(chunk, start, True).astype(np.float64)
-            targets = np.asarray(ids[start + 1:start + 1 + len(chunk)])
+            targets = np.asarray(ids[start + 1 : start + 1 + len(chunk)])
             top = logits.max(axis=1)
             lse = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
             total += float((lse - logits[np.arange(len(chunk)), targets]).sum())
@@ -94,7 +103,7 @@ class LlamaCpp:
         L = self.L
         L.llama_memory_clear(L.llama_get_memory(self.ctx), True)
         for start in range(0, len(ids), 512):
-            self.decode(ids[start:start + 512], start, False)
+            self.decode(ids[start : start + 512], start, False)
         sampler = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         L.llama_sampler_chain_add(sampler, L.llama_sampler_init_greedy())
         out, pos = [], len(ids)
@@ -114,9 +123,31 @@ def patched_gguf(label: str, source: Path, work: Path) -> tuple[Path, str | None
     if MODELS[label] is None:
         return source, None
     out = work / f"smollm2-{label}.gguf"
-    command = [sys.executable, "-m", "longctx", "patch", "--model", str(source), "--out", str(out), *MODELS[label]]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    longctx = [sys.executable, "-m", "longctx", "patch"]
+    if label in HF_ROUTE:  # GGUF -> patched HF folder (fp32) -> f32 GGUF
+        folder = work / f"smollm2-{label}"
+        if not out.is_file():
+            if not (folder / "config.json").is_file():
+                subprocess.run(
+                    [*longctx, "--model", str(source), "--out", str(folder), *MODELS[label]],
+                    check=True,
+                    cwd=ROOT,
+                    env=env,
+                )
+            subprocess.run(
+                [*longctx, "--model", str(folder), "--out", str(out), "--gguf-dtype", "f32"],
+                check=True,
+                cwd=ROOT,
+                env=env,
+            )
+        return out, (
+            f"longctx patch --model SmolLM2-135M-Instruct.Q4_1.gguf --out {folder.name} "
+            f"{' '.join(MODELS[label])} && longctx patch --model {folder.name} --out {out.name} --gguf-dtype f32"
+        )
+    command = [*longctx, "--model", str(source), "--out", str(out), *MODELS[label]]
     if not out.is_file():
-        subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        subprocess.run(command, check=True, cwd=ROOT, env=env)
     return out, "longctx patch --model SmolLM2-135M-Instruct.Q4_1.gguf --out " + out.name + " " + " ".join(
         MODELS[label]
     )
@@ -167,8 +198,8 @@ def main() -> int:
     for label in args.models.split(","):
         gguf_path, command = patched_gguf(label, smollm2_gguf_path(), args.work)
         runner = None
-        hf = hf_cells(label, args.fresh_hf)
-        for length in lengths:
+        hf = hf_cells(HF_ROUTE.get(label, label), args.fresh_hf)
+        for length in (n for n in lengths if label not in HF_ROUTE or n in HF_ROUTE_LENGTHS):
             key = f"ppl|{label}|{length}"
             if key in done:
                 continue
@@ -193,17 +224,27 @@ def main() -> int:
                 "llamacpp_seconds": round(time.time() - t0, 1),
                 "hf_ppl": cell.get("ppl"),
                 "hf_windows_equal": cell.get("windows") == windows,
-                "hf_source": str((args.fresh_hf or STUDY).relative_to(ROOT) / label / "ppl.jsonl") if cell else None,
+                "hf_source": str((args.fresh_hf or STUDY).relative_to(ROOT) / HF_ROUTE.get(label, label) / "ppl.jsonl")
+                if cell
+                else None,
+                "route": "hf-f32" if label in HF_ROUTE else "gguf",
             }
             append(cells_path, record)
             done[key], computed = record, computed + 1
             print(f"{label} {length}: llama.cpp ppl {record['llamacpp_ppl']:.3f}, HF {record['hf_ppl']}", flush=True)
-        study = {r.get("seed"): r for c in map(json.loads, (STUDY / label / "passkey.jsonl").read_text().splitlines())
-                 if c.get("mode") == "generate" and c.get("length") == 12288 and c.get("depth") == 0.5
-                 for r in c.get("samples", [])} if (STUDY / label / "passkey.jsonl").is_file() else {}
+        study = (
+            {
+                r.get("seed"): r
+                for c in map(json.loads, (STUDY / label / "passkey.jsonl").read_text().splitlines())
+                if c.get("mode") == "generate" and c.get("length") == 12288 and c.get("depth") == 0.5
+                for r in c.get("samples", [])
+            }
+            if (STUDY / label / "passkey.jsonl").is_file()
+            else {}
+        )
         from longctx.evals.tasks.scoring import trial_seeds
 
-        seeds = trial_seeds(0, "passkey", 12288, [0.5], args.passkey, True)
+        seeds = trial_seeds(0, "passkey", 12288, [0.5], 0 if label in HF_ROUTE else args.passkey, True)
         for _, seed in sorted(seeds.items()):
             key = f"passkey|{label}|12288|{seed}"
             if key in done:
@@ -213,11 +254,20 @@ def main() -> int:
             t0 = time.time()
             ids = prompt.context + prompt.queries[0].question
             answer = tokenizer.decode(runner.generate(ids, 12))
-            record = {"key": key, "task": "passkey", "model": label, "length": len(ids), "depth": 0.5, "seed": seed,
-                      "passkey": prompt.queries[0].expected, "llamacpp_answer": answer.strip(),
-                      "llamacpp_correct": grade_passkey(answer, prompt.queries[0].expected),
-                      "hf_answer": study.get(seed, {}).get("answer"), "hf_correct": study.get(seed, {}).get("correct"),
-                      "llamacpp_seconds": round(time.time() - t0, 1)}
+            record = {
+                "key": key,
+                "task": "passkey",
+                "model": label,
+                "length": len(ids),
+                "depth": 0.5,
+                "seed": seed,
+                "passkey": prompt.queries[0].expected,
+                "llamacpp_answer": answer.strip(),
+                "llamacpp_correct": grade_passkey(answer, prompt.queries[0].expected),
+                "hf_answer": study.get(seed, {}).get("answer"),
+                "hf_correct": study.get(seed, {}).get("correct"),
+                "llamacpp_seconds": round(time.time() - t0, 1),
+            }
             append(cells_path, record)
             done[key], computed = record, computed + 1
             print(f"{label} passkey seed {seed}: {record['llamacpp_answer']!r} ({record['passkey']})", flush=True)
@@ -257,10 +307,14 @@ def report(out: Path) -> int:
         if (out / "runs.jsonl").is_file()
         else []
     )
-    lines = [Path(__file__).read_text().split('"""')[1].strip().split("\n\n")[0], "",
-             "```bash\nmake test-llamacpp\n```", "",
-             "| model | length | llama.cpp ppl (Q4_1) | longctx HF ppl (fp32) | Δ | same windows | llama.cpp s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        Path(__file__).read_text().split('"""')[1].strip().split("\n\n")[0],
+        "",
+        "```bash\nmake test-llamacpp\n```",
+        "",
+        "| model | length | llama.cpp ppl (GGUF) | longctx HF ppl (fp32) | Δ | same windows | llama.cpp s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     failed = []
     for c in sorted(
         (c for c in cells if c["task"] == "ppl"), key=lambda c: (list(MODELS).index(c["model"]), c["length"])
@@ -270,10 +324,11 @@ def report(out: Path) -> int:
             failed.append(f"{c['model']} {c['length']}")
         lines.append(
             f"| {c['model']} | {c['length'] // 1024}K | {c['llamacpp_ppl']:.3f} | "
-            f"{c['hf_ppl']:.3f} | {delta:+.2%} | {'yes' if c['hf_windows_equal'] else 'NO'} | {c['llamacpp_seconds']} |"
+            f"{c['hf_ppl']:.3f} | {delta:+.2%} | {'yes' if c['hf_windows_equal'] else 'NO'} | "
+            f"{c['llamacpp_seconds']} |"
             if delta is not None
             else f"| {c['model']} | {c['length'] // 1024}K | {c['llamacpp_ppl']:.3f} | — | — | — | "
-                 f"{c['llamacpp_seconds']} |"
+            f"{c['llamacpp_seconds']} |"
         )
     judged = [c for c in cells if c["task"] == "ppl" and c["length"] >= 12288 and c.get("hf_ppl")]
     verdict = (
@@ -288,7 +343,8 @@ def report(out: Path) -> int:
         f"Agreement target |Δ| ≤ {TARGET:.0%} at 12K and 16K: {verdict}"
         + ". Each model's 2K Δ (llama.cpp and HF on the same patched model, far inside every context) is the "
         "quantization baseline: llama.cpp runs the Q4_1/Q8_0 tensors as shipped, longctx their fp32 "
-        "dequantization.",
+        "dequantization. The `-hf` row is the route of a fine-tuned model (HF folder -> f32 GGUF): no "
+        "quantization on either side, so its Δ is the conversion's own error.",
         "",
         "Passkey at 12K, depth 0.5, greedy generation through llama.cpp (graded by the first integer), beside "
         "longctx's HF generate-mode answer for the same seed:",
@@ -303,14 +359,31 @@ def report(out: Path) -> int:
         )
     patches = sorted({c["patch_command"] for c in cells if c.get("patch_command")})
     sources = sorted({c["hf_source"] for c in cells if c.get("hf_source")})
-    lines += ["", "GGUFs written by:", "", "```bash", *patches, "```", "",
-              f"HF cells: {', '.join(f'`{s}`' for s in sources)} (their run records beside them). Windows per length:",
-              ""] + sorted({f"- {c['length'] // 1024}K: " + ", ".join(f"{w['doc']}@{w['start']}" for w in c["windows"])
-                            for c in cells if c["task"] == "ppl"}) + ["", "Run records (`runs.jsonl`):", ""]
+    lines += (
+        [
+            "",
+            "GGUFs written by:",
+            "",
+            "```bash",
+            *patches,
+            "```",
+            "",
+            f"HF cells: {', '.join(f'`{s}`' for s in sources)} (their run records beside them). Windows per length:",
+            "",
+        ]
+        + sorted(
+            {
+                f"- {c['length'] // 1024}K: " + ", ".join(f"{w['doc']}@{w['start']}" for w in c["windows"])
+                for c in cells
+                if c["task"] == "ppl"
+            }
+        )
+        + ["", "Run records (`runs.jsonl`):", ""]
+    )
     lines += [
         f"- {r['started']}: `{r['command']}` at {r['commit'][:10]}{' (dirty)' if r['dirty'] else ''}, llama-cpp-python "
-        f"{r['llama_cpp_python']}, {r['machine']['cpu']} × {r['machine']['cores']} cores ({r['machine']['threads']} "
-        "threads), "
+        f"{r['llama_cpp_python']}, {r['machine']['cpu']} × {r['machine']['cores']} cores "
+        f"({r['machine']['threads']} threads), "
         f"{r['wall_seconds']} s, {r['cells_computed']} cells"
         for r in runs
     ]

@@ -156,6 +156,9 @@ def summarize(model: ModelSummary, primaries: dict[str, tuple | None]) -> None:
     for task in all_tasks().values():
         model.values[task.name] = task.values(model.records(task.name))
         model.ci95[task.name] = task.ci95(model.records(task.name))
+        if hasattr(task, "graded_by"):  # retrieval graded by content, with the token-exact grade beside it
+            model.strict[task.name] = task.strict_values(model.records(task.name))
+            model.graded_by[task.name] = task.graded_by(model.records(task.name))
     by_task = [model.values[task.name] for task in retrieval_tasks()]
     for length in sorted(set().union(*by_task)):
         scores = [values[length] for values in by_task if length in values]

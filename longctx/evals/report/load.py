@@ -26,6 +26,8 @@ class ModelSummary:
     series: dict[str, tuple] = field(default_factory=dict)   # task -> variant shown in the table
     values: dict[str, dict[int, float]] = field(default_factory=dict)  # task -> length -> number in its table
     ci95: dict[str, dict[int, list[float]]] = field(default_factory=dict)  # task -> length -> 95% interval
+    strict: dict[str, dict[int, float]] = field(default_factory=dict)  # retrieval task -> length -> token-exact grade
+    graded_by: dict[str, dict[int, str]] = field(default_factory=dict)  # retrieval task -> length -> how graded
     retrieval: dict[int, float] = field(default_factory=dict)  # mean of the retrieval tasks where they exist
     ppl_ref: float | None = None                # perplexity at the longest evaluated length <= trained
     status: dict[int, str] = field(default_factory=dict)      # length -> in-distribution/extends/...

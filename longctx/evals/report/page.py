@@ -79,6 +79,21 @@ def _cell(model: ModelSummary, task, length: int) -> tuple[str, str | None]:
     return f"{value:.2f}", _score_colour(value)
 
 
+OLD_GRADE = "†"  # marks a retrieval number graded token-exact only (cells written before content grading)
+
+
+def _grade_note(model: ModelSummary, task, length: int) -> str:
+    """What follows a retrieval number: † where it is the token-exact grade of older cells, the token-exact grade
+    in parentheses where it differs from the content grade, else nothing."""
+    graded_by = model.graded_by.get(task.name, {}).get(length)
+    if graded_by in ("token-exact", "mixed"):
+        return OLD_GRADE
+    strict, value = model.strict.get(task.name, {}).get(length), model.values.get(task.name, {}).get(length)
+    if strict is None or value is None or f"{strict:.2f}" == f"{value:.2f}":
+        return ""
+    return f" (exact {strict:.2f})"
+
+
 def _beyond(model: ModelSummary, length: int) -> bool:
     return model.status.get(length, "in-distribution") != "in-distribution"
 
@@ -96,13 +111,38 @@ def render_html(models: list[ModelSummary], context: dict, images: dict[str, str
     from longctx.templates import html_page
 
     columns = _columns(models)
-    rows = [(m, [(*_cell(m, task, n), _beyond(m, n)) for task, lengths in columns for n in lengths]) for m in models]
-    return html_page("report.html.j2", **context, models=models, columns=columns, rows=rows, fmt_len=fmt_len,
-                     badge=_verdict_badge, len_or_dash=_len_or_dash, rope_text=rope_text, effective=_effective_text,
-                     legend=_legend(models), images=images, captions=_captions(),
-                     warned=[(m, w) for m in models for w in m.warnings],
-                     details=_details, made=_provenance(models), status_badge=STATUS_BADGE,
-                     decided=[(m, n) for m in models for n in m.decisions])
+    rows = [
+        (
+            m,
+            [
+                (text + _grade_note(m, task, n) if text != "–" else text, colour, _beyond(m, n))
+                for task, lengths in columns
+                for n in lengths
+                for text, colour in [_cell(m, task, n)]
+            ],
+        )
+        for m in models
+    ]
+    return html_page(
+        "report.html.j2",
+        **context,
+        models=models,
+        columns=columns,
+        rows=rows,
+        fmt_len=fmt_len,
+        badge=_verdict_badge,
+        len_or_dash=_len_or_dash,
+        rope_text=rope_text,
+        effective=_effective_text,
+        legend=_legend(models),
+        images=images,
+        captions=_captions(),
+        warned=[(m, w) for m in models for w in m.warnings],
+        details=_details,
+        made=_provenance(models),
+        status_badge=STATUS_BADGE,
+        decided=[(m, n) for m in models for n in m.decisions],
+    )
 
 
 def _captions() -> dict[str, str]:
@@ -110,25 +150,55 @@ def _captions() -> dict[str, str]:
 
 
 def _legend(models: list[ModelSummary]) -> str:
-    shown = dict.fromkeys(f"{t.label} {t.variant_name(m.series[t.name])}" for t in all_tasks().values() for m in models
-                          if t.name in m.series)
-    return _retrieval_legend() + (f" Series in the table: {'; '.join(shown)}." if shown else "")
+    shown = dict.fromkeys(
+        f"{t.label} {t.variant_name(m.series[t.name])}"
+        for t in all_tasks().values()
+        for m in models
+        if t.name in m.series
+    )
+    return (
+        _retrieval_legend() + _grading_legend(models) + (f" Series in the table: {'; '.join(shown)}." if shown else "")
+    )
+
+
+def _grading_legend(models: list[ModelSummary]) -> str:
+    """How retrieval was graded, and what the marks beside its numbers mean, where a model has them."""
+    grades = {g for m in models for by_length in m.graded_by.values() for g in by_length.values()}
+    if not grades:
+        return ""
+    text = ""
+    if "content" in grades:
+        text += (
+            " Retrieval is graded by content, as the passkey anchors and RULER grade: greedy decoding's answer "
+            "holds the expected value (passkey: its first integer; NIAH: the number, ignoring case); "
+            "(exact x): the token-exact grade (greedy decoding emits the gold answer's tokens first), where it "
+            "differs."
+        )
+    if grades & {"token-exact", "mixed"}:
+        text += (
+            f" {OLD_GRADE}: graded token-exact only (greedy decoding emits the gold answer's tokens first): "
+            "cells written before retrieval was graded by content (the answer holds the expected value); "
+            "stricter: an answer with a newline instead of a space before the key counts wrong."
+        )
+    return text
 
 
 def _retrieval_legend() -> str:
     metrics = [task.metric for task in retrieval_tasks()]
     mean_of = " and ".join([", ".join(metrics[:-1]), metrics[-1]] if len(metrics) > 1 else metrics)
-    return (f"Retrieval = mean of {mean_of} (mean over depths; in brackets in report.md, the "
-            f"Wilson 95% interval of all depths' trials pooled). Effective length (RULER): "
-            f"the longest length L with retrieval >= {RETRIEVAL_OK} at every evaluated length <= L. Italic cells lie "
-            f"beyond the model's trained length; their perplexity is coloured by its ratio to the in-distribution "
-            f"perplexity (green <= {PPL_HOLDS}x, yellow <= {PPL_BROKEN}x, red above); in brackets, the 95% t interval "
-            f"over windows. Every verdict is read from intervals: SUPERFICIAL when the interval of ppl(L) / "
-            f"in-distribution ppl lies <= {PPL_HOLDS}x and retrieval's Wilson upper bound at L lies {SEPARATION} or "
-            f"more below the lower bound of retrieval measured inside the trained length (the control; a model "
-            f"without one is never flagged); extends when that ratio's interval lies <= {PPL_HOLDS}x and retrieval's "
-            f"lower bound >= {RETRIEVAL_OK}; otherwise inconclusive, with the trials or windows that would decide it "
-            f"at the observed rates. A control whose upper bound is below {RETRIEVAL_FAILED} cannot judge.")
+    return (
+        f"Retrieval = mean of {mean_of} (mean over depths; in brackets in report.md, the "
+        f"Wilson 95% interval of all depths' trials pooled). Effective length (RULER): "
+        f"the longest length L with retrieval >= {RETRIEVAL_OK} at every evaluated length <= L. Italic cells lie "
+        f"beyond the model's trained length; their perplexity is coloured by its ratio to the in-distribution "
+        f"perplexity (green <= {PPL_HOLDS}x, yellow <= {PPL_BROKEN}x, red above); in brackets, the 95% t interval "
+        f"over windows. Every verdict is read from intervals: SUPERFICIAL when the interval of ppl(L) / "
+        f"in-distribution ppl lies <= {PPL_HOLDS}x and retrieval's Wilson upper bound at L lies {SEPARATION} or "
+        f"more below the lower bound of retrieval measured inside the trained length (the control; a model "
+        f"without one is never flagged); extends when that ratio's interval lies <= {PPL_HOLDS}x and retrieval's "
+        f"lower bound >= {RETRIEVAL_OK}; otherwise inconclusive, with the trials or windows that would decide it "
+        f"at the observed rates. A control whose upper bound is below {RETRIEVAL_FAILED} cannot judge."
+    )
 
 
 def _status_text(status: str) -> str:
@@ -167,8 +237,12 @@ def _details(model: ModelSummary) -> str:
     ppl = perplexity_task()
     other_series = {s: r for s, r in model.cells.get(ppl.name, {}).items() if s != model.ppl_series} if ppl else {}
     for series, records in other_series.items():  # perplexity series the table leaves out, with their values
-        parts.append(f"{ppl.label} {ppl.variant_name(series)}: " + ", ".join(
-            f"{fmt_len(r['length'])}: {fmt_ppl(ppl.value(r))}" for r in sorted(records, key=lambda r: r["length"])))
+        parts.append(
+            f"{ppl.label} {ppl.variant_name(series)}: "
+            + ", ".join(
+                f"{fmt_len(r['length'])}: {fmt_ppl(ppl.value(r))}" for r in sorted(records, key=lambda r: r["length"])
+            )
+        )
     return "; ".join(parts) or "no model.json"
 
 
@@ -176,20 +250,41 @@ def render_markdown(models: list[ModelSummary], context: dict) -> str:
     def row(cells) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
-    out = [f"# {context['title']}", "", f"_{len(models)} model(s) from `{context['results_dir']}`, "
-           f"generated {context['generated']}_", ""]
+    out = [
+        f"# {context['title']}",
+        "",
+        f"_{len(models)} model(s) from `{context['results_dir']}`, generated {context['generated']}_",
+        "",
+    ]
     for m in models:
         if m.flags:
             out += [f"> 🟥 **SUPERFICIAL — {m.label}**: {m.verdict}", ""]
     if not any(m.flags for m in models):
-        out += ["> No superficial long context: no model keeps low perplexity beyond its trained length while "
-                "failing retrieval.", ""]
-    out += ["## Summary", "", row(["Model", "Trained", "Claimed", "RoPE", "Effective length", "Verdict"]),
-            row(["---"] * 6)]
+        out += [
+            "> No superficial long context: no model keeps low perplexity beyond its trained length while "
+            "failing retrieval.",
+            "",
+        ]
+    out += [
+        "## Summary",
+        "",
+        row(["Model", "Trained", "Claimed", "RoPE", "Effective length", "Verdict"]),
+        row(["---"] * 6),
+    ]
     for m in models:
         verdict_text = f"🟥 **{m.verdict}**" if m.flags else m.verdict
-        out.append(row([f"**{m.label}**", _len_or_dash(m.trained), _len_or_dash(m.claimed),
-                        rope_text(m.meta.get("rope")), _effective_text(m), verdict_text]))
+        out.append(
+            row(
+                [
+                    f"**{m.label}**",
+                    _len_or_dash(m.trained),
+                    _len_or_dash(m.claimed),
+                    rope_text(m.meta.get("rope")),
+                    _effective_text(m),
+                    verdict_text,
+                ]
+            )
+        )
     for task, lengths in _columns(models):
         out += ["", f"### {task.title}", "", row(["Model", *map(fmt_len, lengths)]), row(["---"] * (len(lengths) + 1))]
         for m in models:
@@ -201,16 +296,25 @@ def render_markdown(models: list[ModelSummary], context: dict) -> str:
                     text += f" [{interval[0]:.2f}, {interval[1]:.2f}]"
                 elif interval and task.kind == PERPLEXITY:  # t interval over windows
                     text += f" [{fmt_ppl(interval[0])}, {fmt_ppl(interval[1])}]"
+                text += _grade_note(m, task, n) if text != "–" else ""
                 texts.append(f"*{text}*" if text != "–" and _beyond(m, n) else text)
             out.append(row([f"**{m.label}**", *texts]))
     out += ["", _legend(models), ""]
     decided = [(m, n) for m in models for n in m.decisions]
     if decided:
-        out += ["## Verdicts by length", "", "Beyond each model's trained length; the interval behind each "
-                "decision, and what would settle it where the data do not.", "",
-                row(["Model", "Length", "Verdict", "Why"]), row(["---"] * 4)]
+        out += [
+            "## Verdicts by length",
+            "",
+            "Beyond each model's trained length; the interval behind each "
+            "decision, and what would settle it where the data do not.",
+            "",
+            row(["Model", "Length", "Verdict", "Why"]),
+            row(["---"] * 4),
+        ]
         out += [row([f"**{m.label}**", fmt_len(n), _status_text(m.status[n]), m.decisions[n]]) for m, n in decided]
         out += [""]
+    for task in all_tasks().values():  # a task's own section (RULER's table layout), where it has one
+        out += task.report_lines(models) if hasattr(task, "report_lines") else []
     if context["figures"]:
         out += ["## Figures", ""]
         captions = _captions()
@@ -239,6 +343,7 @@ def _provenance(models: list[ModelSummary]) -> list[str]:
 
 
 # --- writing ------------------------------------------------------------------------------------------
+
 
 def write_report(results_dir: Path | str, out_dir: Path | str | None = None, title: str | None = None) -> list[Path]:
     """Render RESULTS_DIR into report.html, report.md, summary.json and the PNGs; returns the files written."""
@@ -291,13 +396,24 @@ def run(args) -> int:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "report", help="render evaluation results as one HTML/Markdown page with plots and verdicts",
+        "report",
+        help="render evaluation results as one HTML/Markdown page with plots and verdicts",
         description="Compare every model folder in RESULTS_DIR on one page: perplexity and retrieval by length, "
-                    "heatmaps, effective length (RULER) and a verdict that flags low perplexity with failed "
-                    "retrieval as SUPERFICIAL.")
-    parser.add_argument("results_dir", metavar="RESULTS_DIR", type=Path,
-                        help="folder written by `longctx eval` (one subfolder per model label)")
-    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
-                        help="where to write report.html, report.md, summary.json and PNGs (default: RESULTS_DIR)")
+        "heatmaps, effective length (RULER) and a verdict that flags low perplexity with failed "
+        "retrieval as SUPERFICIAL.",
+    )
+    parser.add_argument(
+        "results_dir",
+        metavar="RESULTS_DIR",
+        type=Path,
+        help="folder written by `longctx eval` (one subfolder per model label)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where to write report.html, report.md, summary.json and PNGs (default: RESULTS_DIR)",
+    )
     parser.add_argument("--title", default=None, help="page title (default: 'longctx report: <folder name>')")
     parser.set_defaults(func=run)

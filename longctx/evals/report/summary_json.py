@@ -21,6 +21,9 @@ def summary_json(models: list[ModelSummary], title: str, figures: list[str]) -> 
             for task in all_tasks():
                 row[task] = m.values.get(task, {}).get(n)
                 row[f"{task}_ci95"] = m.ci95.get(task, {}).get(n)
+                if task in m.graded_by:
+                    row[f"{task}_strict"] = m.strict[task].get(n)
+                    row[f"{task}_graded_by"] = m.graded_by[task].get(n)
             ratio = m.ratios.get(n)
             by_length.append({**row, "retrieval": m.retrieval.get(n),
                               "retrieval_counts": list(m.counts[n]) if n in m.counts else None,

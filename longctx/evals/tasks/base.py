@@ -145,7 +145,9 @@ class RetrievalTask(Task):
 
     kind = RETRIEVAL
     counts: tuple[str, str]         # (hits, totals) of a cell that the pooled Wilson interval adds up
-    grade: Callable[[str, str], bool]   # generate mode: does the generated text hold the expected answer?
+    grade: Callable[..., bool | None]   # the content grade: does greedy decoding's text hold the expected answer?
+                                    # (text, expected, complete=False): None while the rest of the text could
+                                    # change it (`scoring.grade_prompts`)
     independent_depths = False      # each (length, depth, trial) its own prompt, not one trial moved in depth
     flag_defaults: dict             # {"depths": spec, "trials": n}: defaults of --depths and --trials
     heatmap_title: str              # its figure: one heatmap of `value_key` per model and variant
@@ -200,8 +202,10 @@ class RetrievalTask(Task):
             "--trials", type=int, default=trials, help=f"trials per (length, depth) (default: {trials})"
         )
         parser.add_argument("--mode", choices=("forced", "generate"), default="forced",
-                            help="forced: one teacher-forced forward, correct iff greedy argmax matches every answer "
-                                 "token (what greedy decoding would emit); generate: greedy decoding (default: forced)")
+                            help="forced: one teacher-forced forward shows what greedy decoding emits (greedy "
+                                 "decoding runs only where it leaves the grade open); generate: greedy decoding "
+                                 "always. Both grade by content and keep the token-exact grade beside it "
+                                 "(default: forced)")
         parser.add_argument("--no-control", dest="control", action="store_false",
                             help="lengths all beyond the trained length: do not add the in-window control length "
                                  "(the longest power of two <= the trained length) that verdicts compare against")
@@ -210,6 +214,21 @@ class RetrievalTask(Task):
 
     def values(self, records: list[dict]) -> dict[int, float]:
         return mean_by_length(records, self.value_key)
+
+    def strict_values(self, records: list[dict]) -> dict[int, float]:
+        """Length -> the token-exact grade (`<value_key>_strict`, mean over depths) where every cell has one."""
+        strict = f"{self.value_key}_strict"
+        lacking = {record["length"] for record in records if as_float(record.get(strict)) is None}
+        return {n: v for n, v in mean_by_length(records, strict).items() if n not in lacking}
+
+    def graded_by(self, records: list[dict]) -> dict[int, str]:
+        """Length -> how its number was graded: "content", or "token-exact" where forced-mode cells written before
+        content grading (without `<value_key>_strict`) hold only the strict grade ("mixed" where both meet)."""
+        strict, by_length = f"{self.value_key}_strict", {}
+        for record in records:
+            old = record.get("mode") == "forced" and strict not in record
+            by_length.setdefault(record["length"], set()).add("token-exact" if old else "content")
+        return {n: grades.pop() if len(grades) == 1 else "mixed" for n, grades in sorted(by_length.items())}
 
     def ci95(self, records: list[dict]) -> dict[int, list[float]]:
         return pooled_ci95(records, *self.counts)

@@ -161,17 +161,28 @@ class NiahTrial:
         return Prompt(context=context, queries=self.queries, needle_positions=starts, text=text)
 
     def sample(self, seed: int, grades: list[Graded]) -> dict:
+        """`retrieved`: questions whose greedy answer holds the number (RULER's string_match_all, ignoring case);
+        `retrieved_strict`: those answered with exactly the gold tokens; `tokens`: per question, the argmax
+        (forced) or generated tokens."""
         retrieved = sum(bool(g.correct) for g in grades)
+        strict = sum(bool(g.strict) for g in grades)
         return {"seed": seed, "expected": self.numbers, "answer": " | ".join(g.answer.strip() for g in grades),
-                "retrieved": retrieved, "correct": retrieved == len(grades)}
+                "retrieved": retrieved, "correct": retrieved == len(grades), "retrieved_strict": strict,
+                "correct_strict": strict == len(grades), "tokens": [g.tokens for g in grades],
+                "generated": [g.generated for g in grades]}
 
 
 def summarize_for(needles: int):
     def summarize(samples: list[dict]) -> dict:
-        """score: the fraction of questions answered; its Wilson 95% interval counts each question once."""
+        """score: the fraction of questions answered (content); its Wilson 95% interval counts each question once;
+        score_strict: the token-exact fraction (only when every sample has it)."""
         retrieved, questions = sum(sample["retrieved"] for sample in samples), needles * len(samples)
-        return {"score": retrieved / questions if questions else 0.0, "retrieved": retrieved,
-                "questions": questions, "accuracy_ci95": wilson_interval(retrieved, questions)}
+        out = {"score": retrieved / questions if questions else 0.0, "retrieved": retrieved,
+               "questions": questions, "accuracy_ci95": wilson_interval(retrieved, questions)}
+        if all("retrieved_strict" in sample for sample in samples):
+            strict = sum(sample["retrieved_strict"] for sample in samples)
+            out |= {"retrieved_strict": strict, "score_strict": strict / questions if questions else 0.0}
+        return out
     return summarize
 
 

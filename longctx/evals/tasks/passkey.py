@@ -34,7 +34,7 @@ from longctx.evals.tasks.data import (
     special_prefix,
     tokenize_pieces,
 )
-from longctx.evals.tasks.scoring import Graded, Prompt, Query, first_integer, wilson_interval
+from longctx.evals.tasks.scoring import Graded, Prompt, Query, first_integer_is, wilson_interval
 
 TASK_LINE = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
              "I will quiz you about the important information there.")
@@ -135,23 +135,32 @@ class PasskeyTrial:
         return Prompt(context=context, queries=[query], needle_positions=[len(self.head) + cut], text=text)
 
     def sample(self, seed: int, grades: list[Graded]) -> dict:
+        """`correct`: greedy decoding's first integer is the key; `correct_strict`: its first tokens are those of
+        " K"; `tokens`: the argmax (forced) or generated tokens, which show why an answer failed."""
         graded = grades[0]
         sample = {"seed": seed, "passkey": self.passkey, "filler_start": self.filler_start,
-                  "answer": graded.answer.strip(), "correct": bool(graded.correct)}
+                  "answer": graded.answer.strip(), "correct": bool(graded.correct),
+                  "correct_strict": bool(graded.strict), "tokens": graded.tokens, "generated": graded.generated}
         if graded.hits is not None:  # forced: which answer tokens (" " + key) the argmax got right, for partial credit
             sample["answer_hits"] = graded.hits
         return sample
 
 
-def grade_passkey(generated: str, expected: str) -> bool:
-    """Generate mode: the first integer of the answer must be the passkey."""
-    return first_integer(generated) == expected
+def grade_passkey(generated: str, expected: str, complete: bool = True) -> bool | None:
+    """The first integer of the answer must be the passkey (`scoring.first_integer_is`)."""
+    return first_integer_is(generated, expected, complete)
 
 
 def summarize(samples: list[dict]) -> dict:
+    """accuracy: the content grade, with its Wilson 95% interval; accuracy_strict: the token-exact one (only when
+    every sample has it: trials journaled before content grading have not)."""
     correct = sum(sample["correct"] for sample in samples)
-    return {"correct": correct, "accuracy": correct / len(samples) if samples else 0.0,
-            "accuracy_ci95": wilson_interval(correct, len(samples))}
+    out = {"correct": correct, "accuracy": correct / len(samples) if samples else 0.0,
+           "accuracy_ci95": wilson_interval(correct, len(samples))}
+    if all("correct_strict" in sample for sample in samples):
+        strict = sum(sample["correct_strict"] for sample in samples)
+        out |= {"correct_strict": strict, "accuracy_strict": strict / len(samples) if samples else 0.0}
+    return out
 
 
 class Passkey(RetrievalTask):

@@ -1,15 +1,29 @@
 """Grading retrieval prompts fast and exactly, shared by passkey and needle-in-a-haystack.
 
-Forced mode (default) grades an answer with ONE teacher-forced forward over prompt + gold answer: the
-answer counts as correct iff the argmax at every answer position equals the gold token. That is exactly the
-condition under which greedy generation emits those tokens (greedy decoding feeds back its own argmax, so
-while every argmax matches, its inputs equal the teacher-forced ones), hence the same grade, at the cost of
-one forward instead of one per generated token. It is stricter only when greedy decoding would spell the
-right string with a different tokenization, and it holds for rotary frequencies that do not change with the
-sequence length: under dynamic NTK or LongRoPE the forced forward runs at the frequencies of prompt + answer,
-generation with a KV cache at the prefill's, so a marginal trial can differ (`grading_warnings`; 1 of the 20
-dynamic-NTK trials regraded in docs/results/smollm2-extension-cpu). Generate mode decodes greedily and grades the
-text instead.
+Every answer gets two grades of the same greedy answer. The content grade (`Graded.correct`, the headline, as
+the passkey anchors and RULER grade) asks whether greedy decoding's text holds the expected value: the task's
+`grade(text, expected)` (passkey: its first integer is the key; NIAH: the key is a substring, ignoring case).
+The strict grade (`Graded.strict`) asks whether greedy decoding emits exactly the gold answer's tokens first;
+it counts wrong an answer that spells the key after a newline instead of a space, which content counts right.
+
+Forced mode (default) runs ONE teacher-forced forward over prompt + gold answer and keeps the argmax at every
+answer position and after the answer. While every argmax matches the gold token, greedy decoding's inputs equal
+the teacher-forced ones (it feeds back its own argmax), so the forward yields greedy decoding's tokens up to and
+including the first one that leaves the gold answer (or the one after it): exactly the strict grade, and the
+start of greedy decoding's text. The content grade is taken from that start only where no continuation could
+change it: `grade(start, expected, complete=False)` answers None otherwise (passkey: "81" then "5" already
+makes a first integer other than 8109231, "8109231." already is the key; a newline and nothing else, or any
+NIAH answer that misses the key so far, decide nothing). Where it is None, greedy decoding runs from the
+context's cache as generate mode does (`len(answer) + 8` new tokens), so the content grade is generate mode's
+grade; it costs decoding steps on a failed answer (and, without prefix sharing, a prefill of the context).
+Decoding the argmax tokens of the forced pass and grading that text would not be the same: after the first
+wrong token they are predicted from the gold prefix, not from the model's own answer.
+
+This holds for rotary frequencies that do not change with the sequence length: under dynamic NTK or LongRoPE
+the forced forward runs at the frequencies of prompt + answer, generation with a KV cache at the prefill's, so
+a marginal trial can differ (`grading_warnings`; 1 of the 20 dynamic-NTK trials regraded in
+docs/results/smollm2-extension-cpu). Generate mode decodes greedily and grades the text (strict: its first
+tokens against the gold ones).
 
 Within one NIAH (length, trial) the haystack is fixed and only the needle moves, so prompts of different
 depths share the text before the needle (passkey draws each depth independently: they share the task line).
@@ -53,8 +67,13 @@ class Prompt:
 
 @dataclass
 class Graded:
-    answer: str      # forced: argmax at each answer position given the gold prefix (not free text); generate: the text
-    correct: bool
+    answer: str      # greedy decoding's text that the content grade read (forced: its start up to the first token
+                     # that leaves the gold answer, or the one after it, where that settles the grade)
+    correct: bool    # content: the answer holds the expected value (the task's `grade`)
+    strict: bool     # token-exact: greedy decoding emits the gold answer's tokens first
+    tokens: list[str] = field(default_factory=list)  # forced: the argmax at each answer position given the gold
+                     # prefix, and after the answer; generate: the generated tokens; each decoded on its own
+    generated: bool = False  # greedy decoding ran (generate mode, or forced where its pass left content open)
     logits: object = None  # [len(answer), vocab] fp32 answer-position logits, only when asked for
     hits: list[int] | None = None  # forced: 1 where the argmax is the gold token, per answer position (partial credit)
 
@@ -82,9 +101,23 @@ def first_integer(text: str) -> str | None:
     return match.group(0) if match else None
 
 
-def contains_answer(generated: str, expected: str) -> bool:
-    """RULER-style grading: the expected string appears in the output, ignoring case."""
-    return expected.strip().lower() in generated.lower()
+def first_integer_is(text: str, expected: str, complete: bool = True) -> bool | None:
+    """Passkey grading (the YaRN and LongLoRA passkey scripts): the first integer of the answer is `expected`.
+
+    `complete=False`: `text` is only the start of the answer; None while what follows could change the grade
+    (no digit yet, or the digits so far run to its end and begin `expected`)."""
+    match = re.search(r"\d+", text)
+    if complete or (match and (match.end() < len(text) or not expected.startswith(match.group(0)))):
+        return bool(match) and match.group(0) == expected
+    return None
+
+
+def contains_answer(generated: str, expected: str, complete: bool = True) -> bool | None:
+    """RULER's string_match_all for one expected string: it appears in the output, ignoring case.
+
+    `complete=False`: `generated` is only the start of the answer; None while it does not hold `expected` yet."""
+    found = expected.strip().lower() in generated.lower()
+    return found if found or complete else None
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
@@ -123,19 +156,36 @@ def _forward(model, tokens: list[int], cache, logits_to_keep: int):
     return out.logits[0].float()  # [logits_to_keep, vocab]
 
 
-def _forced(model, tokenizer, query: Query, cache, context: list[int] | None, keep_logits: bool) -> Graded:
-    """Teacher-forced answer: from `cache` (context already in it) or from scratch over `context` + query."""
-    tokens = query.question + query.answer[:-1]
-    logits = _forward(model, (context or []) + tokens, cache, logits_to_keep=len(query.answer))
-    predicted = logits.argmax(-1).tolist()
-    return Graded(answer=tokenizer.decode(predicted), correct=predicted == query.answer,
-                  logits=logits.cpu() if keep_logits else None,
-                  hits=[int(p == g) for p, g in zip(predicted, query.answer, strict=True)])
+def _eos(tokenizer) -> set[int]:
+    return {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
 
 
-def _generate(model, tokenizer, query: Query, cache, grade: Callable[[str, str], bool], max_new_tokens: int) -> Graded:
+def _pieces(tokenizer, ids: list[int]) -> list[str]:
+    return [tokenizer.decode([i]) for i in ids]
+
+
+def _forced(model, tokenizer, query: Query, cache, context: list[int] | None, keep_logits: bool,
+            grade: Callable[..., bool | None]) -> Graded:
+    """Teacher-forced answer: from `cache` (context already in it) or from scratch over `context` + query.
+
+    `correct` is None where the forced pass leaves the content grade open (see the module docstring)."""
+    n = len(query.answer)
+    logits = _forward(model, (context or []) + query.question + query.answer, cache, logits_to_keep=n + 1)
+    predicted = logits.argmax(-1).tolist()  # [n + 1]: greedy's token i given the gold tokens before it
+    hits = [int(p == g) for p, g in zip(predicted[:n], query.answer, strict=True)]
+    wrong = hits.index(0) if 0 in hits else n
+    greedy = query.answer[:wrong] + predicted[wrong:wrong + 1]  # greedy decoding's first tokens, provably
+    complete = greedy[-1] in _eos(tokenizer)  # greedy decoding stops there
+    text = tokenizer.decode(greedy[:-1] if complete else greedy, skip_special_tokens=True)
+    # a byte-level token may end inside a character that the next token completes: judge only whole characters
+    correct = grade(text if complete else text.rstrip("\ufffd"), query.expected, complete=complete)
+    return Graded(answer=text, correct=correct, strict=wrong == n, tokens=_pieces(tokenizer, predicted),
+                  logits=logits[:n].cpu() if keep_logits else None, hits=hits)
+
+
+def _generate(model, tokenizer, query: Query, cache, grade: Callable[..., bool | None], max_new_tokens: int) -> Graded:
     """Greedy decoding continuing `cache` (which holds the context); stops at EOS."""
-    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    eos = _eos(tokenizer)
     logits = _forward(model, query.question, cache, logits_to_keep=1)
     generated: list[int] = []
     for _ in range(max_new_tokens):
@@ -145,13 +195,18 @@ def _generate(model, tokenizer, query: Query, cache, grade: Callable[[str, str],
         generated.append(token)
         logits = _forward(model, [token], cache, logits_to_keep=1)
     text = tokenizer.decode(generated, skip_special_tokens=True)
-    return Graded(answer=text, correct=grade(text, query.expected))
+    return Graded(answer=text, correct=bool(grade(text, query.expected)), generated=True,
+                  strict=generated[:len(query.answer)] == query.answer, tokens=_pieces(tokenizer, generated))
 
 
 def grade_prompts(model, tokenizer, prompts: list[Prompt], *, mode: str = "forced", share_prefix: bool = True,
-                  grade: Callable[[str, str], bool] = contains_answer, keep_logits: bool = False,
+                  grade: Callable[..., bool | None] = contains_answer, keep_logits: bool = False,
                   timings: list[float] | None = None) -> list[list[Graded]]:
     """Grades of every query of every prompt, in order; `timings` receives each prompt's seconds.
+
+    `grade(text, expected, complete=True)` is the content grade of greedy decoding's text; with complete=False
+    it sees only the start of that text and answers None while the rest could change it (`first_integer_is`,
+    `contains_answer`).
 
     With share_prefix the prompts run in the given order over one cache; give them sorted so neighbours
     share long prefixes (the task builders keep the filler fixed and move only the needle). Without it
@@ -183,18 +238,21 @@ def grade_prompts(model, tokenizer, prompts: list[Prompt], *, mode: str = "force
                     _forward(model, prompt.context[keep:], cache, logits_to_keep=1)
                 cached = prompt.context
             for query in prompt.queries:
-                if mode == "forced" and not share_prefix:
-                    graded.append(_forced(model, tokenizer, query, None, prompt.context, keep_logits))
-                    continue
-                if not share_prefix:  # generate, reference path: fresh prefill of this context
-                    cache = DynamicCache()
-                    _forward(model, prompt.context, cache, logits_to_keep=1)
+                forced = None
                 if mode == "forced":
-                    graded.append(_forced(model, tokenizer, query, cache, None, keep_logits))
-                else:
-                    max_new = len(query.answer) + 8
-                    graded.append(_generate(model, tokenizer, query, cache, grade, max_new))
-                crop_cache(cache, len(prompt.context))
+                    forced = (_forced(model, tokenizer, query, cache, None, keep_logits, grade) if share_prefix else
+                              _forced(model, tokenizer, query, None, prompt.context, keep_logits, grade))
+                    if share_prefix:
+                        crop_cache(cache, len(prompt.context))
+                if forced is None or forced.correct is None:  # greedy decoding settles the content grade
+                    if not share_prefix:  # the reference path: a fresh prefill of this context
+                        cache = DynamicCache()
+                        _forward(model, prompt.context, cache, logits_to_keep=1)
+                    decoded = _generate(model, tokenizer, query, cache, grade, len(query.answer) + 8)
+                    crop_cache(cache, len(prompt.context))
+                    if forced is not None:  # the strict grade and the argmax tokens stay the forced pass's
+                        forced.answer, forced.correct, forced.generated = decoded.answer, decoded.correct, True
+                graded.append(decoded if forced is None else forced)
             results.append(graded)
             if timings is not None:
                 timings.append(time.perf_counter() - start)
@@ -238,7 +296,7 @@ def grading_warnings(model, mode: str) -> list[str]:
 
 def run_grid(model, tokenizer, writer: ResultsWriter, *, task: str, lengths: list[int], depths: list[float],
              trials: int, seed: int, mode: str, key_fields: Callable[[int, float], dict],
-             build: Callable[[int, random.Random], object], grade: Callable[[str, str], bool],
+             build: Callable[[int, random.Random], object], grade: Callable[..., bool | None],
              summarize: Callable[[list[dict]], dict], share_prefix: bool = True,
              independent_depths: bool = False) -> list[dict]:
     """Run a lengths × depths grid of retrieval cells, `trials` trials each; returns every cell (old + new).
@@ -267,7 +325,9 @@ def run_grid(model, tokenizer, writer: ResultsWriter, *, task: str, lengths: lis
     seeds = {length: trial_seeds(seed, task, length, depths, trials, independent_depths) for length in lengths}
 
     def need(length: int, trial: int) -> list[float]:
-        return [d for d in sorted(todo[length]) if seeds[length][d, trial] not in writer.samples(keys[length, d])]
+        # a trial journaled before content grading (no `correct_strict`) is graded again
+        return [d for d in sorted(todo[length])
+                if "correct_strict" not in writer.samples(keys[length, d]).get(seeds[length][d, trial], {})]
 
     bar = tqdm(total=len(keys), desc=f"{writer.dir.name} {task}", unit="cell", disable=None if main else True)
     bar.update(sum(len(depths) - len(todo[length]) for length in lengths))

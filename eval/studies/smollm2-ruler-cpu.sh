@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# RULER on SmolLM2-135M-Instruct (trained to 8K) on CPU, into docs/results/smollm2-ruler-cpu/ (report.md with
+# RULER's table layout, one folder per model, every sample journaled). NOT RUN YET: see the page's cost plan.
+#   original, YaRN x2 and base 1e6 (the models of docs/results/smollm2-extension-cpu), chat template on,
+#   essay haystack = ../shared/data/books;
+#   4k8k: niah_single_1/2/3, niah_multikey_1, vt at 4K and 8K, 10 samples per cell;
+#   16k:  niah_single_2 and vt at 16K, 10 samples per cell;
+#   smoke: niah_single_1 at 2K, 3 samples, original only (minutes: proves the path end to end).
+# Every cell resumes at its next sample: rerun the same command to continue (stages in any order, in parts).
+#
+#   bash eval/studies/smollm2-ruler-cpu.sh                 # 4k8k then 16k, every model
+#   bash eval/studies/smollm2-ruler-cpu.sh smoke           # the smoke cell only
+#   MODELS_RUN="original" bash eval/studies/smollm2-ruler-cpu.sh 4k8k
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+LONGCTX=${LONGCTX:-.venv/bin/longctx}
+MODELS=${LONGCTX_CACHE:-.cache}/extension
+OUT=${OUT:-docs/results/smollm2-ruler-cpu}
+SAMPLES=${SAMPLES:-10}
+MODELS_RUN=${MODELS_RUN:-original yarn-x2 base-1e6}
+STAGES=${*:-4k8k 16k}
+BOOKS=../shared/data/books
+[ -d "$BOOKS" ] || { echo "this study needs $BOOKS (the essay haystack)" >&2; exit 2; }
+
+declare -A PATCH=([yarn-x2]="--method yarn --factor 2" [base-1e6]="--base 1e6 --target-length 16384")
+
+model() {  # label -> the --model argument (patched checkpoints written once, then reused)
+  if [ "$1" = original ]; then echo smollm2; return; fi
+  [ -d "$MODELS/$1" ] || $LONGCTX patch --model smollm2 --out "$MODELS/$1" ${PATCH[$1]} >&2
+  echo "$MODELS/$1"
+}
+
+ruler() {  # label lengths tasks samples
+  $LONGCTX eval ruler --model "$(model "$1")" --label "$1" --lengths "$2" --tasks "$3" --samples "$4" \
+    --haystack-dir "$BOOKS" --chat-template on --past-context --out "$OUT"
+}
+
+for stage in $STAGES; do
+  case $stage in
+    smoke) ruler original 2k niah_single_1 3 ;;
+    4k8k) for m in $MODELS_RUN; do ruler "$m" 4k,8k niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,vt "$SAMPLES"; done ;;
+    16k)  for m in $MODELS_RUN; do ruler "$m" 16k niah_single_2,vt "$SAMPLES"; done ;;
+    *) echo "unknown stage $stage (smoke, 4k8k, 16k)" >&2; exit 2 ;;
+  esac
+done
+$LONGCTX report "$OUT"

@@ -1,0 +1,331 @@
+"""RULER's tasks: literal templates and scorers, exact lengths under real tokenizer families, resume, a tiny model
+end to end, bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from longctx.cli import main
+from longctx.errors import UsageError
+from longctx.evals.run.results import ResultsWriter
+from longctx.evals.tasks import ruler_tasks as rt
+from longctx.evals.tasks.ruler import TASK, Config, Wrapper, build_sample, parse_tasks
+
+BOOKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "books"
+NEEDS_WORDS = pytest.mark.skipif(not rt.load_words().nouns, reason="wonderwords not installed (longctx[eval])")
+
+
+def test_templates_are_rulers_literal_strings():
+    """scripts/data/synthetic/constants.py of NVIDIA/RULER, character for character."""
+    assert rt.TASKS["niah"]["template"] == (
+        "Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. I will "
+        "quiz you about the {type_needle_v} afterwards.\n{context}\nWhat are all the special magic {type_needle_v} for "
+        "{query} mentioned in the provided text?")
+    assert (
+        rt.TASKS["niah"]["answer_prefix"]
+        == " The special magic {type_needle_v} for {query} mentioned in the provided text are"
+    )
+    assert rt.TASKS["variable_tracking"]["template"] == (
+        "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\nQuestion: "
+        "Find all variables that are assigned the value {query} in the text above."
+    )
+    assert rt.TASKS["variable_tracking"]["answer_prefix"] == (
+        " Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are assigned "
+        "the value {query}, they are: "
+    )
+    assert rt.TASKS["common_words_extraction"]["template"] == (
+        "Below is a numbered list of words. In these words, some appear more often than others. Memorize the ones that "
+        "appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list?"
+    )
+    assert (
+        rt.TASKS["common_words_extraction"]["answer_prefix"]
+        == " Answer: The top 10 words that appear most often in the list are:"
+    )
+    assert rt.TASKS["freq_words_extraction"]["template"] == (
+        "Read the following coded text and track the frequency of each coded word. Find the three most frequently "
+        "appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore the dots '....'. "
+        "What are the three most frequently appeared words in the above coded text?"
+    )
+    assert rt.TASKS["freq_words_extraction"]["answer_prefix"] == (
+        " Answer: According to the coded text above, the three most frequently appeared words are:"
+    )
+    assert {k: v["tokens_to_generate"] for k, v in rt.TASKS.items()} == {
+        "niah": 128,
+        "variable_tracking": 30,
+        "common_words_extraction": 120,
+        "freq_words_extraction": 50,
+        "qa": 32,
+    }
+    assert rt.NEEDLE == "One of the special magic {type_needle_v} for {key} is: {value}."
+    assert rt.NOISE == "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+    assert rt.DEPTHS[:4] == [0, 3, 5, 8] and rt.DEPTHS[-1] == 100 and len(rt.DEPTHS) == 40
+
+
+def test_presets_are_synthetic_yaml():
+    assert list(rt.SYNTHETIC) == [
+        "niah_single_1",
+        "niah_single_2",
+        "niah_single_3",
+        "niah_multikey_1",
+        "niah_multikey_2",
+        "niah_multikey_3",
+        "niah_multivalue",
+        "niah_multiquery",
+        "vt",
+        "cwe",
+        "fwe",
+        "qa_1",
+        "qa_2",
+    ]
+    haystacks = {name: args.get("type_haystack") for name, (_, args) in rt.SYNTHETIC.items()}
+    assert (
+        haystacks["niah_single_1"] == "noise"
+        and haystacks["niah_multikey_2"] == "needle"
+        and haystacks["vt"] == "noise"
+    )
+    assert (
+        rt.SYNTHETIC["niah_multikey_3"][1]["type_needle_k"]
+        == "uuids"
+        == rt.SYNTHETIC["niah_multikey_3"][1]["type_needle_v"]
+    )
+    assert (
+        rt.SYNTHETIC["niah_multivalue"][1]["num_needle_v"] == 4
+        and rt.SYNTHETIC["niah_multiquery"][1]["num_needle_q"] == 4
+    )
+    assert rt.SYNTHETIC["cwe"][1] == {"freq_cw": 30, "freq_ucw": 3, "num_cw": 10} and rt.SYNTHETIC["fwe"][1] == {
+        "alpha": 2.0
+    }
+
+
+def test_niah_singular_rewrite_is_rulers():
+    """One value asked for: RULER rewrites 'Some'->'A', 'are all'->'is', 'are'->'is' and drops the plural 's'."""
+    template, prefix, kind = rt.niah_templates(rt.SYNTHETIC["niah_single_1"][1])
+    assert kind == "number"
+    assert template.format(type_needle_v=kind, context="C", query="Q") == (
+        "A special magic number is hidden within the following text. Make sure to memorize it. I will quiz you about "
+        "the number afterwards.\nC\nWhat is the special magic number for Q mentioned in the provided text?"
+    )
+    assert (
+        prefix.format(type_needle_v=kind, query="Q")
+        == " The special magic number for Q mentioned in the provided text is"
+    )
+    template, prefix, kind = rt.niah_templates(rt.SYNTHETIC["niah_multivalue"][1])
+    assert (
+        kind == "numbers"
+        and template.startswith("Some special magic {type_needle_v} are hidden")
+        and prefix.endswith(" are")
+    )
+
+
+def test_scorers_are_rulers_by_hand():
+    preds, refs = (
+        ["The numbers are 123 and 456.", "nothing here", "UUID AbC-1"],
+        [["123", "456", "789"], ["9"], ["abc-1"]],
+    )
+    assert rt.string_match_all(preds, refs) == round((2 / 3 + 0 + 1) / 3 * 100, 2) == 55.56
+    assert rt.string_match_part(preds, refs) == round((1 + 0 + 1) / 3 * 100, 2) == 66.67
+    assert rt.string_match_all(["ab"], [["AB", "b"]]) == 100.0  # case-insensitive substring
+    assert rt.postprocess("  1234\x00567\t ") == "1234\n567"
+    assert rt.found(" royal-cat is 1234567", ["1234567", "7654321"]) == 1
+
+
+def test_unknown_task_says_did_you_mean():
+    with pytest.raises(UsageError, match="did you mean 'niah_single_3'"):
+        parse_tasks("niah_single")
+    assert parse_tasks("vt,niah_single_1") == ["niah_single_1", "vt"] and len(parse_tasks("all")) == 13
+
+
+@NEEDS_WORDS
+@pytest.mark.parametrize("family", ["byte-level", "sentencepiece-legacy", "sentencepiece-reloaded", "llama3"])
+def test_every_prompt_is_exactly_its_length_and_the_tokenization_of_its_text(retrieval_tokenizers, family):
+    tokenizer = retrieval_tokenizers[family]
+    essay = tuple(" ".join(rt.NOISE.replace("green", w) for w in ("red", "blue", "old", "new") * 400).split())
+    res = rt.with_essay(rt.load_words(), essay)
+    wrapper = Wrapper(tokenizer, "off")
+    for name in ("niah_single_1", "niah_single_3", "niah_multikey_2", "niah_multiquery", "vt", "cwe", "fwe"):
+        for length in (1536, 2048):
+            sample = build_sample(name, length, 0, 7, res, wrapper)
+            assert sample.exact and len(sample.ids) + sample.budget == length, (name, length)
+            text = wrapper.text(sample.draft.user(0), sample.draft.answer_prefix)
+            assert text.startswith(tokenizer.decode(sample.ids[:1], skip_special_tokens=True)[:0])
+            again = build_sample(name, length, 0, 7, res, wrapper)
+            assert again.ids == sample.ids and again.draft.outputs == sample.draft.outputs  # same seed, same sample
+            assert build_sample(name, length, 1, 8, res, wrapper).ids != sample.ids
+
+
+@NEEDS_WORDS
+def test_prompt_ids_are_the_tokenization_of_the_prompt_text(retrieval_tokenizers):
+    tokenizer = retrieval_tokenizers["sentencepiece-legacy"]
+    res = rt.load_words()
+    wrapper = Wrapper(tokenizer, "off")
+    sample = build_sample("niah_single_1", 1024, 0, 3, res, wrapper)
+    needle = sample.draft.meta["needles"][0]
+    assert needle in tokenizer.decode(sample.ids) and sample.draft.outputs[0] in needle
+    assert tokenizer.decode(sample.ids, skip_special_tokens=True).endswith("mentioned in the provided text is")
+
+
+@NEEDS_WORDS
+def test_resume_equals_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
+    model, tokenizer = tiny
+    cfg = Config(lengths=[512], tasks="niah_single_1,fwe", samples=3, past_context=True)
+    whole = TASK.run(model, tokenizer, cfg, ResultsWriter(tmp_path / "a", "tiny", "ruler"))
+    calls = {"n": 0}
+    original = ResultsWriter.add_sample
+
+    def crash(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ResultsWriter, "add_sample", crash)
+    with pytest.raises(KeyboardInterrupt):
+        TASK.run(model, tokenizer, cfg, ResultsWriter(tmp_path / "b", "tiny", "ruler"))
+    monkeypatch.setattr(ResultsWriter, "add_sample", original)
+    resumed = TASK.run(model, tokenizer, cfg, ResultsWriter(tmp_path / "b", "tiny", "ruler"))
+
+    def strip(cells):
+        return [
+            {k: v for k, v in c.items() if k != "seconds"}
+            | {"records": [{k: v for k, v in r.items() if k != "seconds"} for r in c["records"]]}
+            for c in cells
+        ]
+
+    assert strip(resumed) == strip(whole)
+    assert all(c["chat_template"] == "off" and len(c["records"]) == 3 for c in whole)
+    for record in whole[0]["records"]:
+        assert {"needles", "expected", "generated", "tokens_generated", "stopped", "seed"} <= set(record)
+
+
+@NEEDS_WORDS
+def test_sharing_and_early_stop_keep_every_grade(tiny, tmp_path):
+    """The fast path (shared KV prefix, stop once found) grades exactly as fresh prefills decoding the whole budget."""
+    model, tokenizer = tiny
+    runs = {}
+    for fast in (True, False):
+        cfg = Config(
+            lengths=[512], tasks="niah_single_1", samples=3, past_context=True, share_prefix=fast, stop_when_found=fast
+        )
+        cells = TASK.run(model, tokenizer, cfg, ResultsWriter(tmp_path / str(fast), "tiny", "ruler"))
+        runs[fast] = [(r["index"], r["found"], r["generated"]) for r in cells[0]["records"]]
+    assert runs[True] == runs[False]
+
+
+@NEEDS_WORDS
+def test_tiny_model_end_to_end_and_report(tiny_llama_dir, tmp_path, capsys):
+    out = tmp_path / "results"
+    argv = [
+        "eval",
+        "ruler",
+        "--model",
+        str(tiny_llama_dir),
+        "--lengths",
+        "512",
+        "--tasks",
+        "niah_single_1",
+        "--samples",
+        "2",
+        "--past-context",
+        "--out",
+        str(out),
+        "--label",
+        "tiny",
+    ]
+    assert main(argv) == 0
+    cells = [json.loads(line) for line in (out / "tiny" / "ruler.jsonl").read_text().splitlines()]
+    assert [c["subtask"] for c in cells] == ["niah_single_1"] and cells[0]["length"] == 512
+    assert 0 <= cells[0]["score"] <= 1 and len(cells[0]["score_ci95"]) == 2
+    assert main(["report", str(out)]) == 0
+    markdown = (out / "report.md").read_text()
+    assert "## RULER" in markdown and "| niah_single_1 |" in markdown and "effective length (avg ≥ 85.6)" in markdown
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--tasks", "niah_singel_1"], "did you mean 'niah_single_1'"),
+        (["--tasks", "niah_single_2"], "need --haystack-dir"),
+        (["--chat-template", "on"], "no chat template"),
+        (["--lengths", "100", "--tasks", "fwe"], "too short"),  # fwe: no wonderwords needed
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tiny_llama_dir, tmp_path, capsys, extra, message):
+    argv = [
+        "eval",
+        "ruler",
+        "--model",
+        str(tiny_llama_dir),
+        "--lengths",
+        "512",
+        "--tasks",
+        "niah_single_1",
+        "--past-context",
+        "--out",
+        str(tmp_path / "out"),
+        *extra,
+    ]
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Loading weights" not in line]
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.jsonl"))
+
+
+def test_past_the_claimed_context_is_refused(tiny_llama_dir, tmp_path, capsys):
+    assert (
+        main(
+            [
+                "eval",
+                "ruler",
+                "--model",
+                str(tiny_llama_dir),
+                "--lengths",
+                "512",
+                "--tasks",
+                "niah_single_1",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
+    assert "pass --past-context" in capsys.readouterr().err
+
+
+@NEEDS_WORDS
+@pytest.mark.skipif(not BOOKS.is_dir(), reason="../shared/data/books is not beside the project")
+def test_too_little_haystack_text_is_refused(tiny_llama_dir, tmp_path, capsys):
+    small = tmp_path / "books"
+    small.mkdir()
+    (small / "a.txt").write_text((BOOKS / "complete_angler.txt").read_text()[:3000])
+    assert (
+        main(
+            [
+                "eval",
+                "ruler",
+                "--model",
+                str(tiny_llama_dir),
+                "--lengths",
+                "2k",
+                "--tasks",
+                "niah_single_2",
+                "--haystack-dir",
+                str(small),
+                "--past-context",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
+    assert "too little text" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_seeds_differ_by_task_length_and_index():
+    cfg = Config(lengths=[1024])
+    seeds = {TASK.seed(cfg, n, L, i) for n in ("vt", "fwe") for L in (1024, 2048) for i in range(3)}
+    assert len(seeds) == 12 and random.Random(1).random() == random.Random(1).random()
