@@ -72,15 +72,23 @@ def mean_nll(variant: str, model, ids, chunk_tokens: int) -> float:
 def measure(variant: str, model: str, length: int, device: str, dtype: str | None = None,
             chunk_tokens: int = 1024, seed: int = 0) -> dict:
     """One variant at one length, in this (fresh) process."""
-    import torch
 
     loaded, tokenizer = load(model, device, dtype, max(length, 8192))
-    ids = input_ids(tokenizer, loaded.config.vocab_size, length, seed)
-    mean_nll(variant, loaded, ids[:, :128], chunk_tokens)  # warm-up: kernels, allocator, thread pool
+    return timed_forward(variant, loaded, input_ids(tokenizer, loaded.config.vocab_size, length, seed), device,
+                         chunk_tokens)
+
+
+def timed_forward(variant: str, model, ids, device: str, chunk_tokens: int) -> dict:
+    """One perplexity forward of `ids` [1, length] after a short warm-up: its time, peak memory and loss (what
+    this bench and bench/gpu.py's perplexity section record)."""
+    import torch
+
+    length = ids.shape[1]
+    mean_nll(variant, model, ids[:, :128], chunk_tokens)  # warm-up: kernels, allocator, thread pool
     with common.PeakMemory(device) as memory:
         common.synchronize(device)
         start = time.perf_counter()
-        nll = mean_nll(variant, loaded, ids, chunk_tokens)
+        nll = mean_nll(variant, model, ids, chunk_tokens)
         common.synchronize(device)
         seconds = time.perf_counter() - start
     return {
@@ -93,8 +101,8 @@ def measure(variant: str, model: str, length: int, device: str, dtype: str | Non
         "memory_method": memory.how,
         "nll": nll,
         "ppl": math.exp(nll),
-        "vocab": loaded.config.vocab_size,
-        "dtype": str(next(loaded.parameters()).dtype).replace("torch.", ""),
+        "vocab": model.config.vocab_size,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "torch_threads": torch.get_num_threads(),
     }
 

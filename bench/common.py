@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -21,15 +20,16 @@ import traceback
 from pathlib import Path
 
 from longctx.files import write_text_atomic
+from longctx.testing import TINY_LLAMA
 
 ROOT = Path(__file__).resolve().parents[1]
 GB = 1e9
 
 # Llama shapes for GPU mode (random weights: speed and memory do not depend on the values).
-# "tiny" exists so the GPU code path can be exercised on CPU; the vocabulary covers SmolLM2's tokenizer.
+# "tiny" (`longctx.testing`'s) exists so the GPU code path can be exercised on CPU; its vocabulary here covers
+# SmolLM2's tokenizer.
 SHAPES = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=16, vocab_size=49152, tie_word_embeddings=False),
+    "tiny": {**TINY_LLAMA, "vocab_size": 49152},
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,  # Llama-3.2-1B
                num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True),
     "3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,  # Llama-3.2-3B
@@ -247,45 +247,28 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_commit() -> str | None:
-    """`longctx.provenance.git_commit` in one string (short hash, "+ uncommitted changes" where the tree differs)."""
-    from longctx.provenance import git_commit
-
-    code = git_commit()
-    commit = code["commit"][:7] if code["commit"] and not code.get("commit_from") else code["commit"]
-    return f"{commit} + uncommitted changes" if commit and code["dirty"] else commit
-
-
 def environment(device: str) -> dict:
-    """Everything a reader needs to judge a number: device, versions, load, command, time."""
-    import torch
+    """Everything a reader needs to judge a number: the run record of `longctx.provenance.RunRecord` (command,
+    commit, machine, start time), plus the device, the load average at the start and the package versions."""
+    from longctx.provenance import RunRecord
 
-    record = {
-        "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]) if sys.argv and sys.argv[0] else None,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(0) if str(device).startswith("cuda") else _cpu_name(),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(), "platform": platform.platform(),
-        "versions": {p: _version(p) for p in ("longctx", "torch", "transformers", "accelerate", "peft")},
-        "git_commit": _git_commit(),
-    }
-    if str(device).startswith("cuda"):
-        record["cuda"] = torch.version.cuda
-        record["cudnn"] = torch.backends.cudnn.version()
-    return record
+    record = RunRecord([Path(sys.executable).name, *sys.argv]).finish()
+    del record["wall_seconds"]  # the sections time themselves
+    machine = record["machine"]
+    return {**record, "device": str(device),
+            "device_name": machine.get("gpu") if str(device).startswith("cuda") else machine["cpu"],
+            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+            "versions": {p: _version(p) for p in ("longctx", "torch", "transformers", "accelerate", "peft")}}
+
+
+def _commit_text(env: dict) -> str | None:
+    """The commit in one string: short hash, "+ uncommitted changes" where the tree differed (results.json
+    written before the bench used RunRecord hold it as `git_commit`)."""
+    if "git_commit" in env:
+        return env["git_commit"]
+    commit = env.get("commit")
+    commit = commit[:7] if commit and not env.get("commit_from") else commit
+    return f"{commit} + uncommitted changes" if commit and env.get("dirty") else commit
 
 
 def device_slug(device: str = "cuda") -> str:
@@ -329,11 +312,14 @@ def environment_lines(env: dict) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
     load, end = env["load_average_1_5_15"], env.get("load_average_at_end")
     at_end = f", at end {end[0]} / {end[1]} / {end[2]}" if end else ""
+    machine = env.get("machine") or {"cores": env.get("cpu_count"), "torch_threads": env.get("torch_threads"),
+                                     "python": env.get("python"), "platform": env.get("platform")}
     return (
-        f"- command: `{env['command']}`\n- device: {env['device']} ({env['device_name']}), {env['cpu_count']} CPUs, "
-        f"{env['torch_threads']} torch threads; load average (1/5/15 min) at start {load[0]} / {load[1]} / {load[2]}"
-        f"{at_end}\n"
-        f"- {versions}; Python {env['python']}; {env['platform']}; commit {env['git_commit']}; {env['utc']}"
+        f"- command: `{env['command']}`\n- device: {env['device']} ({env['device_name']}), {machine['cores']} CPUs, "
+        f"{machine['torch_threads']} torch threads; load average (1/5/15 min) at start {load[0]} / {load[1]} / "
+        f"{load[2]}{at_end}\n"
+        f"- {versions}; Python {machine['python']}; {machine['platform']}; commit {_commit_text(env)}; "
+        f"{env.get('utc') or env['started']}"
     )
 
 

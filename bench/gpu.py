@@ -29,7 +29,6 @@ that mean nothing (tests/test_gpu_study.py runs it).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import tempfile
@@ -54,33 +53,10 @@ TARGET_TRAINER_SPEEDUP = 1.3  # longctx's loop against transformers' Trainer, sa
 def measure_ppl(variant: str, shape: str, length: int, device: str, attn: str, chunk_tokens: int = 1024,
                 seed: int = 0) -> dict:
     """One perplexity forward (longctx's chunked loss or the naive one) of a random `shape` at `length`."""
-    import torch
-
     dtype = "bf16" if device.startswith("cuda") else "fp32"
     model = common.random_llama(shape, device, dtype, max(length, 8192), attn_implementation=attn)
     ids = bench_ppl.input_ids(None, model.config.vocab_size, length, seed)
-    bench_ppl.mean_nll(variant, model, ids[:, :128], chunk_tokens)  # warm-up: kernels, allocator, threads
-    with common.PeakMemory(device) as memory:
-        common.synchronize(device)
-        start = time.perf_counter()
-        nll = bench_ppl.mean_nll(variant, model, ids, chunk_tokens)
-        common.synchronize(device)
-        seconds = time.perf_counter() - start
-    return {
-        "variant": variant,
-        "length": length,
-        "seconds": seconds,
-        "tokens_per_s": length / seconds,
-        "peak_bytes": memory.peak_bytes,
-        "resident_before_bytes": memory.start_bytes,
-        "memory_method": memory.how,
-        "nll": nll,
-        "ppl": math.exp(nll),
-        "vocab": model.config.vocab_size,
-        "attn_implementation": attn,
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "torch_threads": torch.get_num_threads(),
-    }
+    return {**bench_ppl.timed_forward(variant, model, ids, device, chunk_tokens), "attn_implementation": attn}
 
 
 def one_document(folder: Path) -> Path:

@@ -141,33 +141,44 @@ def model_card(record: dict) -> str:
                        files=files_line(record["files"]))
 
 
-def write_patched_checkpoint(source, out, spec: PatchSpec, *, force: bool = False, copy: bool = False,
-                             allow_pickle: bool = False, trust_remote_code: bool = False,
-                             revision: str | None = None, command: str | None = None,
-                             written_by: str = "the longctx Python API (longctx.checkpoint)") -> Path:
-    """Patch `source` (Hub id, local dir or GGUF) into the new directory `out`. Returns `out`.
+def write_patched_checkpoint(source, out, spec: PatchSpec, **kwargs) -> Path:
+    """Patch `source` (Hub id, local dir or GGUF) into the new directory `out`. Returns `out`; `patch_checkpoint`
+    (same arguments) returns what longctx_patch.json records."""
+    return Path(patch_checkpoint(source, out, spec, **kwargs)["out"])
+
+
+def patch_checkpoint(source, out, spec: PatchSpec, *, force: bool = False, copy: bool = False,
+                     allow_pickle: bool = False, trust_remote_code: bool = False, revision: str | None = None,
+                     command: str | None = None, new_config: dict | None = None,
+                     written_by: str = "the longctx Python API (longctx.checkpoint)") -> dict:
+    """Patch `source` (Hub id, local dir or GGUF) into the new directory `out`; returns the record written to
+    `out`/longctx_patch.json (the CLI prints from it rather than reading the file back).
 
     `command` is the `longctx patch` command line, given only by the CLI; other callers (the fine-tune
     recipe) say who they are in `written_by`. longctx_patch.json records the spec applied, the config
-    fields it changed, the source and the longctx version either way.
+    fields it changed, the source and the longctx version either way. `new_config`: `patch_config(<source's
+    config.json>, spec)` when the caller derived it already (the fine-tune's preflight).
     """
+    from longctx.provenance import RunRecord
+
+    run = RunRecord(command)
     out = Path(out).expanduser()
     source_dir = resolve_model_dir(source, revision=revision, allow_pickle=allow_pickle,
                                    trust_remote_code=trust_remote_code)
     check_output_path(source_dir, out, force=force)  # refusals that need no lock first: nothing is created for them
     config = read_config_json(source_dir)
-    new_config = patch_config(config, spec)
+    new_config = patch_config(config, spec) if new_config is None else new_config
     check_rope_fields(new_config, out, what="the patched config")  # what transformers would refuse to load
     with output_lock(out):
         # a run killed mid-publish may have moved the old output aside: it is back before any check
         clean_leftovers(out)
         check_output_path(source_dir, out, force=force)
         return _write(source, source_dir, out, spec, config, new_config, copy=copy, command=command,
-                      written_by=written_by)
+                      written_by=written_by, origin=run.origin())
 
 
 def _write(source, source_dir: Path, out: Path, spec: PatchSpec, config: dict, new_config: dict, *, copy: bool,
-           command: str | None, written_by: str) -> Path:
+           command: str | None, written_by: str, origin: dict) -> dict:
     tmp = partial_dir(out)
     try:
         files = {}
@@ -185,6 +196,7 @@ def _write(source, source_dir: Path, out: Path, spec: PatchSpec, config: dict, n
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "written_by": "longctx patch" if command else written_by,
             "command": command,
+            **origin,  # the code's commit and the machine (`provenance.RunRecord`), as every run record has
             "source": str(source), "source_dir": str(source_dir), "out": str(out),
             "spec": spec.to_dict(),
             "changed_fields": changed_fields(config, new_config),
@@ -205,4 +217,4 @@ def _write(source, source_dir: Path, out: Path, spec: PatchSpec, config: dict, n
         if environment_error(exc):
             raise UsageError(f"could not write {out} ({environment_error(exc)}): nothing was written") from None
         raise
-    return out
+    return record

@@ -122,7 +122,7 @@ def check_rope_fields(config: dict, where: Path, *, what: str | None = None) -> 
         raise UsageError(f"{where} has hidden_size {hidden} not divisible by num_attention_heads {heads}: no head_dim "
                          "fits; repair the config")
     try:
-        dim = rope_config.rotary_dim(text)
+        dim = rope_config.rotary_dim(text, params)
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         dim = None
     if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int) or declared < 2):

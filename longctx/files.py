@@ -78,6 +78,27 @@ def partial_dir(out: Path) -> Path:
     return tmp
 
 
+def shared_partial_dir(out: Path) -> Path:
+    """The folder the processes of one run build `out` in together (a training checkpoint: each process saves its
+    own shards there): `.<name>.longctx-partial` beside it, the same name in every process, where `partial_dir`
+    names one process's. Only for outputs inside a folder the run holds (its lock); `remove_partials` clears
+    what a killed run left. Created empty by the caller's main process."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.{PARTIAL}")
+
+
+def remove_partials(folder: Path) -> None:
+    """Remove every partial output (`.<name>.longctx-partial…`) in `folder`, whoever left it: only for a folder
+    that this run alone writes (it holds the lock of the output around it)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for path in folder.glob(f".*.{PARTIAL}*"):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
 def publish_dir(tmp: Path, out: Path) -> None:
     """Move a finished folder into place; an old output (with --force) is moved aside, then removed."""
     old = None

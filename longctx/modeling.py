@@ -162,16 +162,18 @@ def source_dirs(source: str | Path, *, base_model: str | None = None, trust_remo
 
 def load_model(source: str | Path, *, device: str | None = None, dtype: str | None = None,
                attn_implementation: str | None = None, base_model: str | None = None,
-               trust_remote_code: bool = False, allow_pickle: bool = False):
+               trust_remote_code: bool = False, allow_pickle: bool = False,
+               dirs: tuple[Path, Path | None] | None = None):
     """(model, tokenizer, model_dir) for a checkpoint, a GGUF, a Hub id, or a LoRA adapter directory.
 
     An adapter directory loads its base (`base_model` or the adapter's `base_model_name_or_path`) and is
-    merged into it, so evaluation runs at the speed of a plain model.
+    merged into it, so evaluation runs at the speed of a plain model. `dirs`: `source_dirs(source, ...)` when
+    the caller resolved and checked them already.
     """
     device = pick_device(device)
     torch_dtype = pick_dtype(device, dtype)
-    model_dir, adapter_dir = source_dirs(source, base_model=base_model, trust_remote_code=trust_remote_code,
-                                         allow_pickle=allow_pickle)
+    model_dir, adapter_dir = dirs or source_dirs(source, base_model=base_model, trust_remote_code=trust_remote_code,
+                                                 allow_pickle=allow_pickle)
     attn = attn_implementation or pick_attn_implementation(device)
     model = from_pretrained_checked(model_dir, dtype=torch_dtype, attn_implementation=attn,
                                     trust_remote_code=trust_remote_code)

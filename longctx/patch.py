@@ -20,19 +20,21 @@ def _to_dict(self) -> dict:
     return {k: v for k, v in asdict(self).items() if v not in (None, {})}
 
 
+def _validate(self) -> None:
+    """Bad or contradictory settings are refused when the spec is made, in one line naming the flag: a PatchSpec
+    that exists is valid, so nothing downstream checks it again."""
+    rope_methods.validate(asdict(self))
+
+
 # What to change in the rotary settings: `method` plus one field per option of `rope_methods` (unset keeps the
 # checkpoint's own value), e.g. PatchSpec(method="yarn", factor=8, beta_fast=16).
 PatchSpec = make_dataclass(
     "PatchSpec",
     [(o.name, f"{o.type.__name__} | None", field(default=rope_methods.BASE_ONLY if o.name == "method" else None))
      for o in rope_methods.options()] + [("extra", "dict", field(default_factory=dict))],
-    namespace={"__doc__": "What to change in the rotary settings. Unset fields keep the checkpoint's own values.",
-               "__module__": __name__, "to_dict": _to_dict})
-
-
-def validate_spec(spec: PatchSpec) -> rope_methods.RopeMethod:
-    """Reject bad or contradictory settings with a message naming the flag; returns the spec's method."""
-    return rope_methods.validate(asdict(spec))
+    namespace={"__doc__": "What to change in the rotary settings (validated when made). Unset fields keep the "
+                          "checkpoint's own values.",
+               "__module__": __name__, "to_dict": _to_dict, "__post_init__": _validate}, frozen=True)
 
 
 def resolve_lengths(spec: PatchSpec, original_length: int) -> tuple[float | None, int]:
@@ -82,7 +84,7 @@ def legacy_rope_scaling(params: dict) -> dict | None:
 
 def patch_config(config: dict, spec: PatchSpec) -> dict:
     """A new config.json dict with the patch applied in both schemas; the input is not modified."""
-    method = validate_spec(spec)
+    method = rope_methods.METHODS[spec.method]
     require(isinstance(config, dict) and "model_type" in config,
             "config.json has no model_type: this does not look like a transformers checkpoint")
     require(
@@ -120,14 +122,15 @@ def patch_config(config: dict, spec: PatchSpec) -> dict:
     return new
 
 
-def patch_model(model, spec: PatchSpec) -> dict:
+def patch_model(model, spec: PatchSpec, patched: dict | None = None) -> dict:
     """Patch an already loaded transformers model in place: its config, then every rotary embedding module
-    rebuilt from it (their `inv_freq` buffers are computed at construction). Returns the new rope params."""
+    rebuilt from it (their `inv_freq` buffers are computed at construction). Returns the new rope params.
+    `patched`: `patch_config(<the model's config.json>, spec)` when the caller derived it already."""
     import transformers
 
     config = model.config
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    patched = rope_config.text_config(patch_config(config.to_dict(), spec))
+    patched = rope_config.text_config(patch_config(config.to_dict(), spec) if patched is None else patched)
     if int(transformers.__version__.split(".")[0]) >= 5:
         text.rope_parameters = copy.deepcopy(patched["rope_parameters"])
     else:
@@ -168,6 +171,4 @@ def spec_from_args(args) -> PatchSpec | None:
     values = {option.name: getattr(args, option.name, None) for option in rope_methods.options()}
     if all(v is None for v in values.values()):
         return None
-    spec = PatchSpec(**{**values, "method": rope_methods.implied_method(values)})
-    validate_spec(spec)
-    return spec
+    return PatchSpec(**{**values, "method": rope_methods.implied_method(values)})

@@ -36,7 +36,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from longctx.checkpoint import write_patched_checkpoint
+    from longctx.checkpoint import patch_checkpoint
 
     spec = spec_from_args(args)
     if str(args.out).endswith(".gguf"):
@@ -44,13 +44,10 @@ def run(args) -> int:
     require(spec is not None, "nothing to patch: give --base and/or --method with --factor or --target-length")
     argv = getattr(args, "argv", None)
     argv = sys.argv[1:] if argv is None else argv
-    out = write_patched_checkpoint(args.model, args.out, spec, force=args.force, copy=args.copy,
-                                   allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
-                                   revision=args.revision, command=shlex.join(["longctx", *argv]))
-    import json
-
-    record = json.loads((out / "longctx_patch.json").read_text())
-    after = record["rope_after"]
+    record = patch_checkpoint(args.model, args.out, spec, force=args.force, copy=args.copy,
+                              allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+                              revision=args.revision, command=shlex.join(["longctx", *argv]))
+    after, out = record["rope_after"], record["out"]
     print(f"patched {args.model} -> {out}")
     symlinks = sorted(name for name, kind in record["files"].items() if kind == "symlink")
     if symlinks:

@@ -60,17 +60,25 @@ def machine() -> dict:
 
 
 class RunRecord:
-    """Start it when work begins; `finish(**extra)` returns the record with the wall time."""
+    """The one record of where a result came from (evaluations' runs.jsonl, `longctx patch`'s longctx_patch.json,
+    the bench's results.json, the demo). Start it when work begins; `finish(**extra)` returns the record with the
+    wall time. `command`: the argv to rerun it (default: this process's) or that line already joined."""
 
-    def __init__(self, command: list[str] | None = None):
+    def __init__(self, command: list[str] | str | None = None):
         program = Path(sys.argv[0]).name
         program = "longctx" if program == "__main__.py" else program  # `python -m longctx` runs the same command
-        self.command = shlex.join(command if command is not None else [program, *sys.argv[1:]])
+        if not isinstance(command, str):
+            command = shlex.join(command if command is not None else [program, *sys.argv[1:]])
+        self.command = command
         self.started = time.time()
         self._clock = time.perf_counter()
         self.code = git_commit()  # the code that starts the work: a later commit may land while it runs
 
+    def origin(self) -> dict:
+        """The code (commit, dirty) and the machine, without the command and the times."""
+        return {**self.code, "machine": machine()}
+
     def finish(self, **extra) -> dict:
-        return {"command": self.command, **self.code, "machine": machine(),
+        return {"command": self.command, **self.origin(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
                 "wall_seconds": round(time.perf_counter() - self._clock, 1), **extra}

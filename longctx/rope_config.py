@@ -8,6 +8,7 @@ Pure dict logic, no torch; a missing or non-numeric field is a UsageError naming
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from longctx import rope_methods
@@ -106,15 +107,20 @@ def head_dim(config: Any) -> int:
     return int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
 
 
-def rotary_dim(config: Any) -> int:
-    """Number of rotated channels per head (head_dim × partial_rotary_factor), as transformers computes it."""
-    return int(head_dim(config) * float(rope_parameters(config).get("partial_rotary_factor") or 1.0))
+def rotary_dim(config: Any, params: dict | None = None) -> int:
+    """Number of rotated channels per head (head_dim × partial_rotary_factor), as transformers computes it
+    (`params`: the config's `rope_parameters`, when the caller parsed them already)."""
+    params = rope_parameters(config) if params is None else params
+    return int(head_dim(config) * float(params.get("partial_rotary_factor") or 1.0))
 
 
 def original_length(config: Any) -> int:
     """The context the model was trained at: `original_max_position_embeddings` if recorded, else the max."""
     cfg = text_config(as_dict(config))
-    params = rope_parameters(cfg)
+    return _original_length(cfg, rope_parameters(cfg))
+
+
+def _original_length(cfg: dict, params: dict) -> int:
     value = params.get("original_max_position_embeddings") or cfg.get("original_max_position_embeddings")
     return int(value) if value else _max_positions(cfg)
 
@@ -122,12 +128,41 @@ def original_length(config: Any) -> int:
 def max_length(config: Any) -> int:
     """The context the config claims to support. A method that keeps `max_position_embeddings` at the trained
     length (dynamic NTK: raising it would switch the scaling off below it) claims factor × that length."""
-    cfg = text_config(as_dict(config))
-    params = rope_parameters(cfg)
+    return model_rope(config).claimed_length
+
+
+def _max_length(cfg: dict, params: dict, trained: int) -> int:
     method = rope_methods.for_rope_type(params["rope_type"])
     if method is not None and method.keeps_trained_length and params.get("factor"):
-        return int(round(float(params["factor"]) * original_length(cfg)))
+        return int(round(float(params["factor"]) * trained))
     return _max_positions(cfg)
+
+
+@dataclass(frozen=True)
+class ModelRope:
+    """A loaded model's rotary settings, parsed once (`model_rope`) and carried through an eval run."""
+
+    params: dict          # flat rope dict of the full-attention layers (`rope_parameters`)
+    trained_length: int   # `original_length`
+    claimed_length: int   # `max_length`
+
+    @property
+    def rope_type(self) -> str:
+        return self.params["rope_type"]
+
+    @property
+    def length_dependent(self) -> bool:
+        """The frequencies change with the sequence length (dynamic NTK, LongRoPE): no shared KV prefix, no
+        context-parallel split."""
+        return bool(getattr(rope_methods.for_rope_type(self.rope_type), "length_dependent", False))
+
+
+def model_rope(config: Any) -> ModelRope:
+    """`rope_parameters`, `original_length` and `max_length` of one config, from one parse."""
+    cfg = text_config(as_dict(config))
+    params = rope_parameters(cfg)
+    trained = _original_length(cfg, params)
+    return ModelRope(params, trained, _max_length(cfg, params, trained))
 
 
 def same_rope_up_to(a: dict, b: dict, trained: int, dim: int = 64) -> bool:

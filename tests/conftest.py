@@ -64,7 +64,7 @@ def fail_on_deprecated_calls_from_longctx():
     warnings.warn = original
 
 
-def _train_tiny_tokenizer(out_dir: Path, vocab_size: int = 512):
+def _train_tiny_tokenizer(vocab_size: int = 512):
     """A byte-level BPE trained on the embedded pydoc topics: real text, tiny vocabulary, no download."""
     from pydoc_data.topics import topics
 
@@ -77,28 +77,16 @@ def _train_tiny_tokenizer(out_dir: Path, vocab_size: int = 512):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<unk>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(list(topics.values()), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    fast.save_pretrained(out_dir)
-    return fast
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
 def make_tiny_llama(out_dir: Path, *, rope_theta: float = 10000.0, max_position_embeddings: int = 256,
                     seed: int = 0) -> Path:
-    """A 2-layer, hidden-64 random Llama with a 512-token BPE tokenizer, saved as safetensors."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """`longctx.testing`'s tiny random Llama with a 512-token BPE tokenizer, saved as safetensors."""
+    from longctx.testing import write_tiny_llama
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_tiny_tokenizer(out_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                         max_position_embeddings=max_position_embeddings, rope_theta=rope_theta,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=False)
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(out_dir)
-    return out_dir
+    return write_tiny_llama(out_dir, _train_tiny_tokenizer(), max_position_embeddings=max_position_embeddings,
+                            rope_theta=rope_theta, seed=seed)
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,7 @@ class EchoConfig:
     mode: str = "forced"
     seed: int = 0
     share_prefix: bool = True
+    echoes: int | None = None  # a setting of its own: what a suite accepts for it comes from this field alone
 
 
 class Echo(RetrievalTask):
@@ -67,6 +68,21 @@ class Echo(RetrievalTask):
 @pytest.fixture
 def echo(monkeypatch):
     monkeypatch.setitem(all_tasks(), "echo", Echo())
+
+
+def test_a_suite_takes_what_the_tasks_config_fields_say(echo):
+    """Keys, nulls and whole numbers come from each task's Config fields, not from names listed in suite.py."""
+    from longctx.errors import UsageError
+
+    assert make_config("echo", {"lengths": "200", "echoes": None}).echoes is None
+    assert make_config("echo", {"lengths": "200", "echoes": 3}).echoes == 3
+    with pytest.raises(UsageError, match="echoes of task echo must be an integer"):
+        make_config("echo", {"lengths": "200", "echoes": "3"})
+    with pytest.raises(UsageError, match="chunk_tokens of task ppl must be an integer"):
+        make_config("ppl", {"lengths": "200", "chunk_tokens": "1k"})
+    assert make_config("ppl", {"lengths": "200", "stride": None, "data": None}).stride is None
+    with pytest.raises(UsageError, match="unknown key 'stride' for task echo"):
+        make_config("echo", {"lengths": "200", "stride": 4})
 
 
 def test_a_registered_task_reaches_cli_suite_summary_report_and_bench(echo, tiny_llama_dir, tmp_path, monkeypatch):

@@ -110,7 +110,7 @@ def test_bench_dry_run_writes_every_number_of_the_gpu_bench(tmp_path):
     assert trainer["impl"] == "trainer" and trainer["measured_steps"] == 2 and trainer["tokens_per_s"] > 0
     assert lora["speedup_vs_trainer"] == pytest.approx(result["tokens_per_s"] / trainer["tokens_per_s"])
     for section in ("ppl", "lora"):
-        assert {"command", "device", "git_commit", "versions"} <= set(results[section]["environment"])
+        assert {"command", "device", "commit", "machine", "versions"} <= set(results[section]["environment"])
         assert results[section]["bench_seconds"] > 0
 
     readme = (out / "README.md").read_text()

@@ -121,7 +121,11 @@ def test_every_task_has_its_table_and_figures_in_both_pages(results):
             assert all(f">{text}</td>" in page or f">{text} (exact " in page for text in texts)
     for name in files:
         assert f"]({name})" in markdown and f"<img alt='{name}' src='data:image/png;base64," in page
-    assert "## How these numbers were made" in markdown and "perplexity windows, each from one document" in markdown
+    assert "## How these numbers were made" in markdown and "Perplexity windows, each from one document" in markdown
+    made = page.split("<h2>How these numbers were made</h2>", 1)[1]
+    assert "**" not in made and "`" not in made and "<b>a</b>" in made and "<code>" in made  # Markdown rendered
+    runs = [line for line in markdown.split("## How these numbers were made", 1)[1].splitlines() if "` · " in line]
+    assert len(runs) == 1 and "a (" in runs[0] and "b (" in runs[0]  # one run, its models listed once
     assert page.count("<tr><td class='txt'>") == len(LABELS)
 
 

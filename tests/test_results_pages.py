@@ -70,3 +70,37 @@ def test_the_readme_demo_timing_is_the_committed_demo_record():
         assert not re.search(r"\b\d+ min\b|\b\d+ s\b", paragraph), "a demo timing that no committed run record backs"
     else:
         assert " ".join(timing_text(record).split()) in paragraph
+
+
+def test_committed_docs_name_no_folder_of_the_machine_that_made_them():
+    """Reports travel: no path under the checkout's parent folder (e.g. /work/) in docs/ or README.md."""
+    root = STUDY.parent.parent.parent
+    parent = str(root.parent).rstrip("/") + "/"
+    found = [str(path.relative_to(root)) for path in [root / "README.md", *(root / "docs").rglob("*")]
+             if path.is_file() and path.suffix in (".md", ".html", ".json", ".jsonl", ".txt")
+             and parent in path.read_text(encoding="utf-8", errors="replace")]
+    assert not found, f"{parent} appears in {found}"
+
+
+def test_relative_paths_rewrites_only_the_checkout_prefix(tmp_path):
+    """eval/studies/relative_paths.py: the one-off that made the committed raw files travel changes paths only."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("relative_paths", STUDY.parents[2] / "eval/studies/relative_paths.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = tmp_path / "results" / "m"
+    folder.mkdir(parents=True)
+    model = {"source": "/srv/ck/.cache/x", "model_dir": "/home/u/.cache/longctx/gguf/y", "rope": {"rope_theta": 1e5}}
+    run = {"command": "longctx eval --model /srv/ck/.cache/x --out docs/r", "wall_seconds": 12.5, "cores": 2}
+    (folder / "model.json").write_text(json.dumps(model, indent=2) + "\n")
+    (folder / "runs.jsonl").write_text(json.dumps(run) + "\n")
+    (folder / "report.md").write_text("/srv/ck/.cache/x\n")  # rendered by `longctx report`, left alone
+    changed = module.rewrite_folder(tmp_path / "results", ["/srv/ck"], "/home/u")
+    assert sorted(p.name for p in changed) == ["model.json", "runs.jsonl"]
+    assert json.loads((folder / "model.json").read_text()) == {**model, "source": ".cache/x",
+                                                              "model_dir": "~/.cache/longctx/gguf/y"}
+    assert json.loads((folder / "runs.jsonl").read_text()) == {**run, "command": "longctx eval --model .cache/x "
+                                                                                 "--out docs/r"}
+    assert (folder / "report.md").read_text() == "/srv/ck/.cache/x\n"
+    assert module.rewrite_folder(tmp_path / "results", ["/srv/ck"], "/home/u") == []  # once is enough

@@ -86,3 +86,28 @@ def test_the_demo_records_its_wall_time_and_steps_also_when_it_fails(tmp_path, m
     (out / demo.RECORD).write_text(json.dumps(whole) + "\n")
     assert demo.timing_text(demo.last_complete_run(out / demo.RECORD)) == (
         "Measured: 2 min 5 s for `longctx demo --out demo-out` on 2 cores of Intel Xeon (commit 0123456)")
+
+
+def test_a_patch_and_a_bench_section_carry_the_run_record_of_provenance(tiny_llama_dir, tmp_path):
+    """One kind of run record: `longctx patch`'s longctx_patch.json and the bench's environment hold the commit and
+    the machine as `provenance.RunRecord` writes them in runs.jsonl."""
+    import sys
+    from pathlib import Path
+
+    from longctx.checkpoint import write_patched_checkpoint
+    from longctx.patch import PatchSpec
+    from longctx.provenance import git_commit
+
+    out = write_patched_checkpoint(tiny_llama_dir, tmp_path / "p", PatchSpec(method="base", base=1e6))
+    record = json.loads((out / "longctx_patch.json").read_text())
+    assert record["commit"] == git_commit()["commit"] and record["machine"]["cores"] >= 1
+    assert record["command"] is None  # not run from the CLI
+
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from bench import common
+
+    env = common.environment("cpu")
+    assert env["commit"] == record["commit"] and env["machine"]["cpu"] == env["device_name"]
+    assert "commit " + (env["commit"] or "")[:7] in common.environment_lines({**env, "dirty": False})

@@ -76,8 +76,10 @@ def test_kill_and_resume_continues_identically(tiny_llama_dir, corpus, tmp_path)
     die = DieAfterSave(3)
     assert finetune(*common, "--out", tmp_path / "resumed", callbacks=[die]) == 130
     assert [p.name for p in die.saved] == ["step-000003"]
-    (tmp_path / "resumed" / "checkpoints" / ".tmp-step-000004").mkdir()  # a half-written save is never resumed from
+    half = tmp_path / "resumed" / "checkpoints" / ".step-000004.longctx-partial"
+    half.mkdir()  # a half-written save is never resumed from, and is removed
     assert finetune(*common, "--out", tmp_path / "resumed", "--resume") == 0
+    assert not half.exists()
 
     straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
     assert sorted(resumed) == list(range(1, 7))

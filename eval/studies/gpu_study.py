@@ -3,7 +3,7 @@
     python eval/studies/gpu_study.py tiny-model DIR --trained-length 128   # the dry run's stand-in for SmolLM2
     python eval/studies/gpu_study.py run -- COMMAND...                     # run COMMAND (in process if it can)
 
-`tiny-model` writes a 2-layer, hidden-64 Llama with random weights and the byte tokenizer
+`tiny-model` writes `longctx.testing`'s tiny random Llama with the byte tokenizer
 (`longctx.byte_tokenizer`): no download, no tokenizer training, and any text tokenizes. `run` runs a command;
 a command `PYTHON SCRIPT.py ARGS` whose PYTHON is this interpreter runs in this process, as `python SCRIPT.py`
 would run it (`runpy`, `__name__ == "__main__"`): no second interpreter start and torch import per fine-tune
@@ -21,25 +21,11 @@ from pathlib import Path
 
 
 def tiny_model(out: Path, trained_length: int, seed: int = 0) -> Path:
-    """A random 2-layer Llama (hidden 64, head dim 16) with the byte tokenizer, trained length `trained_length`."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """`longctx.testing`'s tiny random Llama with the byte tokenizer, trained length `trained_length`."""
+    from longctx.byte_tokenizer import byte_tokenizer
+    from longctx.testing import write_tiny_llama
 
-    from longctx.byte_tokenizer import VOCAB_SIZE, byte_tokenizer
-    from longctx.files import partial_dir, publish_dir
-
-    tokenizer = byte_tokenizer()
-    config = LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                         max_position_embeddings=trained_length, rope_theta=10000.0,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
-    torch.manual_seed(seed)
-    partial = partial_dir(out)  # a stopped run leaves no half-written model behind
-    LlamaForCausalLM(config).save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    publish_dir(partial, out)
-    return out
+    return write_tiny_llama(out, byte_tokenizer(), max_position_embeddings=trained_length, seed=seed)
 
 
 def same_interpreter(command: list[str]) -> bool:

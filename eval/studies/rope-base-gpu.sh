@@ -31,6 +31,7 @@
 # (tests/test_rope_base_gpu.py runs it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source eval/studies/lib.sh
 PYTHON=${PYTHON:-.venv/bin/python}
 LONGCTX=${LONGCTX:-"$PYTHON -m longctx"}
 DRY_RUN=${DRY_RUN:-0}
@@ -63,13 +64,6 @@ fi
 [ -z "$TRAIN_MINUTES" ] || TRAIN_ARGS+=(--max-minutes "$TRAIN_MINUTES")
 read -r -a extra <<< "${TRAIN_EXTRA:-}"; TRAIN_ARGS+=("${extra[@]}")  # e.g. TRAIN_EXTRA="--batch-size 1" for a rehearsal
 
-with_books() {  # a config or suite naming ../shared/data/books, pointed at $BOOKS when that is elsewhere
-  local file=$1
-  if [ "$DRY_RUN" = 1 ] || [ "$BOOKS" = ../shared/data/books ]; then echo "$file"; return; fi
-  mkdir -p "$MODELS/configs"
-  sed "s#\.\./shared/data/books#$BOOKS#g" "$file" > "$MODELS/configs/$(basename "$file")"
-  echo "$MODELS/configs/$(basename "$file")"
-}
 needs_books() {
   [ "$DRY_RUN" = 1 ] || [ -d "$BOOKS" ] || { echo "this study needs the books in $BOOKS (BOOKS=... to point elsewhere)" >&2; exit 2; }
 }
@@ -78,7 +72,7 @@ train_one() {  # base: train unless its export exists; resume a stopped run; log
   if [ ! -f "$out/config.json" ]; then
     if [ -d "$out/checkpoints" ]; then args+=(--resume)
     elif [ -e "$out" ]; then args+=(--force); fi  # stopped before its first checkpoint: start over
-    $PYTHON recipes/finetune.py --config "$(with_books "$CONFIGS/$name.yaml")" "${TRAIN_ARGS[@]}" "${args[@]}" \
+    $PYTHON recipes/finetune.py --config "$(with_books "$CONFIGS/$name.yaml" "$MODELS/configs")" "${TRAIN_ARGS[@]}" "${args[@]}" \
       --out "$out" --report-to none
   fi
   mkdir -p "$OUT/finetune/$name"
@@ -123,7 +117,7 @@ evaluate() {
   done
   [ ${#labels[@]} -gt 0 ] || return 0
   local device=(); [ -n "$DEVICE" ] && device=(--device "$DEVICE")
-  $LONGCTX eval suite "$(with_books "$SUITE")" "${args[@]}" --labels "$(IFS=,; echo "${labels[*]}")" \
+  $LONGCTX eval suite "$(with_books "$SUITE" "$MODELS/configs")" "${args[@]}" --labels "$(IFS=,; echo "${labels[*]}")" \
     "${device[@]}" --out "$OUT"
 }
 
@@ -134,7 +128,7 @@ mixcheck() {  # on CPU: does the real configs' mix train? A tiny model, the same
   [ "$DRY_RUN" = 1 ] && steps=3 arch=$CONFIGS/byte-llama-dry.json
   [ -d "$model/checkpoints" ] && args+=(--resume)
   mkdir -p "$MODELS" "$out"
-  [ -f "$model/config.json" ] || $PYTHON recipes/finetune.py --config "$(with_books "$CONFIGS/scratch-base1e4.yaml")" \
+  [ -f "$model/config.json" ] || $PYTHON recipes/finetune.py --config "$(with_books "$CONFIGS/scratch-base1e4.yaml" "$MODELS/configs")" \
     --model-config "$arch" --seq-len 512 --batch-size 2 --max-steps "$steps" --warmup-steps 20 --lr 1e-3 \
     --save-every 100 --log-every 1 "${args[@]}" --out "$model" --report-to none "${TRAIN_ARGS[@]}"
   cp "$model/train_log.jsonl" "$model/finetune_args.json" "$model/runs.jsonl" "$out/"

@@ -18,6 +18,7 @@
 #   bash eval/studies/rope-base-scratch.sh bound eval report
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source eval/studies/lib.sh
 LONGCTX=${LONGCTX:-.venv/bin/longctx}
 PYTHON=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-docs/results/rope-base-scratch}
@@ -28,7 +29,6 @@ BOUND=(bound-copy-base1e4 bound-scratch-base1e4 bound-tune-to-80 bound-tune-to-1
 STAGES=${*:-train tune bound eval report}
 [ -d ../shared/data/books ] || { echo "this study needs ../shared/data/books (long single documents)" >&2; exit 2; }
 
-config_out() { sed -n 's/^out: *//p' "$1"; }
 train() {  # run name: train it unless its export exists; resume a stopped run
   local config=$CONFIGS/$1.yaml out; out=$(config_out "$config")
   [ -f "$out/config.json" ] && return 0

@@ -15,6 +15,7 @@
 #   PASSKEY_SUITE=eval/suites/extension-passkey-12k.yaml bash eval/studies/smollm2-extension-cpu.sh passkey
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source eval/studies/lib.sh
 LONGCTX=${LONGCTX:-.venv/bin/longctx}
 PYTHON=${PYTHON:-.venv/bin/python}
 MODELS=${LONGCTX_CACHE:-.cache}/extension
@@ -38,7 +39,6 @@ declare -A TUNED=(  # label -> recipe config (its `out` is the adapter folder)
 )
 TRAINING_FREE=(original linear-x2 ntk-x2 dynamic-x2 yarn-x2 llama3-x2 base-1e6)
 
-config_out() { sed -n 's/^out: *//p' "$1"; }
 source_of() {
   case "$1" in
     original) echo smollm2 ;;

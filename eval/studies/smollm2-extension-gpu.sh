@@ -34,6 +34,7 @@
 # download, and writes the same files (tests/test_gpu_study.py runs it so this script does not rot).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source eval/studies/lib.sh
 LONGCTX=${LONGCTX:-.venv/bin/longctx}
 PYTHON=${PYTHON:-.venv/bin/python}
 DRY_RUN=${DRY_RUN:-0}
@@ -99,13 +100,6 @@ needs_compute() {  # [books]: the real study without CUDA would take days on a C
   echo "no CUDA GPU here: this study needs one (DRY_RUN=1 runs every stage on CPU with a tiny model; DEVICE=cpu forces the real one)" >&2
   exit 2
 }
-with_books() {  # a suite file naming ../shared/data/books, pointed at $BOOKS when that is elsewhere
-  local suite=$1
-  if [ "$DRY_RUN" = 1 ] || [ "$BOOKS" = ../shared/data/books ]; then echo "$suite"; return; fi
-  mkdir -p "$MODELS/suites"
-  sed "s#\.\./shared/data/books#$BOOKS#g" "$suite" > "$MODELS/suites/$(basename "$suite")"
-  echo "$MODELS/suites/$(basename "$suite")"
-}
 source_of() {
   case "$1" in
     original) echo "$BASE" ;;
@@ -123,7 +117,7 @@ suite() {  # suite.yaml label...: the ready ones
   done
   [ ${#labels[@]} -gt 0 ] || return 0
   local device=(); [ -n "$DEVICE" ] && device=(--device "$DEVICE")
-  $LONGCTX eval suite "$(with_books "$file")" "${args[@]}" --labels "$(IFS=,; echo "${labels[*]}")" \
+  $LONGCTX eval suite "$(with_books "$file" "$MODELS/suites")" "${args[@]}" --labels "$(IFS=,; echo "${labels[*]}")" \
     "${device[@]}" --out "$OUT"
 }
 finetune() {  # label: train unless its adapter exists, resume a stopped run; logs and run record into OUT

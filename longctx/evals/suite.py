@@ -91,13 +91,15 @@ def parse_depths(spec) -> list[float]:
 
 
 def make_config(task: str, settings: dict, *, where: str = ""):
-    """The task's Config from a mapping (YAML or flags): lengths/depths parsed, unknown keys refused."""
+    """The task's Config from a mapping (YAML or flags): lengths/depths parsed, unknown keys refused. What each
+    key takes comes from the Config's fields: a null is kept where the field's type admits None (`stride: null`)
+    and means "the default" elsewhere; a field typed int takes whole numbers only."""
     config = get_task(task).Config
-    fields = {f.name for f in dataclasses.fields(config)}
-    unknown = sorted(set(settings) - fields)
+    fields = {f.name: str(f.type) for f in dataclasses.fields(config)}
+    unknown = sorted(set(settings) - set(fields))
     if unknown:
         raise UsageError(f"unknown key {unknown[0]!r} for task {task}{where}: valid keys: {', '.join(sorted(fields))}")
-    values = {k: v for k, v in settings.items() if v is not None or k in ("stride", "data", "haystack")}
+    values = {k: v for k, v in settings.items() if v is not None or "None" in fields[k]}
     if "lengths" not in values:
         raise UsageError(f"task {task}{where} needs lengths")
     values["lengths"] = parse_lengths(values["lengths"])
@@ -108,8 +110,8 @@ def make_config(task: str, settings: dict, *, where: str = ""):
     for field in dataclasses.fields(config):  # a switch (share_prefix, context_parallel) takes true or false
         if field.type == "bool" and not isinstance(values.get(field.name, field.default), bool):
             raise UsageError(f"{field.name} of task {task}{where} must be true or false, not {values[field.name]!r}")
-    for name in ("trials", "docs", "needles", "distractors", "stride", "seed"):
-        if values.get(name) is not None and not isinstance(values[name], int):
+    for name in (name for name, kind in fields.items() if kind in ("int", "int | None")):
+        if values.get(name) is not None and (isinstance(values[name], bool) or not isinstance(values[name], int)):
             raise UsageError(f"{name} of task {task}{where} must be an integer, not {values[name]!r}")
     return config(**values)
 
@@ -162,16 +164,16 @@ def start_results(out_dir, label: str, info: dict, source: str, *, force: bool) 
     check_same_model(folder, info, source)
 
 
-def model_info(model, source: str, model_dir: Path, label: str, warnings: list[str]) -> dict:
-    """The model.json record: where the model came from and what its rotary config claims."""
-    from longctx import __version__, rope_config, sources
+def model_info(model, rope, source: str, model_dir: Path, label: str, warnings: list[str]) -> dict:
+    """The model.json record: where the model came from and what its rotary config (`rope`, a
+    `rope_config.ModelRope`) claims."""
+    from longctx import __version__, sources
 
-    config = model.config.to_dict()
     return {
         "label": label, "source": str(source), "model_dir": str(model_dir),
         "origin": sources.origin(source, model_dir),
-        "rope": rope_config.rope_parameters(config), "trained_length": rope_config.original_length(config),
-        "claimed_length": rope_config.max_length(config), "longctx_version": __version__,
+        "rope": rope.params, "trained_length": rope.trained_length,
+        "claimed_length": rope.claimed_length, "longctx_version": __version__,
         "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),
         "attn_implementation": getattr(model.config, "_attn_implementation", None), "warnings": warnings,
     }
@@ -188,22 +190,24 @@ def run_tasks(source: str, configs: dict, out_dir, *, label: str | None = None, 
     locked for the run (`longctx.locks`), and OUT/<label> must hold this model's results or none (`force`:
     start them over).
     """
-    from longctx.evals.tasks.data import check_spec
+    from longctx.evals.tasks.data import check_spec, data_specs
     from longctx.fingerprint import fingerprint
     from longctx.locks import output_lock
     from longctx.modeling import pick_device, source_dirs
 
     label = label or default_label(source)
     check_label(label)
-    for cfg in configs.values():
-        check_spec(getattr(cfg, "data", None) or getattr(cfg, "haystack", None))
+    for cfg in configs.values():  # every text a task reads (a Config field marked DATA_SPEC) is checked now
+        for spec in data_specs(cfg):
+            check_spec(spec)
     pick_device(device)
     dirs = source_dirs(source, base_model=base_model)
     check_out_outside_models(out_dir, label, [d for d in dirs if d is not None])
     with output_lock(out_dir):
         try:
             return _run_tasks(source, configs, out_dir, label=label, device=device, dtype=dtype, base_model=base_model,
-                              after_append=after_append, command=command, force=force, identity=fingerprint(*dirs))
+                              after_append=after_append, command=command, force=force, identity=fingerprint(*dirs),
+                              dirs=dirs)
         except BaseException:
             with contextlib.suppress(OSError):
                 (Path(out_dir) / label).rmdir()  # a run that failed before its first result leaves no empty folder
@@ -211,7 +215,7 @@ def run_tasks(source: str, configs: dict, out_dir, *, label: str | None = None, 
 
 
 def _run_tasks(source: str, configs: dict, out_dir, *, label: str, device, dtype, base_model, after_append, command,
-               force: bool, identity: dict) -> dict[str, list[dict]]:
+               force: bool, identity: dict, dirs) -> dict[str, list[dict]]:
     from longctx import rope_config
     from longctx.evals.run.parallel import current_world
     from longctx.evals.run.results import ResultsWriter, append_run, write_model_json
@@ -222,12 +226,13 @@ def _run_tasks(source: str, configs: dict, out_dir, *, label: str, device, dtype
     world = current_world(device)
     with world.main_first():
         model, tokenizer, model_dir = load_model(source, device=world.device or device, dtype=dtype,
-                                                 base_model=base_model)
-    claimed = rope_config.max_length(model.config.to_dict())
+                                                 base_model=base_model, dirs=dirs)
+    rope = rope_config.model_rope(model.config)  # parsed once; the tasks get it through their writer
+    claimed = rope.claimed_length
     too_long = sorted({n for cfg in configs.values() for n in cfg.lengths if n > claimed})
     warnings = [f"length {n} exceeds the {claimed} tokens the config claims (rope_config.max_length); ran anyway"
                 for n in too_long]
-    info = {**model_info(model, source, model_dir, label, warnings), "fingerprint": identity}
+    info = {**model_info(model, rope, source, model_dir, label, warnings), "fingerprint": identity}
     if world.main:
         start_results(out_dir, label, info, str(source), force=force)
     results, computed = {}, {}
@@ -238,7 +243,7 @@ def _run_tasks(source: str, configs: dict, out_dir, *, label: str, device, dtype
     try:
         for task, cfg in configs.items():
             # model.json comes with a task's first result line: a task refused before any cell leaves nothing
-            writer = ResultsWriter(out_dir, label, task, after_append=after_append, world=world,
+            writer = ResultsWriter(out_dir, label, task, after_append=after_append, world=world, rope=rope,
                                    before_first_write=write_model if world.main else None)
             before = len(writer.cells())
             computed[task] = 0

@@ -3,8 +3,9 @@
 A checkpoint is `OUT/checkpoints/step-NNNNNN/`: accelerate's `save_state` (model or LoRA-only weights as
 safetensors, optimizer state, accelerate's own RNG files) plus, written by longctx, `rng_state_<rank>.json`
 (every process's torch RNG) and `trainer_state.json` (step, rows of packed data consumed, the lr
-scheduler's state, and the size of every file of the checkpoint). It is built under `.tmp-step-NNNNNN` and
-renamed when complete, so a killed run never leaves a half checkpoint that --resume would pick.
+scheduler's state, and the size of every file of the checkpoint). Every process builds it in one partial folder
+(`longctx.files.shared_partial_dir`) that process 0 publishes when complete (`publish_dir`), so a killed run never
+leaves a half checkpoint that --resume would pick.
 
 Why not accelerate's `load_state` as it is: it unpickles registered custom objects (`custom_checkpoint_N.pkl`)
 with `weights_only=False`, so a crafted run folder would run code on `--resume` (and older accelerate
@@ -33,7 +34,7 @@ import shutil
 from pathlib import Path
 
 from longctx.errors import UsageError, require
-from longctx.files import kill_point, replace_into_place
+from longctx.files import kill_point, publish_dir, remove_partials, shared_partial_dir
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -46,7 +47,7 @@ LEGACY_PICKLES = re.compile(r"(optimizer(_\d+)?\.bin|random_states_\d+\.pkl|scal
 
 
 def checkpoint_dirs(out: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary dirs start with '.' and are never listed)."""
+    """Complete checkpoints, oldest first (partial folders start with '.' and are never listed)."""
     root = Path(out) / CHECKPOINTS
     if not root.is_dir():
         return []
@@ -54,11 +55,8 @@ def checkpoint_dirs(out: Path) -> list[Path]:
 
 
 def remove_partial_checkpoints(out: Path) -> None:
-    """`.tmp-step-*` folders of a run killed while saving: never resumed from, removed on the next start."""
-    root = Path(out) / CHECKPOINTS
-    if root.is_dir():
-        for tmp in root.glob(".tmp-step-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+    """Partial checkpoints of a run killed while saving: never resumed from, removed on the next start."""
+    remove_partials(Path(out) / CHECKPOINTS)
 
 
 def _rng_state() -> dict:
@@ -81,7 +79,8 @@ def _set_rng_state(state: dict) -> None:
 def save_checkpoint(accelerator, out: Path, step: int, rows_consumed: int, keep_last: int, scheduler=None) -> Path:
     """Write to a temporary dir, rename when every process is done, then drop all but the newest `keep_last`."""
     root = Path(out) / CHECKPOINTS
-    final, tmp = root / f"step-{step:06d}", root / f".tmp-step-{step:06d}"
+    final = root / f"step-{step:06d}"
+    tmp = shared_partial_dir(final)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
@@ -102,8 +101,7 @@ def save_checkpoint(accelerator, out: Path, step: int, rows_consumed: int, keep_
                 "files": files,
             }
             (tmp / STATE_FILE).write_text(json.dumps(state) + "\n")
-            shutil.rmtree(final, ignore_errors=True)
-            replace_into_place(tmp, final)
+            publish_dir(tmp, final)
             kill_point("checkpoint:published")
             for old in checkpoint_dirs(out)[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)

@@ -20,7 +20,7 @@ import json
 import shutil
 from pathlib import Path
 
-from longctx.files import kill_point, partial_dir, publish_dir, replace_into_place, write_text_atomic
+from longctx.files import kill_point, partial_dir, publish_dir, replace_into_place, write_json_atomic, write_text_atomic
 
 ROPE_KEYS = (
     "rope_theta",
@@ -31,21 +31,21 @@ ROPE_KEYS = (
 )
 
 
-def write_patched_config(checkpoint_dir: Path, source_config: dict, spec) -> None:
-    """Replace the rope keys of a saved config.json by `patch_config(source, spec)`'s (both schemas)."""
-    if spec is None:
+def write_patched_config(checkpoint_dir: Path, patched_config: dict | None) -> None:
+    """Replace the rope keys of a saved config.json by those of `patched_config` (the preflight's
+    `patch_config(source, spec)`, both schemas; None: no patch, nothing to do). Written atomically."""
+    if patched_config is None:
         return
     from longctx import rope_config
-    from longctx.patch import patch_config
 
     path = checkpoint_dir / "config.json"
     saved = json.loads(path.read_text())
-    patched = rope_config.text_config(patch_config(source_config, spec))
+    patched = rope_config.text_config(patched_config)
     target = rope_config.text_config(saved)
     for key in ROPE_KEYS:
         if key in patched:
             target[key] = patched[key]
-    path.write_text(json.dumps(saved, indent=2) + "\n")
+    write_json_atomic(path, saved)
 
 
 def model_card(args, spec, built, summary: dict, kind: str) -> str:
@@ -82,7 +82,7 @@ def export(args, spec, built, summary: dict, accelerator, model) -> Path:
     if args.tune.finetune == "lora":
         from longctx.train.model import link_patched_base
 
-        base = link_patched_base(built.source_dir, out / "base", spec)
+        base = link_patched_base(built.source_dir, out / "base", spec, built.patched_config)
         trained.peft_config["default"].base_model_name_or_path = str(base.resolve())
         kind = "LoRA adapter on the patched base in base/"
     else:
@@ -92,7 +92,7 @@ def export(args, spec, built, summary: dict, accelerator, model) -> Path:
         built.tokenizer.save_pretrained(tmp)
         trained.save_pretrained(tmp, state_dict=state)
         if args.tune.finetune != "lora":
-            write_patched_config(tmp, built.source_config, spec)
+            write_patched_config(tmp, built.patched_config)
         move_into(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -123,8 +123,9 @@ def merge(out: Path, args, spec, built, summary: dict) -> Path:
     try:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_patched_config(tmp, built.source_config, spec)
-        (tmp / "README.md").write_text(model_card(args, spec, built, summary, "LoRA merged into the patched base"))
+        write_patched_config(tmp, built.patched_config)
+        card = model_card(args, spec, built, summary, "LoRA merged into the patched base")
+        write_text_atomic(tmp / "README.md", card)
         publish_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

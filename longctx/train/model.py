@@ -22,6 +22,7 @@ class Built:
     source_config: dict  # its config.json
     trained_length: int  # context the source was trained at (the ceiling for --seq-len)
     seq_len: int
+    patched_config: dict | None = None  # patch_config(source_config, spec), derived once in preflight; None: no patch
 
 
 def resolve_source(model: str, *, trust_remote_code: bool = False) -> Path:
@@ -82,6 +83,7 @@ class Preflight:
     trained_length: int
     seq_len: int
     tokenizer: object
+    patched_config: dict | None  # the source's config.json with the patch applied (None: no patch asked)
 
 
 def scratch_overrides(args, tokenizer) -> dict:
@@ -129,10 +131,11 @@ def preflight(args, spec) -> Preflight:
     source_config = {**read_config_json(source_dir), **scratch_overrides(args, tokenizer)}
     trained = rope_config.original_length(source_config)
     seq_len = check_seq_len(args.data.seq_len, trained)
-    if spec is not None:
+    patched_config = None
+    if spec is not None:  # derived once here (which checks the patch against this checkpoint), then carried
         from longctx.patch import patch_config
 
-        patch_config(source_config, spec)  # validates the patch against this checkpoint
+        patched_config = patch_config(source_config, spec)
     if args.tune.finetune == "lora":
         try:
             import peft  # noqa: F401
@@ -142,7 +145,7 @@ def preflight(args, spec) -> Preflight:
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=args.model.trust_remote_code)
         lora_config(skeleton, args.tune)
-    return Preflight(source_dir, source_config, trained, seq_len, tokenizer)
+    return Preflight(source_dir, source_config, trained, seq_len, tokenizer, patched_config)
 
 
 def build_model(args, spec, checked: Preflight, *, device: str) -> Built:
@@ -164,17 +167,19 @@ def build_model(args, spec, checked: Preflight, *, device: str) -> Built:
         from longctx.modeling import from_pretrained_checked
 
         model = from_pretrained_checked(source_dir, **kwargs)
-    model = prepare_for_training(model, args, spec)
-    return Built(model, checked.tokenizer, source_dir, checked.source_config, checked.trained_length, checked.seq_len)
+    model = prepare_for_training(model, args, spec, checked.patched_config)
+    return Built(model, checked.tokenizer, source_dir, checked.source_config, checked.trained_length, checked.seq_len,
+                 checked.patched_config)
 
 
-def prepare_for_training(model, args, spec):
+def prepare_for_training(model, args, spec, patched_config: dict | None = None):
     """Patch the rope (if asked), turn the KV cache off, enable gradient checkpointing, and make the LoRA
-    adapters (peft) or every weight (full fine-tune) trainable. Returns the model to train."""
+    adapters (peft) or every weight (full fine-tune) trainable. Returns the model to train. `patched_config`:
+    the preflight's `patch_config` of the source, so the patch is not derived again."""
     if spec is not None:
         from longctx.patch import patch_model
 
-        patch_model(model, spec)
+        patch_model(model, spec, patched_config)
     model.config.use_cache = False
     if args.model.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
@@ -205,12 +210,13 @@ def weights_dtype(args, device: str):
     return torch.float32
 
 
-def link_patched_base(source_dir: Path, out_dir: Path, spec) -> Path:
+def link_patched_base(source_dir: Path, out_dir: Path, spec, patched_config: dict | None = None) -> Path:
     """The adapter's base: the source itself when no patch was asked for, else a patched checkpoint written
     by `longctx.checkpoint` (hard-linked weights, patched config.json, model card, longctx_patch.json).
 
     A LoRA adapter records its base by path; the base must carry the patch, or `longctx eval` would load
-    the adapter onto the unpatched rope.
+    the adapter onto the unpatched rope. `patched_config`: the source's config.json patched, as the preflight
+    derived it.
     """
     if spec is None:
         return Path(source_dir)
@@ -224,5 +230,6 @@ def link_patched_base(source_dir: Path, out_dir: Path, spec) -> Path:
         force=True,
         allow_pickle=True,
         trust_remote_code=True,
+        new_config=patched_config,
         written_by="recipes/finetune.py (longctx.train.export, the base of the LoRA adapter)",
     )

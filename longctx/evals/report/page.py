@@ -32,7 +32,14 @@ from longctx.evals.report.judge import (  # the judging rules the page explains
 )
 from longctx.evals.report.load import ModelSummary, load_results, perplexity_task, retrieval_tasks
 from longctx.evals.report.summary_json import summary_json
-from longctx.evals.report.text import fmt_ppl, ppl_windows_text, rope_text, run_text
+from longctx.evals.report.text import (
+    checkout_root,
+    fmt_ppl,
+    inline_markdown,
+    portable,
+    rope_text,
+    run_groups,
+)
 from longctx.evals.tasks import all_tasks
 from longctx.evals.tasks.base import PERPLEXITY, RETRIEVAL
 from longctx.files import partial_dir, replace_into_place
@@ -139,7 +146,7 @@ def render_html(models: list[ModelSummary], context: dict, images: dict[str, str
         captions=_captions(),
         warned=[(m, w) for m in models for w in m.warnings],
         details=_details,
-        made=_provenance(models),
+        made=[inline_markdown(line) for line in run_groups(models)],
         status_badge=STATUS_BADGE,
         decided=[(m, n) for m in models for n in m.decisions],
     )
@@ -229,9 +236,16 @@ def origin_text(model: ModelSummary) -> str:
 
 
 def _details(model: ModelSummary) -> str:
+    """Where the model came from in words, then each setting once (a path the words already name is left out)."""
     keys = ("source", "model_dir", "device", "dtype", "attn_implementation", "longctx_version")
     parts = [origin_text(model)] if model.meta else []
-    parts += [f"{k}={model.meta[k]}" for k in keys if model.meta.get(k) not in (None, "")]
+    shown = set(" ".join(parts).replace(",", " ").split())
+    for key in keys:
+        value = model.meta.get(key)
+        if value in (None, "") or (key in ("source", "model_dir") and str(value) in shown):
+            continue
+        parts.append(f"{key}={value}")
+        shown.add(str(value))
     if model.meta.get("rope"):
         parts.append("rope=" + json.dumps(model.meta["rope"], sort_keys=True))
     ppl = perplexity_task()
@@ -325,21 +339,10 @@ def render_markdown(models: list[ModelSummary], context: dict) -> str:
     if warned:
         out += ["## Warnings", "", *(f"- **{m.label}**: {w}" for m, w in warned), ""]
     out += ["## Models", "", *(f"- **{m.label}**: {_details(m)}" for m in models), ""]
-    made = _provenance(models)
+    made = run_groups(models)
     if made:
         out += ["## How these numbers were made", "", *(f"- {line}" for line in made), ""]
     return "\n".join(out) + "\n"
-
-
-def _provenance(models: list[ModelSummary]) -> list[str]:
-    """Per model: where the perplexity windows came from, and every run (command, commit, machine, wall time)."""
-    lines = []
-    for m in models:
-        windows = ppl_windows_text(m)
-        if windows:
-            lines.append(f"**{m.label}** perplexity windows, each from one document: {windows}")
-        lines += [f"**{m.label}** run: {run_text(run)}" for run in m.runs]
-    return lines
 
 
 # --- writing ------------------------------------------------------------------------------------------
@@ -368,13 +371,17 @@ def _write_report(models, results_dir: Path, out_dir: Path, tmp: Path, title: st
             figures.append(figure.file)
 
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    context = {"title": title, "generated": generated, "results_dir": str(results_dir), "figures": figures}
-    (tmp / "summary.json").write_text(
-        json.dumps(summary_json(models, title, figures), indent=2, allow_nan=False) + "\n"
-    )
-    (tmp / "report.md").write_text(render_markdown(models, context))
+    root = checkout_root(results_dir)  # paths inside the checkout are written relative to it
+
+    def write(name: str, text: str) -> None:
+        (tmp / name).write_text(portable(text, root))
+
+    context = {"title": title, "generated": generated, "results_dir": portable(str(results_dir.resolve()), root),
+               "figures": figures}
+    write("summary.json", json.dumps(summary_json(models, title, figures), indent=2, allow_nan=False) + "\n")
+    write("report.md", render_markdown(models, context))
     images = {name: base64.b64encode((tmp / name).read_bytes()).decode("ascii") for name in figures}
-    (tmp / "report.html").write_text(render_html(models, context, images))
+    write("report.html", render_html(models, context, images))
     for figure in every:  # a figure from an earlier run of other results would contradict this report
         if figure.file not in figures and (out_dir / figure.file).exists():
             (out_dir / figure.file).unlink()

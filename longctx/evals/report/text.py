@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from longctx.evals.report.load import ModelSummary, perplexity_task
 from longctx.evals.tasks.base import as_float
@@ -38,9 +39,44 @@ def ppl_windows_text(model: ModelSummary) -> str | None:
     return task and task.windows_text(model.records(task.name))
 
 
-def run_text(run: dict) -> str:
-    """One evaluation run in a line: command, commit, machine, wall time."""
-    commit = str(run.get("commit") or "unknown")[:12] + (" (modified)" if run.get("dirty") else "")
+def run_groups(models: list[ModelSummary]) -> list[str]:
+    """'How these numbers were made', one line per distinct run: the perplexity windows once per distinct set of
+    documents (with the models that read them), then each command once, with the models it evaluated (and their
+    wall times), its commits, machines and dates."""
+    lines, windows, commands = [], {}, {}
+    for m in models:
+        text = ppl_windows_text(m)
+        if text:
+            windows.setdefault(text, []).append(m.label)
+        for run in m.runs:
+            commands.setdefault(str(run.get("command")), []).append((m.label, run))
+    for text, labels in windows.items():
+        lines.append(f"Perplexity windows, each from one document ({_names(labels)}): {text}")
+    for command, runs in sorted(commands.items(), key=lambda item: min(str(r.get("started", "")) for _, r in item[1])):
+        models_text = ", ".join(f"{label} ({_minutes(run)})" for label, run in runs)
+        commits = _distinct(str(r.get("commit") or "unknown")[:12] + (" (modified)" if r.get("dirty") else "")
+                            for _, r in runs)
+        machines = _distinct(_machine_text(r) for _, r in runs)
+        days = sorted({str(r.get("started", ""))[:10] for _, r in runs if r.get("started")})
+        when = days[0] if len(days) == 1 else f"{days[0]} – {days[-1]}" if days else "?"
+        lines.append(f"`{command}` · {models_text} · commit {', '.join(commits)} · {'; '.join(machines)} · {when}")
+    return lines
+
+
+def _names(labels: list[str]) -> str:
+    return "**" + "**, **".join(labels) + "**"
+
+
+def _distinct(values) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def _minutes(run: dict) -> str:
+    seconds = as_float(run.get("wall_seconds"))
+    return f"{seconds / 60:.1f} min" if seconds is not None else "?"
+
+
+def _machine_text(run: dict) -> str:
     machine = run.get("machine") if isinstance(run.get("machine"), dict) else {}
     where = ", ".join(str(x) for x in (machine.get("gpu") or machine.get("cpu"),
                                        machine.get("cores") and f"{machine['cores']} cores",
@@ -48,11 +84,35 @@ def run_text(run: dict) -> str:
     world = run.get("world")
     if isinstance(world, int) and world > 1:  # launched as several processes (longctx.evals.run.parallel)
         where = f"{where or 'machine unknown'} × {world} processes"
-    seconds = as_float(run.get("wall_seconds"))
-    wall = f"{seconds / 60:.1f} min" if seconds is not None else "?"
-    return (
-        f"`{run.get('command')}` · commit {commit} · {where or 'machine unknown'} · {wall} · {run.get('started', '')}"
-    )
+    return where or "machine unknown"
+
+
+def inline_markdown(text: str):
+    """One line of the Markdown a report writes (`**bold**`, `` `code` ``) as HTML, everything else escaped."""
+    import html
+    import re
+
+    from markupsafe import Markup
+
+    out = html.escape(text, quote=False)
+    out = re.sub(r"`([^`]*)`", r"<code>\1</code>", out)
+    return Markup(re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out))
+
+
+def portable(text: str, root: Path | None) -> str:
+    """`text` with every path inside the checkout `root` written relative to it: a committed report names no
+    folder of the machine that made it."""
+    if root is None or len(root.parts) < 2:
+        return text
+    return text.replace(str(root) + "/", "")
+
+
+def checkout_root(results_dir: Path) -> Path | None:
+    """The repository checkout holding `results_dir` (the nearest folder above it with a .git), else None."""
+    for folder in [Path(results_dir).resolve(), *Path(results_dir).resolve().parents]:
+        if (folder / ".git").exists():
+            return folder
+    return None
 
 
 def rope_text(rope: dict | None) -> str:

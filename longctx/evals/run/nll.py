@@ -43,17 +43,18 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from longctx import rope_config, rope_methods
+from longctx import rope_config
 from longctx.errors import UsageError
 
 
-def refusal(model) -> str | None:
-    """Why this model's windows cannot be split across processes, or None."""
+def refusal(model, rope=None) -> str | None:
+    """Why this model's windows cannot be split across processes, or None (`rope`: its
+    `rope_config.ModelRope`, when the caller parsed it already)."""
     config = model.config
-    rope_type = rope_config.rope_parameters(config).get("rope_type")
-    if getattr(rope_methods.for_rope_type(rope_type), "length_dependent", False):
-        return (f"{rope_type} rope picks its frequencies from the sequence length, and under context parallel each "
-                "process sees only its slice of positions")
+    rope = rope or rope_config.model_rope(config)
+    if rope.length_dependent:
+        return (f"{rope.rope_type} rope picks its frequencies from the sequence length, and under context parallel "
+                "each process sees only its slice of positions")
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     layer_types = set(getattr(text, "layer_types", None) or ())
     if layer_types - {"full_attention"} or (not layer_types and getattr(text, "sliding_window", None)
@@ -83,7 +84,7 @@ def token_nll(model, input_ids, *, chunk_tokens: int = 1024):
                                  chunk=chunk_tokens, transform=logit_transform(model.config))
 
 
-def nll_function(model, world):
+def nll_function(model, world, rope=None):
     """A `token_nll` replacement that scores each window across every process of `world`; plain `token_nll`
     for one process."""
     from functools import partial
@@ -91,7 +92,7 @@ def nll_function(model, world):
     if world.size == 1:
         print("ppl: context parallel with one process: plain forwards", file=sys.stderr)
         return token_nll
-    why = refusal(model)
+    why = refusal(model, rope)
     if why:
         raise UsageError(f"--context-parallel: {why}; evaluate it with data parallel (drop --context-parallel)")
     mesh = world.mesh()

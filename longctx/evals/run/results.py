@@ -44,12 +44,15 @@ class ResultsWriter:
     there): the folder is created only then, so a run refused before its first cell leaves nothing behind.
     `world` (`parallel.World`): this process among several; process 0 reads first, then the others, then all
     wait for each other, so no process writes before every process has read the same state.
+    `rope` (`rope_config.ModelRope`): the model's rotary settings as the run parsed them once; None when the
+    caller has none (a task then parses them itself, `model_rope`).
     """
 
     def __init__(self, out_dir: str | os.PathLike, label: str, task: str, *,
                  after_append: Callable[[dict], None] | None = None,
-                 before_first_write: Callable[[], None] | None = None, world: World = SINGLE):
+                 before_first_write: Callable[[], None] | None = None, world: World = SINGLE, rope=None):
         self.dir = Path(out_dir) / label
+        self.rope = rope
         self.before_first_write = before_first_write
         self.task = task
         self.world = world
@@ -63,6 +66,14 @@ class ResultsWriter:
         if not world.main:
             self._load()
         world.barrier()
+
+    def model_rope(self, model):
+        """The run's `rope_config.ModelRope` of `model` (parsed here when the run gave none)."""
+        if self.rope is None:
+            from longctx.rope_config import model_rope
+
+            self.rope = model_rope(model.config)
+        return self.rope
 
     def _load(self) -> None:
         # a torn last line (a crash mid-write) is cut off so appends stay valid; a garbled line's cell is redone

@@ -166,11 +166,10 @@ class RetrievalTask(Task):
         raise NotImplementedError
 
     def run(self, model, tokenizer, cfg, writer) -> list[dict]:
-        from longctx import rope_config
-
         if cfg.trials < 1:
             raise UsageError("--trials must be at least 1")
-        lengths = with_control(cfg.lengths, rope_config.original_length(model.config), getattr(cfg, "control", False))
+        trained = writer.model_rope(model).trained_length
+        lengths = with_control(cfg.lengths, trained, getattr(cfg, "control", False))
         build = self.builder(tokenizer, cfg)
         for length in sorted(set(lengths) - set(cfg.lengths)):
             try:

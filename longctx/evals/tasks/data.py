@@ -30,6 +30,17 @@ def load_texts(spec: str | None = None) -> list[str]:
     return load_documents(spec, default_split="test")
 
 
+DATA_SPEC = {"data_spec": True}  # metadata of a task Config field that names evaluation text (`data_specs`)
+
+
+def data_specs(cfg) -> list[str]:
+    """The data specs a task's Config names, from its fields marked with DATA_SPEC metadata."""
+    import dataclasses
+
+    return [getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if f.metadata.get("data_spec") and getattr(cfg, f.name) is not None]
+
+
 def check_spec(spec: str | None) -> None:
     """Fail on a bad data spec before any model is loaded: local sources are read, hf: needs datasets."""
     if spec and spec.startswith("hf:"):
@@ -89,6 +100,19 @@ class Piece:
     text: str
     ids: list[int]
     ends_sentence: bool = False  # a needle may go right after it
+
+
+def join_pieces(pieces: list[Piece]) -> tuple[list[int], str, list[int], dict[int, int]]:
+    """(ids, text, sentence ends, chars) of `pieces` one after another: the token offsets right after each piece
+    that ends a sentence (where a needle may go), and {token offset: character offset} at each of them and at 0."""
+    ids, text, ends, chars = [], "", [], {0: 0}
+    for piece in pieces:
+        ids += piece.ids
+        text += piece.text
+        if piece.ends_sentence:
+            ends.append(len(ids))
+            chars[len(ids)] = len(text)
+    return ids, text, ends, chars
 
 
 def tokenize_pieces(tokenizer, texts: list[str], before: str | None = None) -> list[Piece]:

@@ -31,14 +31,16 @@ from longctx.evals.tasks.base import RetrievalTask
 from longctx.evals.tasks.data import (
     AFTER_SENTENCE,
     AFTER_WORD,
+    DATA_SPEC,
     Piece,
     SentenceTokens,
     continuation,
+    join_pieces,
     load_texts,
     special_prefix,
 )
 from longctx.evals.tasks.passkey import place
-from longctx.evals.tasks.scoring import Graded, Prompt, Query, contains_answer, wilson_interval
+from longctx.evals.tasks.scoring import Graded, Prompt, Query, contains_answer, strict_counts, wilson_interval
 
 NEEDLE = " The special magic number for {city} is {number}."
 QUESTION = "\n\nWhat is the special magic number for {city}? The special magic number for {city} is"
@@ -61,7 +63,7 @@ class Config:
     trials: int = 3                                        # haystacks/needles per (length, depth)
     needles: int = 1                                       # needles to retrieve, each asked for separately
     distractors: int = 0                                   # needle-like sentences about other cities
-    haystack: str | None = None                            # data spec (see longctx.evals.tasks.data); pydoc if None
+    haystack: str | None = field(default=None, metadata=DATA_SPEC)  # data spec (evals.tasks.data); pydoc if None
     mode: str = "forced"                                   # forced (one teacher-forced forward) or generate
     seed: int = 0
     share_prefix: bool = True                              # reuse the haystack's KV cache across depths
@@ -132,16 +134,8 @@ class NiahTrial:
         spots = [rng.choice(ends) for _ in decoys]
         for where, decoy in sorted(zip(spots, decoys, strict=True), key=lambda pair: -pair[0]):
             pieces.insert(where, decoy)
-        self.body: list[int] = []
-        self.body_text = ""
-        self.boundaries: list[int] = []  # sentence ends in the haystack, where needles may go
-        self._chars = {0: 0}
-        for piece in pieces:
-            self.body += piece.ids
-            self.body_text += piece.text
-            if piece.ends_sentence:
-                self.boundaries.append(len(self.body))
-                self._chars[len(self.body)] = len(self.body_text)
+        # boundaries: sentence ends in the haystack, where needles may go
+        self.body, self.body_text, self.boundaries, self._chars = join_pieces(pieces)
 
     def needle_positions(self, depth: float) -> list[int]:
         """Indices in the haystack where each needle goes (non-decreasing)."""
@@ -179,10 +173,7 @@ def summarize_for(needles: int):
         retrieved, questions = sum(sample["retrieved"] for sample in samples), needles * len(samples)
         out = {"score": retrieved / questions if questions else 0.0, "retrieved": retrieved,
                "questions": questions, "accuracy_ci95": wilson_interval(retrieved, questions)}
-        if all("retrieved_strict" in sample for sample in samples):
-            strict = sum(sample["retrieved_strict"] for sample in samples)
-            out |= {"retrieved_strict": strict, "score_strict": strict / questions if questions else 0.0}
-        return out
+        return out | strict_counts(samples, "retrieved", "score", questions)
     return summarize
 
 

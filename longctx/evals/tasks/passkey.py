@@ -31,10 +31,11 @@ from longctx.evals.tasks.data import (
     continuation,
     encode,
     fill_exactly,
+    join_pieces,
     special_prefix,
     tokenize_pieces,
 )
-from longctx.evals.tasks.scoring import Graded, Prompt, Query, first_integer_is, wilson_interval
+from longctx.evals.tasks.scoring import Graded, Prompt, Query, first_integer_is, strict_counts, wilson_interval
 
 TASK_LINE = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
              "I will quiz you about the important information there.")
@@ -111,16 +112,9 @@ class PasskeyTrial:
                              f"{length - n_filler} tokens")
         pieces = fill_exactly(tokenizer, filler_stream(tokenizer, n_filler, self.filler_start), n_filler, TASK_LINE,
                               [(QUESTION, self.question)])
-        self.filler: list[int] = []
-        self.filler_text = ""
-        self.boundaries = [0]  # sentence ends in the filler (0: after the task line), where the needle may go
-        self._chars = {0: 0}
-        for piece in pieces:
-            self.filler += piece.ids
-            self.filler_text += piece.text
-            if piece.ends_sentence:
-                self.boundaries.append(len(self.filler))
-                self._chars[len(self.filler)] = len(self.filler_text)
+        # boundaries: sentence ends in the filler (0: after the task line), where the needle may go
+        self.filler, self.filler_text, ends, self._chars = join_pieces(pieces)
+        self.boundaries = [0, *ends]
 
     def needle_position(self, depth: float) -> int:
         """Index in the filler where the needle goes."""
@@ -157,10 +151,7 @@ def summarize(samples: list[dict]) -> dict:
     correct = sum(sample["correct"] for sample in samples)
     out = {"correct": correct, "accuracy": correct / len(samples) if samples else 0.0,
            "accuracy_ci95": wilson_interval(correct, len(samples))}
-    if all("correct_strict" in sample for sample in samples):
-        strict = sum(sample["correct_strict"] for sample in samples)
-        out |= {"correct_strict": strict, "accuracy_strict": strict / len(samples) if samples else 0.0}
-    return out
+    return out | strict_counts(samples, "correct", "accuracy", len(samples))
 
 
 class Passkey(RetrievalTask):

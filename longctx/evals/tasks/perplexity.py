@@ -24,14 +24,14 @@ import bisect
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from longctx.corpus import data_name, load_named_documents
 from longctx.errors import UsageError
 from longctx.evals.run.nll import nll_function, token_nll
 from longctx.evals.run.results import ResultsWriter, cell_key
 from longctx.evals.tasks.base import PERPLEXITY, Figure, Task, as_float
-from longctx.evals.tasks.data import DocumentTokens, Window, special_prefix
+from longctx.evals.tasks.data import DATA_SPEC, DocumentTokens, Window, special_prefix
 from longctx.evals.tasks.intervals import mean_ci95
 from longctx.evals.tasks.scoring import length_warnings
 from longctx.lengths import fmt_len
@@ -43,7 +43,7 @@ class Config:
 
     lengths: list[int]           # window lengths in tokens
     stride: int | None = None    # sliding-window step; None = non-overlapping windows
-    data: str | None = None      # data spec (see longctx.evals.tasks.data); pydoc if None
+    data: str | None = field(default=None, metadata=DATA_SPEC)  # data spec (longctx.evals.tasks.data); pydoc if None
     docs: int = 4                # single-document windows scored per length (the interval is over these)
     buckets: int = 8             # position buckets of the loss-by-position curve
     chunk_tokens: int = 1024     # positions per lm_head + cross-entropy step
@@ -103,7 +103,7 @@ def window_id(window: Window) -> str:
     return f"{window.doc}@{window.start}"
 
 
-def prefix_evaluation(model, cfg: Config) -> tuple[bool, str]:
+def prefix_evaluation(model, cfg: Config, rope=None) -> tuple[bool, str]:
     """Whether one forward of the longest window may score every shorter length on its prefix, and if not, why.
 
     In a causal model the loss of token t depends on tokens <= t only, so the first L tokens of a longer window
@@ -116,7 +116,7 @@ def prefix_evaluation(model, cfg: Config) -> tuple[bool, str]:
         return False, "prefix evaluation is off"
     if cfg.stride is not None or cfg.context_parallel:
         return False, "sliding windows and context parallel score each length separately"
-    return prefix_sharing_allowed(model)
+    return prefix_sharing_allowed(model, rope)
 
 
 def window_record(tokenizer, window: Window, scored: list[tuple[int, int, float]], edges: list[int],
@@ -197,8 +197,8 @@ def run(model, tokenizer, cfg: Config, writer: ResultsWriter) -> list[dict]:
         raise UsageError("--docs must be at least 1")
     if cfg.stride is not None and not 0 < cfg.stride < min(cfg.lengths):
         raise UsageError(f"--stride must be between 1 and the smallest length - 1 ({min(cfg.lengths) - 1})")
-    name, main = data_name(cfg.data), writer.world.main
-    shared, why = prefix_evaluation(model, cfg)
+    name, main, rope = data_name(cfg.data), writer.world.main, writer.model_rope(model)
+    shared, why = prefix_evaluation(model, cfg, rope)
     keys = {length: cell_key("ppl", length=length, stride=cfg.stride, data=name,
                              windows="prefix" if shared else "document") for length in cfg.lengths}
     todo = [length for length in cfg.lengths if not writer.done(keys[length])]
@@ -206,14 +206,14 @@ def run(model, tokenizer, cfg: Config, writer: ResultsWriter) -> list[dict]:
         print(f"ppl: a separate forward per length: {why}", file=sys.stderr)
     nll_fn = token_nll
     if cfg.context_parallel and todo:
-        nll_fn = nll_function(model, writer.world)
+        nll_fn = nll_function(model, writer.world, rope)
     longest = max(cfg.lengths)
     plans = plan_windows(tokenizer, cfg, [longest] if shared else todo) if todo else {}
     if shared and todo:  # every length reads the longest length's windows, cut to its own length
         plans = {length: plans[longest] for length in todo}
     prefix = special_prefix(tokenizer)
     edges = {length: [round(i * length / cfg.buckets) for i in range(cfg.buckets + 1)] for length in todo}
-    warnings = {length: length_warnings(model, length) for length in todo}
+    warnings = {length: length_warnings(rope, length) for length in todo}
     for length in todo:
         if len(plans[length]) < cfg.docs:
             warnings[length].append(f"data {name!r} holds only {len(plans[length])} windows of {length} tokens in "

@@ -367,7 +367,6 @@ class Ruler(Task):
         return cell_key(self.name, **fields)
 
     def run(self, model, tokenizer, cfg: Config, writer) -> list[dict]:
-        from longctx import rope_config
 
         names = parse_tasks(cfg.tasks)
         for skipped in [n for n in names if rt.SYNTHETIC[n][0] == "qa"]:
@@ -377,7 +376,8 @@ class Ruler(Task):
                 file=sys.stderr,
             )
         names = [n for n in names if rt.SYNTHETIC[n][0] != "qa"]
-        claimed = rope_config.max_length(model.config.to_dict())
+        rope = writer.model_rope(model)
+        claimed = rope.claimed_length
         if not cfg.past_context and max(cfg.lengths) > claimed:
             raise UsageError(
                 f"length {max(cfg.lengths)} is above the {claimed} tokens this model's config claims: "
@@ -397,7 +397,7 @@ class Ruler(Task):
         for name, length in cells:  # bad input fails here, before any model work or any line is written
             if not writer.done(self.key(cfg, name, length, wrapper, haystack)):
                 build_sample(name, length, 0, self.seed(cfg, name, length, 0), res, wrapper)
-        share = cfg.share_prefix and prefix_sharing_allowed(model)[0]
+        share = cfg.share_prefix and prefix_sharing_allowed(model, rope)[0]
         if not writer.world.main:  # one process does RULER (its samples share caches); the others wait
             writer.settle()
             return writer.cells()

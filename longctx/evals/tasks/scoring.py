@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from longctx import rope_config, rope_methods
+from longctx import rope_config
 from longctx.evals.run.results import ResultsWriter, cell_key, format_value
 from longctx.evals.tasks.intervals import wilson_interval  # noqa: F401  (re-exported: passkey, niah, task use it)
 
@@ -78,7 +78,7 @@ class Graded:
     hits: list[int] | None = None  # forced: 1 where the argmax is the gold token, per answer position (partial credit)
 
 
-def prefix_sharing_allowed(model) -> tuple[bool, str]:
+def prefix_sharing_allowed(model, rope=None) -> tuple[bool, str]:
     """Whether a KV cache computed for one prompt may be reused by another, and if not, why.
 
     Dynamic NTK picks its rotary base from the current sequence length, and LongRoPE its factors (short up to
@@ -87,13 +87,23 @@ def prefix_sharing_allowed(model) -> tuple[bool, str]:
     Sliding-window caches cannot be cropped back reliably.
     """
     config = model.config
-    rope_type = rope_config.rope_parameters(config).get("rope_type")
-    if getattr(rope_methods.for_rope_type(rope_type), "length_dependent", False):
-        return False, (f"{rope_type} rope changes its frequencies with the sequence length, so keys cached for a "
+    rope = rope or rope_config.model_rope(config)  # `rope_config.ModelRope`, when the caller parsed it already
+    if rope.length_dependent:
+        return False, (f"{rope.rope_type} rope changes its frequencies with the sequence length, so keys cached for a "
                        "shorter prefix would not match")
     if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
         return False, "sliding-window caches cannot be cropped back to a shared prefix"
     return True, ""
+
+
+def strict_counts(samples: list[dict], hits: str, value: str, total: int) -> dict:
+    """The token-exact counterpart of a cell's content grade: `<hits>_strict` summed over the samples and
+    `<value>_strict` = that over `total`; {} unless every sample has it (trials journaled before content grading)."""
+    key = f"{hits}_strict"
+    if not all(key in sample for sample in samples):
+        return {}
+    strict = sum(sample[key] for sample in samples)
+    return {key: strict, f"{value}_strict": strict / total if total else 0.0}
 
 
 def first_integer(text: str) -> str | None:
@@ -201,8 +211,9 @@ def _generate(model, tokenizer, query: Query, cache, grade: Callable[..., bool |
 
 def grade_prompts(model, tokenizer, prompts: list[Prompt], *, mode: str = "forced", share_prefix: bool = True,
                   grade: Callable[..., bool | None] = contains_answer, keep_logits: bool = False,
-                  timings: list[float] | None = None) -> list[list[Graded]]:
-    """Grades of every query of every prompt, in order; `timings` receives each prompt's seconds.
+                  timings: list[float] | None = None, rope=None) -> list[list[Graded]]:
+    """Grades of every query of every prompt, in order; `timings` receives each prompt's seconds; `rope`: the
+    model's `rope_config.ModelRope` when the caller parsed it already.
 
     `grade(text, expected, complete=True)` is the content grade of greedy decoding's text; with complete=False
     it sees only the start of that text and answers None while the rest could change it (`first_integer_is`,
@@ -217,7 +228,7 @@ def grade_prompts(model, tokenizer, prompts: list[Prompt], *, mode: str = "force
 
     if mode not in ("forced", "generate"):
         raise ValueError(f"mode must be 'forced' or 'generate', not {mode!r}")
-    if share_prefix and not prefix_sharing_allowed(model)[0]:
+    if share_prefix and not prefix_sharing_allowed(model, rope)[0]:
         share_prefix = False
     results: list[list[Graded]] = []
     cache, cached = (DynamicCache(), []) if share_prefix else (None, [])
@@ -277,19 +288,20 @@ def trial_seeds(seed: int, task: str, length: int, depths: list[float], trials: 
             for depth in depths for trial in range(trials)}
 
 
-def length_warnings(model, length: int) -> list[str]:
-    claimed = rope_config.max_length(model.config)
+def length_warnings(rope, length: int) -> list[str]:
+    """Why a cell of `length` tokens may mean less: beyond the length `rope` (`rope_config.ModelRope`) claims."""
+    claimed = rope.claimed_length
     if length > claimed:
         return [f"length {length} exceeds the {claimed} tokens the config claims (rope_config.max_length); ran anyway"]
     return []
 
 
-def grading_warnings(model, mode: str) -> list[str]:
+def grading_warnings(model, mode: str, rope=None) -> list[str]:
     """Why forced grades may differ from greedy decoding for this model (see the module docstring)."""
-    rope_type = rope_config.rope_parameters(model.config).get("rope_type")
-    if mode == "forced" and getattr(rope_methods.for_rope_type(rope_type), "length_dependent", False):
-        return [f"{rope_type} rope: forced grading scores the answer at the frequencies of prompt + answer, greedy "
-                "decoding with a KV cache at the prefill's (transformers #25104): a marginal trial can grade "
+    rope = rope or rope_config.model_rope(model.config)
+    if mode == "forced" and rope.length_dependent:
+        return [f"{rope.rope_type} rope: forced grading scores the answer at the frequencies of prompt + answer, "
+                "greedy decoding with a KV cache at the prefill's (transformers #25104): a marginal trial can grade "
                 "differently in generate mode"]
     return []
 
@@ -312,12 +324,13 @@ def run_grid(model, tokenizer, writer: ResultsWriter, *, task: str, lengths: lis
 
     from longctx.evals.run.parallel import run_units
 
-    main = writer.world.main
-    grading = grading_warnings(model, mode)
+    main, rope = writer.world.main, writer.model_rope(model)
+    grading = grading_warnings(model, mode, rope)
     if grading and main:
         print(f"warning: {task}: {grading[0]}", file=sys.stderr)
     if share_prefix:
-        allowed, why = prefix_sharing_allowed(model)
+        allowed, why = prefix_sharing_allowed(model, rope)
+        share_prefix = allowed
         if not allowed and main:
             print(f"{task}: full forwards for every depth: {why}", file=sys.stderr)
     keys = {(length, depth): cell_key(task, **key_fields(length, depth)) for length in lengths for depth in depths}
@@ -332,7 +345,7 @@ def run_grid(model, tokenizer, writer: ResultsWriter, *, task: str, lengths: lis
     bar = tqdm(total=len(keys), desc=f"{writer.dir.name} {task}", unit="cell", disable=None if main else True)
     bar.update(sum(len(depths) - len(todo[length]) for length in lengths))
     for length in lengths:
-        warnings = length_warnings(model, length)
+        warnings = length_warnings(rope, length)
         if todo[length] and warnings and main:
             print(f"warning: {task}: {warnings[0]}", file=sys.stderr)
 
@@ -345,7 +358,7 @@ def run_grid(model, tokenizer, writer: ResultsWriter, *, task: str, lengths: lis
         prompts = [obj.prompt(depth) for obj, depth in zip(trial_objs, depths_needed, strict=True)]
         timings: list[float] = []
         grades = grade_prompts(model, tokenizer, prompts, mode=mode, share_prefix=share_prefix, grade=grade,
-                               timings=timings)
+                               timings=timings, rope=rope)
         bar.update(len(depths_needed) / trials)
         return [(keys[length, depth], seeds[length][depth, trial],
                  {**obj.sample(seeds[length][depth, trial], graded), "seconds": round(spent, 3)})
@@ -361,7 +374,7 @@ def run_grid(model, tokenizer, writer: ResultsWriter, *, task: str, lengths: lis
             seconds = sum(journal[s].get("seconds") or 0.0 for s in cell_seeds)
             cell = {"task": task, "key": keys[length, depth], **key_fields(length, depth), "trials": trials,
                     **summarize(samples), "samples": samples, "seconds": round(seconds, 3),
-                    "warnings": length_warnings(model, length) + grading}
+                    "warnings": length_warnings(rope, length) + grading}
             writer.append(cell)
         bar.n = sum(writer.done(key) for key in keys.values())
         bar.refresh()
