@@ -94,7 +94,7 @@ def _passkey_prompt(tokenizer, key: str):
 # (what the model says after the question, content grade, token-exact grade, greedy decoding needed in forced mode)
 ANSWERS = [
     (" 8109231", True, True, False),    # the gold tokens, then EOS: the forced pass settles both
-    ("\n8109231", True, False, True),   # the failure of issue 23: a newline where the gold answer has a space
+    ("\n8109231", True, False, True),   # a failure seen on SmolLM2: a newline where the gold answer has a space
     (" 8109232", False, False, False),  # a wrong number is wrong by both
     (" 81092315", False, True, False),  # the key run on into more digits: its first integer is another number
     (" The pass key is 8109231.", True, False, True),

@@ -1,4 +1,4 @@
-"""GGUFs written by `longctx patch --out X.gguf`, run by a real llama.cpp (issue 25), into docs/results/gguf-llamacpp/.
+"""GGUFs written by `longctx patch --out X.gguf`, run by a real llama.cpp, into docs/results/gguf-llamacpp/.
 
     make test-llamacpp            # builds llama.cpp once from PyPI's llama-cpp-python (CPU) under .cache, then this
     .venv/bin/python eval/studies/gguf_llamacpp.py --llamacpp .cache/llamacpp --out docs/results/gguf-llamacpp
