@@ -52,13 +52,15 @@ PATCH_POINTS = ["patch:placed@2", "patch:complete", "publish:moved-aside"]
 
 
 def without_timestamps(path: Path) -> dict[str, bytes]:
-    """Every file under path; the record and card lose their creation time (the only thing a rerun changes)."""
+    """Every file under path; the record and card lose their creation time and the process's torch thread count
+    (what a rerun, or a run in another process, changes)."""
     files = {}
     for item in sorted(path.rglob("*")):
         if item.is_file():
             data = item.read_bytes()
             if item.name in ("README.md", "longctx_patch.json"):
                 data = re.sub(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", b"TIME", data)
+                data = re.sub(rb'"torch_threads": \d+', b'"torch_threads": N', data)
             files[str(item.relative_to(path))] = data
     return files
 
