@@ -1135,7 +1135,9 @@ def test_a_signal_stops_the_recipe_with_a_line_that_says_what_was_saved(tiny_lla
     env = {k: v for k, v in ENV.items() if k != "TQDM_DISABLE"}
     argv = [sys.executable, str(RECIPE), "--model", str(tiny_llama_dir), "--data", "docs.jsonl", "--seq-len", "32",
             "--max-steps", "100000", "--save-every", "2", "--report-to", "none", "--out", "run"]
-    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a suite started in the background (`pytest &`) hands its children SIGINT ignored, and Python then keeps it so
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list((tmp_path / "run" / "checkpoints").glob("step-*")) and time.monotonic() < deadline:
         time.sleep(0.1)
