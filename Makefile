@@ -7,7 +7,7 @@ VENV_FLAGS ?=
 TORCH_SPEC ?= torch==2.13.0
 export LONGCTX_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: report-screenshot setup demo test test-compat test-llamacpp test-gpu lint bench bench-gpu study-gpu gpu-lease gpu-lease-prepare clean extension-cpu reproduce-rope-base reproduce-rope-base-gpu
+.PHONY: report-screenshot setup demo test test-compat test-llamacpp test-gpu lint bench bench-gpu study-gpu gpu-lease gpu-lease-prepare clean extension-cpu reproduce-rope-base reproduce-rope-base-gpu readme-table
 
 setup: $(VENV)/.longctx-installed
 
@@ -97,6 +97,10 @@ reproduce-rope-base: setup
 # STAGES=mixcheck: the CPU check that the configs' data mix trains (docs/results/rope-base-gpu-mixcheck).
 reproduce-rope-base-gpu: setup
 	PYTHON=$(PY) PARALLEL=1 TRAIN_MINUTES=$(or $(TRAIN_MINUTES),3.5) bash eval/studies/rope-base-gpu.sh $(STAGES)
+
+# The README's results table, regenerated from the summary.json its marker names (a test fails when they differ).
+readme-table: setup
+	$(PY) -m longctx.evals.report.compact README.md
 
 clean:
 	rm -rf demo-out .pytest_cache .ruff_cache

