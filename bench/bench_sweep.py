@@ -41,11 +41,12 @@ def prefix_sharing_bound(depths: list[float]) -> float:
     return len(ordered) / (1 + sum(1 - d for d in ordered[:-1]))
 
 
-def load_smollm2(device: str):
+def load_smollm2(device: str, source: str | None = None):
+    """SmolLM2-135M-Instruct (or `source`: the tests' tiny model) with SDPA attention."""
     from longctx.modeling import load_model
     from longctx.sources import smollm2_checkpoint
 
-    model, tokenizer, _ = load_model(smollm2_checkpoint(), device=device, attn_implementation="sdpa")
+    model, tokenizer, _ = load_model(source or smollm2_checkpoint(), device=device, attn_implementation="sdpa")
     return model, tokenizer
 
 

@@ -26,11 +26,12 @@ from bench import common  # noqa: E402
 BENCHES = {  # name -> (module, unit of --sizes)
     "ppl": ("bench.bench_ppl", "tokens"),
     "sweep": ("bench.bench_sweep", "tokens"),
+    "ruler": ("bench.bench_ruler", "tokens"),
     "finetune": ("bench.bench_finetune", "tokens per row"),
     "patch": ("bench.bench_patch", "GB of weights"),
     "attention": ("bench.bench_attention", "tokens"),
 }
-ORDER = ("patch", "ppl", "sweep", "finetune", "attention")
+ORDER = ("patch", "ppl", "sweep", "ruler", "finetune", "attention")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -147,3 +147,50 @@ def test_prefix_sharing_bound_counts_the_tokens_a_shared_prefix_skips():
     assert bench_sweep.prefix_sharing_bound([0.5]) == 1.0
     many = [i / 100 for i in range(101)]
     assert 1.9 < bench_sweep.prefix_sharing_bound(many) < 2.0
+
+
+def test_ruler_bench_comparison_reports_every_disagreement():
+    from bench import bench_ruler
+
+    fast = {"grades": {"vt|1024|-|0": 5, "vt|1024|-|1": 2}, "texts": {"vt|1024|-|0": "A", "vt|1024|-|1": "B"},
+            "seconds": 1.0}
+    naive = {"grades": {"vt|1024|-|0": 5, "vt|1024|-|1": 3}, "texts": {"vt|1024|-|0": "A", "vt|1024|-|1": "C"},
+             "seconds": 2.5}
+    comparison = bench_ruler.compare(fast, naive)
+    assert comparison["speedup"] == 2.5 and not comparison["identical"] and comparison["found_generate"] == 8
+    assert [d["sample"] for d in comparison["disagreements"]] == ["vt|1024|-|1"]
+    assert bench_ruler.targets({"vt": {"comparison": comparison}})["met"] is False
+
+
+def test_ruler_bench_names_its_books_relative_to_the_checkout(monkeypatch):
+    """The haystack folder lands in results.json under docs/: it is named as the studies name it, not by an
+    absolute path of the machine that ran the bench."""
+    from bench import bench_ruler
+
+    monkeypatch.setattr(bench_ruler, "BOOKS", "no-such-books-folder")
+    assert set(bench_ruler.plan("cpu", None)) == {"ruler"}
+    monkeypatch.setattr(bench_ruler, "BOOKS", "bench")  # any folder of the checkout
+    assert bench_ruler.plan("cpu", None)["kamradt"][1]["haystack_dir"] == "bench"
+
+
+def test_ruler_bench_paths_decode_the_same_samples_with_the_same_grades(tiny_llama_dir, tmp_path):
+    """Both variants of `make bench`'s ruler section on the tiny model: same samples, same grades, a rendered table."""
+    from bench import bench_ruler
+
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "a.txt").write_text(" ".join(f"Sentence number {i} ends here. Another one follows!" for i in range(300)))
+    section = {"device": "cpu", "tasks": {}, "skipped": []}
+    for task, lengths, settings in [("ruler", [512], {"tasks": "niah_single_1", "samples": 2}),
+                                    ("kamradt", [320, 384], {"depths": "0,0.5,1", "haystack_dir": str(books),
+                                                             "buffer": 8})]:
+        paths = {variant: bench_ruler.measure(variant, task, lengths, "cpu", settings, model=str(tiny_llama_dir))
+                 for variant in ("longctx", "generate")}
+        comparison = bench_ruler.compare(paths["longctx"], paths["generate"])
+        assert comparison["identical"] and sorted(paths["longctx"]["grades"]) == sorted(paths["generate"]["grades"])
+        assert comparison["samples"] == (2 if task == "ruler" else 6)
+        section["tasks"][task] = {"lengths": lengths, "settings": settings, **paths, "comparison": comparison}
+    section["targets"] = bench_ruler.targets(section["tasks"])
+    section.update(environment=common.environment("cpu"), bench_seconds=1.0)
+    text = bench_run.render({"ruler": section})
+    assert "samples/s" in text and "Target: ≥ 1.8×" in text and "identical" in text

@@ -103,7 +103,7 @@ def test_a_registered_task_reaches_cli_suite_summary_report_and_bench(echo, tiny
                 assert row["echo"] is not None and row["retrieval"] == row["echo"] and len(row["echo_ci95"]) == 2
     markdown, page = (out / "report.md").read_text(), (out / "report.html").read_text()
     assert "\n### Echo accuracy\n" in markdown and "<th colspan=2>Echo accuracy</th>" in page
-    assert "mean of passkey accuracy, NIAH score, RULER score and echo accuracy" in markdown
+    assert "mean of passkey accuracy, NIAH score, RULER score, Kamradt score and echo accuracy" in markdown
     assert "echo mode=forced" in markdown and "Echo accuracy by context length and depth." in page
 
     from bench import bench_sweep

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pydoc_data.topics import topics
 
 import pytest
 
@@ -23,17 +24,21 @@ pytest.importorskip("matplotlib")
 LABELS = ("a", "b")
 # the tiny model claims 256 tokens: lengths within and beyond it, for every registered task
 SETTINGS = {PERPLEXITY: "{lengths: '128,320'}", RETRIEVAL: "{lengths: '160,320', depths: '0,1', trials: 2}"}
-OWN_SETTINGS = {"ruler": "{lengths: '512', tasks: fwe, samples: 1, past_context: true}"}  # tasks of their own shape
+OWN_SETTINGS = {"ruler": "{lengths: '512', tasks: fwe, samples: 1, past_context: true}",  # tasks of their own shape
+                "kamradt": "{lengths: '512', depths: '0,1', haystack_dir: BOOKS, buffer: 16, past_context: true}"}
 
 
 @pytest.fixture(scope="module")
 def results(tiny_llama_dir, tmp_path_factory):
     """(results folder, summary.json, report.md, report.html) of a real suite run and `longctx report`."""
     root = tmp_path_factory.mktemp("contract")
-    suite = root / "suite.yaml"
+    suite, books = root / "suite.yaml", root / "books"
+    books.mkdir()
+    (books / "pydoc.txt").write_text(" ".join(topics.values()))  # kamradt's haystack
     suite.write_text(
         "seed: 1\ntasks:\n"
         + "".join(f"  {t.name}: {OWN_SETTINGS.get(t.name, SETTINGS[t.kind])}\n" for t in all_tasks().values())
+        .replace("BOOKS", str(books))
     )
     argv = ["eval", "suite", suite, "--labels", ",".join(LABELS), "--out", root / "results"]
     assert main([*argv[:3], "--model", tiny_llama_dir, "--model", tiny_llama_dir, *argv[3:]]) == 0

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# RULER on SmolLM2-135M-Instruct (trained to 8K) on CPU, into docs/results/smollm2-ruler-cpu/ (report.md with
-# RULER's table layout, one folder per model, every sample journaled). NOT RUN YET: see the page's cost plan.
+# RULER and Kamradt's needle in a haystack on SmolLM2-135M-Instruct (trained to 8K) on CPU, into
+# docs/results/smollm2-ruler-cpu/ (report.md with RULER's table layout and Kamradt's heatmap, one folder per model,
+# every sample journaled). NOT RUN YET (one Kamradt smoke cell): see the page's cost plan.
 #   original, YaRN x2 and base 1e6 (the models of docs/results/smollm2-extension-cpu), chat template on,
 #   essay haystack = ../shared/data/books;
 #   4k8k: niah_single_1/2/3, niah_multikey_1, vt at 4K and 8K, 10 samples per cell;
 #   16k:  niah_single_2 and vt at 16K, 10 samples per cell;
-#   smoke: niah_single_1 at 2K, 3 samples, original only (minutes: proves the path end to end).
+#   smoke: niah_single_1 at 2K, 3 samples, original only (minutes: proves the path end to end);
+#   kamradt: Kamradt's needle at 2K, 4K, 8K, 16K x depths 0, 25, 50, 75, 100%, 1 sample per cell (his protocol),
+#            haystack ../shared/data/books, graded by key phrases ("sandwich", "Dolores Park");
+#   kamradt-smoke: Kamradt at 2K x depths 0, 50, 100%, original only.
 # Every cell resumes at its next sample: rerun the same command to continue (stages in any order, in parts).
 #
-#   bash eval/studies/smollm2-ruler-cpu.sh                 # 4k8k then 16k, every model
+#   bash eval/studies/smollm2-ruler-cpu.sh                 # 4k8k, 16k, then kamradt, every model
 #   bash eval/studies/smollm2-ruler-cpu.sh smoke           # the smoke cell only
+#   bash eval/studies/smollm2-ruler-cpu.sh kamradt         # the Kamradt heatmaps only
 #   MODELS_RUN="original" bash eval/studies/smollm2-ruler-cpu.sh 4k8k
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,7 +23,7 @@ MODELS=${LONGCTX_CACHE:-.cache}/extension
 OUT=${OUT:-docs/results/smollm2-ruler-cpu}
 SAMPLES=${SAMPLES:-10}
 MODELS_RUN=${MODELS_RUN:-original yarn-x2 base-1e6}
-STAGES=${*:-4k8k 16k}
+STAGES=${*:-4k8k 16k kamradt}
 BOOKS=../shared/data/books
 [ -d "$BOOKS" ] || { echo "this study needs $BOOKS (the essay haystack)" >&2; exit 2; }
 
@@ -35,12 +40,19 @@ ruler() {  # label lengths tasks samples
     --haystack-dir "$BOOKS" --chat-template on --past-context --out "$OUT"
 }
 
+kamradt() {  # label lengths depths
+  $LONGCTX eval kamradt --model "$(model "$1")" --label "$1" --lengths "$2" --depths "$3" \
+    --haystack-dir "$BOOKS" --chat-template on --past-context --out "$OUT"
+}
+
 for stage in $STAGES; do
   case $stage in
     smoke) ruler original 2k niah_single_1 3 ;;
     4k8k) for m in $MODELS_RUN; do ruler "$m" 4k,8k niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,vt "$SAMPLES"; done ;;
     16k)  for m in $MODELS_RUN; do ruler "$m" 16k niah_single_2,vt "$SAMPLES"; done ;;
-    *) echo "unknown stage $stage (smoke, 4k8k, 16k)" >&2; exit 2 ;;
+    kamradt) for m in $MODELS_RUN; do kamradt "$m" 2k,4k,8k,16k 0:1:5; done ;;
+    kamradt-smoke) kamradt original 2k 0,0.5,1 ;;
+    *) echo "unknown stage $stage (smoke, 4k8k, 16k, kamradt, kamradt-smoke)" >&2; exit 2 ;;
   esac
 done
 $LONGCTX report "$OUT"

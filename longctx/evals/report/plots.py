@@ -188,6 +188,49 @@ def heatmaps(models: list[ModelSummary], path: Path, task) -> bool:
     return True
 
 
+def kamradt_heatmap(models: list[ModelSummary], path: Path, task) -> bool:
+    """Greg Kamradt's heatmap (viz/CreateVizFromLLMTesting.ipynb): a depth × length pivot of the score, length on
+    x as "Token Limit", depth on y as "Depth Percent" from 0% at the top, his colours (`task.colours`, red →
+    yellow → green over 0..1), one panel per model and variant (`task.panels`)."""
+    shown = task.panels(models)
+    if not shown:
+        return False
+    matplotlib, Figure = _matplotlib()
+    import numpy as np
+    from matplotlib.colors import LinearSegmentedColormap
+
+    cmap = LinearSegmentedColormap.from_list(task.name, list(task.colours)).with_extremes(bad="#e6e6e6")
+    columns = min(HEATMAP_COLUMNS, len(shown))
+    rows = -(-len(shown) // columns)
+    width = max(len(p["lengths"]) for p in shown)
+    height = max(len(p["depths"]) for p in shown)
+    fig = Figure(figsize=(max(6.5, columns * max(4.0, 0.9 * width + 2.0)), rows * max(3.2, 0.4 * height + 2.0)),
+                 layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax in axes.ravel()[len(shown):]:
+        ax.set_axis_off()
+    image = None
+    for ax, panel in zip(axes.ravel(), shown, strict=False):
+        lengths, depths = panel["lengths"], panel["depths"]
+        grid = np.full((len(depths), len(lengths)), np.nan)
+        for (depth, length), value in panel["scores"].items():
+            if isinstance(value, (int, float)):
+                grid[depths.index(depth), lengths.index(length)] = value
+        image = ax.imshow(grid, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+        for (i, j), value in np.ndenumerate(grid):
+            if not np.isnan(value):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color="black")
+        ax.set_xticks(range(len(lengths)), [fmt_len(n) for n in lengths], rotation=45)
+        ax.set_yticks(range(len(depths)), [f"{100 * d:g}" for d in depths])
+        ax.set_xlabel("Token Limit")
+        ax.set_ylabel("Depth Percent")
+        ax.set_title(panel["title"], fontsize=10)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="Score")
+    fig.suptitle('Pressure Testing\nFact Retrieval Across Context Lengths ("Needle In A HayStack")', fontsize=11)
+    fig.savefig(path, dpi=DPI)
+    return True
+
+
 def ppl_buckets(models: list[ModelSummary], path: Path, task) -> bool:
     """Loss by position bucket at each model's longest perplexity length: the position where loss climbs is
     where extrapolation breaks, which a single perplexity number averages away."""

@@ -30,6 +30,21 @@ def load_texts(spec: str | None = None) -> list[str]:
     return load_documents(spec, default_split="test")
 
 
+def book_files(folder) -> list:
+    """The `.txt` files of a `--haystack-dir` in name order; a missing folder, or one without any, is refused."""
+    from pathlib import Path
+
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise UsageError(
+            f"--haystack-dir {folder}: not a folder (give a folder of .txt books, e.g. ../shared/data/books)"
+        )
+    files = sorted(p for p in path.glob("*.txt") if p.is_file())
+    if not files:
+        raise UsageError(f"--haystack-dir {folder} holds no .txt file")
+    return files
+
+
 DATA_SPEC = {"data_spec": True}  # metadata of a task Config field that names evaluation text (`data_specs`)
 
 

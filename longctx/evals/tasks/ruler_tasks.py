@@ -468,19 +468,10 @@ def load_words() -> Resources:
 def essay_from_folder(folder) -> tuple[str, ...]:
     """The `.txt` files of `folder` in name order, whitespace-normalised into words (RULER: re.sub(r"\\s+", " ")
     over its essays, then split on spaces)."""
-    from pathlib import Path
-
     from longctx.corpus import read_utf8
+    from longctx.evals.tasks.data import book_files
 
-    path = Path(folder).expanduser()
-    if not path.is_dir():
-        raise UsageError(
-            f"--haystack-dir {folder}: not a folder (give a folder of .txt books, e.g. ../shared/data/books)"
-        )
-    files = sorted(p for p in path.glob("*.txt") if p.is_file())
-    if not files:
-        raise UsageError(f"--haystack-dir {folder} holds no .txt file")
-    return tuple(re.sub(r"\s+", " ", " ".join(read_utf8(p) for p in files)).split())
+    return tuple(re.sub(r"\s+", " ", " ".join(read_utf8(p) for p in book_files(folder))).split())
 
 
 def with_essay(res: Resources, essay: tuple[str, ...]) -> Resources:
