@@ -116,6 +116,19 @@ def publish_dir(tmp: Path, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------- JSON and JSON lines
+def recorded_path(path) -> str:
+    """How a result file names a local path: relative to the current folder when inside it (a committed results
+    folder then names no folder of the machine that made it), `~/...` inside the home folder, else absolute."""
+    text = str(path)
+    if not os.path.exists(text):
+        return text  # a Hub id or a name, not a path on this machine
+    resolved = Path(text).resolve()
+    for base, shown in ((Path.cwd().resolve(), ""), (Path.home().resolve(), "~/")):
+        if resolved.is_relative_to(base) and resolved != base and len(base.parts) > 1:
+            return shown + str(resolved.relative_to(base))
+    return str(resolved)
+
+
 def sanitize(record, *, inf_as_text: bool = False):
     """JSON has no NaN/inf: NaN becomes null, and so does ±inf unless `inf_as_text` writes it "inf"/"-inf" (a
     report's perplexity that blew up is a result, not a missing one). Tuples become lists."""

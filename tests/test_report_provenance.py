@@ -43,3 +43,19 @@ def test_a_run_records_the_commit_it_started_from(monkeypatch):
     record = provenance.RunRecord(["longctx", "eval"])
     monkeypatch.setattr(provenance, "git_commit", lambda: {"commit": "b" * 40, "dirty": True})
     assert record.finish()["commit"] == "a" * 40
+
+
+def test_result_files_name_local_paths_relative_to_the_current_folder(tmp_path, monkeypatch):
+    """model.json's source and model_dir travel with a committed results folder: no folder of this machine."""
+    from longctx.files import recorded_path
+
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert recorded_path(tmp_path / "models" / "m") == "models/m"
+    assert recorded_path("models/m/") == "models/m"
+    assert recorded_path("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"  # not a path here
+    monkeypatch.setenv("HOME", str(tmp_path / "models"))
+    monkeypatch.chdir(tmp_path / "models" / "m")
+    assert recorded_path(tmp_path / "models" / "x") == str(tmp_path / "models" / "x")  # missing: kept as given
+    (tmp_path / "models" / "x").mkdir()
+    assert recorded_path(tmp_path / "models" / "x") == "~/x"

@@ -1091,6 +1091,7 @@ def test_a_second_model_under_the_same_label_is_refused_and_force_starts_over(
     from conftest import make_tiny_llama
 
     from longctx.cli import main
+    from longctx.files import recorded_path
 
     first = tmp_path / "a" / "model"
     shutil.copytree(tiny_llama_dir, first)
@@ -1113,7 +1114,7 @@ def test_a_second_model_under_the_same_label_is_refused_and_force_starts_over(
     assert main([*argv, "--model", str(second), "--label", "model-b"]) == 0
     assert main([*argv, "--model", str(second), "--force"]) == 0
     after = json.loads((tmp_path / "results" / "model" / "model.json").read_text())
-    assert after["fingerprint"]["id"] != fingerprint["id"] and after["source"] == str(second)
+    assert after["fingerprint"]["id"] != fingerprint["id"] and after["source"] == recorded_path(second)
 
 
 def test_a_label_cannot_escape_out(tiny_llama_dir, tmp_path, monkeypatch, capsys):

@@ -14,6 +14,8 @@
 #   bash eval/studies/smollm2-extension-cpu.sh ppl passkey     # chosen stages
 #   PASSKEY_MODELS="original yarn-x2" bash eval/studies/smollm2-extension-cpu.sh passkey
 #   PASSKEY_SUITE=eval/suites/extension-passkey-12k.yaml bash eval/studies/smollm2-extension-cpu.sh passkey
+#   PPL_SUITE=eval/suites/extension-ppl-8w.yaml OUT=docs/results/smollm2-extension-cpu-8w \
+#     bash eval/studies/smollm2-extension-cpu.sh ppl        # 8 windows per length from 4 books
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source eval/studies/lib.sh
@@ -22,6 +24,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 MODELS=${LONGCTX_CACHE:-.cache}/extension
 OUT=${OUT:-docs/results/smollm2-extension-cpu}
 PASSKEY_SUITE=${PASSKEY_SUITE:-eval/suites/extension-passkey.yaml}  # or its 12K half, same cells
+PPL_SUITE=${PPL_SUITE:-eval/suites/extension-ppl.yaml}  # or extension-ppl-8w.yaml (training-free models only)
 PASSKEY_MODELS=${PASSKEY_MODELS:-original yarn-x2 base-1e6 dynamic-x2 ntk-x2 llama3-x2 linear-x2 yarn-x2-pose16k-lora yarn-x2-lora}
 STAGES=${*:-ppl passkey finetune tuned passkey control generate}  # passkey twice: the tuned models join once they exist
 [ -d ../shared/data/books ] || { echo "this study needs ../shared/data/books (long single documents)" >&2; exit 2; }
@@ -59,7 +62,7 @@ for stage in $STAGES; do
       for name in "${TRAINING_FREE[@]}"; do
         [ "$name" = original ] || [ -d "$MODELS/$name" ] || $LONGCTX patch --model smollm2 --out "$MODELS/$name" ${PATCH[$name]}
       done
-      suite eval/suites/extension-ppl.yaml "${TRAINING_FREE[@]}" ;;
+      suite "$PPL_SUITE" "${TRAINING_FREE[@]}" ;;
     finetune)
       for name in yarn-x2-pose16k-lora yarn-x2-lora; do
         config=${TUNED[$name]}; out=$(config_out "$config")

@@ -168,9 +168,10 @@ def model_info(model, rope, source: str, model_dir: Path, label: str, warnings: 
     """The model.json record: where the model came from and what its rotary config (`rope`, a
     `rope_config.ModelRope`) claims."""
     from longctx import __version__, sources
+    from longctx.files import recorded_path
 
     return {
-        "label": label, "source": str(source), "model_dir": str(model_dir),
+        "label": label, "source": recorded_path(source), "model_dir": recorded_path(model_dir),
         "origin": sources.origin(source, model_dir),
         "rope": rope.params, "trained_length": rope.trained_length,
         "claimed_length": rope.claimed_length, "longctx_version": __version__,
