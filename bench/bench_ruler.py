@@ -1,10 +1,10 @@
 """RULER and Kamradt retrieval: longctx's path (the task's `run`) against plain per-sample `model.generate` on the
 same prompts, graded the same way (aim: ≥ 1.8× the samples/s with identical grades).
 
-longctx's path (`longctx.evals.tasks.ruler.generate`) takes the samples in token order over one KV cache cropped
+longctx's path (`longctx.evals.tasks.ruler_decode.generate`) takes the samples in token order over one KV cache cropped
 back to the prefix the next prompt shares (reused when it covers half the prompt), and stops decoding once every
 expected string is in the text. The baseline rebuilds the SAME samples (same seeds, same token ids:
-`ruler.build_sample`, `Kamradt.samples`) and calls `model.generate` once per sample, greedy, up to the task's
+`ruler_prompts.build_sample`, `Kamradt.samples`) and calls `model.generate` once per sample, greedy, up to the task's
 budget, stopping only at EOS; its text is graded with the same function (`ruler_tasks.found`: expected strings
 present, ignoring case). Reported per task: samples/s of each path, their ratio, and every sample whose grade
 differs. Building the prompts counts in both timings (the task's `run` builds them too).
@@ -36,16 +36,16 @@ def config(task: str, lengths: list[int], settings: dict):
 
 def built_samples(task, tokenizer, cfg) -> list:
     """Every sample of `cfg`, built as the task's `run` builds it (the baseline decodes exactly these ids)."""
-    from longctx.evals.tasks import ruler
+    from longctx.evals.tasks import ruler, ruler_prompts
     from longctx.evals.tasks import ruler_tasks as rt
 
     if task.name == "kamradt":
         _, hay = task.prepare(tokenizer, cfg)
         return [s for n in cfg.lengths for d in cfg.depths for s in task.samples(cfg, hay, n, d)]
-    wrapper, res = ruler.Wrapper(tokenizer, cfg.chat_template), rt.load_words()
+    wrapper, res = ruler_prompts.Wrapper(tokenizer, cfg.chat_template), rt.load_words()
     if cfg.haystack_dir:
         res = rt.with_essay(res, rt.essay_from_folder(cfg.haystack_dir))
-    return [ruler.build_sample(name, n, i, task.seed(cfg, name, n, i), res, wrapper)
+    return [ruler_prompts.build_sample(name, n, i, task.seed(cfg, name, n, i), res, wrapper)
             for name in ruler.parse_tasks(cfg.tasks) for n in cfg.lengths for i in range(cfg.samples)]
 
 
@@ -67,7 +67,7 @@ def generate_one(model, tokenizer, sample, eos: list[int]) -> str:
 def measure(variant: str, task: str, lengths: list[int], device: str, settings: dict, model: str = "smollm2") -> dict:
     """Grades {sample key: expected strings found}, texts and seconds of one path, in this (fresh) process."""
     from longctx.evals.run.results import ResultsWriter
-    from longctx.evals.tasks import get_task, ruler
+    from longctx.evals.tasks import get_task, ruler_decode
     from longctx.evals.tasks import ruler_tasks as rt
 
     model_obj, tokenizer = bench_sweep.load_smollm2(device, None if model == "smollm2" else model)
@@ -89,7 +89,7 @@ def measure(variant: str, task: str, lengths: list[int], device: str, settings: 
                     key = sample_key(cell.get("subtask", task.name), cell["length"], cell.get("depth"), record["index"])
                     grades[key], texts[key] = record["found"], record["generated"]
         else:
-            eos = sorted(ruler.eos_ids(model_obj, tokenizer))
+            eos = sorted(ruler_decode.eos_ids(model_obj, tokenizer))
             generate_one(model_obj, tokenizer, built_samples(task, tokenizer, warm)[0], eos)  # untimed
             common.synchronize(device)
             start = time.perf_counter()  # building the prompts counts, as it does inside the task's run

@@ -134,6 +134,8 @@ def test_the_bench_baseline_grades_the_prompts_that_run_grades(tiny, tmp_path, n
 
 ITERATORS = ["longctx/evals/report/load.py", "longctx/evals/report/judge.py", "longctx/evals/report/text.py",
              "longctx/evals/report/summary_json.py", "longctx/evals/report/page.py", "longctx/evals/report/plots.py",
+             "longctx/evals/report/page_table.py", "longctx/evals/report/page_markdown.py",
+             "longctx/evals/report/page_html.py",
              "longctx/evals/suite.py", "longctx/evals/cli.py", "bench/bench_sweep.py",
              # shared machinery
              "longctx/evals/run/results.py", "longctx/evals/tasks/scoring.py", "longctx/evals/run/parallel.py"]

@@ -66,3 +66,14 @@ def test_evals_subpackages_import_one_way():
             there = next((rank for prefix, rank in order.items() if target.startswith(prefix)), None)
             assert there is None or there <= here, f"{module} imports {target}: an arrow back up"
             assert not target.startswith(("longctx.evals.suite", "longctx.evals.cli")), f"{module} imports {target}"
+
+
+MAX_LINES = 400
+
+
+def test_no_longctx_module_passes_400_lines():
+    """A module a reader can hold: none under longctx/ runs past 400 lines (`wc -l`); a longer one is split where
+    its parts already divide (definitions / generators / runner, renderer / writer)."""
+    counts = {str(p.relative_to(PACKAGE.parent)): p.read_bytes().count(b"\n") for p in PACKAGE.rglob("*.py")}
+    over = {path: n for path, n in sorted(counts.items()) if n > MAX_LINES}
+    assert not over, f"over {MAX_LINES} lines: " + ", ".join(f"{path} ({n})" for path, n in over.items())

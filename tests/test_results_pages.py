@@ -180,3 +180,42 @@ def test_relative_paths_rewrites_only_the_checkout_prefix(tmp_path):
                                                                                  "--out docs/r"}
     assert (folder / "report.md").read_text() == "/srv/ck/.cache/x\n"
     assert module.rewrite_folder(tmp_path / "results", ["/srv/ck"], "/home/u") == []  # once is enough
+
+
+INTERNAL_ISSUE = re.compile(r"\bissues? #?\d+", re.IGNORECASE)  # an issue of this project's tracker, by number
+URL = re.compile(r"https?://\S+")  # upstream threads are cited by URL or as `transformers #25104`: both allowed
+SCANNED = ("longctx/", "recipes/", "eval/", "bench/", "tests/", "docs/", "README.md")
+# docs/results/gguf-llamacpp/ is rewritten by its study script (eval/studies/gguf_llamacpp.py, whose docstring
+# no longer carries a number) in a run under way now; its README keeps the old first line until that run ends.
+NOT_SCANNED = ("docs/results/gguf-llamacpp/",)
+
+
+def test_issue_pattern_catches_the_forms_it_is_for():
+    for text in ("issue" " 23", "see Issue" " #5", "(issue" " 15)", "issues" " 21-25"):
+        assert INTERNAL_ISSUE.search(text), text
+    for text in ("transformers #25104", "https://github.com/huggingface/transformers/issues/25104", "the issue's"):
+        assert not INTERNAL_ISSUE.search(URL.sub("", text)), text
+
+
+def test_no_tracked_file_names_an_internal_issue_number():
+    """Code, docs and pages say what a thing does, not which ticket asked for it: a number from this project's
+    tracker means nothing to a reader of the repository."""
+    import subprocess
+
+    root = STUDY.parents[2]
+    listed = subprocess.run(["git", "ls-files", "-z", "--", *SCANNED], cwd=root, capture_output=True, check=False)
+    if listed.returncode:
+        pytest.skip("not a git checkout")
+    found = []
+    for name in listed.stdout.decode().split("\0"):
+        path = root / name
+        if not name or name.startswith(NOT_SCANNED) or not path.is_file():
+            continue
+        data = path.read_bytes()
+        if b"\0" in data:  # images and other binaries
+            continue
+        for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+            match = INTERNAL_ISSUE.search(URL.sub("", line))
+            if match:
+                found.append(f"{name}:{number}: {match.group(0)!r}")
+    assert not found, "internal issue numbers:\n" + "\n".join(found)

@@ -13,7 +13,9 @@ from longctx.cli import main
 from longctx.errors import UsageError
 from longctx.evals.run.results import ResultsWriter
 from longctx.evals.tasks import ruler_tasks as rt
-from longctx.evals.tasks.ruler import TASK, Config, Wrapper, build_sample, parse_tasks
+from longctx.evals.tasks.ruler import TASK, Config, parse_tasks
+from longctx.evals.tasks.ruler_niah import niah_templates
+from longctx.evals.tasks.ruler_prompts import Wrapper, build_sample
 
 BOOKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "books"
 NEEDS_WORDS = pytest.mark.skipif(not rt.load_words().nouns, reason="wonderwords not installed (longctx[eval])")
@@ -103,7 +105,7 @@ def test_presets_are_synthetic_yaml():
 
 def test_niah_singular_rewrite_is_rulers():
     """One value asked for: RULER rewrites 'Some'->'A', 'are all'->'is', 'are'->'is' and drops the plural 's'."""
-    template, prefix, kind = rt.niah_templates(rt.SYNTHETIC["niah_single_1"][1])
+    template, prefix, kind = niah_templates(rt.SYNTHETIC["niah_single_1"][1])
     assert kind == "number"
     assert template.format(type_needle_v=kind, context="C", query="Q") == (
         "A special magic number is hidden within the following text. Make sure to memorize it. I will quiz you about "
@@ -113,7 +115,7 @@ def test_niah_singular_rewrite_is_rulers():
         prefix.format(type_needle_v=kind, query="Q")
         == " The special magic number for Q mentioned in the provided text is"
     )
-    template, prefix, kind = rt.niah_templates(rt.SYNTHETIC["niah_multivalue"][1])
+    template, prefix, kind = niah_templates(rt.SYNTHETIC["niah_multivalue"][1])
     assert (
         kind == "numbers"
         and template.startswith("Some special magic {type_needle_v} are hidden")

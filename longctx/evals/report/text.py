@@ -1,13 +1,16 @@
-"""The words and numbers of a report: perplexities, ratios, trial counts, rope settings and run lines."""
+"""The words and numbers of a report: perplexities, ratios, trial counts, rope settings, run lines and where
+each model came from."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 from longctx.evals.report.load import ModelSummary, perplexity_task
 from longctx.evals.tasks.base import as_float
 from longctx.evals.tasks.intervals import wilson_interval
+from longctx.lengths import fmt_len
 
 
 def fmt_ppl(ppl: float | None) -> str:
@@ -126,3 +129,39 @@ def rope_text(rope: dict | None) -> str:
     if factor is not None:
         text += f" ×{factor:g}"
     return text
+
+
+def origin_text(model: ModelSummary) -> str:
+    """The weights' origin as the loader recorded it (model.json `origin`), else as its paths tell."""
+    from longctx.sources import origin
+
+    if model.meta.get("origin"):
+        return str(model.meta["origin"])
+    if not model.meta.get("source") and not model.meta.get("model_dir"):
+        return "origin unknown"
+    return origin(str(model.meta.get("source") or model.meta.get("model_dir")), model.meta.get("model_dir"))
+
+
+def details_text(model: ModelSummary) -> str:
+    """Where the model came from in words, then each setting once (a path the words already name is left out)."""
+    keys = ("source", "model_dir", "device", "dtype", "attn_implementation", "longctx_version")
+    parts = [origin_text(model)] if model.meta else []
+    shown = set(" ".join(parts).replace(",", " ").split())
+    for key in keys:
+        value = model.meta.get(key)
+        if value in (None, "") or (key in ("source", "model_dir") and str(value) in shown):
+            continue
+        parts.append(f"{key}={value}")
+        shown.add(str(value))
+    if model.meta.get("rope"):
+        parts.append("rope=" + json.dumps(model.meta["rope"], sort_keys=True))
+    ppl = perplexity_task()
+    other_series = {s: r for s, r in model.cells.get(ppl.name, {}).items() if s != model.ppl_series} if ppl else {}
+    for series, records in other_series.items():  # perplexity series the table leaves out, with their values
+        parts.append(
+            f"{ppl.label} {ppl.variant_name(series)}: "
+            + ", ".join(
+                f"{fmt_len(r['length'])}: {fmt_ppl(ppl.value(r))}" for r in sorted(records, key=lambda r: r["length"])
+            )
+        )
+    return "; ".join(parts) or "no model.json"

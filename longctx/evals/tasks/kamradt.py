@@ -35,7 +35,7 @@ Where we differ from his code, on purpose:
 - Samples ≥ 2 per cell (`--samples`): sample 0 is his haystack (from the start); sample i starts at a seeded
   sentence start in the first half of the books, the same for every depth of a length.
 
-Speed, grades unchanged (`ruler.generate`): prompts of one run share the text before their needle, so they are
+Speed, grades unchanged (`ruler_decode.generate`): prompts of one run share the text before their needle, so they are
 taken in token order over one KV cache; decoding stops at EOS, the budget, or (without a judge) once every key
 phrase is present, since more text cannot lower the key-phrase grade (the journal says `stopped: found`).
 Every sample is journaled when done (prompt hash, needle position, generated text, score), so a rerun resumes.
@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 from longctx.errors import UsageError
 from longctx.evals.run.results import cell_key
-from longctx.evals.tasks import ruler
+from longctx.evals.tasks import ruler_decode
 from longctx.evals.tasks import ruler_tasks as rt
 from longctx.evals.tasks.base import DEPTHS_HELP, RETRIEVAL, Figure, Task, mean_by_length, pooled_counts
 from longctx.evals.tasks.kamradt_prompts import (
@@ -64,6 +64,7 @@ from longctx.evals.tasks.kamradt_prompts import (
     build_sample,
     read_books,
 )
+from longctx.evals.tasks.ruler_prompts import Sample
 from longctx.evals.tasks.scoring import prefix_sharing_allowed, trial_seed, wilson_interval
 
 # viz/CreateVizFromLLMTesting.ipynb: LinearSegmentedColormap.from_list("custom_cmap", [...])
@@ -188,7 +189,7 @@ class Kamradt(Task):
         frame = Frame(tokenizer, cfg.chat_template)
         return frame, Haystack(read_books(cfg.haystack_dir), frame)
 
-    def samples(self, cfg: Config, hay: Haystack, length: int, depth: float, indexes=None) -> list[ruler.Sample]:
+    def samples(self, cfg: Config, hay: Haystack, length: int, depth: float, indexes=None) -> list[Sample]:
         """The prompts of one cell as `run` builds them (the bench's baseline decodes exactly these)."""
         return [build_sample(hay, length, depth, i, self.seed(cfg, length, i), cfg.buffer)
                 for i in (range(cfg.samples) if indexes is None else indexes)]
@@ -219,8 +220,8 @@ class Kamradt(Task):
             self.finish(writer, cfg, cell, keys[cell], journals[cell], frame, hay, stop)
         todo.sort(key=lambda s: s.ids)  # neighbours share the longest prefixes
         bar = tqdm(total=len(todo), desc=f"{writer.dir.name} kamradt", unit="sample", disable=None)
-        for sample, text, n, stopped, seconds in ruler.generate(model, tokenizer, todo, share=share,
-                                                                stop_when_found=stop):
+        for sample, text, n, stopped, seconds in ruler_decode.generate(model, tokenizer, todo, share=share,
+                                                                       stop_when_found=stop):
             found, score = key_phrase_score(text)
             record = {**sample.record(), "generated": text, "found": found, "key_phrase_score": score,
                       "tokens_generated": n, "stopped": stopped, "seconds": round(seconds, 3)}

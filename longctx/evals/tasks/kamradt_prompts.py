@@ -12,7 +12,7 @@ import random
 import re
 
 from longctx.errors import UsageError
-from longctx.evals.tasks import ruler
+from longctx.evals.tasks import ruler_prompts
 from longctx.evals.tasks import ruler_tasks as rt
 
 NAME = "kamradt"  # the task's name (its samples carry it)
@@ -145,7 +145,7 @@ class Haystack:
     def fit(self, start: int, depth: float, length: int, buffer: int, near: int | None = None) -> tuple[int, bool]:
         """(characters of haystack, exact): the prompt takes exactly L − buffer tokens (or the closest count below).
         The longest haystack that fits (binary search, bracketed around `near` when given), then
-        `ruler.exact_cut` in the characters after it."""
+        `ruler_prompts.exact_cut` in the characters after it."""
         available, target = len(self.text) - start, length - buffer
         if self.size(start, 0, depth) > target:
             raise UsageError(f"kamradt: length {length} is too short: the prompt without haystack takes "
@@ -164,7 +164,7 @@ class Haystack:
             mid = (low + high) // 2
             low, high = (mid, high) if self.size(start, mid, depth) <= target else (low, mid)
         spill = rt.Draft("", "", "", "", [], spill=self.text[start + low:start + low + 256])
-        cut = ruler.exact_cut(spill, lambda c: self.size(start, low + c, depth), target)
+        cut = ruler_prompts.exact_cut(spill, lambda c: self.size(start, low + c, depth), target)
         return (low + cut, True) if cut is not None else (low, False)
 
     def word_start(self, start: int, words: int) -> int:
@@ -175,7 +175,7 @@ class Haystack:
         return start
 
 
-def build_sample(hay: Haystack, length: int, depth: float, index: int, seed: int, buffer: int) -> ruler.Sample:
+def build_sample(hay: Haystack, length: int, depth: float, index: int, seed: int, buffer: int) -> ruler_prompts.Sample:
     """Sample `index` of cell (length, depth): a prompt of exactly L − buffer tokens. Where no end of the haystack
     hits the count (one more character adding two tokens there), it starts a few words later (`shift_words`)."""
     origin = 0 if index == 0 else hay.offset(random.Random(seed))
@@ -194,4 +194,4 @@ def build_sample(hay: Haystack, length: int, depth: float, index: int, seed: int
             "haystack_tokens": hay.tokens(start, start + chars), "needle_char": at,
             "needle_after": hay.text[start:start + at][-40:], "question": QUESTION}
     draft = rt.Draft(hay.frame.head, context, hay.frame.tail, "", list(KEY_PHRASES), meta=meta)
-    return ruler.Sample(NAME, length, index, seed, ids, draft, buffer, exact)
+    return ruler_prompts.Sample(NAME, length, index, seed, ids, draft, buffer, exact)

@@ -21,33 +21,29 @@ SQuAD/HotpotQA, which are not generated here: they are skipped with one line.
 
 `chat_template`: auto (the tokenizer's template when it has one), on (refuse a tokenizer without one), off
 (RULER's `base`: the plain task text). The wrapper actually used is recorded in every cell.
+
+This module is the task: its options, cells, journal and scores. The prompts are built by `ruler_prompts` (the
+generators: `ruler_niah` for niah_*, `ruler_vt_cwe_fwe` for vt, cwe and fwe) and decoded by `ruler_decode`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import random
 import sys
-import time
 from dataclasses import dataclass
 
 from longctx.errors import UsageError
 from longctx.evals.run.results import cell_key
 from longctx.evals.tasks import ruler_tasks as rt
 from longctx.evals.tasks.base import RETRIEVAL, Figure, Task, pooled_counts
-from longctx.evals.tasks.scoring import (
-    common_prefix_length,
-    crop_cache,
-    prefix_sharing_allowed,
-    trial_seed,
-    wilson_interval,
-)
+from longctx.evals.tasks.ruler_decode import generate
+from longctx.evals.tasks.ruler_prompts import Wrapper, build_sample
+from longctx.evals.tasks.scoring import prefix_sharing_allowed, trial_seed, wilson_interval
 
 PROTOCOL = 1  # in every key: bump when prompts change, so old cells are recomputed, not mixed in
 DEFAULT_TASKS = ("niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,niah_multikey_2,niah_multikey_3,"
                  "niah_multivalue,niah_multiquery,vt,cwe,fwe")
 THRESHOLD = 85.6  # RULER: Llama-2-7B's average at 4K, the bar of its "effective length"
-MIN_SHARED = 0.5  # reuse a cached prefix only when it covers half the prompt (see scoring.grade_prompts)
 
 
 @dataclass
@@ -87,199 +83,6 @@ def parse_tasks(spec) -> list[str]:
     if not names:
         raise UsageError("--tasks names no task")
     return [name for name in rt.SYNTHETIC if name in names]
-
-
-class Wrapper:
-    """The prompt around a user turn: the tokenizer's chat template (generation prompt added), or nothing."""
-
-    def __init__(self, tokenizer, mode: str):
-        has = bool(getattr(tokenizer, "chat_template", None))
-        if mode == "on" and not has:
-            raise UsageError("--chat-template on: this tokenizer has no chat template (pass --chat-template off for "
-                             "RULER's plain 'base' prompt)")
-        self.tokenizer, self.chat = tokenizer, has if mode == "auto" else mode == "on"
-        self.head = self.tail = ""
-        if self.chat:
-            marker = "\x00user\x00"
-            text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False,
-                                                 add_generation_prompt=True)
-            self.head, self.tail = text.split(marker)
-
-    def text(self, user: str, answer_prefix: str) -> str:
-        return self.head + user + self.tail + answer_prefix  # RULER: the answer prefix after the assistant turn starts
-
-    def ids(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=not self.chat)  # a chat template writes its own BOS
-
-    def record(self) -> dict:
-        return {"chat_template": "on" if self.chat else "off", "chat_wrapper": [self.head, self.tail]}
-
-
-@dataclass
-class Sample:
-    name: str
-    length: int
-    index: int
-    seed: int
-    ids: list[int]
-    draft: rt.Draft
-    budget: int
-    exact: bool
-
-    def record(self) -> dict:
-        meta = {k: v for k, v in self.draft.meta.items()}
-        return {"index": self.index, "seed": self.seed, "prompt_tokens": len(self.ids), "exact": self.exact,
-                "prompt_sha1": hashlib.sha1(str(self.ids).encode()).hexdigest()[:12], "expected": self.draft.outputs,
-                **meta}
-
-
-def build_sample(name: str, length: int, index: int, seed: int, res: rt.Resources, wrapper: Wrapper) -> Sample:
-    """Sample `index` of (task, length): the largest haystack whose prompt fits L − budget, then `spill` cut so the
-    prompt takes exactly that many tokens. Where no cut of the text hits the count (a tokenizer that turns one more
-    character into two more tokens at that spot), an essay haystack starts a few words later (`essay_offset`)."""
-    sample = _build_sample(name, length, index, seed, res, wrapper)
-    for offset in (1, 2, 3, 5, 8) if rt.needs_essay(name) and not sample.exact else ():
-        shifted = _build_sample(name, length, index, seed, rt.with_essay(res, res.essay[offset:]), wrapper)
-        if shifted.exact:
-            shifted.draft.meta["essay_offset"] = offset
-            return shifted
-    return sample
-
-
-def _build_sample(name: str, length: int, index: int, seed: int, res: rt.Resources, wrapper: Wrapper) -> Sample:
-    task, args = rt.SYNTHETIC[name]
-    if task == "qa":
-        raise UsageError(f"{name} needs SQuAD/HotpotQA, which longctx does not generate")
-    budget = rt.TASKS[task]["tokens_to_generate"]
-    target = length - budget
-    generator = rt.GENERATORS[task]
-    extra = {}
-    if task == "variable_tracking":
-        encode = wrapper.tokenizer.encode
-        extra["icl"] = rt.vt_icl(args, random.Random(f"{seed}|icl"),
-                                 lambda text, limit: len(encode(text, add_special_tokens=False)) <= limit)
-
-    def make(n: int) -> rt.Draft:
-        return generator(args, random.Random(seed), n, res, length, **extra)
-
-    def count(draft: rt.Draft, cut: int = 0) -> list[int]:
-        return wrapper.ids(wrapper.text(draft.user(cut), draft.answer_prefix))
-
-    cap = len(res.essay) - 64 if rt.needs_essay(name) else 1 << 30
-
-    def fits(n: int) -> bool:
-        return len(count(make(min(n, cap)))) <= target
-
-    low = rt.min_units(task, args)
-    if low > cap:
-        raise too_little(name, length, res)
-    if not fits(low):
-        raise UsageError(f"ruler {name}: length {length} is too short: the prompt without haystack takes "
-                         f"{len(count(make(low)))} tokens, plus {budget} to generate")
-    high = low * 2
-    while fits(high):
-        if high >= cap:
-            raise too_little(name, length, res)
-        low, high = high, min(high * 2, cap)
-    while high - low > 1:
-        mid = (low + high) // 2
-        low, high = (mid, high) if fits(mid) else (low, mid)
-    for n in (low, low - 1, low - 2, low - 3, low - 4):
-        if n < rt.min_units(task, args):
-            break
-        draft = make(n)
-        cut = exact_cut(draft, lambda c, d=draft: len(count(d, c)), target)
-        if cut is not None:
-            return Sample(name, length, index, seed, count(draft, cut), draft, budget, True)
-    draft = make(low)  # no cut hits the count exactly (not seen with real tokenizers): the closest below
-    return Sample(name, length, index, seed, count(draft), draft, budget, False)
-
-
-def exact_cut(draft: rt.Draft, size, target: int) -> int | None:
-    """Characters of `spill` that make the prompt exactly `target` tokens, or None."""
-    if size(0) == target:
-        return 0
-    low, high = 0, len(draft.spill)
-    if size(high) < target:
-        return None
-    while high - low > 1:  # the first cut reaching the target (token counts grow with the text)
-        mid = (low + high) // 2
-        low, high = (low, mid) if size(mid) >= target else (mid, high)
-    # counts are not quite monotone (Llama-3 glues "." to the newline after it): look around the first reach
-    for cut in sorted(range(max(0, high - 24), min(high + 24, len(draft.spill)) + 1), key=lambda c: abs(c - high)):
-        if size(cut) == target:
-            return cut
-    return None
-
-
-def too_little(name: str, length: int, res: rt.Resources) -> UsageError:
-    return UsageError(f"ruler {name}: the --haystack-dir books hold {len(res.essay):,} words, too little text for "
-                      f"{length} tokens: add books or ask for shorter lengths")
-
-
-# --- running ------------------------------------------------------------------------------------------
-
-def _cache_kwarg(model) -> str:
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
-
-
-def _forward(model, tokens: list[int], cache):
-    import torch
-
-    from longctx.modeling import reset_rope_state
-
-    if cache.get_seq_length() == 0:
-        reset_rope_state(model)
-    ids = torch.tensor([tokens], dtype=torch.long, device=model.device)
-    out = model(input_ids=ids, **{_cache_kwarg(model): cache}, use_cache=True, logits_to_keep=1)
-    return out.logits[0, -1]
-
-
-def eos_ids(model, tokenizer) -> set[int]:
-    ids = {tokenizer.eos_token_id}
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids |= set(configured) if isinstance(configured, (list, tuple)) else {configured}
-    return {i for i in ids if i is not None}
-
-
-def generate(model, tokenizer, samples: list[Sample], *, share: bool, stop_when_found: bool):
-    """Greedy decoding of every sample, in the given order, over one KV cache cropped back to the prefix the next
-    prompt shares (when `share`); yields (sample, text, tokens generated, why it stopped, seconds)."""
-    import torch
-    from transformers import DynamicCache
-
-    eos = eos_ids(model, tokenizer)
-    cache, cached = DynamicCache(), []
-    with torch.inference_mode():
-        for sample in samples:
-            start = time.perf_counter()
-            keep = min(common_prefix_length(cached, sample.ids), len(sample.ids) - 1) if share else 0
-            if keep < MIN_SHARED * len(sample.ids):
-                cache, keep = DynamicCache(), 0
-            else:
-                crop_cache(cache, keep)
-            logits = _forward(model, sample.ids[keep:], cache)
-            cached = sample.ids
-            tokens, stopped = [], "budget"
-            for _ in range(sample.budget):
-                token = int(logits.argmax())
-                if token in eos:
-                    stopped = "eos"
-                    break
-                tokens.append(token)
-                if stop_when_found and rt.found(tokenizer.decode(tokens, skip_special_tokens=True),
-                                                sample.draft.outputs) == len(sample.draft.outputs):
-                    stopped = "found"
-                    break
-                if len(tokens) < sample.budget:
-                    logits = _forward(model, [token], cache)
-            if share:
-                crop_cache(cache, len(sample.ids))
-                cached = sample.ids
-            seconds = time.perf_counter() - start
-            yield sample, tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), stopped, seconds
 
 
 def summarize(name: str, samples: list[dict]) -> dict:
@@ -497,5 +300,6 @@ class Ruler(Task):
         return report_lines(models, self)
 
 
+
 TASK = Ruler()
-__all__ = ["Config", "Ruler", "TASK", "build_sample", "generate", "parse_tasks", "summarize", "Wrapper"]
+__all__ = ["Config", "Ruler", "TASK", "parse_tasks", "summarize"]
