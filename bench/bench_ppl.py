@@ -167,7 +167,7 @@ def growth(rows: list[dict]) -> dict:
 
 
 def targets(rows: list[dict]) -> dict:
-    """The issue's targets at the longest length where both variants ran."""
+    """The bench's targets (memory ratio, perplexity agreement) at the longest length where both variants ran."""
     both = [r for r in rows if "memory_ratio" in r]
     if not both:
         return {"met": None, "why": "no length where both variants ran"}

@@ -51,7 +51,7 @@ def report_lines(models, task) -> list[str]:
            "samples, [Wilson 95% interval over expected strings]. Length = prompt + RULER's generation budget, exact. "
            "†: essay haystack = public-domain books from `--haystack-dir`, not RULER's Paul Graham essays, so these "
            "rows are not the same haystack as published RULER numbers. Differences from RULER's protocol: "
-           "`longctx/evals/ruler_tasks.py`.", ""]
+           "`longctx/evals/tasks/ruler_tasks.py`.", ""]
     summary = []
     for m, variant, records in present:
         threshold = next((r["threshold"] for r in reversed(records) if isinstance(r.get("threshold"), (int, float))),
