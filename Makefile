@@ -23,9 +23,11 @@ $(VENV)/.longctx-installed: pyproject.toml
 demo: setup
 	$(PY) -m longctx demo --out demo-out
 
-# The suite: installs nothing (setup did), runs offline on CPU.
+# The suite: installs nothing (setup did), runs offline on CPU, one pytest-xdist worker per core (at most 4: each
+# may hold the real SmolLM2); TEST_WORKERS=0 runs it in one process. The 25 slowest tests are listed at the end.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=25
 
 # Patched configs read by a real transformers 4 (a separate install, used in a subprocess), so the 4.x schema
 # stays right while the suite runs on 5.x. CI runs it after `make test`.

@@ -13,6 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LONGCTX_CACHE", str(ROOT / ".cache"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs a worker per core: each worker's torch gets its share
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))  # for the subprocesses tests start, too
+    import torch
+
+    torch.set_num_threads(_share)
 
 PACKAGE = str(ROOT / "longctx") + os.sep
 # Frames that only carry a call into the library that warns (torch's module call, functools wrappers).
