@@ -155,13 +155,7 @@ def run(opts) -> dict:
 
 
 def targets(tasks: dict) -> dict:
-    compared = {name: t["comparison"] for name, t in tasks.items() if "comparison" in t}
-    if not compared:
-        return {"met": None, "why": "no task where both paths ran"}
-    worst = min(c["speedup"] for c in compared.values())
-    identical = all(c["identical"] for c in compared.values())
-    return {"worst_speedup": worst, "target_speedup": TARGET_SPEEDUP, "speed_met": worst >= TARGET_SPEEDUP,
-            "grades_identical": identical, "met": worst >= TARGET_SPEEDUP and identical}
+    return common.speedup_targets(tasks, TARGET_SPEEDUP)
 
 
 def markdown(section: dict) -> str:

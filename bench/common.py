@@ -161,6 +161,18 @@ def growth_line(label: str, exponent: float | None, size_name: str) -> str:
 
 # ---------------------------------------------------------------- fresh processes
 
+def speedup_targets(tasks: dict, target: float) -> dict:
+    """A retrieval bench's verdict over its tasks: the worst speed-up of longctx's path over the baseline against
+    `target`, and whether every grade was identical (each task's `comparison`: {"speedup", "identical"})."""
+    compared = {name: t["comparison"] for name, t in tasks.items() if "comparison" in t}
+    if not compared:
+        return {"met": None, "why": "no task where both paths ran"}
+    worst = min(c["speedup"] for c in compared.values())
+    identical = all(c["identical"] for c in compared.values())
+    return {"worst_speedup": worst, "target_speedup": target, "speed_met": worst >= target,
+            "grades_identical": identical, "met": worst >= target and identical}
+
+
 def run_child(target: str, kwargs: dict, *, timeout: float | None = None) -> dict:
     """Call `module:function(**kwargs)` in a fresh Python process and return its dict.
 
