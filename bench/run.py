@@ -4,6 +4,8 @@
     python bench/run.py --only patch --sizes 2,8,32       # one benchmark (sizes in its own unit), others kept
     python bench/run.py --device cuda                     # GPU mode (random Llama shapes, bf16) -> bench-suite-<gpu>
     python bench/run.py --only ppl --shape tiny --sizes 256,512      # GPU code path, exercised on CPU
+    python bench/run.py --only dtype                      # bf16 vs fp32 on this CPU (ppl speed, passkey grades)
+    python bench/run.py --only dtype --sizes 2048,4096    # its perplexity (and passkey) lengths
 
 Writes OUT/results.json (every benchmark's numbers, merged with what is already there) and OUT/README.md
 (the tables, with the command, device, library versions and load average of each section).
@@ -30,15 +32,18 @@ BENCHES = {  # name -> (module, unit of --sizes)
     "finetune": ("bench.bench_finetune", "tokens per row"),
     "patch": ("bench.bench_patch", "GB of weights"),
     "attention": ("bench.bench_attention", "tokens"),
+    "dtype": ("bench.bench_dtype", "tokens"),
 }
-ORDER = ("patch", "ppl", "sweep", "ruler", "finetune", "attention")
+ORDER = ("patch", "ppl", "sweep", "ruler", "finetune", "attention", "dtype")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=sorted(BENCHES), action="append",
                         help="run only this benchmark (repeatable); the others' results are kept")
-    parser.add_argument("--sizes", help="comma-separated sizes for the selected benchmarks (tokens; GB for patch)")
+    parser.add_argument("--sizes", help="comma-separated sizes for the selected benchmarks (tokens; GB for patch; "
+                        "dtype: its perplexity and passkey lengths)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
         "--shape",
@@ -72,7 +77,8 @@ QUESTION = (
     "**The question.** Is longctx at least as fast and as lean as the plain way of doing the same thing? Each "
     "benchmark compares it with a named baseline in the same run, on the same inputs: patching a checkpoint against "
     "copying it, perplexity against `model(ids, labels=ids)`, passkey and NIAH grading against `generate` per cell, "
-    "the fine-tune step against transformers' `Trainer`, and SDPA's attention backends against its math backend. "
+    "the fine-tune step against transformers' `Trainer`, SDPA's attention backends against its math backend, and "
+    "bf16 against fp32 (perplexity forward speed, passkey grades). "
     "Method: [bench/README.md](../../../bench/README.md)."
 )
 

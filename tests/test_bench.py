@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import bench_patch, bench_ppl, bench_sweep, common  # noqa: E402
+from bench import bench_dtype, bench_patch, bench_ppl, bench_sweep, common  # noqa: E402
 from bench import run as bench_run  # noqa: E402
 
 
@@ -194,3 +194,82 @@ def test_ruler_bench_paths_decode_the_same_samples_with_the_same_grades(tiny_lla
     section.update(environment=common.environment("cpu"), bench_seconds=1.0)
     text = bench_run.render({"ruler": section})
     assert "samples/s" in text and "Target: ≥ 1.8×" in text and "identical" in text
+
+
+def _trial(correct: bool, strict: bool, answer: str, passkey: str = "12345") -> dict:
+    return {"passkey": passkey, "correct": correct, "correct_strict": strict, "answer": answer}
+
+
+def test_dtype_grade_comparison_flags_every_difference():
+    """A content or a strict grade that differs, or a trial one dtype lacks, is a difference; a different answer
+    text with the same grades is listed but is not one."""
+    fp32 = {"2048|0.25|7": _trial(True, True, "12345"), "512|0.75|8": _trial(True, True, "12345"),
+            "4096|0.25|9": _trial(False, False, "1234"), "4096|0.75|3": _trial(True, False, "\n12345"),
+            "3072|0.25|5": _trial(True, True, "12345")}
+    bf16 = {"2048|0.25|7": _trial(True, True, "12345"), "512|0.75|8": _trial(True, False, "\n12345"),
+            "4096|0.25|9": _trial(False, False, "1235"), "4096|0.75|3": _trial(False, False, "54321")}
+    c = bench_dtype.compare_grades(fp32, bf16)
+    assert c["trials"] == 5 and not c["identical"]
+    assert [r["trial"] for r in c["rows"]] == ["512|0.75|8", "2048|0.25|7", "3072|0.25|5", "4096|0.25|9",
+                                               "4096|0.75|3"]  # numeric order, not string order
+    assert [d["trial"] for d in c["differences"]] == ["512|0.75|8", "3072|0.25|5", "4096|0.75|3"]
+    assert c["differences"][1]["bf16"] is None and c["answers_differ"] == ["512|0.75|8", "4096|0.25|9",
+                                                                           "4096|0.75|3"]
+    assert c["correct"] == {"fp32": 4, "bf16": 2} and c["correct_strict"] == {"fp32": 3, "bf16": 1}
+    same = bench_dtype.compare_grades(fp32, {k: dict(v, answer="other") for k, v in fp32.items()})
+    assert same["identical"] and not same["differences"] and len(same["answers_differ"]) == 5
+    assert not bench_dtype.compare_grades({}, {})["identical"]  # nothing checked is not "the same"
+
+    ppl = bench_dtype.compare_ppl(
+        [{"length": 2048, "doc": "a", "start": 0, "scored_tokens": 2047, "tokens_per_s": 100.0, "ppl": 20.0}],
+        [{"length": 2048, "doc": "a", "start": 0, "scored_tokens": 2047, "tokens_per_s": 150.0, "ppl": 20.01}])
+    assert ppl[0]["speed_ratio"] == 1.5 and ppl[0]["ppl_rel_diff"] == pytest.approx(5e-4) and ppl[0]["same_window"]
+    line = bench_dtype.verdict(ppl, c)["line"]
+    assert line.startswith("bf16 grades the checked sample the same as fp32: no (5 passkey trials")
+    assert "speed ×1.50" in line and "ppl Δ +5.00e-04" in line
+    assert "yes" in bench_dtype.verdict(ppl, same)["line"]
+    assert "not measured" in bench_dtype.verdict([], None)["line"]
+
+
+def test_dtype_bench_reads_the_cpu_flags_and_names_its_data_relative_to_the_checkout(monkeypatch):
+    x86 = bench_dtype.cpu_bf16_support("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n")
+    assert x86["native_bf16"] and x86["flags"]["avx512_bf16"] and not x86["flags"]["amx_bf16"]
+    assert bench_dtype.cpu_bf16_support("Features\t: fp asimd bf16\n")["native_bf16"]  # ARM
+    assert bench_dtype.cpu_bf16_support("flags\t\t: fpu sse2 avx2\n")["native_bf16"] is False
+    assert bench_dtype.cpu_bf16_support("")["flags"] is None
+    monkeypatch.setattr(bench_dtype, "BOOKS", "no-such-books-folder")
+    assert bench_dtype.ppl_data() == "pydoc"
+    monkeypatch.setattr(bench_dtype, "BOOKS", "bench")  # any folder of the checkout
+    assert bench_dtype.ppl_data() == "bench"
+    assert bench_dtype.plan(None)["passkey"] == {"lengths": [2048, 3072, 4096], "depths": [0.25, 0.75], "trials": 1}
+    assert bench_dtype.plan([1024, 2048])["passkey"]["trials"] == 2  # at least 6 trials in the sample
+
+
+def test_dtype_bench_measures_both_dtypes_on_the_tiny_model(tiny_llama_dir, monkeypatch):
+    """`make bench`'s dtype section end to end on the tiny model: both dtypes' numbers, the comparison, the page."""
+    assert "dtype" in bench_run.ORDER and bench_run.parse_args(["--only", "dtype", "--out", "x"]).only == ["dtype"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two child processes on a busy machine: no oversubscribed threads
+    opts = SimpleNamespace(device="cpu", sizes=[160, 192], timeout=300, model=str(tiny_llama_dir), data="pydoc",
+                           repeats=2)
+    section = bench_dtype.run(opts)
+    for dtype, torch_dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
+        variant = section["variants"][dtype]
+        assert variant["torch_dtype"] == torch_dtype, variant
+        assert [r["length"] for r in variant["ppl"]] == [160, 192]
+        assert all(math.isfinite(r["ppl"]) and len(r["seconds_all"]) == 2 and r["tokens_per_s"] > 0
+                   for r in variant["ppl"])
+        assert len(variant["passkey"]["trials"]) == 8  # 2 lengths x 2 depths x 2 trials
+    ppl = section["comparison"]["ppl"]
+    assert [r["length"] for r in ppl] == [160, 192]
+    assert all(r["same_window"] and abs(r["ppl_rel_diff"]) < 1e-2 and r["speed_ratio"] > 0 for r in ppl)
+    grades = section["comparison"]["grades"]
+    assert grades["trials"] == 8 and isinstance(grades["identical"], bool)
+    verdict = section["verdict"]
+    assert verdict["line"].startswith("bf16 grades the checked sample the same as fp32: "
+                                      + ("yes" if grades["identical"] else "no"))
+    assert verdict["speed_ratio"] == ppl[1]["speed_ratio"] and section["data"] == "pydoc"
+    assert set(section["cpu"]) >= {"flags", "native_bf16", "torch_capability"}
+    section.update(environment=common.environment("cpu"), bench_seconds=1.0)
+    text = bench_run.render({"dtype": section})
+    assert "fp32 s/forward" in text and "**Verdict:** bf16 grades the checked sample" in text
+    assert "CPU bf16 support" in text and "can be below 1" in text and "commit" in text

@@ -256,6 +256,21 @@ def test_cli_ppl_writes_results_and_warns_beyond_the_claimed_length(tiny_llama_d
     assert "warning: ppl: length 320 exceeds" in capsys.readouterr().err
 
 
+def test_cli_eval_runs_in_bf16_on_cpu(tiny_llama_dir, tmp_path):
+    """`longctx eval ... --dtype bfloat16 --device cpu` (what the bench's dtype section loads): the model runs in bf16,
+    model.json says so, perplexity is finite and passkey trials carry both grades."""
+    common = ["--model", str(tiny_llama_dir), "--device", "cpu", "--dtype", "bfloat16", "--out", str(tmp_path),
+              "--label", "bf16"]
+    assert main(["eval", "ppl", "--lengths", "128", "--docs", "1", *common]) == 0
+    assert main(["eval", "passkey", "--lengths", "160", "--depths", "0.5", "--trials", "1", *common]) == 0
+    info = json.loads((tmp_path / "bf16" / "model.json").read_text())
+    assert info["dtype"] == "bfloat16" and info["device"] == "cpu"
+    (ppl,) = [json.loads(line) for line in (tmp_path / "bf16" / "ppl.jsonl").read_text().splitlines()]
+    assert ppl["length"] == 128 and 1 < ppl["ppl"] < float("inf")
+    (cell,) = [json.loads(line) for line in (tmp_path / "bf16" / "passkey.jsonl").read_text().splitlines()]
+    assert set(cell["samples"][0]) >= {"correct", "correct_strict", "answer"}
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
