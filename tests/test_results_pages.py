@@ -134,6 +134,22 @@ def test_the_readme_layout_table_names_every_longctx_module():
     assert not expected - named, f"not in the README's Layout table: {sorted(expected - named)}"
 
 
+def test_the_readme_bf16_numbers_are_the_committed_bench():
+    """The README's bf16 bullet quotes docs/results/bench-cpu/results.json, not a number typed by hand."""
+    section = json.loads((STUDY.parent / "bench-cpu" / "results.json").read_text())["dtype"]
+    readme = " ".join((STUDY.parents[2] / "README.md").read_text().split())
+    bullet = readme.split("**bf16 vs fp32 on CPU**", 1)[1].split("- **", 1)[0]
+    ratios = {row["length"]: row["speed_ratio"] for row in section["comparison"]["ppl"]}
+    assert f"×{ratios[2048]:.2f} faster in bf16 at 2K and ×{ratios[4096]:.2f} at 4K" in bullet
+    seconds = {v: row["seconds"] for v in ("fp32", "bf16") for row in section["variants"][v]["ppl"]
+               if row["length"] == 4096}
+    assert f"({seconds['fp32']:.1f} s → {seconds['bf16']:.1f} s)" in bullet
+    worst = max(abs(row["ppl_rel_diff"]) for row in section["comparison"]["ppl"])
+    assert worst < 0.0008 and "within 0.08%" in bullet
+    grades = section["comparison"]["grades"]
+    assert section["verdict"]["same_grades"] and f"{grades['trials']} checked passkey trials grade the same" in bullet
+
+
 def test_the_readme_demo_timing_is_the_committed_demo_record():
     """A demo timing in the README is `demo.timing_text` of the last whole run in docs/results/demo/runs.jsonl
     (copied there from demo-out/runs.jsonl); without that file the README quotes none."""
