@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 # Package data (pyproject.toml [tool.setuptools.package-data]), so a wheel install finds them as well as a checkout;
-# longctx/evals/suites/demo.yaml and recipes/configs/ hold byte-identical copies for readers of the repository.
+# the only copy of each (recipes/configs/README.md points readers of the repository to them).
 DEMO_SUITE = "evals/suites/demo.yaml"
 FINETUNE_CONFIG = "train/configs/smollm2-135m-yarn2-pose.yaml"
 PROMPT = "The capital of France is"
