@@ -150,6 +150,15 @@ def test_the_readme_bf16_numbers_are_the_committed_bench():
     assert section["verdict"]["same_grades"] and f"{grades['trials']} checked passkey trials grade the same" in bullet
 
 
+def test_the_readme_ruler_bench_numbers_are_the_committed_bench():
+    tasks = json.loads((STUDY.parent / "bench-cpu" / "results.json").read_text())["ruler"]["tasks"]
+    readme = " ".join((STUDY.parents[2] / "README.md").read_text().split())
+    bullet = readme.split("**RULER / Kamradt**", 1)[1].split("- **", 1)[0]
+    assert f"×{tasks['kamradt']['comparison']['speedup']:.2f} faster" in bullet
+    assert f"only ×{tasks['ruler']['comparison']['speedup']:.2f}" in bullet
+    assert all(t["comparison"]["identical"] for t in tasks.values()) and "grades identical" in bullet
+
+
 def test_the_readme_demo_timing_is_the_committed_demo_record():
     """A demo timing in the README is `demo.timing_text` of the last whole run in docs/results/demo/runs.jsonl
     (copied there from demo-out/runs.jsonl); without that file the README quotes none."""
