@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -176,7 +175,10 @@ def main() -> int:
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--fresh-hf", type=Path, help="results folder of a fresh `longctx eval ppl` of the same models")
+    parser.add_argument("--render", action="store_true", help="only rewrite OUT/README.md from the journaled cells")
     args = parser.parse_args()
+    if args.render:
+        return report(args.out)
     sys.path.insert(0, str(args.llamacpp.resolve()))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
@@ -188,7 +190,11 @@ def main() -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    cells_path, started = args.out / "cells.jsonl", time.time()
+    from longctx.files import recorded_path
+    from longctx.provenance import RunRecord
+
+    run = RunRecord(["eval/studies/gguf_llamacpp.py", *(recorded_path(a) for a in sys.argv[1:])])
+    cells_path = args.out / "cells.jsonl"
     done = journal(cells_path)
     tokenizer = AutoTokenizer.from_pretrained(smollm2_checkpoint())
     lengths = [int(n) for n in args.lengths.split(",")]
@@ -271,32 +277,21 @@ def main() -> int:
             append(cells_path, record)
             done[key], computed = record, computed + 1
             print(f"{label} passkey seed {seed}: {record['llamacpp_answer']!r} ({record['passkey']})", flush=True)
-    append(args.out / "runs.jsonl", run_record(args, computed, time.time() - started))
+    append(args.out / "runs.jsonl", run_record(args, run, computed))
     return report(args.out)
 
 
-def run_record(args, computed: int, seconds: float) -> dict:
+def run_record(args, run, computed: int) -> dict:
+    """This run's record (`provenance.RunRecord`: command with paths relative to the checkout, commit, machine,
+    wall time) with llama.cpp's version and threads."""
     import llama_cpp
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(
-        subprocess.run(["git", "status", "--porcelain", "longctx"], cwd=ROOT, capture_output=True, text=True).stdout
-    )
-    return {
-        "command": " ".join(["eval/studies/gguf_llamacpp.py", *sys.argv[1:]]),
-        "commit": commit,
-        "dirty": dirty,
-        "llama_cpp_python": llama_cpp.__version__,
-        "machine": {
-            "platform": platform.platform(),
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "threads": args.threads,
-        },
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() - seconds)),
-        "wall_seconds": round(seconds, 1),
-        "cells_computed": computed,
-    }
+    return run.finish(llama_cpp_python=llama_cpp.__version__, threads=args.threads, cells_computed=computed)
+
+
+def answer_cell(text: str) -> str:
+    """A generated answer as one Markdown table cell: line breaks shown as ⏎, pipes escaped."""
+    return "`" + text.replace("\n", "⏎").replace("|", "\\|").replace("`", "'") + "`"
 
 
 def report(out: Path) -> int:
@@ -353,10 +348,13 @@ def report(out: Path) -> int:
         "|---|---|---|---|---|---|---|---|",
     ]
     for c in (c for c in cells if c["task"] == "passkey"):
+        hf = ("—", "—") if c["hf_answer"] is None else (answer_cell(c["hf_answer"]), c["hf_correct"])
         lines.append(
-            f"| {c['model']} | {c['seed']} | {c['passkey']} | `{c['llamacpp_answer']}` | {c['llamacpp_correct']} | "
-            f"`{c['hf_answer']}` | {c['hf_correct']} | {c['llamacpp_seconds']} |"
+            f"| {c['model']} | {c['seed']} | {c['passkey']} | {answer_cell(c['llamacpp_answer'])} | "
+            f"{c['llamacpp_correct']} | {hf[0]} | {hf[1]} | {c['llamacpp_seconds']} |"
         )
+    lines += ["", "—: the study has no HF generate-mode answer for that model and seed (its passkey cells of those "
+              "models were graded in forced mode)."]
     patches = sorted({c["patch_command"] for c in cells if c.get("patch_command")})
     sources = sorted({c["hf_source"] for c in cells if c.get("hf_source")})
     lines += (
@@ -383,10 +381,14 @@ def report(out: Path) -> int:
     lines += [
         f"- {r['started']}: `{r['command']}` at {r['commit'][:10]}{' (dirty)' if r['dirty'] else ''}, llama-cpp-python "
         f"{r['llama_cpp_python']}, {r['machine']['cpu']} × {r['machine']['cores']} cores "
-        f"({r['machine']['threads']} threads), "
+        f"({r.get('threads') or r['machine'].get('threads')} threads), "
         f"{r['wall_seconds']} s, {r['cells_computed']} cells"
         for r in runs
     ]
+    unrecorded = len(cells) - sum(r["cells_computed"] for r in runs)
+    if unrecorded > 0:
+        lines.append(f"- {unrecorded} cells were computed by an earlier run of this script whose run record was not "
+                     "kept; each cell keeps its own llama.cpp seconds above")
     (out / "README.md").write_text("\n".join(lines) + "\n")
     return 1 if failed or not judged else 0
 
