@@ -147,7 +147,8 @@ def workflow(args, step) -> int:
         config = shipped(FINETUNE_CONFIG)  # = longctx/train/configs/smollm2-135m-yarn2-pose.yaml
         # recipes/finetune.py is a launcher of this module; a wheel install has no recipes/ folder
         cmd = [sys.executable, "-m", "longctx.train.finetune", "--config", str(config), "--out", str(tuned), "--force"]
-        step(f"5. fine-tune at the original length: python -m longctx.train.finetune --config {config} --out {tuned}")
+        step("5. fine-tune at the original length: python -m longctx.train.finetune --config "
+             f"longctx/{FINETUNE_CONFIG} --out {tuned}")  # the shipped config, wherever longctx is installed
         if subprocess.run(cmd).returncode != 0:
             return 1
         models.append(tuned)

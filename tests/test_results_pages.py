@@ -186,6 +186,10 @@ def test_the_readme_demo_timing_is_the_committed_demo_record():
         assert not re.search(r"\b\d+ min\b|\b\d+ s\b", paragraph), "a demo timing that no committed run record backs"
     else:
         assert " ".join(timing_text(record).split()) in paragraph
+        evaluation = next(s["seconds"] for s in record["steps"] if "eval suite" in s["step"])
+        assert f"{evaluation / 60:.1f} min of it the evaluation" in paragraph
+        first = record["steps"][0]["seconds"]  # dequantizing SmolLM2: ~0 s when the cache held it already
+        assert first > 5 or "already dequantized in the cache" in paragraph
 
 
 def test_committed_docs_name_no_folder_of_the_machine_that_made_them():
