@@ -24,6 +24,7 @@ from pathlib import Path
 from longctx.evals.report.text import fmt_ppl, rope_text
 from longctx.evals.tasks import all_tasks
 from longctx.evals.tasks.base import RETRIEVAL
+from longctx.files import write_text_atomic
 from longctx.lengths import fmt_len, parse_tokens
 
 BLOCK = re.compile(r"(<!-- compact-table (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /compact-table -->)", re.S)
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         if new != text:
             stale.append(page)
             if not args.check:
-                page.write_text(new, encoding="utf-8")
+                write_text_atomic(page, new)
     for page in stale:
         print(f"{page}: {'out of date' if args.check else 'rewritten'}")
     return 1 if args.check and stale else 0
