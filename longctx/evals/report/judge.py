@@ -294,14 +294,17 @@ def verdict(model: ModelSummary) -> str:
 
 
 def _cell_warnings(model: ModelSummary) -> list[str]:
-    """model.json warnings plus cell warnings, identical ones collapsed into one line with a count."""
-    messages = [str(w) for w in model.meta.get("warnings") or []]
+    """model.json warnings plus cell warnings, identical ones collapsed into one line with a count; a model.json
+    warning that a cell repeats (a length past the claimed context) is said once, by the cells."""
     counts: Counter = Counter()
+    in_cells: set[str] = set()
     for task, variants in model.cells.items():
         for records in variants.values():
             for record in records:
                 for warning in record.get("warnings") or []:
                     counts[f"{task}: {warning}"] += 1
+                    in_cells.add(str(warning))
+    messages = [str(w) for w in model.meta.get("warnings") or [] if str(w) not in in_cells]
     messages += [m if n == 1 else f"{m} ({n} cells)" for m, n in counts.items()]
     return messages
 
