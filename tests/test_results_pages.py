@@ -174,6 +174,29 @@ def test_the_readme_llamacpp_numbers_are_the_committed_cells():
     assert "within 0.7%" in readme and "YaRN ×2 and base 1e6 retrieve 3 of 3 passkeys" in readme
 
 
+def test_the_8_window_page_quotes_its_report():
+    """Every ratio on docs/results/smollm2-extension-cpu-8w/README.md is the report's, and each cell has 8 windows."""
+    folder = STUDY.parent / "smollm2-extension-cpu-8w"
+    page, report = (folder / "README.md").read_text(), (folder / "report.md").read_text()
+    verdicts = {}
+    for line in report.split("## Verdicts by length", 1)[1].splitlines():
+        match = re.match(r"\| \*\*(\S+)\*\* \| (\d+K) \| [^|]+ \| ppl (×[\d.]+ \[[\d.]+, [\d.]+\]) of in-distribution "
+                         r"\(paired, (\d+) windows\)", line)
+        if match:
+            verdicts[match[1], match[2]] = match[3]
+            assert int(match[4]) == 8, line
+    rows = {}
+    for line in page.split("| model | 12K | 16K |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]:
+        label, at12, at16 = (cell.strip() for cell in line.strip("|").split("|"))
+        rows[label, "12K"], rows[label, "16K"] = at12.split(" — ")[0], at16.split(" — ")[0]
+    assert rows and rows == {key: verdicts[key] for key in rows}
+    summary = json.loads((folder / "summary.json").read_text())
+    assert {m["label"] for m in summary["models"]} == {label for label, _ in rows}
+    for model in summary["models"]:  # "2K: 8 windows (books...); 4K: ..."
+        assert re.findall(r"(\d+K): (\d+) windows", model["ppl_windows"]) == [(n, "8") for n in ("2K", "4K", "8K",
+                                                                                              "12K", "16K")]
+
+
 def test_the_readme_demo_timing_is_the_committed_demo_record():
     """A demo timing in the README is `demo.timing_text` of the last whole run in docs/results/demo/runs.jsonl
     (copied there from demo-out/runs.jsonl); without that file the README quotes none."""
