@@ -181,7 +181,7 @@ def test_the_8_window_page_quotes_its_report():
     verdicts = {}
     for line in report.split("## Verdicts by length", 1)[1].splitlines():
         match = re.match(r"\| \*\*(\S+)\*\* \| (\d+K) \| [^|]+ \| ppl (×[\d.]+ \[[\d.]+, [\d.]+\]) of in-distribution "
-                         r"\(paired, (\d+) windows\)", line)
+                         r"\((?:un)?paired, (\d+) windows\)", line)
         if match:
             verdicts[match[1], match[2]] = match[3]
             assert int(match[4]) == 8, line
