@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import statistics
 import tempfile
-import time
 
 from bench import bench_ruler, common
 
@@ -122,11 +121,8 @@ def measure(dtype: str, lengths: list[int], device: str, data: str, passkey: dic
     for length in lengths:
         seconds, sums = [], []
         for _ in range(repeats):
-            common.synchronize(device)
-            start = time.perf_counter()
-            total, count = forward(length)
-            common.synchronize(device)
-            seconds.append(time.perf_counter() - start)
+            (total, count), elapsed = common.timed(device, forward, length)
+            seconds.append(elapsed)
             sums.append(total)
         median = statistics.median(seconds)
         nll = sums[0] / count
@@ -152,11 +148,7 @@ def passkey_grades(model, tokenizer, settings: dict, seed: int, device: str) -> 
                       control=False)
     trials = {}
     with tempfile.TemporaryDirectory(prefix="longctx-bench-dtype-") as tmp:
-        common.synchronize(device)
-        start = time.perf_counter()
-        cells = task.run(model, tokenizer, cfg, ResultsWriter(tmp, "dtype", task.name))
-        common.synchronize(device)
-        seconds = time.perf_counter() - start
+        cells, seconds = common.timed(device, task.run, model, tokenizer, cfg, ResultsWriter(tmp, "dtype", task.name))
     for cell in cells:
         for sample in cell["samples"]:
             trials[f"{cell['length']}|{cell['depth']:g}|{sample['seed']}"] = {

@@ -79,11 +79,8 @@ def measure(variant: str, task: str, lengths: list[int], device: str, settings: 
     with tempfile.TemporaryDirectory(prefix="longctx-bench-ruler-") as tmp:
         if variant == "longctx":
             task.run(model_obj, tokenizer, warm, ResultsWriter(tmp, "warmup", task.name))  # untimed: kernels, allocator
-            common.synchronize(device)
-            start = time.perf_counter()
-            cells = task.run(model_obj, tokenizer, cfg, ResultsWriter(tmp, "timed", task.name))
-            common.synchronize(device)
-            seconds = time.perf_counter() - start
+            cells, seconds = common.timed(device, task.run, model_obj, tokenizer, cfg,
+                                          ResultsWriter(tmp, "timed", task.name))
             for cell in cells:
                 for record in cell["records"]:
                     key = sample_key(cell.get("subtask", task.name), cell["length"], cell.get("depth"), record["index"])

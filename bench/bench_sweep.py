@@ -83,11 +83,8 @@ def measure(variant: str, task: str, lengths: list[int], depths: list[float], tr
             task.run(model, tokenizer, warm, ResultsWriter(tmp, "warmup", task.name))  # untimed: kernels, allocator
             for length in lengths:  # one run per length so each length has its own wall time
                 one = task.Config(lengths=[length], depths=depths, trials=trials, seed=seed)
-                common.synchronize(device)
-                start = time.perf_counter()
-                cells = task.run(model, tokenizer, one, ResultsWriter(tmp, f"L{length}", task.name))
-                common.synchronize(device)
-                seconds[length] = time.perf_counter() - start
+                cells, seconds[length] = common.timed(device, task.run, model, tokenizer, one,
+                                                      ResultsWriter(tmp, f"L{length}", task.name))
                 for cell in cells:
                     for sample in cell["samples"]:
                         key = f"{length}|{cell['depth']:g}|{sample['seed']}"

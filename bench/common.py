@@ -115,6 +115,15 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def timed(device: str, work, *args):
+    """(work(*args), its wall seconds), the device synchronized before and after so queued GPU work is counted."""
+    synchronize(device)
+    start = time.perf_counter()
+    result = work(*args)
+    synchronize(device)
+    return result, time.perf_counter() - start
+
+
 def matmul_ceiling(device: str, dtype: str = "fp32", n: int = 2048, seconds: float = 2.0) -> dict:
     """Achieved FLOP/s of a square torch.mm (n³ multiply-adds = 2n³ FLOPs), best of repeated timings.
 
