@@ -8,7 +8,7 @@ import random
 import types
 
 import pytest
-import torch
+from scripted_model import ScriptedModel
 
 from longctx.evals.run.results import ResultsWriter
 from longctx.evals.tasks import niah, passkey
@@ -44,42 +44,13 @@ def test_niah_grades_each_value_as_a_substring_ignoring_case():
     assert contains_answer("x 8109231", KEY, complete=False) is True
 
 
-class Scripted(torch.nn.Module):
+class Scripted(ScriptedModel):
     """A model that, after each known context + question, emits the tokens its script gives, then EOS; after
     anything else, token 0 (the teacher-forced pass feeds it the gold answer, which the script may not follow)."""
 
     def __init__(self, tokenizer, scripts: list[tuple[list[int], str]]):
-        from transformers import LlamaConfig
-
-        super().__init__()
-        self.config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=8, num_attention_heads=1,
-                                  num_hidden_layers=1, intermediate_size=8)
-        self.vocab = len(tokenizer)
-        self.sequences = [prompt + tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                          for prompt, text in scripts]
-        self.seen: list[int] = []
-
-    @property
-    def device(self):
-        return torch.device("cpu")
-
-    def _next(self, history: list[int]) -> int:
-        for sequence in self.sequences:
-            if len(sequence) > len(history) and sequence[: len(history)] == history:
-                return sequence[len(history)]
-        return 0
-
-    def forward(self, input_ids, past_key_values=None, use_cache=False, logits_to_keep=1):
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
-        new = input_ids[0].tolist()
-        self.seen = self.seen[:past] + new
-        if past_key_values is not None:
-            dummy = torch.zeros(1, 1, len(new), 1)
-            past_key_values.update(dummy, dummy, 0)
-        logits = torch.zeros(1, logits_to_keep, self.vocab)
-        for row, end in enumerate(range(len(self.seen) - logits_to_keep + 1, len(self.seen) + 1)):
-            logits[0, row, self._next(self.seen[:end])] = 1.0
-        return types.SimpleNamespace(logits=logits)
+        super().__init__(tokenizer, [prompt + tokenizer(text, add_special_tokens=False)["input_ids"]
+                                     + [tokenizer.eos_token_id] for prompt, text in scripts])
 
 
 def _passkey_prompt(tokenizer, key: str):

@@ -4,10 +4,9 @@ model that emits the key is graded correct (SentencePiece tokenizers used to add
 from __future__ import annotations
 
 import random
-import types
 
 import pytest
-import torch
+from scripted_model import ScriptedModel
 
 from longctx.evals.tasks.data import SentenceTokens, load_texts
 from longctx.evals.tasks.niah import NiahTrial
@@ -51,46 +50,18 @@ def test_prompt_ids_are_the_tokenization_of_the_joined_text(tokenizer, haystack)
             assert query.answer_text == " " + query.expected
 
 
-class KnowsTheAnswer(torch.nn.Module):
+class KnowsTheAnswer(ScriptedModel):
     """A perfect retriever trained on the tokenizer's own tokenization: after any prompt it emits the
     tokenization of (prompt text + " " + key), then EOS. The prompt text is what the ids decode to, so it
     reads the prompt as a model would, whatever pieces built it."""
 
     def __init__(self, tokenizer, prompts):
-        from transformers import LlamaConfig
-
-        super().__init__()
-        self.config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=8, num_attention_heads=1,
-                                  num_hidden_layers=1, intermediate_size=8)
-        self.vocab = len(tokenizer)
-        self.expected = []  # every sequence the model knows: prompt + canonical answer + EOS
+        expected = []  # every sequence the model knows: prompt + canonical answer + EOS
         for prompt in prompts:
             for query in prompt.queries:
                 text = tokenizer.decode(prompt.context + query.question, skip_special_tokens=True)
-                self.expected.append(tokenizer(text + " " + query.expected)["input_ids"] + [tokenizer.eos_token_id])
-        self.seen: list[int] = []
-
-    @property
-    def device(self):
-        return torch.device("cpu")
-
-    def _next(self, history: list[int]) -> int:
-        for sequence in self.expected:
-            if len(sequence) > len(history) and sequence[: len(history)] == history:
-                return sequence[len(history)]
-        return 0  # a prompt it does not know: some unrelated token
-
-    def forward(self, input_ids, past_key_values=None, use_cache=False, logits_to_keep=1):
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
-        new = input_ids[0].tolist()
-        self.seen = self.seen[:past] + new
-        if past_key_values is not None:
-            dummy = torch.zeros(1, 1, len(new), 1)
-            past_key_values.update(dummy, dummy, 0)
-        logits = torch.zeros(1, logits_to_keep, self.vocab)
-        for row, end in enumerate(range(len(self.seen) - logits_to_keep + 1, len(self.seen) + 1)):
-            logits[0, row, self._next(self.seen[:end])] = 1.0
-        return types.SimpleNamespace(logits=logits)
+                expected.append(tokenizer(text + " " + query.expected)["input_ids"] + [tokenizer.eos_token_id])
+        super().__init__(tokenizer, expected)
 
 
 @pytest.mark.parametrize("mode", ["forced", "generate"])
