@@ -24,10 +24,11 @@ NOT_DATA = ("README", "LICENSE", "CHANGES")  # a folder's own description, not p
 
 
 def data_name(spec: str | None) -> str:
-    """The short name results record: 'pydoc', 'stdlib', the hf: spec, or a file's name."""
+    """The short name results record: 'pydoc', 'stdlib', the hf: spec, or a file's name (each file's, in a
+    comma-separated list: two lists ending in the same file are different data)."""
     if not spec or spec in (DEFAULT_DATA, "stdlib") or spec.startswith("hf:"):
         return spec or DEFAULT_DATA
-    return Path(spec).name
+    return ",".join(Path(part.strip()).name for part in spec.split(",") if part.strip())
 
 
 def pydoc_documents() -> list[tuple[str, str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from longctx.corpus import load_named_documents
+from longctx.corpus import data_name, load_named_documents
 from longctx.errors import UsageError
 from longctx.evals.tasks.data import DocumentTokens
 
@@ -26,6 +26,14 @@ def test_a_folder_of_txt_files_is_one_document_per_file_and_skips_its_readme(tmp
     folder = _folder(tmp_path, {"a.txt": 50, "b.txt": 300, "README.md": 400})
     docs = load_named_documents(str(folder))
     assert [name for name, _ in docs] == ["a.txt", "b.txt"]
+
+
+def test_results_name_data_by_every_file_of_a_list_and_by_a_folder():
+    # a list of two books is recorded as both: the last file's name alone would pass it off as that one book
+    assert data_name("../books/a.txt, ../books/b.txt") == "a.txt,b.txt"
+    assert data_name("../shared/data/books") == "books"
+    assert data_name("../books/b.txt") == "b.txt"
+    assert data_name(None) == "pydoc" and data_name("hf:wikitext:raw") == "hf:wikitext:raw"
 
 
 def test_every_window_lies_inside_one_document(tmp_path):
@@ -64,7 +72,9 @@ def test_ppl_refuses_data_without_a_document_that_long(tmp_path):
         perplexity.plan_windows(WordTokenizer(), cfg, cfg.lengths)
 
 
-@pytest.mark.parametrize("name", ["extension-ppl.yaml", "extension-passkey.yaml"])
+@pytest.mark.parametrize(
+    "name", ["extension-ppl.yaml", "extension-ppl-8w.yaml", "extension-ppl-heldout.yaml", "extension-passkey.yaml"]
+)
 def test_extension_suites_are_valid_and_go_past_the_trained_8k(name):
     from pathlib import Path
 
@@ -74,9 +84,25 @@ def test_extension_suites_are_valid_and_go_past_the_trained_8k(name):
     configs = {task: make_config(task, settings) for task, settings in tasks.items()}
     assert max(n for cfg in configs.values() for n in cfg.lengths) == 16384
     if "ppl" in configs:
-        assert configs["ppl"].data.endswith("books") and configs["ppl"].docs >= 2
+        assert configs["ppl"].data.startswith("../shared/data/books") and configs["ppl"].docs >= 2
     if "passkey" in configs:
         assert configs["passkey"].trials >= 5 and len(configs["passkey"].depths) >= 3
+
+
+def test_the_held_out_suite_reads_only_books_the_fine_tunes_left_out():
+    from pathlib import Path
+
+    import yaml
+
+    from longctx.evals.suite import load_suite, make_config
+
+    root = Path(__file__).resolve().parents[1]
+    tasks, _ = load_suite(root / "eval" / "suites" / "extension-ppl-heldout.yaml")
+    held_out = {Path(part).name for part in make_config("ppl", tasks["ppl"]).data.split(",")}
+    for recipe in ("smollm2-135m-yarn2-books2k.yaml", "smollm2-135m-yarn2-books2k-pose16k.yaml"):
+        trained = yaml.safe_load((root / "recipes" / "configs" / recipe).read_text())["data"]
+        assert held_out.isdisjoint(Path(part).name for part in trained.split(",")), recipe
+    assert len(held_out) == 2 and make_config("ppl", tasks["ppl"]).docs >= 8
 
 
 def test_every_length_of_a_sweep_reads_the_same_documents_where_it_can(tmp_path):
