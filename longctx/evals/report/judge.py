@@ -153,6 +153,7 @@ def _ratios(model: ModelSummary) -> dict[int, dict]:
 def summarize(model: ModelSummary, primaries: dict[str, tuple | None]) -> None:
     """The per-length numbers of one model (its verdict needs every model: `judge`)."""
     model.series = {task: _pick(model, task, primaries.get(task)) for task in model.cells}
+    model.off_series = {task for task, variant in model.series.items() if variant != primaries.get(task)}
     for task in all_tasks().values():
         model.values[task.name] = task.values(model.records(task.name))
         model.ci95[task.name] = task.ci95(model.records(task.name))

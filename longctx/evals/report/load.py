@@ -24,6 +24,7 @@ class ModelSummary:
     meta: dict                                  # model.json
     cells: dict[str, dict[tuple, list[dict]]]   # task -> variant -> records (one per key, the last line wins)
     series: dict[str, tuple] = field(default_factory=dict)   # task -> variant shown in the table
+    off_series: set[str] = field(default_factory=set)         # tasks whose shown variant is not the column's
     values: dict[str, dict[int, float]] = field(default_factory=dict)  # task -> length -> number in its table
     ci95: dict[str, dict[int, list[float]]] = field(default_factory=dict)  # task -> length -> 95% interval
     strict: dict[str, dict[int, float]] = field(default_factory=dict)  # retrieval task -> length -> token-exact grade
@@ -61,9 +62,11 @@ class ModelSummary:
         """Cells of the variant of `task` that the table shows."""
         return self.cells.get(task, {}).get(self.series.get(task), [])
 
-    def latest(self, task: str) -> dict[int, dict]:
-        """Length -> the table's record there (the last written, where older keys share a length)."""
-        return {r["length"]: r for r in sorted(self.records(task), key=lambda r: r["length"])}
+    def latest(self, task: str, variant: tuple | None = None) -> dict[int, dict]:
+        """Length -> the record there (the last written, where older keys share a length) of the table's variant
+        of `task`, or of `variant` when given."""
+        records = self.records(task) if variant is None else self.cells.get(task, {}).get(variant, [])
+        return {r["length"]: r for r in sorted(records, key=lambda r: r["length"])}
 
     def lengths(self) -> list[int]:
         """Every length some task has a number at."""

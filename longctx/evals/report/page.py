@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from longctx.evals.report import plots
+from longctx.evals.report.compare import baseline_json, baseline_section, versus_baseline
 from longctx.evals.report.judge import build_summary
 from longctx.evals.report.load import load_results
 from longctx.evals.report.page_html import render_html
@@ -36,22 +37,35 @@ from longctx.files import partial_dir, replace_into_place
 from longctx.locks import output_lock
 
 
-def write_report(results_dir: Path | str, out_dir: Path | str | None = None, title: str | None = None) -> list[Path]:
-    """Render RESULTS_DIR into report.html, report.md, summary.json and the PNGs; returns the files written."""
+def write_report(results_dir: Path | str, out_dir: Path | str | None = None, title: str | None = None,
+                 baseline: str | None = None) -> list[Path]:
+    """Render RESULTS_DIR into report.html, report.md, summary.json and the PNGs; returns the files written.
+    `baseline`: the label every model's perplexity is compared with (`compare`); None keeps the one of the last
+    report written to OUT (so a suite's re-render keeps it), "none" drops it."""
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir
     models = build_summary(load_results(results_dir))
     title = title or f"longctx report: {results_dir.resolve().name}"
     with output_lock(out_dir):
+        baseline = _last_baseline(out_dir) if baseline is None else None if baseline == "none" else baseline
+        versus_baseline(models, baseline)  # an unknown label: one line before anything is drawn
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = partial_dir(out_dir / "report")  # every file is drawn here, then moved into place one by one
         try:
-            return _write_report(models, results_dir, out_dir, tmp, title)
+            return _write_report(models, results_dir, out_dir, tmp, title, baseline)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_report(models, results_dir: Path, out_dir: Path, tmp: Path, title: str) -> list[Path]:
+def _last_baseline(out_dir: Path) -> str | None:
+    try:
+        last = json.loads((out_dir / "summary.json").read_text()).get("versus_baseline") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    return last.get("baseline") if isinstance(last, dict) and isinstance(last.get("baseline"), str) else None
+
+
+def _write_report(models, results_dir: Path, out_dir: Path, tmp: Path, title: str, baseline: str | None) -> list[Path]:
     figures: list[str] = []
     every = [figure for task in all_tasks().values() for figure in task.figures()]
     for figure in sorted(every, key=lambda figure: figure.detail):  # each task's overview first, then details
@@ -65,8 +79,9 @@ def _write_report(models, results_dir: Path, out_dir: Path, tmp: Path, title: st
         (tmp / name).write_text(portable(text, root))
 
     context = {"title": title, "generated": generated, "results_dir": portable(str(results_dir.resolve()), root),
-               "figures": figures}
-    write("summary.json", json.dumps(summary_json(models, title, figures), indent=2, allow_nan=False) + "\n")
+               "figures": figures, "baseline": baseline_section(models, baseline)}
+    summary = {**summary_json(models, title, figures), "versus_baseline": baseline_json(models, baseline)}
+    write("summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     write("report.md", render_markdown(models, context))
     images = {name: base64.b64encode((tmp / name).read_bytes()).decode("ascii") for name in figures}
     write("report.html", render_html(models, context, images))
@@ -80,7 +95,7 @@ def _write_report(models, results_dir: Path, out_dir: Path, tmp: Path, title: st
 
 
 def run(args) -> int:
-    paths = write_report(args.results_dir, args.out, args.title)
+    paths = write_report(args.results_dir, args.out, args.title, args.baseline)
     models = json.loads(paths[2].read_text())["models"]
     for model in models:
         marker = "!!" if model["superficial"] else "  "
@@ -111,4 +126,11 @@ def add_parser(subparsers) -> None:
         help="where to write report.html, report.md, summary.json and PNGs (default: RESULTS_DIR)",
     )
     parser.add_argument("--title", default=None, help="page title (default: 'longctx report: <folder name>')")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="LABEL",
+        help="compare every model's perplexity with this model's, window by window (paired intervals); default: "
+        "the baseline of the last report in the output folder; 'none' drops it",
+    )
     parser.set_defaults(func=run)

@@ -14,6 +14,7 @@ from longctx.evals.report.page_table import (
     legend,
     len_or_dash,
     metric_cell,
+    series_note,
     table_columns,
 )
 from longctx.evals.report.text import details_text, inline_markdown, rope_text, run_groups
@@ -40,7 +41,8 @@ def render_html(models: list[ModelSummary], context: dict, images: dict[str, str
         (
             m,
             [
-                (text + grade_note(m, task, n) if text != "–" else text, colour, beyond_trained(m, n))
+                (text + grade_note(m, task, n) + series_note(m, task) if text != "–" else text, colour,
+                 beyond_trained(m, n))
                 for task, lengths in columns
                 for n in lengths
                 for text, colour in [metric_cell(m, task, n)]

@@ -14,6 +14,7 @@ from longctx.evals.report.page_table import (
     legend,
     len_or_dash,
     metric_cell,
+    series_note,
     table_columns,
 )
 from longctx.evals.report.text import details_text, fmt_ppl, rope_text, run_groups
@@ -78,7 +79,7 @@ def render_markdown(models: list[ModelSummary], context: dict) -> str:
                     text += f" [{interval[0]:.2f}, {interval[1]:.2f}]"
                 elif interval and task.kind == PERPLEXITY:  # t interval over windows
                     text += f" [{fmt_ppl(interval[0])}, {fmt_ppl(interval[1])}]"
-                text += grade_note(m, task, n) if text != "–" else ""
+                text += grade_note(m, task, n) + series_note(m, task) if text != "–" else ""
                 texts.append(f"*{text}*" if text != "–" and beyond_trained(m, n) else text)
             out.append(row([f"**{m.label}**", *texts]))
     out += ["", legend(models), ""]
@@ -95,6 +96,10 @@ def render_markdown(models: list[ModelSummary], context: dict) -> str:
         ]
         out += [row([f"**{m.label}**", fmt_len(n), _status_text(m.status[n]), m.decisions[n]]) for m, n in decided]
         out += [""]
+    versus = context.get("baseline")
+    if versus:
+        out += [f"## {versus['title']}", "", versus["text"], "", row(versus["columns"]),
+                row(["---"] * len(versus["columns"])), *(row([f"**{r[0]}**", *r[1:]]) for r in versus["rows"]), ""]
     for task in all_tasks().values():  # a task's own section (RULER's table layout), where it has one
         out += task.report_lines(models) if hasattr(task, "report_lines") else []
     if context["figures"]:

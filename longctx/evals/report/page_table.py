@@ -56,6 +56,7 @@ def metric_cell(model: ModelSummary, task, length: int) -> tuple[str, str | None
 
 
 OLD_GRADE = "†"  # marks a retrieval number graded token-exact only (cells written before content grading)
+OTHER_SERIES = "‡"  # marks a number read on another series (e.g. other documents) than the rest of its column
 
 
 def grade_note(model: ModelSummary, task, length: int) -> str:
@@ -78,16 +79,34 @@ def figure_captions() -> dict[str, str]:
     return {figure.file: figure.caption for task in all_tasks().values() for figure in task.figures()}
 
 
+def series_note(model: ModelSummary, task) -> str:
+    """‡ after a number read on another series (data, settings) than the rest of its column."""
+    return OTHER_SERIES if task.name in model.off_series else ""
+
+
 def legend(models: list[ModelSummary]) -> str:
     shown = dict.fromkeys(
         f"{t.label} {t.variant_name(m.series[t.name])}"
         for t in all_tasks().values()
         for m in models
-        if t.name in m.series
+        if t.name in m.series and t.name not in m.off_series
     )
     return (
         _retrieval_legend() + _grading_legend(models) + (f" Series in the table: {'; '.join(shown)}." if shown else "")
+        + _series_legend(models)
     )
+
+
+def _series_legend(models: list[ModelSummary]) -> str:
+    """Which rows of a column were read on another series, and which: their numbers do not compare across rows."""
+    others: dict[str, list[str]] = {}
+    for t in all_tasks().values():
+        for m in models:
+            if t.name in m.off_series and t.name in m.series:
+                others.setdefault(f"{t.label} {t.variant_name(m.series[t.name])}", []).append(m.label)
+    parts = [f"{', '.join(labels)}: {series}" for series, labels in others.items()]
+    return (f" {OTHER_SERIES}: read on another series than the rest of the column, so not comparable across rows "
+            f"there ({'; '.join(parts)})." if parts else "")
 
 
 def _grading_legend(models: list[ModelSummary]) -> str:
