@@ -4,7 +4,8 @@
 # every sample journaled). NOT RUN YET (one Kamradt smoke cell): see the page's cost plan.
 #   original, YaRN x2 and base 1e6 (the models of docs/results/smollm2-extension-cpu), chat template on,
 #   essay haystack = ../shared/data/books;
-#   4k8k: niah_single_1/2/3, niah_multikey_1, vt at 4K and 8K, 10 samples per cell;
+#   4k8k: niah_single_1/2/3, niah_multikey_1, vt at 4K and 8K, 10 samples per cell (4k and 8k: one length, in
+#         parts: every model at 4K before any at 8K);
 #   16k:  niah_single_2 and vt at 16K, 10 samples per cell;
 #   smoke: niah_single_1 at 2K, 3 samples, original only (minutes: proves the path end to end);
 #   kamradt: Kamradt's needle at 2K, 4K, 8K, 16K x depths 0, 25, 50, 75, 100%, 1 sample per cell (his protocol),
@@ -48,11 +49,12 @@ kamradt() {  # label lengths depths
 for stage in $STAGES; do
   case $stage in
     smoke) ruler original 2k niah_single_1 3 ;;
-    4k8k) for m in $MODELS_RUN; do ruler "$m" 4k,8k niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,vt "$SAMPLES"; done ;;
+    4k8k|4k|8k) lengths=${stage/4k8k/4k,8k}
+      for m in $MODELS_RUN; do ruler "$m" "$lengths" niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,vt "$SAMPLES"; done ;;
     16k)  for m in $MODELS_RUN; do ruler "$m" 16k niah_single_2,vt "$SAMPLES"; done ;;
     kamradt) for m in $MODELS_RUN; do kamradt "$m" 2k,4k,8k,16k 0:1:5; done ;;
     kamradt-smoke) kamradt original 2k 0,0.5,1 ;;
-    *) echo "unknown stage $stage (smoke, 4k8k, 16k, kamradt, kamradt-smoke)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (smoke, 4k8k, 4k, 8k, 16k, kamradt, kamradt-smoke)" >&2; exit 2 ;;
   esac
 done
 $LONGCTX report "$OUT"
