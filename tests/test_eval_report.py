@@ -388,10 +388,40 @@ def test_a_rope_equal_within_the_window_shares_the_control_and_nothing_is_flagge
                                     "original_max_position_embeddings": 8192}, flat, {8192: (30, 30)})
     write_report(tmp_path, tmp_path / "out")
     models = {m["label"]: m for m in json.loads((tmp_path / "out" / "summary.json").read_text())["models"]}
-    assert models["dynamic"]["control"] == {"length": 8192, "counts": [30, 30], "from": "original"}
+    assert models["dynamic"]["control"] == {"length": 8192, "counts": [30, 30], "from": "original", "strict": None,
+                                            "grading": "content"}
     assert models["dynamic"]["verdict"].startswith("dynamic θ=1e5 ×2 is original up to 8K: its in-window reading is "
                                                    "original's; SUPERFICIAL at 16K")
     # yarn-tuned: same config, other weights
     assert models["yarn"]["control"] is None and not models["yarn"]["superficial"]
     assert "not measured within the trained length" in models["yarn"]["verdict"]
     assert [label for label, m in models.items() if m["superficial"]] == ["dynamic"]
+
+
+def test_a_control_graded_by_content_meets_token_exact_cells_on_their_grade(tmp_path):
+    """Cells written before content grading hold only the token-exact grade; a control graded by content (higher:
+    it forgives a newline before the key) would make the stricter grade beyond the window read as a drop. Both
+    sides are then weighed token-exact, and the decision says so."""
+    _model(tmp_path, "yarn", {"rope_type": "yarn", "rope_theta": 1e5, "factor": 2.0,
+                              "original_max_position_embeddings": 8192}, {8192: 10.0, 16384: 10.2}, {})
+
+    def cell(n, correct, strict=None):
+        record = {"key": f"pk|L={n}", "length": n, "depth": 0.5, "mode": "forced", "key_digits": "5-7",
+                  "accuracy": correct / 15, "correct": correct, "trials": 15}
+        return record | ({} if strict is None else {"correct_strict": strict, "accuracy_strict": strict / 15})
+
+    passkey = tmp_path / "yarn" / "passkey.jsonl"
+    passkey.write_text(json.dumps(cell(8192, 15, strict=6)) + "\n" + json.dumps(cell(16384, 4)) + "\n")
+    write_report(tmp_path, tmp_path / "out")
+    (model,) = json.loads((tmp_path / "out" / "summary.json").read_text())["models"]
+    assert model["control"]["counts"] == [15, 15] and model["control"]["strict"] == [6, 15]
+    at_16k = model["by_length"][-1]
+    # 4/15 against 6/15, not against 15/15: no SUPERFICIAL flag from a change of grading
+    assert not model["superficial"] and at_16k["status"] == "inconclusive"
+    assert at_16k["decision"].startswith("graded token-exact on both sides (one has only that): retrieval 4/15")
+    assert "vs 6/15 [" in at_16k["decision"]
+    # both graded by content: compared as they are
+    passkey.write_text(json.dumps(cell(8192, 15, strict=6)) + "\n" + json.dumps(cell(16384, 4, strict=2)) + "\n")
+    write_report(tmp_path, tmp_path / "out")
+    (model,) = json.loads((tmp_path / "out" / "summary.json").read_text())["models"]
+    assert model["superficial"] and "vs 15/15 [" in model["by_length"][-1]["decision"]

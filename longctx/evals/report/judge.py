@@ -164,16 +164,12 @@ def summarize(model: ModelSummary, primaries: dict[str, tuple | None]) -> None:
     for length in sorted(set().union(*by_task)):
         scores = [values[length] for values in by_task if length in values]
         model.retrieval[length] = sum(scores) / len(scores)
-    pooled: dict[int, list] = {}
-    for task in retrieval_tasks():
-        values, counts = model.values[task.name], task.trial_counts(model.records(task.name))
-        for length in values:
-            total = pooled.setdefault(length, [0, 0, True])
-            if length in counts:
-                total[0], total[1] = total[0] + counts[length][0], total[1] + counts[length][1]
-            else:
-                total[2] = False  # a task without counts at this length: no interval for the mean
-    model.counts = {n: (k, t) for n, (k, t, whole) in sorted(pooled.items()) if whole and t > 0}
+    model.counts = _pooled(model, lambda task, records: task.trial_counts(records))
+    model.strict_counts = _pooled(model, lambda task, records: task.strict_trial_counts(records)
+                                  if hasattr(task, "strict_trial_counts") else {})
+    for task_grades in model.graded_by.values():
+        for length, grade in task_grades.items():
+            model.grading[length] = grade if model.grading.get(length, grade) == grade else "mixed"
     model.effective_length = effective_length({n: wilson_interval(*c)[0] for n, c in model.counts.items()})
     trained, lengths = model.trained, model.lengths()
     ppl_lengths = [n for n in lengths if model.ppl_value(n) is not None]
@@ -184,13 +180,43 @@ def summarize(model: ModelSummary, primaries: dict[str, tuple | None]) -> None:
     model.ratios = _ratios(model)
 
 
+def _pooled(model: ModelSummary, counts_of) -> dict[int, tuple[int, int]]:
+    """Length -> (correct, trials) of every retrieval task pooled; a length where a task with a number there has
+    no counts gets none (no interval for the mean)."""
+    pooled: dict[int, list] = {}
+    for task in retrieval_tasks():
+        values, counts = model.values[task.name], counts_of(task, model.records(task.name))
+        for length in values:
+            total = pooled.setdefault(length, [0, 0, True])
+            if length in counts:
+                total[0], total[1] = total[0] + counts[length][0], total[1] + counts[length][1]
+            else:
+                total[2] = False
+    return {n: (k, t) for n, (k, t, whole) in sorted(pooled.items()) if whole and t > 0}
+
+
+def graded_alike(model: ModelSummary, length: int, control: dict | None) -> tuple[tuple | None, dict | None, str]:
+    """(counts at `length`, control, note): both graded by content, or both token-exact where either side holds
+    only that grade (older forced cells): a content-graded control against token-exact cells would read the
+    stricter grade beyond the window as a drop."""
+    counts = model.counts.get(length)
+    if counts is None or control is None or model.grading.get(length) == control.get("grading"):
+        return counts, control, ""
+    strict_here, strict_there = model.strict_counts.get(length), control.get("strict")
+    if strict_here is None or strict_there is None:
+        return counts, control, ""
+    return strict_here, {**control, "counts": strict_there}, "graded token-exact on both sides (one has only that): "
+
+
 def _controls(models: list[ModelSummary]) -> None:
     """Each model's in-window retrieval: its own at the longest length inside its trained length, else that of a
     model whose rope rotates every position alike up to the trained length (dynamic NTK and its original)."""
     for model in models:
         inside = [n for n in model.counts if model.trained is not None and n <= model.trained]
         if inside:
-            model.control = {"length": max(inside), "counts": model.counts[max(inside)], "from": None}
+            length = max(inside)
+            model.control = {"length": length, "counts": model.counts[length], "from": None,
+                             "strict": model.strict_counts.get(length), "grading": model.grading.get(length)}
     for model in models:
         rope = model.meta.get("rope")
         if model.trained is None or not isinstance(rope, dict):
@@ -248,14 +274,14 @@ def judge(model: ModelSummary) -> None:
                                       "check the prompt format before trusting longer lengths")
             continue
         ratio = model.ratios.get(length)
-        counts = model.counts.get(length) if retrieval_judges else None
-        status, reason = judge_length(ratio, counts, control, retrieval if retrieval_judges else None)
-        model.status[length], model.decisions[length] = status, reason
+        counts, versus, graded = graded_alike(model, length, control) if retrieval_judges else (None, control, "")
+        status, reason = judge_length(ratio, counts, versus, retrieval if retrieval_judges else None)
+        model.status[length], model.decisions[length] = status, graded + reason
         if status == "superficial":
             model.flags.append({"kind": "superficial", "length": length, "ppl": model.ppl_value(length),
                                 "ppl_ratio": ratio["ratio"], "ppl_ratio_ci95": ratio.get("ci95"),
                                 "retrieval": retrieval, "retrieval_counts": list(counts),
-                                "control": {**control, "counts": list(control["counts"])},
+                                "control": {**versus, "counts": list(versus["counts"])},
                                 "message": f"SUPERFICIAL at {fmt_len(length)}: {reason}"})
     model.verdict = verdict(model)
     model.warnings.extend(_cell_warnings(model))

@@ -126,7 +126,8 @@ def _grading_legend(models: list[ModelSummary]) -> str:
         text += (
             f" {OLD_GRADE}: graded token-exact only (greedy decoding emits the gold answer's tokens first): "
             "cells written before retrieval was graded by content (the answer holds the expected value); "
-            "stricter: an answer with a newline instead of a space before the key counts wrong."
+            "stricter: an answer with a newline instead of a space before the key counts wrong. A verdict weighs "
+            "such cells against the token-exact grade of their control."
         )
     return text
 

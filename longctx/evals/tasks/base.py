@@ -236,5 +236,14 @@ class RetrievalTask(Task):
         """Length -> (correct, trials) pooled over depths: what the verdict's intervals count."""
         return pooled_counts(records, *self.counts)
 
+    def strict_trial_counts(self, records: list[dict]) -> dict[int, tuple[int, int]]:
+        """Length -> (token-exact correct, trials) pooled over depths, so a verdict can weigh cells graded alike:
+        forced-mode cells written before content grading hold only this grade (in `<hits>`); a length with a
+        cell that has neither has none."""
+        hits, strict_key = self.counts[0], f"{self.value_key}_strict"
+        strict = [{**r, hits: r.get(f"{hits}_strict")} if strict_key in r or r.get("mode") != "forced" else r
+                  for r in records]
+        return pooled_counts(strict, *self.counts)
+
     def figures(self) -> list[Figure]:
         return [Figure(f"{self.name}_heatmaps.png", self.heatmap_caption, "heatmaps", self)]
