@@ -7,6 +7,7 @@
 #   finetune: YaRN x2 + LoRA at 2K tokens on the two other books, with PoSE skips to 16K and without;
 #   tuned:    the same perplexity grid for both tuned models (then passkey again adds them);
 #   control:  passkey at 4K and 8K for the original: retrieval inside the trained window;
+#   controls: passkey at 8K for every other model but dynamic NTK (the original's up to 8K): each one's control;
 #   generate: YaRN x2 and dynamic NTK x2 at depths 0.5 and 1 again, graded by greedy generation.
 # Every stage resumes where it stopped (cells, trials and training checkpoints): rerun to continue.
 #
@@ -78,7 +79,9 @@ for stage in $STAGES; do
       done
       suite "$PASSKEY_SUITE" "${ready[@]}" ;;
     control) suite eval/suites/extension-passkey-control.yaml original ;;
+    controls) suite eval/suites/extension-passkey-control-8k.yaml yarn-x2 base-1e6 ntk-x2 llama3-x2 linear-x2 \
+      yarn-x2-lora yarn-x2-pose16k-lora ;;
     generate) suite eval/suites/extension-passkey-generate.yaml yarn-x2 dynamic-x2 ;;
-    *) echo "unknown stage $stage: use ppl, finetune, tuned, passkey, control, generate" >&2; exit 2 ;;
+    *) echo "unknown stage $stage: use ppl, finetune, tuned, passkey, control, controls, generate" >&2; exit 2 ;;
   esac
 done
