@@ -266,6 +266,47 @@ def test_relative_paths_rewrites_only_the_checkout_prefix(tmp_path):
     assert module.rewrite_folder(tmp_path / "results", ["/srv/ck"], "/home/u") == []  # once is enough
 
 
+def test_collect_staged_replaces_one_tasks_cells_and_refuses_another_model(tmp_path, capsys):
+    """eval/studies/collect_staged.py: a task re-run in a staging folder replaces (or joins) the study's cells."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("collect", STUDY.parents[2] / "eval/studies/collect_staged.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rope = {"rope_type": "yarn", "factor": 2.0}
+
+    def folder(root, cells, runs, **meta):
+        (root / "m").mkdir(parents=True)
+        (root / "m" / "model.json").write_text(json.dumps({"label": "m", "rope": rope, "trained_length": 8192,
+                                                           **meta}))
+        for name, records in (("ppl.jsonl", cells.get("ppl")), ("passkey.jsonl", cells.get("passkey")),
+                              ("runs.jsonl", runs)):
+            if records is not None:
+                (root / "m" / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    ppl_run = {"tasks": ["ppl"], "cells_computed": {"ppl": 2}}
+    pk_run = {"tasks": ["passkey"], "cells_computed": {"passkey": 1}}
+    folder(tmp_path / "study", {"ppl": [{"key": "old"}], "passkey": [{"key": "pk16"}]}, [ppl_run, pk_run])
+    folder(tmp_path / "a", {"ppl": [{"key": "books"}]}, [{**ppl_run, "n": "a"}], origin="GGUF x")
+    folder(tmp_path / "b", {"ppl": [{"key": "held-out"}]}, [{**ppl_run, "n": "b"}], origin="GGUF x")
+    (tmp_path / "c" / "m").mkdir(parents=True)  # still running: only ppl.partial
+    assert module.main([str(tmp_path / d) for d in "abc"] + ["--task", "ppl", "--replace", "--into",
+                                                              str(tmp_path / "study")]) == 0
+    study = tmp_path / "study" / "m"
+    assert [json.loads(line)["key"] for line in (study / "ppl.jsonl").read_text().splitlines()] == ["books", "held-out"]
+    assert [json.loads(line).get("n") for line in (study / "runs.jsonl").read_text().splitlines()] == [None, "a", "b"]
+    assert json.loads((study / "model.json").read_text())["origin"] == "GGUF x"
+    # joining a control: a key the study holds is refused, and another model's folder too
+    folder(tmp_path / "d", {"passkey": [{"key": "pk16"}]}, [pk_run])
+    assert module.main([str(tmp_path / "d"), "--task", "passkey", "--into", str(tmp_path / "study")]) == 2
+    assert "already holds pk16" in capsys.readouterr().err
+    rope["factor"] = 4.0
+    folder(tmp_path / "e", {"passkey": [{"key": "pk8"}]}, [pk_run])
+    assert module.main([str(tmp_path / "e"), "--task", "passkey", "--into", str(tmp_path / "study")]) == 2
+    assert "model.json rope differs" in capsys.readouterr().err
+    assert [json.loads(line)["key"] for line in (study / "passkey.jsonl").read_text().splitlines()] == ["pk16"]
+
+
 INTERNAL_ISSUE = re.compile(r"\bissues? #?\d+", re.IGNORECASE)  # an issue of this project's tracker, by number
 URL = re.compile(r"https?://\S+")  # upstream threads are cited by URL or as `transformers #25104`: both allowed
 SCANNED = ("longctx/", "recipes/", "eval/", "bench/", "tests/", "docs/", "README.md")
