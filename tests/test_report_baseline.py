@@ -117,3 +117,14 @@ def test_reading_needs_the_interval_on_one_side_of_one():
     assert reading({"ci95": [1.01, 1.2]}) == "higher"
     assert reading({"ci95": [0.99, 1.01]}) == "inconclusive"
     assert reading({"ci95": None}) == "no interval"
+
+
+def test_the_compact_table_marks_a_row_read_on_other_documents(results, tmp_path):
+    from longctx.evals.report.compact import compact_table
+
+    write_report(results, tmp_path / "out")
+    summary = _summary(tmp_path / "out")
+    assert {m["label"]: m["off_series"] for m in summary["models"]}["tuned"] == ["ppl"]
+    table = compact_table(summary, ["base", "tuned"], [8192, 16384], []).splitlines()
+    assert table[2].startswith("| base |") and "‡" not in table[2]
+    assert table[3].startswith("| tuned |") and table[3].count("‡") == 2

@@ -8,9 +8,11 @@ lengths, so the block can be regenerated and checked without anything else:
     <!-- /compact-table -->
 
 Each row names the model's rope settings (`text.rope_text`); perplexity is formatted as the report formats it
-(`text.fmt_ppl`); passkey as k/n, the trials that retrieved the key over all trials at that length (summary.json's
-`retrieval_counts`, used only where passkey is the one retrieval task measured there). "–" is a cell that was
-not measured. `--check` exits 1 when a block differs from what the summary gives (the README's test asks that).
+(`text.fmt_ppl`), with ‡ where the model's perplexity was read on other documents than the rest of the column
+(summary.json's `off_series`, the report's mark); passkey as k/n, the trials that retrieved the key over all
+trials at that length (summary.json's `retrieval_counts`, used only where passkey is the one retrieval task
+measured there). "–" is a cell that was not measured. `--check` exits 1 when a block differs from what the
+summary gives (the README's test asks that).
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ def compact_table(summary: dict, rows: list[str], ppl: list[int], passkey: list[
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
     for label in rows:
         by_length = {row["length"]: row for row in models[label]["by_length"]}
-        cells = [fmt_ppl((by_length.get(n) or {}).get("ppl")) for n in ppl]
+        mark = "‡" if "ppl" in models[label].get("off_series", []) else ""
+        cells = [fmt_ppl(value) + mark if (value := (by_length.get(n) or {}).get("ppl")) is not None else NOT_MEASURED
+                 for n in ppl]
         cells += [passkey_cell(by_length.get(n)) for n in passkey]
         lines.append(f"| {label} | {rope_text(models[label].get('rope'))} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

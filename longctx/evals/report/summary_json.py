@@ -34,6 +34,7 @@ def summary_json(models: list[ModelSummary], title: str, figures: list[str]) -> 
         rows.append({"label": m.label, "source": m.meta.get("source"), "trained_length": m.trained,
                      "claimed_length": m.claimed, "rope": m.meta.get("rope"),
                      "series": {task: all_tasks()[task].variant_name(variant) for task, variant in m.series.items()},
+                     "off_series": sorted(m.off_series),
                      "ppl_ref": m.ppl_ref, "ppl_ref_length": m.ref_length, "by_length": by_length,
                      "control": m.control and {**m.control, "counts": list(m.control["counts"])},
                      "same_rope_as": m.same_as, "effective_length": m.effective_length,
