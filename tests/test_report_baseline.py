@@ -55,8 +55,8 @@ def _summary(out: Path) -> dict:
 
 
 def test_each_model_is_divided_by_the_baselines_cell_of_its_own_series_window_by_window(results, tmp_path):
-    write_report(results, tmp_path / "out", baseline="base")
-    versus = _summary(tmp_path / "out")["versus_baseline"]
+    write_report(results, tmp_path / "out", baselines=["base"])
+    (versus,) = _summary(tmp_path / "out")["versus_baselines"]
     assert versus["baseline"] == "base" and set(versus["models"]) == {"worse", "same", "tuned", "elsewhere"}
     worse = versus["models"]["worse"]["16384"]
     assert worse["paired"] and worse["n"] == 6 and worse["ratio"] == pytest.approx(math.exp(0.03))
@@ -72,7 +72,7 @@ def test_each_model_is_divided_by_the_baselines_cell_of_its_own_series_window_by
 
 
 def test_the_page_shows_the_comparison_and_marks_the_row_read_on_other_documents(results, tmp_path):
-    write_report(results, tmp_path / "out", baseline="base")
+    write_report(results, tmp_path / "out", baselines=["base"])
     page = (tmp_path / "out" / "report.md").read_text()
     assert "## Perplexity against base" in page
     assert "| **worse** | ×1.030 [" in page and "(higher) |" in page
@@ -87,19 +87,22 @@ def test_the_page_shows_the_comparison_and_marks_the_row_read_on_other_documents
     assert "<h2>Perplexity against base</h2>" in html and "‡" in html
 
 
-def test_a_rerender_keeps_the_baseline_and_none_drops_it(results, tmp_path):
+def test_a_rerender_keeps_the_baselines_and_none_drops_them(results, tmp_path):
     out = tmp_path / "out"
-    write_report(results, out, baseline="base")
+    write_report(results, out, baselines=["base"])
     write_report(results, out)  # what a suite does after each run
-    assert _summary(out)["versus_baseline"]["baseline"] == "base"
-    write_report(results, out, baseline="none")
-    assert _summary(out)["versus_baseline"] is None
+    assert [b["baseline"] for b in _summary(out)["versus_baselines"]] == ["base"]
+    write_report(results, out, baselines=["base", "same"])
+    assert [b["baseline"] for b in _summary(out)["versus_baselines"]] == ["base", "same"]
+    assert "## Perplexity against same" in (out / "report.md").read_text()
+    write_report(results, out, baselines=["none"])
+    assert _summary(out)["versus_baselines"] == []
     assert "Perplexity against" not in (out / "report.md").read_text()
 
 
 def test_an_unknown_baseline_is_one_line_and_writes_nothing(results, tmp_path):
     with pytest.raises(UsageError, match=r"--baseline nope: no model folder of that label here \(labels: base, "):
-        write_report(results, tmp_path / "out", baseline="nope")
+        write_report(results, tmp_path / "out", baselines=["nope"])
     assert not (tmp_path / "out").exists()
 
 
@@ -109,7 +112,7 @@ def test_cli_takes_the_baseline(results, tmp_path, capsys):
     assert cli.main(["report", str(results), "--out", str(tmp_path / "out"), "--baseline", "nope"]) == 2
     assert "--baseline nope" in capsys.readouterr().err
     assert cli.main(["report", str(results), "--out", str(tmp_path / "out"), "--baseline", "base"]) == 0
-    assert _summary(tmp_path / "out")["versus_baseline"]["baseline"] == "base"
+    assert _summary(tmp_path / "out")["versus_baselines"][0]["baseline"] == "base"
 
 
 def test_reading_needs_the_interval_on_one_side_of_one():

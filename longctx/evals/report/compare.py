@@ -72,11 +72,9 @@ def baseline_section(models: list[ModelSummary], baseline: str | None) -> dict |
             "rows": rows}
 
 
-def baseline_json(models: list[ModelSummary], baseline: str | None) -> dict | None:
+def baseline_json(models: list[ModelSummary], baseline: str) -> dict:
     """summary.json's record of the comparison: {baseline, models: label -> length -> ratio}."""
     ratios = versus_baseline(models, baseline)
-    if not baseline:
-        return None
     return {"baseline": baseline, "models": {
         label: {str(n): {**{k: r.get(k) for k in ("ratio", "ci95", "paired", "n")}, "reading": reading(r)}
                 for n, r in by_length.items()} for label, by_length in ratios.items()}}

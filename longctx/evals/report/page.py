@@ -38,34 +38,36 @@ from longctx.locks import output_lock
 
 
 def write_report(results_dir: Path | str, out_dir: Path | str | None = None, title: str | None = None,
-                 baseline: str | None = None) -> list[Path]:
+                 baselines: list[str] | None = None) -> list[Path]:
     """Render RESULTS_DIR into report.html, report.md, summary.json and the PNGs; returns the files written.
-    `baseline`: the label every model's perplexity is compared with (`compare`); None keeps the one of the last
-    report written to OUT (so a suite's re-render keeps it), "none" drops it."""
+    `baselines`: labels every model's perplexity is compared with (`compare`); None keeps those of the last report
+    written to OUT (so a suite's re-render keeps them), ["none"] drops them."""
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir
     models = build_summary(load_results(results_dir))
     title = title or f"longctx report: {results_dir.resolve().name}"
     with output_lock(out_dir):
-        baseline = _last_baseline(out_dir) if baseline is None else None if baseline == "none" else baseline
-        versus_baseline(models, baseline)  # an unknown label: one line before anything is drawn
+        baselines = _last_baselines(out_dir) if baselines is None else [b for b in baselines if b != "none"]
+        for baseline in baselines:  # an unknown label: one line before anything is drawn
+            versus_baseline(models, baseline)
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = partial_dir(out_dir / "report")  # every file is drawn here, then moved into place one by one
         try:
-            return _write_report(models, results_dir, out_dir, tmp, title, baseline)
+            return _write_report(models, results_dir, out_dir, tmp, title, baselines)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _last_baseline(out_dir: Path) -> str | None:
+def _last_baselines(out_dir: Path) -> list[str]:
     try:
-        last = json.loads((out_dir / "summary.json").read_text()).get("versus_baseline") or {}
+        last = json.loads((out_dir / "summary.json").read_text()).get("versus_baselines") or []
     except (OSError, ValueError, AttributeError):
-        return None
-    return last.get("baseline") if isinstance(last, dict) and isinstance(last.get("baseline"), str) else None
+        return []
+    return [b["baseline"] for b in last if isinstance(b, dict) and isinstance(b.get("baseline"), str)] \
+        if isinstance(last, list) else []
 
 
-def _write_report(models, results_dir: Path, out_dir: Path, tmp: Path, title: str, baseline: str | None) -> list[Path]:
+def _write_report(models, results_dir: Path, out_dir: Path, tmp: Path, title: str, baselines: list[str]) -> list[Path]:
     figures: list[str] = []
     every = [figure for task in all_tasks().values() for figure in task.figures()]
     for figure in sorted(every, key=lambda figure: figure.detail):  # each task's overview first, then details
@@ -79,8 +81,9 @@ def _write_report(models, results_dir: Path, out_dir: Path, tmp: Path, title: st
         (tmp / name).write_text(portable(text, root))
 
     context = {"title": title, "generated": generated, "results_dir": portable(str(results_dir.resolve()), root),
-               "figures": figures, "baseline": baseline_section(models, baseline)}
-    summary = {**summary_json(models, title, figures), "versus_baseline": baseline_json(models, baseline)}
+               "figures": figures, "baselines": [s for b in baselines if (s := baseline_section(models, b))]}
+    summary = {**summary_json(models, title, figures),
+               "versus_baselines": [baseline_json(models, baseline) for baseline in baselines]}
     write("summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     write("report.md", render_markdown(models, context))
     images = {name: base64.b64encode((tmp / name).read_bytes()).decode("ascii") for name in figures}
@@ -95,7 +98,7 @@ def _write_report(models, results_dir: Path, out_dir: Path, tmp: Path, title: st
 
 
 def run(args) -> int:
-    paths = write_report(args.results_dir, args.out, args.title, args.baseline)
+    paths = write_report(args.results_dir, args.out, args.title, args.baselines)
     models = json.loads(paths[2].read_text())["models"]
     for model in models:
         marker = "!!" if model["superficial"] else "  "
@@ -128,9 +131,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--title", default=None, help="page title (default: 'longctx report: <folder name>')")
     parser.add_argument(
         "--baseline",
+        dest="baselines",
+        action="append",
         default=None,
         metavar="LABEL",
-        help="compare every model's perplexity with this model's, window by window (paired intervals); default: "
-        "the baseline of the last report in the output folder; 'none' drops it",
+        help="compare every model's perplexity with this model's, window by window (paired intervals); repeat for "
+        "several; default: the baselines of the last report in the output folder; 'none' drops them",
     )
     parser.set_defaults(func=run)

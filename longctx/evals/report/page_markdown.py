@@ -96,8 +96,7 @@ def render_markdown(models: list[ModelSummary], context: dict) -> str:
         ]
         out += [row([f"**{m.label}**", fmt_len(n), _status_text(m.status[n]), m.decisions[n]]) for m, n in decided]
         out += [""]
-    versus = context.get("baseline")
-    if versus:
+    for versus in context.get("baselines") or []:
         out += [f"## {versus['title']}", "", versus["text"], "", row(versus["columns"]),
                 row(["---"] * len(versus["columns"])), *(row([f"**{r[0]}**", *r[1:]]) for r in versus["rows"]), ""]
     for task in all_tasks().values():  # a task's own section (RULER's table layout), where it has one
