@@ -65,6 +65,10 @@ def test_prefix_evaluation_is_never_used_for_dynamic_ntk(tiny_llama_dir, tmp_pat
     cells = perplexity.run(model, tokenizer, cfg, ResultsWriter(tmp_path / "out", "dyn", "ppl"))
     assert all(c["key"].endswith("windows=document") for c in cells)
     assert sorted(forwards) == [200, 200, 400, 400]  # one forward per window per length: the 200s are not prefixes
+    # ... of a forward, but of the text: every length reads the first L tokens of the same windows, so ratios
+    # between lengths (and against other models) pair window by window
+    starts = [[(w["doc"], w["start"]) for w in cell["windows"]] for cell in cells]
+    assert starts[0] == starts[1]
     # the 200-token cell is what the model gives those 200 tokens alone (past 256 the base would differ)
     for cell in cells:
         separate = _separate_nll(model, tokenizer, cell)

@@ -4,8 +4,11 @@ For each length L, `docs` windows of L tokens are scored, each taken from ONE do
 concatenated documents, which would reset the context mid-window): documents holding at least L tokens are
 taken in an order fixed by the seed, those long enough for the sweep's longest length first (so every length
 reads the same documents where the corpus allows), one window each, several non-overlapping ones when fewer
-documents qualify (`longctx.evals.tasks.data.DocumentTokens.windows`). Each cell records which document and offset every
-window came from. Without a stride each window is one forward; with `stride` S, each window is a span of up
+documents qualify (`longctx.evals.tasks.data.DocumentTokens.windows`). Without a stride every length reads the
+first L tokens of the longest length's windows (one forward of each scores every length where the rope allows,
+`prefix_evaluation`; else a forward per length on the same texts), so ratios between lengths and between models
+pair window by window. Each cell records which document and offset every window came from. Without a stride each
+window is one forward; with `stride` S, each window is a span of up
 to 2L tokens read by L-token windows moving S at a time, scoring only tokens no earlier window scored, so
 those tokens see at least L − S tokens of context. Reported: mean NLL over scored tokens, ppl = exp(NLL), a
 95% interval from the spread of per-window NLLs, bits per byte (total NLL in bits / UTF-8 bytes of the
@@ -207,11 +210,14 @@ def run(model, tokenizer, cfg: Config, writer: ResultsWriter) -> list[dict]:
     nll_fn = token_nll
     if cfg.context_parallel and todo:
         nll_fn = nll_function(model, writer.world, rope)
-    longest = max(cfg.lengths)
-    plans = plan_windows(tokenizer, cfg, [longest] if shared else todo) if todo else {}
-    if shared and todo:  # every length reads the longest length's windows, cut to its own length
+    longest, prefix = max(cfg.lengths), special_prefix(tokenizer)
+    same_text = shared or cfg.stride is None  # every length reads the first L tokens of the longest windows
+    plans = plan_windows(tokenizer, cfg, [longest] if same_text else todo) if todo else {}
+    if shared and todo:  # one forward of each longest window scores every length
         plans = {length: plans[longest] for length in todo}
-    prefix = special_prefix(tokenizer)
+    elif same_text and todo:  # a forward per length (dynamic NTK), on the same texts: ratios pair by window
+        plans = {length: [Window(w.doc, w.start, w.tokens[:length - len(prefix)]) for w in plans[longest]]
+                 for length in todo}
     edges = {length: [round(i * length / cfg.buckets) for i in range(cfg.buckets + 1)] for length in todo}
     warnings = {length: length_warnings(rope, length) for length in todo}
     for length in todo:
