@@ -296,6 +296,9 @@ def test_collect_staged_replaces_one_tasks_cells_and_refuses_another_model(tmp_p
     assert [json.loads(line)["key"] for line in (study / "ppl.jsonl").read_text().splitlines()] == ["books", "held-out"]
     assert [json.loads(line).get("n") for line in (study / "runs.jsonl").read_text().splitlines()] == [None, "a", "b"]
     assert json.loads((study / "model.json").read_text())["origin"] == "GGUF x"
+    assert module.main([str(tmp_path / "a"), "--task", "ppl", "--replace", "--only", "other", "--into",
+                        str(tmp_path / "study")]) == 2  # nothing of that label: said, nothing changed
+    assert "no finished ppl.jsonl" in capsys.readouterr().err
     # joining a control: a key the study holds is refused, and another model's folder too
     folder(tmp_path / "d", {"passkey": [{"key": "pk16"}]}, [pk_run])
     assert module.main([str(tmp_path / "d"), "--task", "passkey", "--into", str(tmp_path / "study")]) == 2

@@ -79,11 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", required=True, help="the task whose cells move (ppl, passkey, ...)")
     parser.add_argument("--into", required=True, type=Path, help="the study's results folder")
     parser.add_argument("--replace", action="store_true", help="drop the study's cells of the task first")
+    parser.add_argument("--only", default=None, help="comma-separated model labels to take (default: every one)")
     args = parser.parse_args(argv)
+    only = set(args.only.split(",")) if args.only else None
     labels: dict[str, list[Path]] = {}
     for root in args.staging:
         for folder in sorted(p for p in root.iterdir() if (p / f"{args.task}.jsonl").is_file()):
-            labels.setdefault(folder.name, []).append(folder)
+            if only is None or folder.name in only:
+                labels.setdefault(folder.name, []).append(folder)
     if not labels:
         print(f"no finished {args.task}.jsonl in {', '.join(map(str, args.staging))}", file=sys.stderr)
         return 2
