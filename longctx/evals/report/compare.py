@@ -4,7 +4,8 @@
 their own intervals cannot decide them: the windows vary far more than the models do. So each model's cell is
 divided by the baseline's cell of the same series (same documents and settings) window by window, and the t
 interval of the per-window log ratios says whether the difference is real (`intervals.ppl_ratio`). Where the two
-did not read the same windows (dynamic NTK plans a forward per length) the ratio is unpaired and says so.
+did not read the same windows (cells of another window plan, e.g. written by an older longctx) the ratio is
+unpaired and says so.
 """
 
 from __future__ import annotations
