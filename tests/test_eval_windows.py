@@ -73,7 +73,8 @@ def test_ppl_refuses_data_without_a_document_that_long(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["extension-ppl.yaml", "extension-ppl-8w.yaml", "extension-ppl-heldout.yaml", "extension-passkey.yaml"]
+    "name", ["extension-ppl.yaml", "extension-ppl-8w.yaml", "extension-ppl-heldout.yaml", "extension-passkey.yaml",
+             "extension-niah-books.yaml"]
 )
 def test_extension_suites_are_valid_and_go_past_the_trained_8k(name):
     from pathlib import Path
@@ -87,6 +88,9 @@ def test_extension_suites_are_valid_and_go_past_the_trained_8k(name):
         assert configs["ppl"].data.startswith("../shared/data/books") and configs["ppl"].docs >= 2
     if "passkey" in configs:
         assert configs["passkey"].trials >= 5 and len(configs["passkey"].depths) >= 3
+    if "niah" in configs:  # a realistic haystack, >= 10 trials per length, the in-window control on
+        niah = configs["niah"]
+        assert niah.haystack.endswith("books") and niah.trials * len(niah.depths) >= 10 and niah.control
 
 
 def test_the_held_out_suite_reads_only_books_the_fine_tunes_left_out():

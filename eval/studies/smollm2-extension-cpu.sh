@@ -8,6 +8,7 @@
 #   tuned:    the same perplexity grid for both tuned models (then passkey again adds them);
 #   control:  passkey at 4K and 8K for the original: retrieval inside the trained window;
 #   controls: passkey at 8K for every other model but dynamic NTK (the original's up to 8K): each one's control;
+#   niah:     NIAH in the books at 12K and 16K (+ the 8K control), 10 trials per length, for NIAH_MODELS;
 #   generate: YaRN x2 and dynamic NTK x2 at depths 0.5 and 1 again, graded by greedy generation.
 # Every stage resumes where it stopped (cells, trials and training checkpoints): rerun to continue.
 #
@@ -26,6 +27,7 @@ MODELS=${LONGCTX_CACHE:-.cache}/extension
 OUT=${OUT:-docs/results/smollm2-extension-cpu}
 PASSKEY_SUITE=${PASSKEY_SUITE:-eval/suites/extension-passkey.yaml}  # or its 12K half, same cells
 PPL_SUITE=${PPL_SUITE:-eval/suites/extension-ppl.yaml}  # or extension-ppl-8w.yaml (training-free models only)
+NIAH_MODELS=${NIAH_MODELS:-original yarn-x2 base-1e6}  # the models the README's retrieval claims name
 PASSKEY_MODELS=${PASSKEY_MODELS:-original yarn-x2 base-1e6 dynamic-x2 ntk-x2 llama3-x2 linear-x2 yarn-x2-pose16k-lora yarn-x2-lora}
 STAGES=${*:-ppl passkey finetune tuned passkey control generate}  # passkey twice: the tuned models join once they exist
 [ -d ../shared/data/books ] || { echo "this study needs ../shared/data/books (long single documents)" >&2; exit 2; }
@@ -79,9 +81,10 @@ for stage in $STAGES; do
       done
       suite "$PASSKEY_SUITE" "${ready[@]}" ;;
     control) suite eval/suites/extension-passkey-control.yaml original ;;
+    niah) suite eval/suites/extension-niah-books.yaml $NIAH_MODELS ;;
     controls) suite eval/suites/extension-passkey-control-8k.yaml yarn-x2 base-1e6 ntk-x2 llama3-x2 linear-x2 \
       yarn-x2-lora yarn-x2-pose16k-lora ;;
     generate) suite eval/suites/extension-passkey-generate.yaml yarn-x2 dynamic-x2 ;;
-    *) echo "unknown stage $stage: use ppl, finetune, tuned, passkey, control, controls, generate" >&2; exit 2 ;;
+    *) echo "unknown stage $stage: use ppl, finetune, tuned, passkey, control, controls, niah, generate" >&2; exit 2 ;;
   esac
 done
