@@ -242,3 +242,18 @@ def test_the_smoke_table_is_the_committed_cells():
         assert float(score) == cell["score"] and record["stopped"] == "found"
         assert tokens.strip() == f"{record['prompt_tokens']:,} + 200 = {cell['length']:,}"
         assert answer.strip() == "same text" or answer.strip().strip('"') == record["generated"].strip()
+
+
+@pytest.mark.skipif(not (SMOKE / "original" / "ruler.jsonl").is_file(), reason="no committed RULER smoke cell")
+def test_the_ruler_smoke_table_is_the_committed_cell():
+    (cell,) = map(json.loads, (SMOKE / "original" / "ruler.jsonl").read_text().splitlines())
+    page = (SMOKE / "README.md").read_text().split("## Smoke result: RULER", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in page.splitlines() if line.startswith("| ")]
+    records = cell["records"]
+    assert len(rows) == len(records) + 1 == 4  # a header row, then one per sample
+    for row, record in zip(rows[1:], records, strict=True):
+        assert row[:4] == [str(record["index"]), record["query"], record["expected"][0], f'"{record["generated"]}"']
+        assert row[4] == f"{record['tokens_generated']} tokens ({record['stopped']})"
+        assert row[5] == f"{record['seconds']:.1f}"
+    assert f"{record['prompt_tokens']:,} tokens + RULER's {cell['tokens_to_generate']}-token budget" in page
+    assert f"{cell['found']} of {cell['refs']} (RULER score {cell['ruler_score']:.1f}" in page
