@@ -14,9 +14,21 @@ import sys
 import time
 from pathlib import Path
 
+_RUNNING_CODE: dict | None = None
+
 
 def git_commit() -> dict:
-    """The commit of the longctx source that is running, and whether its files differ from it (None outside git)."""
+    """The commit of the longctx source that is running, and whether its files differ from it (None outside git).
+
+    Read once per process: the code in memory is what the checkout held when the process started, and a
+    suite that evaluates model after model for hours would otherwise name commits that landed while it ran."""
+    global _RUNNING_CODE
+    if _RUNNING_CODE is None:
+        _RUNNING_CODE = _read_git_commit()
+    return dict(_RUNNING_CODE)
+
+
+def _read_git_commit() -> dict:
     root = Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str | None:

@@ -45,6 +45,19 @@ def test_a_run_records_the_commit_it_started_from(monkeypatch):
     assert record.finish()["commit"] == "a" * 40
 
 
+def test_every_run_of_a_process_names_the_commit_the_process_started_from(monkeypatch):
+    """A suite evaluates model after model for hours with its code in memory: a commit that lands meanwhile is not
+    the code of the later models' runs."""
+    from longctx import provenance
+
+    monkeypatch.setattr(provenance, "_RUNNING_CODE", None)
+    monkeypatch.setattr(provenance, "_read_git_commit", lambda: {"commit": "a" * 40, "dirty": False})
+    first = provenance.RunRecord(["longctx", "eval", "suite"]).finish()
+    monkeypatch.setattr(provenance, "_read_git_commit", lambda: {"commit": "b" * 40, "dirty": True})
+    second = provenance.RunRecord(["longctx", "eval", "suite"]).finish()
+    assert first["commit"] == second["commit"] == "a" * 40 and second["dirty"] is False
+
+
 def test_result_files_name_local_paths_relative_to_the_current_folder(tmp_path, monkeypatch):
     """model.json's source and model_dir travel with a committed results folder: no folder of this machine."""
     from longctx.files import recorded_path

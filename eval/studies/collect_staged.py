@@ -13,7 +13,8 @@ Per model folder of the staging folders whose `<task>.jsonl` exists (a model sti
 `<task>.partial` and is skipped): `--replace` drops the study's cells of the task and takes the staged ones
 (every staging folder's, in the order given); without it the staged cells are added, and a key the study already
 holds is an error. runs.jsonl keeps the study's runs except, with `--replace`, those that computed only the
-replaced task, and gains the staged runs. model.json is the staged one (it names origin and fingerprint) after a
+replaced task, and gains the staged runs of the task (a run stopped before its first cell journaled windows or
+trials the cells use: it stays). model.json is the staged one (it names origin and fingerprint) after a
 check that it describes the same model: the same rope, trained and claimed length, and fingerprint where both
 have one. Every file is replaced atomically; `longctx report FOLDER` renders the page again afterwards.
 """
@@ -58,7 +59,7 @@ def collect_model(task: str, staged: list[Path], into: Path, replace: bool) -> s
             _same_model(meta, staged_meta, str(folder))
         meta = {**staged_meta, "label": into.name}
         cells += _jsonl(folder / f"{task}.jsonl")
-        runs += [run for run in _jsonl(folder / "runs.jsonl") if (run.get("cells_computed") or {}).get(task)]
+        runs += [run for run in _jsonl(folder / "runs.jsonl") if task in (run.get("tasks") or [])]  # stopped too
     kept = [] if replace else _jsonl(into / f"{task}.jsonl")
     clash = {c["key"] for c in kept} & {c["key"] for c in cells}
     if clash:
