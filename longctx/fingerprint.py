@@ -60,6 +60,19 @@ def fingerprint(model_dir: Path, adapter_dir: Path | None = None) -> dict:
     return record
 
 
+def same_weights(a: dict | None, b: dict | None) -> bool | None:
+    """Whether two fingerprints name the same weights (a patch changes only config.json and longctx_patch.json);
+    None when either lacks the weight entries to tell."""
+    def weights(record):
+        if not isinstance(record, dict) or not isinstance(record.get("model"), dict):
+            return None
+        files = {name: digest for name, digest in record["model"].items() if name.endswith(WEIGHT_SUFFIXES)}
+        return (files, record.get("adapter")) if files else None
+
+    wa, wb = weights(a), weights(b)
+    return None if wa is None or wb is None else wa == wb
+
+
 def check_same_model(results: Path, current: dict, source: str, *, flag: str = "--label") -> None:
     """Refuse to resume or add to OUT/<label> when its model.json says another model measured it. A folder of
     an earlier longctx (no fingerprint) is accepted when its rotary settings agree."""

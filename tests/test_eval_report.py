@@ -425,3 +425,27 @@ def test_a_control_graded_by_content_meets_token_exact_cells_on_their_grade(tmp_
     write_report(tmp_path, tmp_path / "out")
     (model,) = json.loads((tmp_path / "out" / "summary.json").read_text())["models"]
     assert model["superficial"] and "vs 15/15 [" in model["by_length"][-1]["decision"]
+
+
+def test_a_patch_of_the_same_weights_shares_the_control_and_other_weights_do_not(tmp_path):
+    """Fingerprints differ by config.json whenever a patch did its work: only the weight files tell whether dynamic
+    NTK is the original's weights (it shares the control) or a fine-tune's (it does not)."""
+    flat = {8192: 10.0, 16384: 10.2}
+    _model(tmp_path, "original", {"rope_type": "default", "rope_theta": 1e5}, flat, {8192: (30, 30)})
+    _model(tmp_path, "dynamic", {"rope_type": "dynamic", "rope_theta": 1e5, "factor": 2.0}, flat, {16384: (0, 30)})
+
+    def stamp(label, config, weights):
+        path = tmp_path / label / "model.json"
+        meta = json.loads(path.read_text())
+        meta["fingerprint"] = {"model": {"config.json": config, "model.safetensors": weights}, "id": config + weights}
+        path.write_text(json.dumps(meta))
+
+    stamp("original", "c0", "538090408:w0")
+    stamp("dynamic", "c1", "538090408:w0")
+    write_report(tmp_path, tmp_path / "out")
+    models = {m["label"]: m for m in json.loads((tmp_path / "out" / "summary.json").read_text())["models"]}
+    assert models["dynamic"]["control"]["from"] == "original" and models["dynamic"]["same_rope_as"] == "original"
+    stamp("dynamic", "c1", "538090408:w1")  # other weights under the same patch
+    write_report(tmp_path, tmp_path / "out")
+    models = {m["label"]: m for m in json.loads((tmp_path / "out" / "summary.json").read_text())["models"]}
+    assert models["dynamic"]["control"] is None and models["dynamic"]["same_rope_as"] is None

@@ -2,10 +2,11 @@
 # Context extension of SmolLM2-135M (trained to 8K) on CPU, measured by longctx's own harness, into
 # docs/results/smollm2-extension-cpu/ (report.md, report.html, summary.json, PNGs, one folder per model).
 #   ppl:      the original against every training-free method `longctx patch` writes, at scale 2 (8K -> 16K),
-#             perplexity 2K-16K on single-document windows of two books in ../shared/data/books;
+#             perplexity 2K-16K on 8 single-document windows per length from the 4 books of ../shared/data/books;
 #   passkey:  12K and 16K, 5 trials x 3 depths, for every model of PASSKEY_MODELS (the fine-tunes once trained);
 #   finetune: YaRN x2 + LoRA at 2K tokens on the two other books, with PoSE skips to 16K and without;
-#   tuned:    the same perplexity grid for both tuned models (then passkey again adds them);
+#   tuned:    perplexity of both tuned models and of YaRN x2 (their base) on 8 windows of the two books they did
+#             not train on (then passkey again adds them);
 #   control:  passkey at 4K and 8K for the original: retrieval inside the trained window;
 #   controls: passkey at 8K for every other model but dynamic NTK (the original's up to 8K): each one's control;
 #   niah:     NIAH in the books at 12K and 16K (+ the 8K control), 10 trials per length, for NIAH_MODELS;
@@ -16,8 +17,7 @@
 #   bash eval/studies/smollm2-extension-cpu.sh ppl passkey     # chosen stages
 #   PASSKEY_MODELS="original yarn-x2" bash eval/studies/smollm2-extension-cpu.sh passkey
 #   PASSKEY_SUITE=eval/suites/extension-passkey-12k.yaml bash eval/studies/smollm2-extension-cpu.sh passkey
-#   PPL_SUITE=eval/suites/extension-ppl-8w.yaml OUT=docs/results/smollm2-extension-cpu-8w \
-#     bash eval/studies/smollm2-extension-cpu.sh ppl        # 8 windows per length from 4 books
+#   OUT=.cache/studies/x bash eval/studies/smollm2-extension-cpu.sh ppl   # into a staging folder: see collect_staged.py
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source eval/studies/lib.sh
@@ -26,7 +26,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 MODELS=${LONGCTX_CACHE:-.cache}/extension
 OUT=${OUT:-docs/results/smollm2-extension-cpu}
 PASSKEY_SUITE=${PASSKEY_SUITE:-eval/suites/extension-passkey.yaml}  # or its 12K half, same cells
-PPL_SUITE=${PPL_SUITE:-eval/suites/extension-ppl.yaml}  # or extension-ppl-8w.yaml (training-free models only)
+PPL_SUITE=${PPL_SUITE:-eval/suites/extension-ppl-8w.yaml}  # extension-ppl.yaml: the first 2-window plan
 NIAH_MODELS=${NIAH_MODELS:-original yarn-x2 base-1e6}  # the models the README's retrieval claims name
 PASSKEY_MODELS=${PASSKEY_MODELS:-original yarn-x2 base-1e6 dynamic-x2 ntk-x2 llama3-x2 linear-x2 yarn-x2-pose16k-lora yarn-x2-lora}
 STAGES=${*:-ppl passkey finetune tuned passkey control generate}  # passkey twice: the tuned models join once they exist
@@ -73,7 +73,7 @@ for stage in $STAGES; do
         resume=(); [ -d "$out/checkpoints" ] && resume=(--resume)
         $PYTHON recipes/finetune.py --config "$config" "${resume[@]}" --report-to none
       done ;;
-    tuned) suite eval/suites/extension-ppl.yaml yarn-x2-pose16k-lora yarn-x2-lora ;;
+    tuned) suite eval/suites/extension-ppl-heldout.yaml yarn-x2 yarn-x2-lora yarn-x2-pose16k-lora ;;
     passkey)
       ready=()
       for name in $PASSKEY_MODELS; do  # tuned models count once their adapter exists

@@ -17,6 +17,7 @@ from longctx.evals.tasks.intervals import (
     wilson_interval,
     windows_to_decide,
 )
+from longctx.fingerprint import same_weights
 from longctx.lengths import fmt_len
 from longctx.rope_config import same_rope_up_to
 
@@ -231,11 +232,12 @@ def _controls(models: list[ModelSummary]) -> None:
 def _same_model_in_window(a: ModelSummary, b: ModelSummary) -> bool:
     """Whether `a` is `b` within its trained length: another rope config (a patch changes only config.json)
     that rotates every position alike up to the trained length. Identical rope configs are not taken as the same
-    model (a fine-tune of it keeps the config), nor models whose model.json fingerprints differ."""
+    model (a fine-tune of it keeps the config), nor models whose fingerprints name other weights (their config
+    differs by the patch itself, so only the weight files are compared)."""
     rope_a, rope_b = a.meta.get("rope"), b.meta.get("rope")
     if a.trained != b.trained or not isinstance(rope_b, dict) or rope_a == rope_b:
         return False
-    if a.meta.get("fingerprint") and b.meta.get("fingerprint") and a.meta["fingerprint"] != b.meta["fingerprint"]:
+    if same_weights(a.meta.get("fingerprint"), b.meta.get("fingerprint")) is False:
         return False
     return same_rope_up_to(rope_a, rope_b, a.trained)
 
