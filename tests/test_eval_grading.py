@@ -173,7 +173,9 @@ def test_report_heads_with_the_content_grade_and_labels_older_cells(tmp_path):
     table = markdown.split("### Passkey accuracy", 1)[1].split("\n\n", 2)[1]
     assert "| **new** | 0.80 [0.38, 0.96] (exact 0.40) | 1.00 [0.57, 1.00] |" in table
     assert "| **old** | 0.60 [0.23, 0.88]† | 0.20 [0.04, 0.62]† |" in table
-    assert "| **old-generate** | 0.20 [0.04, 0.62] | – |" in table  # generate mode always graded by content
+    # generate mode is always graded by content; ‡: another series (mode=generate) than the column's forced cells
+    assert "| **old-generate** | 0.20 [0.04, 0.62]‡ | – |" in table
+    assert "(old-generate: passkey mode=generate" in markdown
     assert "(exact x): the token-exact grade" in markdown and "†: graded token-exact only (greedy" in markdown
     assert "0.80 (exact 0.40)" in (tmp_path / "res" / "report.html").read_text()
     rows = {m["label"]: m["by_length"] for m in json.loads((tmp_path / "res" / "summary.json").read_text())["models"]}
