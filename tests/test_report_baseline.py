@@ -94,7 +94,8 @@ def test_a_rerender_keeps_the_baselines_and_none_drops_them(results, tmp_path):
     assert [b["baseline"] for b in _summary(out)["versus_baselines"]] == ["base"]
     write_report(results, out, baselines=["base", "same"])
     assert [b["baseline"] for b in _summary(out)["versus_baselines"]] == ["base", "same"]
-    assert "## Perplexity against same" in (out / "report.md").read_text()
+    against_same = (out / "report.md").read_text().split("## Perplexity against same", 1)[1].split("\n## ", 1)[0]
+    assert "| **worse** |" in against_same and "| **tuned** |" not in against_same  # tuned: text same never read
     write_report(results, out, baselines=["none"])
     assert _summary(out)["versus_baselines"] == []
     assert "Perplexity against" not in (out / "report.md").read_text()

@@ -20,7 +20,8 @@ from longctx.lengths import fmt_len
 
 def versus_baseline(models: list[ModelSummary], baseline: str | None) -> dict[str, dict[int, dict]]:
     """Model label -> length -> ppl(model) / ppl(baseline) with its interval, on the model's shown series.
-    Lengths where the baseline has no cell of that series are left out; {} without a baseline."""
+    Lengths where the baseline has no cell of that series are left out, and models without any; {} without a
+    baseline."""
     task = perplexity_task()
     if not baseline or task is None:
         return {}
@@ -35,7 +36,8 @@ def versus_baseline(models: list[ModelSummary], baseline: str | None) -> dict[st
             continue
         theirs = base.latest(task.name, variant)
         ratios = {n: ppl_ratio(cell, theirs[n]) for n, cell in model.latest(task.name).items() if n in theirs}
-        out[model.label] = {n: r for n, r in ratios.items() if r is not None}
+        if any(r is not None for r in ratios.values()):  # a model on text the baseline never read: not listed
+            out[model.label] = {n: r for n, r in ratios.items() if r is not None}
     return out
 
 
