@@ -19,32 +19,97 @@ def _table(text: str, heading: str) -> list[list[str]]:
     return [[cell.strip().strip("*") for cell in line.strip("|").split("|")] for line in lines[start + 2:end]]
 
 
-def _ppl(label: str) -> dict[int, dict]:
+def _ppl(label: str, data: str = "books") -> dict[int, dict]:
+    """Length -> the cell of one series (`data`) of a model's ppl.jsonl; the last line of a length wins."""
     cells = {}
     for line in (STUDY / label / "ppl.jsonl").read_text().splitlines():
         cell = json.loads(line)
-        cells[cell["length"]] = cell  # the last line of a length wins, as in the report
+        if cell.get("data") == data:
+            cells[cell["length"]] = cell
     return cells
 
 
+HELD_OUT = "american_adventures.txt,little_colonels_hero.txt"  # the books the fine-tunes did not train on
+
+
+def _versus(baseline: str) -> dict[str, dict]:
+    """Label -> length (as text) -> the report's ratio against `baseline` (summary.json)."""
+    summary = json.loads((STUDY / "summary.json").read_text())
+    (found,) = [b["models"] for b in summary["versus_baselines"] if b["baseline"] == baseline]
+    return found
+
+
+def _ratio_text(ratio: dict) -> str:
+    low, high = ratio["ci95"]
+    return f"×{ratio['ratio']:.3f} [{low:.3f}, {high:.3f}]" + ("" if ratio["paired"] else " unpaired")
+
+
 @pytest.mark.skipif(not STUDY.is_dir(), reason="no committed study")
-def test_the_study_perplexity_table_is_the_committed_cells():
-    rows = _table((STUDY / "README.md").read_text(), "## Perplexity (")
-    assert len(rows) == 9
+def test_the_study_perplexity_tables_are_the_committed_cells():
+    text = (STUDY / "README.md").read_text()
+    rows = _table(text, "### Perplexity (8 windows per length, 4 books)")
+    assert [row[0] for row in rows] == ["original", "linear-x2", "ntk-x2", "dynamic-x2", "yarn-x2", "llama3-x2",
+                                        "base-1e6"]
+    versus = _versus("original")
     for row in rows:
         label, values = row[0], row[2:7]
         cells = _ppl(label)
         for length, shown in zip((2048, 4096, 8192, 12288, 16384), values, strict=True):
             assert shown == f"{cells[length]['ppl']:.2f}", (label, length)
+            assert cells[length]["n_windows"] == 8 and cells[length]["n_docs"] == 4, (label, length)
         last = cells[16384]["buckets"][-2:]  # 16K: NLL of the last 2K tokens (two 1K buckets)
         assert row[7] == f"{sum(b['nll'] for b in last) / 2:.2f}", label
-        original = _ppl("original")[8192]["ppl"]
-        cost = cells[8192]["ppl"] / original - 1
-        expected = "–" if label == "original" else "0" if abs(cost) < 5e-4 else None
-        if expected is None:
-            digits = 0 if abs(cost) >= 0.1 else 1
-            expected = f"{cost * 100:+.{digits}f}%".replace("-", "−")
-        assert row[8] == expected, label
+        assert row[8] == ("–" if label == "original" else _ratio_text(versus[label]["8192"])), label
+    tuned = _table(text, "### Perplexity of the fine-tunes")
+    assert [row[0] for row in tuned] == ["yarn-x2", "yarn-x2-lora", "yarn-x2-pose16k-lora"]
+    versus = _versus("yarn-x2")
+    for row in tuned:
+        label, cells = row[0], _ppl(row[0], HELD_OUT)
+        assert row[1:6] == [f"{cells[n]['ppl']:.2f}" for n in (2048, 4096, 8192, 12288, 16384)], label
+        assert all(cells[n]["n_windows"] == 8 for n in cells), label
+        expected = ["–", "–"] if label == "yarn-x2" else [_ratio_text(versus[label][n]) for n in ("8192", "16384")]
+        assert row[6:8] == expected, label
+
+
+def test_the_study_verdict_table_is_the_summary():
+    """Status, pooled retrieval and ppl ratio of each model at 12K and 16K, as summary.json holds them."""
+    summary = json.loads((STUDY / "summary.json").read_text())
+    rows = {row[0]: row[1:] for row in _table((STUDY / "README.md").read_text(), "### Verdicts under the report")}
+    assert set(rows) == {m["label"] for m in summary["models"]}
+    for model in summary["models"]:
+        control = model["control"]
+        shown = "–" if not control else f"{control['counts'][0]}/{control['counts'][1]} at {control['length'] // 1024}K"
+        if control and control["from"]:
+            shown += f" (from {control['from']})"
+        by_length = {r["length"]: r for r in model["by_length"]}
+        cells = []
+        for n in (12288, 16384):
+            r, parts = by_length[n], [by_length[n]["status"]]
+            if r["retrieval_counts"]:
+                (k, t), (lo, hi) = r["retrieval_counts"], r["retrieval_ci95"]
+                parts.append(f"retrieval {k}/{t} [{lo:.2f}, {hi:.2f}]")
+            lo, hi = r["ppl_ratio_ci95"]
+            paired = "" if r["ppl_ratio_paired"] else " unpaired"
+            parts.append(f"ppl ×{r['ppl_ratio']:.2f} [{lo:.2f}, {hi:.2f}]{paired}")
+            cells.append("; ".join(parts))
+        assert rows[model["label"]] == [shown, *cells], model["label"]
+
+
+def test_the_study_page_quotes_its_reports_ratios_to_in_distribution():
+    """The page's 12K/16K ratios are the report's (Verdicts by length), each over 8 windows."""
+    page, report = (STUDY / "README.md").read_text(), (STUDY / "report.md").read_text()
+    verdicts = {}
+    for line in report.split("## Verdicts by length", 1)[1].splitlines():
+        match = re.search(r"^\| \*\*(\S+)\*\* \| (\d+K) \|.*ppl (×[\d.]+ \[[\d.]+, [\d.]+\]) of in-distribution "
+                          r"\((un)?paired, (\d+) windows\)", line)
+        if match:
+            verdicts[match[1], match[2]] = match[3] + (" (unpaired)" if match[4] else "")
+            assert int(match[5]) == 8 or match[1].endswith("-lora"), line
+    rows = {}
+    for line in page.split("| model | 12K | 16K |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]:
+        label, at12, at16 = (cell.strip() for cell in line.strip("|").split("|"))
+        rows[label, "12K"], rows[label, "16K"] = at12, at16
+    assert len(rows) == 14 and rows == {key: verdicts[key] for key in rows}
 
 
 def _signed(x: float) -> str:
@@ -87,8 +152,10 @@ def test_the_readme_table_is_the_study_summary():
     assert [row[0] for row in rows] == ["original", "linear-x2", "ntk-x2", "dynamic-x2", "yarn-x2", "llama3-x2",
                                         "base-1e6", "yarn-x2-lora", "yarn-x2-pose16k-lora"]
     for label, _, ppl8k, ppl16k, key12k, key16k in rows:
-        cells = _ppl(label)
-        assert [ppl8k, ppl16k] == [f"{cells[n]['ppl']:.2f}" for n in (8192, 16384)], label
+        tuned = label.endswith("-lora")  # read on the books they did not train on: marked ‡
+        cells = _ppl(label, HELD_OUT if tuned else "books")
+        mark = "‡" if tuned else ""
+        assert [ppl8k, ppl16k] == [f"{cells[n]['ppl']:.2f}{mark}" for n in (8192, 16384)], label
         passkey = [json.loads(line) for line in (STUDY / label / "passkey.jsonl").read_text().splitlines()]
         for length, shown in ((12288, key12k), (16384, key16k)):
             forced = {c["key"]: c for c in passkey if c["length"] == length and c["mode"] == "forced"}.values()
@@ -172,29 +239,6 @@ def test_the_readme_llamacpp_numbers_are_the_committed_cells():
     assert found == {"original": [False] * 3, "yarn-x2": [True] * 3, "base-1e6": [True] * 3}
     readme = " ".join((STUDY.parents[2] / "README.md").read_text().split())
     assert "within 0.7%" in readme and "YaRN ×2 and base 1e6 retrieve 3 of 3 passkeys" in readme
-
-
-def test_the_8_window_page_quotes_its_report():
-    """Every ratio on docs/results/smollm2-extension-cpu-8w/README.md is the report's, and each cell has 8 windows."""
-    folder = STUDY.parent / "smollm2-extension-cpu-8w"
-    page, report = (folder / "README.md").read_text(), (folder / "report.md").read_text()
-    verdicts = {}
-    for line in report.split("## Verdicts by length", 1)[1].splitlines():
-        match = re.match(r"\| \*\*(\S+)\*\* \| (\d+K) \| [^|]+ \| ppl (×[\d.]+ \[[\d.]+, [\d.]+\]) of in-distribution "
-                         r"\((?:un)?paired, (\d+) windows\)", line)
-        if match:
-            verdicts[match[1], match[2]] = match[3]
-            assert int(match[4]) == 8, line
-    rows = {}
-    for line in page.split("| model | 12K | 16K |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]:
-        label, at12, at16 = (cell.strip() for cell in line.strip("|").split("|"))
-        rows[label, "12K"], rows[label, "16K"] = at12.split(" — ")[0], at16.split(" — ")[0]
-    assert rows and rows == {key: verdicts[key] for key in rows}
-    summary = json.loads((folder / "summary.json").read_text())
-    assert {m["label"] for m in summary["models"]} == {label for label, _ in rows}
-    for model in summary["models"]:  # "2K: 8 windows (books...); 4K: ..."
-        assert re.findall(r"(\d+K): (\d+) windows", model["ppl_windows"]) == [(n, "8") for n in ("2K", "4K", "8K",
-                                                                                              "12K", "16K")]
 
 
 def test_the_readme_demo_timing_is_the_committed_demo_record():
