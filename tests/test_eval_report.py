@@ -341,8 +341,8 @@ def test_no_superficial_flag_when_retrieval_fails_even_within_the_trained_length
     write_report(tmp_path, tmp_path / "out")
     model = json.loads((tmp_path / "out" / "summary.json").read_text())["models"][0]
     assert not model["superficial"]
-    assert model["verdict"] == ("retrieval fails within the trained length (0/15 [0.00, 0.20] at 256), so it cannot "
-                                "judge the extension; ppl holds at 512")
+    assert model["verdict"] == ("retrieval fails within the trained length (0/15 [0.00, 0.20] at 256, passkey), so "
+                                "it cannot judge the extension on that task; ppl holds at 512")
 
 
 def test_no_superficial_flag_for_a_model_that_retrieves_at_no_length(tmp_path):
@@ -389,7 +389,7 @@ def test_a_rope_equal_within_the_window_shares_the_control_and_nothing_is_flagge
     write_report(tmp_path, tmp_path / "out")
     models = {m["label"]: m for m in json.loads((tmp_path / "out" / "summary.json").read_text())["models"]}
     assert models["dynamic"]["control"] == {"length": 8192, "counts": [30, 30], "from": "original", "strict": None,
-                                            "grading": "content"}
+                                            "grading": "content", "tasks": ["passkey"]}
     assert models["dynamic"]["verdict"].startswith("dynamic θ=1e5 ×2 is original up to 8K: its in-window reading is "
                                                    "original's; SUPERFICIAL at 16K")
     # yarn-tuned: same config, other weights
@@ -449,3 +449,19 @@ def test_a_patch_of_the_same_weights_shares_the_control_and_other_weights_do_not
     write_report(tmp_path, tmp_path / "out")
     models = {m["label"]: m for m in json.loads((tmp_path / "out" / "summary.json").read_text())["models"]}
     assert models["dynamic"]["control"] is None and models["dynamic"]["same_rope_as"] is None
+
+
+def test_a_control_weighs_only_the_tasks_it_measured(tmp_path):
+    """Passkey inside the window and NIAH beyond it: the passkey control says nothing about NIAH, so it is not used
+    (no SUPERFICIAL flag from a task change), and the decision says why."""
+    yarn = {"rope_type": "yarn", "rope_theta": 1e5, "factor": 2.0, "original_max_position_embeddings": 8192}
+    _model(tmp_path, "yarn", yarn, {8192: 10.0, 16384: 10.2}, {8192: (30, 30)})
+    (tmp_path / "yarn" / "niah.jsonl").write_text(json.dumps({
+        "key": "niah|L=16384", "length": 16384, "depth": 0.5, "score": 0.0, "accuracy": 0.0, "retrieved": 0,
+        "questions": 30, "correct": 0, "trials": 30}) + "\n")
+    write_report(tmp_path, tmp_path / "out")
+    (model,) = json.loads((tmp_path / "out" / "summary.json").read_text())["models"]
+    at_16k = {r["length"]: r for r in model["by_length"]}[16384]
+    assert not model["superficial"] and at_16k["status"] != "superficial"
+    assert at_16k["decision"].startswith("the control (passkey at 8K) measured other tasks than this length (niah), "
+                                         "so it is not used: ")

@@ -165,6 +165,8 @@ def summarize(model: ModelSummary, primaries: dict[str, tuple | None]) -> None:
     for length in sorted(set().union(*by_task)):
         scores = [values[length] for values in by_task if length in values]
         model.retrieval[length] = sum(scores) / len(scores)
+    model.tasks_at = {n: sorted(t.name for t in retrieval_tasks() if n in model.values[t.name])
+                      for n in model.retrieval}
     model.counts = _pooled(model, lambda task, records: task.trial_counts(records))
     model.strict_counts = _pooled(model, lambda task, records: task.strict_trial_counts(records)
                                   if hasattr(task, "strict_trial_counts") else {})
@@ -217,7 +219,8 @@ def _controls(models: list[ModelSummary]) -> None:
         if inside:
             length = max(inside)
             model.control = {"length": length, "counts": model.counts[length], "from": None,
-                             "strict": model.strict_counts.get(length), "grading": model.grading.get(length)}
+                             "strict": model.strict_counts.get(length), "grading": model.grading.get(length),
+                             "tasks": model.tasks_at.get(length, [])}
     for model in models:
         rope = model.meta.get("rope")
         if model.trained is None or not isinstance(rope, dict):
@@ -258,7 +261,8 @@ def judge(model: ModelSummary) -> None:
         if high < RETRIEVAL_FAILED:
             retrieval_judges = False
             model.notes.append(f"retrieval fails within the trained length ({counts_text(control['counts'])} at "
-                               f"{fmt_len(control['length'])}), so it cannot judge the extension")
+                               f"{fmt_len(control['length'])}, {' + '.join(control['tasks'])}), so it cannot judge "
+                               "the extension on that task")
     elif model.retrieval and max(model.retrieval.values()) < RETRIEVAL_FAILED:
         best = max(model.retrieval, key=model.retrieval.get)
         retrieval_judges = False
@@ -276,8 +280,15 @@ def judge(model: ModelSummary) -> None:
                                       "check the prompt format before trusting longer lengths")
             continue
         ratio = model.ratios.get(length)
-        counts, versus, graded = graded_alike(model, length, control) if retrieval_judges else (None, control, "")
-        status, reason = judge_length(ratio, counts, versus, retrieval if retrieval_judges else None)
+        # the control weighs only the tasks it measured: passkey inside the window says nothing about NIAH beyond it
+        other = control is not None and length in model.tasks_at and model.tasks_at[length] != control["tasks"]
+        judges = retrieval_judges or other
+        versus_control = None if other else control
+        counts, versus, graded = graded_alike(model, length, versus_control) if judges else (None, control, "")
+        status, reason = judge_length(ratio, counts, versus, retrieval if judges else None)
+        if other:
+            graded = (f"the control ({' + '.join(control['tasks'])} at {fmt_len(control['length'])}) measured other "
+                      f"tasks than this length ({' + '.join(model.tasks_at[length])}), so it is not used: ")
         model.status[length], model.decisions[length] = status, graded + reason
         if status == "superficial":
             model.flags.append({"kind": "superficial", "length": length, "ppl": model.ppl_value(length),
