@@ -9,7 +9,8 @@
 #             not train on (then passkey again adds them);
 #   control:  passkey at 4K and 8K for the original: retrieval inside the trained window;
 #   controls: passkey at 8K for every other model but dynamic NTK (the original's up to 8K): each one's control;
-#   niah:     NIAH in the books at 12K and 16K (+ the 8K control), 10 trials per length, for NIAH_MODELS;
+#   niah:     NIAH in the books at 12K and 16K (+ the 8K control), 10 trials per length, for NIAH_MODELS, into
+#             NIAH_OUT (docs/results/smollm2-niah-books-cpu: a page of its own, its verdicts on NIAH alone);
 #   generate: YaRN x2 and dynamic NTK x2 at depths 0.5 and 1 again, graded by greedy generation.
 # Every stage resumes where it stopped (cells, trials and training checkpoints): rerun to continue.
 #
@@ -81,7 +82,7 @@ for stage in $STAGES; do
       done
       suite "$PASSKEY_SUITE" "${ready[@]}" ;;
     control) suite eval/suites/extension-passkey-control.yaml original ;;
-    niah) suite eval/suites/extension-niah-books.yaml $NIAH_MODELS ;;
+    niah) OUT=${NIAH_OUT:-docs/results/smollm2-niah-books-cpu} suite eval/suites/extension-niah-books.yaml $NIAH_MODELS ;;
     controls) suite eval/suites/extension-passkey-control-8k.yaml yarn-x2 base-1e6 ntk-x2 llama3-x2 linear-x2 \
       yarn-x2-lora yarn-x2-pose16k-lora ;;
     generate) suite eval/suites/extension-passkey-generate.yaml yarn-x2 dynamic-x2 ;;
