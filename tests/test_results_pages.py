@@ -388,3 +388,30 @@ def test_no_tracked_file_names_an_internal_issue_number():
             if match:
                 found.append(f"{name}:{number}: {match.group(0)!r}")
     assert not found, "internal issue numbers:\n" + "\n".join(found)
+
+
+NIAH_BOOKS = STUDY.parent / "smollm2-niah-books-cpu"
+
+
+@pytest.mark.skipif(not NIAH_BOOKS.is_dir(), reason="no committed NIAH study")
+def test_the_niah_books_table_is_the_committed_cells():
+    """needles retrieved / trials, the Wilson interval and the per-depth counts of every length, from niah.jsonl."""
+    from longctx.evals.tasks.intervals import wilson_interval
+
+    rows = _table((NIAH_BOOKS / "README.md").read_text(), "## Results")
+    assert [row[0] for row in rows] == ["original", "yarn-x2", "base-1e6"]
+    for label, *shown in rows:
+        cells = [json.loads(line) for line in (NIAH_BOOKS / label / "niah.jsonl").read_text().splitlines()]
+        for length, text in zip((8192, 12288, 16384), shown, strict=True):
+            at = sorted((c for c in cells if c["length"] == length), key=lambda c: c["depth"])
+            if not at:
+                assert text == "–", (label, length)
+                continue
+            k, n = sum(c["retrieved"] for c in at), sum(c["questions"] for c in at)
+            low, high = wilson_interval(k, n)
+            depths = ", ".join(str(c["retrieved"]) for c in at)
+            assert text == f"{k}/{n} [{low:.2f}, {high:.2f}] ({depths})", (label, length)
+    readme = " ".join((STUDY.parents[2] / "README.md").read_text().split())
+    at_8k = {label: shown[0].split(" ")[0] for label, *shown in rows}
+    assert (f"the original retrieves {at_8k['original']}, YaRN ×2 {at_8k['yarn-x2']} and base 1e6 "
+            f"{at_8k['base-1e6']}") in readme
