@@ -21,11 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ("tests/",)  # test fixtures may repeat a file on purpose
 
 
-def _same_model_record(name: str) -> bool:
-    """A results folder's model.json: two studies of one model hold the same record, by design."""
-    return name.startswith("docs/results/") and name.endswith("/model.json")
-
-
 def test_no_tracked_file_exists_twice():
     """`git ls-files | xargs sha256sum | sort | uniq -d -w64` finds nothing outside test fixtures."""
     import hashlib
@@ -36,7 +31,7 @@ def test_no_tracked_file_exists_twice():
     seen: dict[str, str] = {}
     for name in listed.stdout.decode().split("\0"):
         path = ROOT / name
-        if not name or name.startswith(FIXTURES) or _same_model_record(name) or not path.is_file() or path.is_symlink():
+        if not name or name.startswith(FIXTURES) or not path.is_file() or path.is_symlink():
             continue
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         assert digest not in seen, f"{name} repeats {seen[digest]} byte for byte: keep one copy"
