@@ -340,6 +340,8 @@ def test_collect_staged_replaces_one_tasks_cells_and_refuses_another_model(tmp_p
     assert [json.loads(line)["key"] for line in (study / "ppl.jsonl").read_text().splitlines()] == ["books", "held-out"]
     assert [json.loads(line).get("n") for line in (study / "runs.jsonl").read_text().splitlines()] == [None, "a", "b"]
     assert json.loads((study / "model.json").read_text())["origin"] == "GGUF x"
+    assert json.loads((study / "model.json").read_text())["collected"] == {
+        "ppl": [str(tmp_path / "a" / "m"), str(tmp_path / "b" / "m")]}
     assert module.main([str(tmp_path / "a"), "--task", "ppl", "--replace", "--only", "other", "--into",
                         str(tmp_path / "study")]) == 2  # nothing of that label: said, nothing changed
     assert "no finished ppl.jsonl" in capsys.readouterr().err

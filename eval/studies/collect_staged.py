@@ -16,7 +16,8 @@ holds is an error. runs.jsonl keeps the study's runs except, with `--replace`, t
 replaced task, and gains the staged runs of the task (a run stopped before its first cell journaled windows or
 trials the cells use: it stays). model.json is the staged one (it names origin and fingerprint) after a
 check that it describes the same model: the same rope, trained and claimed length, and fingerprint where both
-have one. Every file is replaced atomically; `longctx report FOLDER` renders the page again afterwards.
+have one; its `collected` field records, per task, the staging folders the cells came from. Every file is
+replaced atomically; `longctx report FOLDER` renders the page again afterwards.
 """
 
 from __future__ import annotations
@@ -52,12 +53,14 @@ def _same_model(kept: dict, staged: dict, where: str) -> None:
 def collect_model(task: str, staged: list[Path], into: Path, replace: bool) -> str:
     """Merge one model's staged cells, runs and model.json into `into` (its folder in the study)."""
     meta = json.loads((into / "model.json").read_text()) if (into / "model.json").is_file() else None
+    collected = dict((meta or {}).get("collected") or {})  # task -> the staging folders its cells came from
+    collected[task] = [str(folder) for folder in staged]
     cells, runs = [], []
     for folder in staged:
         staged_meta = json.loads((folder / "model.json").read_text())
         if meta is not None:
             _same_model(meta, staged_meta, str(folder))
-        meta = {**staged_meta, "label": into.name}
+        meta = {**staged_meta, "label": into.name, "collected": collected}
         cells += _jsonl(folder / f"{task}.jsonl")
         runs += [run for run in _jsonl(folder / "runs.jsonl") if task in (run.get("tasks") or [])]  # stopped too
     kept = [] if replace else _jsonl(into / f"{task}.jsonl")
