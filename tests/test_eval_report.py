@@ -389,7 +389,8 @@ def test_a_rope_equal_within_the_window_shares_the_control_and_nothing_is_flagge
     write_report(tmp_path, tmp_path / "out")
     models = {m["label"]: m for m in json.loads((tmp_path / "out" / "summary.json").read_text())["models"]}
     assert models["dynamic"]["control"] == {"length": 8192, "counts": [30, 30], "from": "original", "strict": None,
-                                            "grading": "content", "tasks": ["passkey"]}
+                                            "grading": "content", "tasks": ["passkey"],
+                                            "units": {"passkey": [30, 30]}, "strict_units": {}}
     assert models["dynamic"]["verdict"].startswith("dynamic θ=1e5 ×2 is original up to 8K: its in-window reading is "
                                                    "original's; SUPERFICIAL at 16K")
     # yarn-tuned: same config, other weights
@@ -465,3 +466,32 @@ def test_a_control_weighs_only_the_tasks_it_measured(tmp_path):
     assert not model["superficial"] and at_16k["status"] != "superficial"
     assert at_16k["decision"].startswith("the control (passkey at 8K) measured other tasks than this length (niah), "
                                          "so it is not used: ")
+
+
+def test_a_control_weighs_only_the_ruler_subtasks_the_longer_length_ran(tmp_path):
+    """RULER at 8K on an easy task and a hard one, at 16K on the hard one only: the 8K control pooled over both
+    would make 16K's failure on the hard task read as a drop (SUPERFICIAL). It is weighed on the hard task alone,
+    which fails inside the window too, so it cannot judge, and nothing is flagged."""
+    yarn = {"rope_type": "yarn", "rope_theta": 1e5, "factor": 2.0, "original_max_position_embeddings": 8192}
+    _model(tmp_path, "yarn", yarn, {8192: 10.0, 16384: 10.2}, {})
+
+    def cell(name, n, found, refs):
+        return json.dumps({"task": "ruler", "key": f"ruler|name={name}|L={n}", "subtask": name, "length": n,
+                           "score": found / refs, "ruler_score": 100 * found / refs, "found": found, "refs": refs,
+                           "chat_template": "on", "haystack": "none"}) + "\n"
+
+    ruler = tmp_path / "yarn" / "ruler.jsonl"
+    ruler.write_text(cell("niah_single_1", 8192, 40, 40) + cell("vt", 8192, 1, 10) + cell("vt", 16384, 0, 10))
+    write_report(tmp_path, tmp_path / "out")
+    (model,) = json.loads((tmp_path / "out" / "summary.json").read_text())["models"]
+    assert model["control"]["counts"] == [41, 50] and model["control"]["units"] == {
+        "ruler/niah_single_1": [40, 40], "ruler/vt": [1, 10]}
+    assert not model["superficial"]
+    assert "retrieval fails within the trained length (1/10" in model["verdict"]
+    assert "ruler/vt), so it cannot judge the extension on that task" in model["verdict"]
+    # the hard task retrieved inside the window: the 16K failure is a drop on that task, and is flagged
+    ruler.write_text(cell("niah_single_1", 8192, 40, 40) + cell("vt", 8192, 10, 10) + cell("vt", 16384, 0, 10))
+    write_report(tmp_path, tmp_path / "out")
+    (model,) = json.loads((tmp_path / "out" / "summary.json").read_text())["models"]
+    assert model["superficial"]
+    assert model["flags"][0]["control"]["counts"] == [10, 10] and model["flags"][0]["control"]["tasks"] == ["ruler/vt"]

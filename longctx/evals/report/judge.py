@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+from longctx.evals.report.controls import by_unit, control_for, find_controls, graded_alike, pooled
 from longctx.evals.report.load import ModelSummary, perplexity_task, retrieval_tasks
 from longctx.evals.report.text import counts_text, fmt_ppl, ratio_text, rope_text
 from longctx.evals.tasks import all_tasks
@@ -17,9 +18,7 @@ from longctx.evals.tasks.intervals import (
     wilson_interval,
     windows_to_decide,
 )
-from longctx.fingerprint import same_weights
 from longctx.lengths import fmt_len
-from longctx.rope_config import same_rope_up_to
 
 RETRIEVAL_OK = 0.85      # RULER's threshold: a length counts as usable when retrieval's lower bound clears it
 RETRIEVAL_FAILED = 0.5   # an in-window control whose upper bound is below this cannot judge an extension
@@ -165,11 +164,14 @@ def summarize(model: ModelSummary, primaries: dict[str, tuple | None]) -> None:
     for length in sorted(set().union(*by_task)):
         scores = [values[length] for values in by_task if length in values]
         model.retrieval[length] = sum(scores) / len(scores)
-    model.tasks_at = {n: sorted(t.name for t in retrieval_tasks() if n in model.values[t.name])
-                      for n in model.retrieval}
-    model.counts = _pooled(model, lambda task, records: task.trial_counts(records))
-    model.strict_counts = _pooled(model, lambda task, records: task.strict_trial_counts(records)
+    model.counts = pooled(model, lambda task, records: task.trial_counts(records))
+    model.strict_counts = pooled(model, lambda task, records: task.strict_trial_counts(records)
                                   if hasattr(task, "strict_trial_counts") else {})
+    model.unit_counts = by_unit(model, lambda task, records: task.trial_counts(records))
+    model.strict_unit_counts = by_unit(model, lambda task, records: task.strict_trial_counts(records)
+                                        if hasattr(task, "strict_trial_counts") else {})
+    model.tasks_at = {n: sorted({task.unit(r) for task in retrieval_tasks() for r in model.records(task.name)
+                                 if r["length"] == n}) for n in model.retrieval}
     for task_grades in model.graded_by.values():
         for length, grade in task_grades.items():
             model.grading[length] = grade if model.grading.get(length, grade) == grade else "mixed"
@@ -183,68 +185,6 @@ def summarize(model: ModelSummary, primaries: dict[str, tuple | None]) -> None:
     model.ratios = _ratios(model)
 
 
-def _pooled(model: ModelSummary, counts_of) -> dict[int, tuple[int, int]]:
-    """Length -> (correct, trials) of every retrieval task pooled; a length where a task with a number there has
-    no counts gets none (no interval for the mean)."""
-    pooled: dict[int, list] = {}
-    for task in retrieval_tasks():
-        values, counts = model.values[task.name], counts_of(task, model.records(task.name))
-        for length in values:
-            total = pooled.setdefault(length, [0, 0, True])
-            if length in counts:
-                total[0], total[1] = total[0] + counts[length][0], total[1] + counts[length][1]
-            else:
-                total[2] = False
-    return {n: (k, t) for n, (k, t, whole) in sorted(pooled.items()) if whole and t > 0}
-
-
-def graded_alike(model: ModelSummary, length: int, control: dict | None) -> tuple[tuple | None, dict | None, str]:
-    """(counts at `length`, control, note): both graded by content, or both token-exact where either side holds
-    only that grade (older forced cells): a content-graded control against token-exact cells would read the
-    stricter grade beyond the window as a drop."""
-    counts = model.counts.get(length)
-    if counts is None or control is None or model.grading.get(length) == control.get("grading"):
-        return counts, control, ""
-    strict_here, strict_there = model.strict_counts.get(length), control.get("strict")
-    if strict_here is None or strict_there is None:
-        return counts, control, ""
-    return strict_here, {**control, "counts": strict_there}, "graded token-exact on both sides (one has only that): "
-
-
-def _controls(models: list[ModelSummary]) -> None:
-    """Each model's in-window retrieval: its own at the longest length inside its trained length, else that of a
-    model whose rope rotates every position alike up to the trained length (dynamic NTK and its original)."""
-    for model in models:
-        inside = [n for n in model.counts if model.trained is not None and n <= model.trained]
-        if inside:
-            length = max(inside)
-            model.control = {"length": length, "counts": model.counts[length], "from": None,
-                             "strict": model.strict_counts.get(length), "grading": model.grading.get(length),
-                             "tasks": model.tasks_at.get(length, [])}
-    for model in models:
-        rope = model.meta.get("rope")
-        if model.trained is None or not isinstance(rope, dict):
-            continue
-        for other in models:
-            if other is not model and _same_model_in_window(model, other):
-                model.same_as = model.same_as or other.label
-                if model.control is None and other.control is not None and other.control["from"] is None:
-                    model.control = {**other.control, "from": other.label}
-
-
-def _same_model_in_window(a: ModelSummary, b: ModelSummary) -> bool:
-    """Whether `a` is `b` within its trained length: another rope config (a patch changes only config.json)
-    that rotates every position alike up to the trained length. Identical rope configs are not taken as the same
-    model (a fine-tune of it keeps the config), nor models whose fingerprints name other weights (their config
-    differs by the patch itself, so only the weight files are compared)."""
-    rope_a, rope_b = a.meta.get("rope"), b.meta.get("rope")
-    if a.trained != b.trained or not isinstance(rope_b, dict) or rope_a == rope_b:
-        return False
-    if same_weights(a.meta.get("fingerprint"), b.meta.get("fingerprint")) is False:
-        return False
-    return same_rope_up_to(rope_a, rope_b, a.trained)
-
-
 def judge(model: ModelSummary) -> None:
     """Statuses, flags and the verdict of one model whose numbers and control are known."""
     trained = model.trained
@@ -255,22 +195,15 @@ def judge(model: ModelSummary) -> None:
         model.notes.append(f"{rope_text(model.meta.get('rope'))} is {source} up to {fmt_len(trained)}: its in-window "
                            f"reading is {source}'s")
     control = model.control
-    retrieval_judges = True
-    if control is not None:
-        low, high = wilson_interval(*control["counts"])
-        if high < RETRIEVAL_FAILED:
-            retrieval_judges = False
-            model.notes.append(f"retrieval fails within the trained length ({counts_text(control['counts'])} at "
-                               f"{fmt_len(control['length'])}, {' + '.join(control['tasks'])}), so it cannot judge "
-                               "the extension on that task")
-    elif model.retrieval and max(model.retrieval.values()) < RETRIEVAL_FAILED:
+    retrieval_judges = True  # with a control, whether it can judge depends on each length's tasks (below)
+    if control is None and model.retrieval:
         best = max(model.retrieval, key=model.retrieval.get)
-        retrieval_judges = False
-        model.notes.append(f"retrieval fails at every evaluated length (at best {model.retrieval[best]:.2f}, "
-                           f"at {fmt_len(best)}) and was not measured within the trained length, so it "
-                           "cannot judge the extension")
-    elif model.retrieval:
-        model.notes.append("no retrieval inside the trained length (no control): no SUPERFICIAL flag")
+        retrieval_judges = model.retrieval[best] >= RETRIEVAL_FAILED
+        model.notes.append("no retrieval inside the trained length (no control): no SUPERFICIAL flag"
+                           if retrieval_judges else
+                           f"retrieval fails at every evaluated length (at best {model.retrieval[best]:.2f}, at "
+                           f"{fmt_len(best)}) and was not measured within the trained length, so it cannot judge "
+                           "the extension")
     for length in model.lengths():
         retrieval = model.retrieval.get(length)
         if trained is None or length <= trained:
@@ -280,11 +213,14 @@ def judge(model: ModelSummary) -> None:
                                       "check the prompt format before trusting longer lengths")
             continue
         ratio = model.ratios.get(length)
-        # the control weighs only the tasks it measured: passkey inside the window says nothing about NIAH beyond it
-        other = control is not None and length in model.tasks_at and model.tasks_at[length] != control["tasks"]
-        judges = retrieval_judges or other
-        versus_control = None if other else control
-        counts, versus, graded = graded_alike(model, length, versus_control) if judges else (None, control, "")
+        # the control weighs only the tasks it measured (passkey inside the window says nothing about NIAH beyond
+        # it), and only those this length measured (8K's easy RULER tasks say nothing about 16K's hard ones)
+        units = model.tasks_at.get(length)
+        versus_control = control_for(control, units) if units else control
+        other = control is not None and units is not None and versus_control is None
+        judges = retrieval_judges and not _control_fails(model, versus_control)
+        counts, versus, graded = (graded_alike(model, length, versus_control) if judges
+                                  else (None, versus_control, ""))
         status, reason = judge_length(ratio, counts, versus, retrieval if judges else None)
         if other:
             graded = (f"the control ({' + '.join(control['tasks'])} at {fmt_len(control['length'])}) measured other "
@@ -298,6 +234,21 @@ def judge(model: ModelSummary) -> None:
                                 "message": f"SUPERFICIAL at {fmt_len(length)}: {reason}"})
     model.verdict = verdict(model)
     model.warnings.extend(_cell_warnings(model))
+
+
+def _control_fails(model: ModelSummary, control: dict | None) -> bool:
+    """Whether retrieval inside the window fails on these tasks (upper bound below RETRIEVAL_FAILED), so it cannot
+    judge the extension on them; says so once in the verdict's notes."""
+    if control is None or control.get("counts") is None:
+        return False
+    if wilson_interval(*control["counts"])[1] >= RETRIEVAL_FAILED:
+        return False
+    note = (f"retrieval fails within the trained length ({counts_text(control['counts'])} at "
+            f"{fmt_len(control['length'])}, {' + '.join(control['tasks'])}), so it cannot judge the extension on "
+            f"{'that task' if len(control['tasks']) == 1 else 'those tasks'}")
+    if note not in model.notes:
+        model.notes.append(note)
+    return True
 
 
 def verdict(model: ModelSummary) -> str:
@@ -333,6 +284,22 @@ def verdict(model: ModelSummary) -> str:
     return "; ".join(parts)
 
 
+def no_flag_line(models: list[ModelSummary]) -> str:
+    """The page's headline when no model is flagged: that the check found nothing, or why it could not run (it
+    needs perplexity and retrieval at a length beyond the trained one, and retrieval inside it)."""
+    def checked(model: ModelSummary) -> bool:
+        return model.control is not None and any(
+            model.trained is not None and n > model.trained and n in model.ratios and n in model.counts
+            for n in model.lengths())
+
+    if any(checked(m) for m in models):
+        return ("No superficial long context: no model keeps low perplexity beyond its trained length while failing "
+                "retrieval.")
+    return ("SUPERFICIAL check not run: it compares perplexity and retrieval at a length beyond a model's trained "
+            "length with retrieval inside it, and no model here has all three (evaluate perplexity at the retrieval "
+            "lengths to run it).")
+
+
 def _cell_warnings(model: ModelSummary) -> list[str]:
     """model.json warnings plus cell warnings, identical ones collapsed into one line with a count; a model.json
     warning that a cell repeats (a length past the claimed context) is said once, by the cells."""
@@ -353,7 +320,7 @@ def build_summary(models: list[ModelSummary]) -> list[ModelSummary]:
     primaries = {task: primary_variant(models, task) for task in all_tasks()}
     for model in models:
         summarize(model, primaries)
-    _controls(models)
+    find_controls(models)
     for model in models:
         judge(model)
     return models

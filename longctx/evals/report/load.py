@@ -41,7 +41,9 @@ class ModelSummary:
     counts: dict[int, tuple[int, int]] = field(default_factory=dict)  # retrieval (correct, trials) pooled by length
     strict_counts: dict[int, tuple[int, int]] = field(default_factory=dict)  # the same, token-exact grades
     grading: dict[int, str] = field(default_factory=dict)      # length -> content / token-exact / mixed, all tasks
-    tasks_at: dict[int, list[str]] = field(default_factory=dict)  # length -> the retrieval tasks measured there
+    tasks_at: dict[int, list[str]] = field(default_factory=dict)  # length -> retrieval units (Task.unit) measured
+    unit_counts: dict[int, dict[str, tuple[int, int]]] = field(default_factory=dict)  # length -> unit -> counts
+    strict_unit_counts: dict[int, dict[str, tuple[int, int]]] = field(default_factory=dict)  # token-exact grade
     ref_length: int | None = None               # where ppl_ref was measured
     ratios: dict[int, dict] = field(default_factory=dict)     # length -> ppl / ppl_ref with its interval
     control: dict | None = None                 # in-window retrieval {length, counts, from: other label or None}

@@ -5,6 +5,7 @@ twin is `page_markdown`; `page` writes both.
 
 from __future__ import annotations
 
+from longctx.evals.report.judge import no_flag_line
 from longctx.evals.report.load import ModelSummary
 from longctx.evals.report.page_table import (
     beyond_trained,
@@ -69,4 +70,5 @@ def render_html(models: list[ModelSummary], context: dict, images: dict[str, str
         made=[inline_markdown(line) for line in run_groups(models)],
         status_badge=STATUS_BADGE,
         decided=[(m, n) for m in models for n in m.decisions],
+        no_flag_line=no_flag_line(models),
     )

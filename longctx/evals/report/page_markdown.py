@@ -5,6 +5,7 @@ linked as the PNGs beside it. Its HTML twin is `page_html`; `page` writes both.
 
 from __future__ import annotations
 
+from longctx.evals.report.judge import no_flag_line
 from longctx.evals.report.load import ModelSummary
 from longctx.evals.report.page_table import (
     beyond_trained,
@@ -43,11 +44,7 @@ def render_markdown(models: list[ModelSummary], context: dict) -> str:
         if m.flags:
             out += [f"> 🟥 **SUPERFICIAL — {m.label}**: {m.verdict}", ""]
     if not any(m.flags for m in models):
-        out += [
-            "> No superficial long context: no model keeps low perplexity beyond its trained length while "
-            "failing retrieval.",
-            "",
-        ]
+        out += [f"> {no_flag_line(models)}", ""]
     out += [
         "## Summary",
         "",

@@ -73,6 +73,11 @@ class Task:
     def variant_name(self, variant: tuple) -> str:
         raise NotImplementedError
 
+    def unit(self, record: dict) -> str:
+        """What a verdict weighs like with like: retrieval inside the window judges a longer length only on the
+        units both measured (RULER: each subtask; other tasks: the task)."""
+        return self.name
+
     def values(self, records: list[dict]) -> dict[int, float]:
         """Length -> the number its table shows, from the records of one variant."""
         raise NotImplementedError

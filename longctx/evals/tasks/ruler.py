@@ -276,6 +276,9 @@ class Ruler(Task):
     def variant_name(self, variant: tuple) -> str:
         return f"chat template {variant[0]}, essay haystack {variant[1]}"
 
+    def unit(self, record: dict) -> str:
+        return f"{self.name}/{record.get('subtask')}"
+
     def values(self, records: list[dict]) -> dict[int, float]:
         """Length -> the mean score over the tasks run at that length (RULER's average when all were)."""
         by_length: dict[int, list[float]] = {}
@@ -298,7 +301,6 @@ class Ruler(Task):
         from longctx.evals.tasks.ruler_report import report_lines
 
         return report_lines(models, self)
-
 
 
 TASK = Ruler()
