@@ -331,3 +331,21 @@ def test_seeds_differ_by_task_length_and_index():
     cfg = Config(lengths=[1024])
     seeds = {TASK.seed(cfg, n, L, i) for n in ("vt", "fwe") for L in (1024, 2048) for i in range(3)}
     assert len(seeds) == 12 and random.Random(1).random() == random.Random(1).random()
+
+
+def test_the_table_averages_all_tasks_and_the_tasks_run_at_every_length():
+    """RULER's average needs every task of the table at a length; a length that ran fewer (the study's 16K) has
+    none and stops the effective length, and a second row averages the tasks run at every length."""
+    from longctx.evals.tasks.ruler_report import table
+
+    def cell(name, n, score):
+        return {"subtask": name, "length": n, "ruler_score": score, "score_ci95": [score / 200, score / 100]}
+
+    records = [cell("niah_single_1", 4096, 100.0), cell("vt", 4096, 90.0), cell("niah_single_1", 8192, 100.0),
+               cell("vt", 8192, 80.0), cell("vt", 16384, 20.0)]
+    rows, average, longest = table(records, 85.6)
+    assert average == {4096: 95.0, 8192: 90.0} and longest == 8192
+    assert rows[-2] == "| **Avg.** | **95.0** | **90.0** | – (not every task) |"
+    assert rows[-1] == "| Avg. of vt (run at every length) | 90.0 | 80.0 | 20.0 |"
+    rows, average, longest = table(records[:4], 92.0)
+    assert longest == 4096 and rows[-1].startswith("| **Avg.** |")  # every task everywhere: no second row

@@ -8,9 +8,28 @@ from longctx.evals.tasks import ruler_tasks as rt
 from longctx.lengths import fmt_len
 
 
+def effective(average: dict[int, float], lengths: list[int], threshold: float) -> int | None:
+    """RULER's effective length: the longest length up to which every length averages ≥ threshold (a length
+    without an average stops it)."""
+    best = None
+    for n in lengths:
+        if n not in average or average[n] < threshold:
+            break
+        best = n
+    return best
+
+
+def common_tasks(records: list[dict]) -> list[str]:
+    """The tasks run at every length of the table, in RULER's order."""
+    lengths = {r["length"] for r in records}
+    return [n for n in rt.SYNTHETIC if lengths and all(any(r.get("subtask") == n and r["length"] == length
+                                                           for r in records) for length in lengths)]
+
+
 def table(records: list[dict], threshold: float) -> tuple[list[str], dict[int, float], int | None]:
     """Markdown rows (task × length) of one model and variant, the average per length (over lengths where every
-    task of the table ran) and the effective length."""
+    task of the table ran) and the effective length. Where some length ran fewer tasks, a second average over
+    the tasks run at every length compares the lengths like with like."""
     lengths = sorted({r["length"] for r in records})
     names = [n for n in rt.SYNTHETIC if any(r.get("subtask") == n for r in records)]
     cells = {(r.get("subtask"), r["length"]): r for r in records}
@@ -33,12 +52,12 @@ def table(records: list[dict], threshold: float) -> tuple[list[str], dict[int, f
             average[n] = sum(scores) / len(scores)
     averages = [f"**{average[n]:.1f}**" if n in average else "– (not every task)" for n in lengths]
     rows.append("| **Avg.** | " + " | ".join(averages) + " |")
-    effective = None
-    for n in lengths:
-        if n not in average or average[n] < threshold:
-            break
-        effective = n
-    return rows, average, effective
+    common = common_tasks(records)
+    if common and common != names:
+        subset = {n: sum(cells[name, n]["ruler_score"] for name in common) / len(common) for n in lengths}
+        rows.append(f"| Avg. of {' + '.join(common)} (run at every length) | "
+                    + " | ".join(f"{subset[n]:.1f}" for n in lengths) + " |")
+    return rows, average, effective(average, lengths, threshold)
 
 
 def report_lines(models, task) -> list[str]:
@@ -56,12 +75,12 @@ def report_lines(models, task) -> list[str]:
     for m, variant, records in present:
         threshold = next((r["threshold"] for r in reversed(records) if isinstance(r.get("threshold"), (int, float))),
                          85.6)
-        rows, average, effective = table(records, threshold)
+        rows, average, longest = table(records, threshold)
         samples = sorted({r.get("samples") for r in records if r.get("samples")})
         out += [f"### {m.label}: {task.variant_name(variant)}", "",
                 f"Samples per cell: {', '.join(map(str, samples))}; effective length (avg ≥ {threshold:g}): "
-                f"{fmt_len(effective) if effective else 'none'}.", "", *rows, ""]
-        summary.append((m.label, variant, average, effective, threshold))
+                f"{fmt_len(longest) if longest else 'none'}.", "", *rows, ""]
+        summary.append((m.label, variant, average, longest, threshold))
     lengths = sorted({n for *_, average, _, _ in summary for n in average})
     if lengths:
         out += [
@@ -70,12 +89,12 @@ def report_lines(models, task) -> list[str]:
             "| Model | " + " | ".join(map(fmt_len, lengths)) + " | Effective length |",
             "|---" * (len(lengths) + 2) + "|",
         ]
-        for label, variant, average, effective, threshold in summary:
+        for label, variant, average, longest, threshold in summary:
             values = [f"{average[n]:.1f}" if n in average else "–" for n in lengths]
             out.append(
                 f"| {label} ({variant[0]}) | "
                 + " | ".join(values)
-                + f" | {fmt_len(effective) if effective else 'none'} (≥ {threshold:g}) |"
+                + f" | {fmt_len(longest) if longest else 'none'} (≥ {threshold:g}) |"
             )
         out.append("")
     return out
