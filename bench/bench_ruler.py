@@ -2,12 +2,13 @@
 same prompts, graded the same way (aim: ≥ 1.8× the samples/s with identical grades).
 
 longctx's path (`longctx.evals.tasks.ruler_decode.generate`) takes the samples in token order over one KV cache cropped
-back to the prefix the next prompt shares (reused when it covers half the prompt), and stops decoding once every
-expected string is in the text. The baseline rebuilds the SAME samples (same seeds, same token ids:
-`ruler_prompts.build_sample`, `Kamradt.samples`) and calls `model.generate` once per sample, greedy, up to the task's
-budget, stopping only at EOS; its text is graded with the same function (`ruler_tasks.found`: expected strings
-present, ignoring case). Reported per task: samples/s of each path, their ratio, and every sample whose grade
-differs. Building the prompts counts in both timings (the task's `run` builds them too).
+back to the prefix the next prompt shares (reused when it covers half the prompt), decodes the samples of one length
+together (one batched forward per step), and stops decoding a sample once every expected string is in its text.
+The baseline rebuilds the SAME samples (same seeds, same token ids: `ruler_prompts.build_sample`,
+`Kamradt.samples`) and calls `model.generate` once per sample, greedy, up to the task's budget, stopping only at EOS;
+its text is graded with the same function (`ruler_tasks.found`: expected strings present, ignoring case). Reported
+per task: samples/s of each path, their ratio, and every sample whose grade differs. Building the prompts counts in
+both timings (the task's `run` builds them too).
 
 CPU default: SmolLM2-135M-Instruct (chat template on), RULER niah_single_1 and vt at 1K, 3 samples each; Kamradt
 at 1K × 5 depths with `../shared/data/books` (skipped with one line where that folder is absent).
@@ -146,7 +147,8 @@ def targets(tasks: dict) -> dict:
 
 
 def markdown(section: dict) -> str:
-    out = ["## RULER / Kamradt: longctx's shared-prefix KV cache + early stop vs `generate` per sample\n",
+    out = ["## RULER / Kamradt: longctx's shared-prefix KV cache + batched decoding + early stop vs `generate` per "
+           "sample\n",
            f"Model: SmolLM2-135M-Instruct on `{section['device']}`, chat template on. Both paths decode the same token "
            "ids (rebuilt from the same seeds); the baseline calls `model.generate` once per sample (greedy, up to the "
            "task's budget, stopping at EOS) and is graded by the same function. Prompt building counts in both "
@@ -178,7 +180,8 @@ def markdown(section: dict) -> str:
         out.append(f"- speed: slowest task {t['worst_speedup']:.2f}× → " + ("**met**" if t["speed_met"] else
                    f"**missed** by {t['target_speedup'] / t['worst_speedup']:.2f}×. Both paths prefill every prompt; "
                    "sharing skips only the text before the earlier needle (and only where that is half the prompt), "
-                   "and early stopping only saves the decode steps a model would spend after the answer before EOS."))
+                   "while batched decoding and early stopping save only decode steps, which a short answer found "
+                   "at once leaves few of."))
         out.append("- grades: " + ("**identical** for every sample" if t["grades_identical"] else
                                    "**not identical**: see the disagreements above"))
     return "\n".join(out) + "\n"

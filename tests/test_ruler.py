@@ -204,17 +204,42 @@ def test_resume_equals_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
 
 
 @NEEDS_WORDS
-def test_sharing_and_early_stop_keep_every_grade(tiny, tmp_path):
-    """The fast path (shared KV prefix, stop once found) grades exactly as fresh prefills decoding the whole budget."""
+def test_sharing_batching_and_early_stop_keep_every_grade(tiny, tmp_path):
+    """The fast path (shared KV prefix, samples decoded as one batch, stop once found) writes exactly what fresh
+    prefills decoding one sample at a time for the whole budget write: text, tokens, grade."""
     model, tokenizer = tiny
     runs = {}
-    for fast in (True, False):
-        cfg = Config(
-            lengths=[512], tasks="niah_single_1", samples=3, past_context=True, share_prefix=fast, stop_when_found=fast
-        )
-        cells = TASK.run(model, tokenizer, cfg, ResultsWriter(tmp_path / str(fast), "tiny", "ruler"))
-        runs[fast] = [(r["index"], r["found"], r["generated"]) for r in cells[0]["records"]]
-    assert runs[True] == runs[False]
+    for fast, batch in ((True, 8), (False, 1), (True, 2)):
+        cfg = Config(lengths=[512], tasks="niah_single_1,niah_multikey_2", samples=3, past_context=True,
+                     share_prefix=fast, stop_when_found=fast, batch=batch)
+        cells = TASK.run(model, tokenizer, cfg, ResultsWriter(tmp_path / f"{fast}{batch}", "tiny", "ruler"))
+        runs[fast, batch] = [(c["subtask"], r["index"], r["found"], r["generated"], r["tokens_generated"])
+                             for c in cells for r in c["records"]]
+    assert runs[True, 8] == runs[False, 1] == runs[True, 2]
+
+
+@NEEDS_WORDS
+def test_rows_leave_the_batch_as_they_finish_and_decode_as_alone(tiny):
+    """Rows of one batch that stop at different steps (answer found early, late, never) decode what each decodes
+    alone: the batch drops finished rows from its cache without disturbing the others."""
+    import dataclasses
+
+    from longctx.evals.tasks.ruler_decode import generate
+
+    model, tokenizer = tiny
+    wrapper = Wrapper(tokenizer, "off")
+    samples = [build_sample("niah_single_1", 512, i, 11 + i, rt.load_words(), wrapper) for i in range(4)]
+    alone = [text for _, text, *_ in generate(model, tokenizer, samples, share=False, stop_when_found=False, batch=1)]
+    seen = [rt.postprocess(text) for text in alone]  # what `found` reads
+    expect = [seen[0][:3], seen[1][:40], "never in any text", seen[3][:12]]
+    samples = [dataclasses.replace(s, draft=dataclasses.replace(s.draft, outputs=[e]))
+               for s, e in zip(samples, expect, strict=True)]
+    runs = {batch: [(text, n, stopped) for _, text, n, stopped, _ in generate(model, tokenizer, samples, share=True,
+                                                                            stop_when_found=True, batch=batch)]
+            for batch in (1, 4)}
+    assert runs[4] == runs[1]
+    assert [stopped for *_, stopped in runs[4]] == ["found", "found", "budget", "found"]
+    assert len({n for _, n, _ in runs[4]}) == 4
 
 
 @NEEDS_WORDS

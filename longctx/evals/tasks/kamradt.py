@@ -218,7 +218,7 @@ class Kamradt(Task):
         share = cfg.share_prefix and prefix_sharing_allowed(model, rope)[0]
         for cell in cells:  # samples all journaled by a run killed before it wrote their cell
             self.finish(writer, cfg, cell, keys[cell], journals[cell], frame, hay, stop)
-        todo.sort(key=lambda s: s.ids)  # neighbours share the longest prefixes
+        todo.sort(key=lambda s: (len(s.ids), s.ids))  # neighbours share the longest prefixes; a length, one batch
         bar = tqdm(total=len(todo), desc=f"{writer.dir.name} kamradt", unit="sample", disable=None)
         for sample, text, n, stopped, seconds in ruler_decode.generate(model, tokenizer, todo, share=share,
                                                                        stop_when_found=stop):

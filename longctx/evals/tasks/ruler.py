@@ -13,10 +13,10 @@ once all its samples are there. The cell's score is RULER's (mean over samples �
 the verdict); its Wilson 95% interval counts each expected string once (found / expected).
 
 Speed, grades unchanged: (1) samples of one cell that share the text before their first needle (RULER reads
-noise and essay haystacks from the same start) reuse its KV cache, prompts taken in token order; (2) decoding
-stops at EOS, at the budget, or, with `stop_when_found` (default), as soon as every expected string is in the
-text: string_match_all can only gain from more text, so the grade is the one the full budget would give (the
-journal says `stopped: found`). Batched decoding is not done: on CPU the prefill dominates. qa_1/qa_2 need
+noise and essay haystacks from the same start) reuse its KV cache, prompts taken in token order; (2) up to
+`batch` samples decode together, one batched forward per step; (3) decoding stops at EOS, at the budget, or, with
+`stop_when_found` (default), as soon as every expected string is in the text: string_match_all can only gain from
+more text, so the grade is the one the full budget would give (the journal says `stopped: found`). qa_1/qa_2 need
 SQuAD/HotpotQA, which are not generated here: they are skipped with one line.
 
 `chat_template`: auto (the tokenizer's template when it has one), on (refuse a tokenizer without one), off
@@ -36,7 +36,7 @@ from longctx.errors import UsageError
 from longctx.evals.run.results import cell_key
 from longctx.evals.tasks import ruler_tasks as rt
 from longctx.evals.tasks.base import RETRIEVAL, Figure, Task, pooled_counts
-from longctx.evals.tasks.ruler_decode import generate
+from longctx.evals.tasks.ruler_decode import BATCH, generate
 from longctx.evals.tasks.ruler_prompts import Wrapper, build_sample
 from longctx.evals.tasks.scoring import prefix_sharing_allowed, trial_seed, wilson_interval
 
@@ -58,14 +58,16 @@ class Config:
     seed: int = 0
     share_prefix: bool = True             # reuse the KV cache of text samples share
     stop_when_found: bool = True          # stop decoding once every expected string is present (same grade)
+    batch: int = BATCH                    # samples of one length decoded together (1: one at a time)
     past_context: bool = False            # allow L above the context the model's config claims
     threshold: float = THRESHOLD          # effective length: longest L whose average (×100) stays ≥ this
 
     def __post_init__(self):
         if self.chat_template not in ("auto", "on", "off"):
             raise UsageError(f"--chat-template {self.chat_template!r}: use auto, on or off")
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
-            raise UsageError("--samples must be a whole number ≥ 1")
+        for flag, value in (("--samples", self.samples), ("--batch", self.batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"{flag} must be a whole number ≥ 1")
         self.tasks = ",".join(parse_tasks(self.tasks))
 
 
@@ -143,6 +145,13 @@ class Ruler(Task):
             dest="stop_when_found",
             action="store_false",
             help="always decode RULER's whole budget (default: stop once every answer is present)",
+        )
+        parser.add_argument(
+            "--batch",
+            type=int,
+            default=BATCH,
+            help=f"samples of one length decoded together, greedy and graded alike (default: {BATCH}; 1: one at a "
+                 "time)",
         )
         parser.add_argument(
             "--past-context",
@@ -236,7 +245,7 @@ class Ruler(Task):
             disable=None,
         )
         for sample, text, n, stopped, seconds in generate(
-            model, tokenizer, todo, share=share, stop_when_found=cfg.stop_when_found
+            model, tokenizer, todo, share=share, stop_when_found=cfg.stop_when_found, batch=cfg.batch
         ):
             record = {
                 **sample.record(),
@@ -266,6 +275,7 @@ class Ruler(Task):
             "seconds": round(sum(s.get("seconds") or 0.0 for s in samples), 3),
             "records": samples,
             "stop_when_found": cfg.stop_when_found,
+            "batch": cfg.batch,
             "threshold": cfg.threshold,
         }
         writer.append(cell)
