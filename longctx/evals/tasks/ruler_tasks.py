@@ -26,6 +26,9 @@ we differ, on purpose:
   the tokenizer's own chat template (or none), with the answer prefix after the assistant turn starts, as RULER
   places it. The NIAH singular rewrite ('Some' -> 'A', ...) is applied to the task template only, not to the
   chat wrapper.
+- vt's one-shot example: RULER builds it once per run and re-randomizes its answer's names and value for each
+  sample (`randomize_icl`); here each sample builds its own (from its seed: its own noise count and chain
+  positions, still at most 500 tokens), then randomizes names and value the same way.
 - QA (qa_1 SQuAD, qa_2 HotpotQA) is not generated here (see `longctx.evals.tasks.ruler`).
 """
 
