@@ -49,6 +49,7 @@ class ModelSummary:
     control: dict | None = None                 # in-window retrieval {length, counts, from: other label or None}
     same_as: str | None = None                  # a model whose rope equals this one's up to the trained length
     decisions: dict[int, str] = field(default_factory=dict)   # length beyond trained -> why its status
+    joined: dict[str, str] = field(default_factory=dict)      # task -> the other results folder its cells came from
 
     @property
     def trained(self) -> int | None:
@@ -152,3 +153,25 @@ def load_results(results_dir: Path) -> list[ModelSummary]:
     if not folders:
         raise UsageError(f"no results in {results_dir}: {hint}")
     return [load_model_folder(folder) for folder in folders]
+
+
+def join_results(models: list[ModelSummary], other_dir: Path, name: str) -> None:
+    """Take from `other_dir` (named `name` on the page) the cells of tasks a model here lacks, for every model
+    folder there with a label here that is the same model: the same rope, trained length and fingerprint
+    (checkpoint files); a label that names another model there is an error. Runs that computed a taken task come
+    along, for 'How these numbers were made'."""
+    here = {m.label: m for m in models}
+    for other in load_results(other_dir):
+        model = here.get(other.label)
+        if model is None:
+            continue
+        ids = [(m.meta.get("fingerprint") or {}).get("id") for m in (model, other)]
+        fields = [(m.meta.get("rope"), m.meta.get("trained_length")) for m in (model, other)]
+        if not all(ids) or ids[0] != ids[1] or fields[0] != fields[1]:
+            raise UsageError(f"--with {name}: its {other.label!r} is not the model of that label here (rope, trained "
+                             "length or checkpoint fingerprint differ, or one is not recorded): rename one label")
+        taken = [task for task in other.cells if task not in model.cells]
+        for task in taken:
+            model.cells[task] = other.cells[task]
+            model.joined[task] = name
+        model.runs += [run for run in other.runs if set(run.get("tasks") or []) & set(taken)]

@@ -20,54 +20,72 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
+from longctx.errors import UsageError
 from longctx.evals.report import plots
 from longctx.evals.report.compare import baseline_json, baseline_section, versus_baseline
 from longctx.evals.report.judge import build_summary
-from longctx.evals.report.load import load_results
+from longctx.evals.report.load import join_results, load_results
 from longctx.evals.report.page_html import render_html
 from longctx.evals.report.page_markdown import render_markdown
 from longctx.evals.report.summary_json import summary_json
-from longctx.evals.report.text import checkout_root, portable
+from longctx.evals.report.text import checkout_root, joined_text, portable
 from longctx.evals.tasks import all_tasks
 from longctx.files import partial_dir, replace_into_place
 from longctx.locks import output_lock
 
 
 def write_report(results_dir: Path | str, out_dir: Path | str | None = None, title: str | None = None,
-                 baselines: list[str] | None = None) -> list[Path]:
+                 baselines: list[str] | None = None, joined: list[str] | None = None) -> list[Path]:
     """Render RESULTS_DIR into report.html, report.md, summary.json and the PNGs; returns the files written.
-    `baselines`: labels every model's perplexity is compared with (`compare`); None keeps those of the last report
-    written to OUT (so a suite's re-render keeps them), ["none"] drops them."""
+    `baselines`: labels every model's perplexity is compared with (`compare`); `joined`: other results folders
+    whose cells of the same models fill the tasks RESULTS_DIR lacks (`load.join_results`), written relative to
+    RESULTS_DIR. For both, None keeps those of the last report written to OUT (so a suite's re-render keeps
+    them), ["none"] drops them."""
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir
-    models = build_summary(load_results(results_dir))
     title = title or f"longctx report: {results_dir.resolve().name}"
     with output_lock(out_dir):
-        baselines = _last_baselines(out_dir) if baselines is None else [b for b in baselines if b != "none"]
+        last = _last_summary(out_dir)
+        joined = (last.get("joined_from") or []) if joined is None else [
+            os.path.relpath(Path(d).resolve(), results_dir.resolve()) for d in joined if d != "none"]
+        models = load_results(results_dir)
+        for name in joined:
+            if not (results_dir / name).is_dir():
+                raise UsageError(f"--with {name}: no such results folder (relative to {results_dir})")
+            join_results(models, results_dir / name, name)
+        models = build_summary(models)
+        baselines = _last_baselines(last) if baselines is None else [b for b in baselines if b != "none"]
         for baseline in baselines:  # an unknown label: one line before anything is drawn
             versus_baseline(models, baseline)
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = partial_dir(out_dir / "report")  # every file is drawn here, then moved into place one by one
         try:
-            return _write_report(models, results_dir, out_dir, tmp, title, baselines)
+            return _write_report(models, results_dir, out_dir, tmp, title, baselines, joined)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _last_baselines(out_dir: Path) -> list[str]:
+def _last_summary(out_dir: Path) -> dict:
     try:
-        last = json.loads((out_dir / "summary.json").read_text()).get("versus_baselines") or []
-    except (OSError, ValueError, AttributeError):
-        return []
-    return [b["baseline"] for b in last if isinstance(b, dict) and isinstance(b.get("baseline"), str)] \
-        if isinstance(last, list) else []
+        last = json.loads((out_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return last if isinstance(last, dict) else {}
 
 
-def _write_report(models, results_dir: Path, out_dir: Path, tmp: Path, title: str, baselines: list[str]) -> list[Path]:
+def _last_baselines(last: dict) -> list[str]:
+    kept = last.get("versus_baselines") or []
+    return [b["baseline"] for b in kept if isinstance(b, dict) and isinstance(b.get("baseline"), str)] \
+        if isinstance(kept, list) else []
+
+
+def _write_report(models, results_dir: Path, out_dir: Path, tmp: Path, title: str, baselines: list[str],
+                  joined: list[str]) -> list[Path]:
     figures: list[str] = []
     every = [figure for task in all_tasks().values() for figure in task.figures()]
     for figure in sorted(every, key=lambda figure: figure.detail):  # each task's overview first, then details
@@ -81,9 +99,11 @@ def _write_report(models, results_dir: Path, out_dir: Path, tmp: Path, title: st
         (tmp / name).write_text(portable(text, root))
 
     context = {"title": title, "generated": generated, "results_dir": portable(str(results_dir.resolve()), root),
-               "figures": figures, "baselines": [s for b in baselines if (s := baseline_section(models, b))]}
+               "figures": figures, "baselines": [s for b in baselines if (s := baseline_section(models, b))],
+               "joined": joined_text(models)}
     summary = {**summary_json(models, title, figures),
-               "versus_baselines": [baseline_json(models, baseline) for baseline in baselines]}
+               "versus_baselines": [baseline_json(models, baseline) for baseline in baselines],
+               "joined_from": joined}
     write("summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     write("report.md", render_markdown(models, context))
     images = {name: base64.b64encode((tmp / name).read_bytes()).decode("ascii") for name in figures}
@@ -98,7 +118,7 @@ def _write_report(models, results_dir: Path, out_dir: Path, tmp: Path, title: st
 
 
 def run(args) -> int:
-    paths = write_report(args.results_dir, args.out, args.title, args.baselines)
+    paths = write_report(args.results_dir, args.out, args.title, args.baselines, args.joined)
     models = json.loads(paths[2].read_text())["models"]
     for model in models:
         marker = "!!" if model["superficial"] else "  "
@@ -137,5 +157,15 @@ def add_parser(subparsers) -> None:
         metavar="LABEL",
         help="compare every model's perplexity with this model's, window by window (paired intervals); repeat for "
         "several; default: the baselines of the last report in the output folder; 'none' drops them",
+    )
+    parser.add_argument(
+        "--with",
+        dest="joined",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="another results folder: its cells of the same models (same label, rope and checkpoint fingerprint) "
+        "fill the tasks RESULTS_DIR lacks, e.g. perplexity measured in another study; repeatable; default: those "
+        "of the last report in the output folder; 'none' drops them",
     )
     parser.set_defaults(func=run)

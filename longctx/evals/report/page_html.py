@@ -71,4 +71,5 @@ def render_html(models: list[ModelSummary], context: dict, images: dict[str, str
         status_badge=STATUS_BADGE,
         decided=[(m, n) for m in models for n in m.decisions],
         no_flag_line=no_flag_line(models),
+        joined_html=inline_markdown(context.get("joined") or ""),
     )

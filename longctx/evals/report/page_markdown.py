@@ -39,6 +39,7 @@ def render_markdown(models: list[ModelSummary], context: dict) -> str:
         "",
         f"_{len(models)} model(s) from `{context['results_dir']}`, generated {context['generated']}_",
         "",
+        *([context["joined"], ""] if context.get("joined") else []),
     ]
     for m in models:
         if m.flags:

@@ -42,6 +42,19 @@ def ppl_windows_text(model: ModelSummary) -> str | None:
     return task and task.windows_text(model.records(task.name))
 
 
+def joined_text(models: list[ModelSummary]) -> str:
+    """One sentence naming the cells taken from other results folders (`longctx report --with`), or ''."""
+    by_source: dict[tuple, list[str]] = {}
+    for m in models:
+        for task, source in m.joined.items():
+            by_source.setdefault((source, task), []).append(m.label)
+    if not by_source:
+        return ""
+    parts = [f"{task} of {_names(labels)} from `{source}`" for (source, task), labels in by_source.items()]
+    return ("Cells read from other results folders (the same models: label, rope and checkpoint fingerprint "
+            "checked): " + "; ".join(parts) + ".")
+
+
 def run_groups(models: list[ModelSummary]) -> list[str]:
     """'How these numbers were made', one line per distinct run: the perplexity windows once per distinct set of
     documents (with the models that read them), then each command once, with the models it evaluated (and their
