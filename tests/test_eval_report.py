@@ -498,12 +498,13 @@ def test_a_control_weighs_only_the_ruler_subtasks_the_longer_length_ran(tmp_path
 
 
 def test_a_report_takes_the_tasks_it_lacks_from_another_folder_of_the_same_models(tmp_path, capsys):
-    """Retrieval in one study, perplexity of the same checkpoints in another: `--with` joins them, so the
-    SUPERFICIAL check can run; the page names where the cells came from, re-renders keep it, and a label that
-    names another model there is refused in one line."""
+    """Retrieval in one study, perplexity of the same checkpoints in another: `--ppl-from` joins them, so the
+    SUPERFICIAL check can run; the page names where the cells came from (perplexity only: the other folder's
+    passkey stays there), re-renders keep it, and a label that names another model there is refused in one
+    line."""
     yarn = {"rope_type": "yarn", "rope_theta": 1e5, "factor": 2.0, "original_max_position_embeddings": 8192}
     _model(tmp_path / "ruler", "yarn", yarn, {}, {8192: (30, 30), 16384: (0, 30)})
-    _model(tmp_path / "ppl", "yarn", yarn, {8192: 10.0, 16384: 10.2}, {})
+    _model(tmp_path / "ppl", "yarn", yarn, {8192: 10.0, 16384: 10.2}, {12288: (3, 30)})
     (tmp_path / "ppl" / "yarn" / "runs.jsonl").write_text(
         json.dumps({"command": "longctx eval ppl --out ppl", "tasks": ["ppl"]}) + "\n"
         + json.dumps({"command": "longctx eval passkey --out ppl", "tasks": ["passkey"]}) + "\n")
@@ -515,13 +516,14 @@ def test_a_report_takes_the_tasks_it_lacks_from_another_folder_of_the_same_model
     assert not model["superficial"]
     assert "SUPERFICIAL check not run" in (tmp_path / "ruler" / "report.md").read_text()
 
-    assert cli.main(["report", str(tmp_path / "ruler"), "--with", str(tmp_path / "ppl")]) == 0
+    assert cli.main(["report", str(tmp_path / "ruler"), "--ppl-from", str(tmp_path / "ppl")]) == 0
     summary = json.loads((tmp_path / "ruler" / "summary.json").read_text())
     assert summary["joined_from"] == ["../ppl"] and summary["models"][0]["superficial"]
     markdown = (tmp_path / "ruler" / "report.md").read_text()
     assert "Cells read from other results folders (the same models: label, rope and checkpoint fingerprint " \
            "checked): ppl of **yarn** from `../ppl`." in markdown
     assert "longctx eval ppl --out ppl" in markdown and "longctx eval passkey --out ppl" not in markdown
+    assert "| 12K |" not in markdown  # the other folder's passkey at 12K is not taken
     write_report(tmp_path / "ruler")  # a re-render keeps the folder it joined
     assert json.loads((tmp_path / "ruler" / "summary.json").read_text())["models"][0]["superficial"]
     write_report(tmp_path / "ruler", joined=["none"])
@@ -530,6 +532,6 @@ def test_a_report_takes_the_tasks_it_lacks_from_another_folder_of_the_same_model
     path = tmp_path / "ppl" / "yarn" / "model.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "fingerprint": {"id": "f2"}}))
     capsys.readouterr()
-    assert cli.main(["report", str(tmp_path / "ruler"), "--with", str(tmp_path / "ppl")]) == 2
+    assert cli.main(["report", str(tmp_path / "ruler"), "--ppl-from", str(tmp_path / "ppl")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "is not the model of that label here" in err

@@ -155,11 +155,12 @@ def load_results(results_dir: Path) -> list[ModelSummary]:
     return [load_model_folder(folder) for folder in folders]
 
 
-def join_results(models: list[ModelSummary], other_dir: Path, name: str) -> None:
-    """Take from `other_dir` (named `name` on the page) the cells of tasks a model here lacks, for every model
-    folder there with a label here that is the same model: the same rope, trained length and fingerprint
-    (checkpoint files); a label that names another model there is an error. Runs that computed a taken task come
-    along, for 'How these numbers were made'."""
+def join_perplexity(models: list[ModelSummary], other_dir: Path, name: str) -> None:
+    """Take from `other_dir` (named `name` on the page) the perplexity cells of every model here that has none,
+    from its folder there: one with its label that is the same model (the same rope, trained length and
+    checkpoint fingerprint); a label that names another model there is an error. The runs that computed them come
+    along, for 'How these numbers were made'. Only perplexity: retrieval from elsewhere would change what the
+    page's retrieval means."""
     here = {m.label: m for m in models}
     for other in load_results(other_dir):
         model = here.get(other.label)
@@ -168,9 +169,11 @@ def join_results(models: list[ModelSummary], other_dir: Path, name: str) -> None
         ids = [(m.meta.get("fingerprint") or {}).get("id") for m in (model, other)]
         fields = [(m.meta.get("rope"), m.meta.get("trained_length")) for m in (model, other)]
         if not all(ids) or ids[0] != ids[1] or fields[0] != fields[1]:
-            raise UsageError(f"--with {name}: its {other.label!r} is not the model of that label here (rope, trained "
-                             "length or checkpoint fingerprint differ, or one is not recorded): rename one label")
-        taken = [task for task in other.cells if task not in model.cells]
+            raise UsageError(f"--ppl-from {name}: its {other.label!r} is not the model of that label here (rope, "
+                             "trained length or checkpoint fingerprint differ, or one is not recorded): rename one "
+                             "label")
+        task = perplexity_task()
+        taken = [task.name] if task and task.name in other.cells and task.name not in model.cells else []
         for task in taken:
             model.cells[task] = other.cells[task]
             model.joined[task] = name

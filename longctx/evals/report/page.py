@@ -29,7 +29,7 @@ from longctx.errors import UsageError
 from longctx.evals.report import plots
 from longctx.evals.report.compare import baseline_json, baseline_section, versus_baseline
 from longctx.evals.report.judge import build_summary
-from longctx.evals.report.load import join_results, load_results
+from longctx.evals.report.load import join_perplexity, load_results
 from longctx.evals.report.page_html import render_html
 from longctx.evals.report.page_markdown import render_markdown
 from longctx.evals.report.summary_json import summary_json
@@ -43,7 +43,7 @@ def write_report(results_dir: Path | str, out_dir: Path | str | None = None, tit
                  baselines: list[str] | None = None, joined: list[str] | None = None) -> list[Path]:
     """Render RESULTS_DIR into report.html, report.md, summary.json and the PNGs; returns the files written.
     `baselines`: labels every model's perplexity is compared with (`compare`); `joined`: other results folders
-    whose cells of the same models fill the tasks RESULTS_DIR lacks (`load.join_results`), written relative to
+    whose cells of the same models fill the tasks RESULTS_DIR lacks (`load.join_perplexity`), written relative to
     RESULTS_DIR. For both, None keeps those of the last report written to OUT (so a suite's re-render keeps
     them), ["none"] drops them."""
     results_dir = Path(results_dir)
@@ -56,8 +56,8 @@ def write_report(results_dir: Path | str, out_dir: Path | str | None = None, tit
         models = load_results(results_dir)
         for name in joined:
             if not (results_dir / name).is_dir():
-                raise UsageError(f"--with {name}: no such results folder (relative to {results_dir})")
-            join_results(models, results_dir / name, name)
+                raise UsageError(f"--ppl-from {name}: no such results folder (relative to {results_dir})")
+            join_perplexity(models, results_dir / name, name)
         models = build_summary(models)
         baselines = _last_baselines(last) if baselines is None else [b for b in baselines if b != "none"]
         for baseline in baselines:  # an unknown label: one line before anything is drawn
@@ -159,13 +159,13 @@ def add_parser(subparsers) -> None:
         "several; default: the baselines of the last report in the output folder; 'none' drops them",
     )
     parser.add_argument(
-        "--with",
+        "--ppl-from",
         dest="joined",
         action="append",
         default=None,
         metavar="DIR",
-        help="another results folder: its cells of the same models (same label, rope and checkpoint fingerprint) "
-        "fill the tasks RESULTS_DIR lacks, e.g. perplexity measured in another study; repeatable; default: those "
-        "of the last report in the output folder; 'none' drops them",
+        help="another results folder: its perplexity of the same checkpoints (same label, rope and fingerprint) "
+        "serves the models of RESULTS_DIR that have none (a retrieval-only study), so the SUPERFICIAL check can "
+        "run; repeatable; default: those of the last report in the output folder; 'none' drops them",
     )
     parser.set_defaults(func=run)

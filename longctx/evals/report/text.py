@@ -43,7 +43,7 @@ def ppl_windows_text(model: ModelSummary) -> str | None:
 
 
 def joined_text(models: list[ModelSummary]) -> str:
-    """One sentence naming the cells taken from other results folders (`longctx report --with`), or ''."""
+    """One sentence naming the cells taken from other results folders (`longctx report --ppl-from`), or ''."""
     by_source: dict[tuple, list[str]] = {}
     for m in models:
         for task, source in m.joined.items():
