@@ -269,6 +269,8 @@ def test_tiny_model_end_to_end_and_report(tiny_llama_dir, tmp_path, capsys):
     assert main(["report", str(out)]) == 0
     markdown = (out / "report.md").read_text()
     assert "## RULER" in markdown and "| niah_single_1 |" in markdown and "effective length (avg ≥ 85.6)" in markdown
+    page = (out / "report.html").read_text()  # the HTML page shows the same section
+    assert "<h2>RULER</h2>" in page and "<tr class='task'><td class='txt'>niah_single_1</td>" in page and "<b>Avg.</b>" in page
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,8 @@ from longctx.evals.report.page_table import (
     series_note,
     table_columns,
 )
-from longctx.evals.report.text import details_text, inline_markdown, rope_text, run_groups
+from longctx.evals.report.text import details_text, inline_markdown, markdown_blocks, rope_text, run_groups
+from longctx.evals.tasks import all_tasks
 from longctx.lengths import fmt_len
 
 STATUS_BADGE = {"superficial": "bad", "breaks": "warn", "degrades": "warn", "inconclusive": "neutral",
@@ -72,4 +73,6 @@ def render_html(models: list[ModelSummary], context: dict, images: dict[str, str
         decided=[(m, n) for m in models for n in m.decisions],
         no_flag_line=no_flag_line(models),
         joined_html=inline_markdown(context.get("joined") or ""),
+        task_sections=[markdown_blocks(task.report_lines(models)) for task in all_tasks().values()
+                       if hasattr(task, "report_lines")],
     )

@@ -115,6 +115,39 @@ def inline_markdown(text: str):
     return Markup(re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out))
 
 
+def markdown_blocks(lines: list[str]):
+    """The Markdown a task's report section writes (`##`/`###` headings, paragraphs, pipe tables) as HTML, so the
+    HTML page shows what report.md shows (RULER's table layout, Kamradt's per-depth tables)."""
+    from markupsafe import Markup
+
+    out, table = [], []
+
+    def cells(line: str) -> list[str]:
+        return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+    def flush() -> None:
+        if table:
+            head, body = table[0], [row for row in table[1:] if not set("".join(row)) <= set("-: ")]
+            out.append("<table><tr>" + "".join(f"<th>{inline_markdown(c)}</th>" for c in head) + "</tr>"
+                       + "".join(f"<tr class='task'><td class='txt'>{inline_markdown(row[0])}</td>"
+                                 + "".join(f"<td>{inline_markdown(c)}</td>" for c in row[1:]) + "</tr>"
+                                 for row in body) + "</table>")
+            table.clear()
+
+    for line in lines:
+        if line.startswith("|"):
+            table.append(cells(line))
+            continue
+        flush()
+        level = len(line) - len(line.lstrip("#"))
+        if 1 < level < 5 and line[level:level + 1] == " ":
+            out.append(f"<h{level}>{inline_markdown(line[level + 1:])}</h{level}>")
+        elif line.strip():
+            out.append(f"<p class='legend'>{inline_markdown(line)}</p>")
+    flush()
+    return Markup("\n".join(out))
+
+
 def portable(text: str, root: Path | None) -> str:
     """`text` with every path inside the checkout `root` written relative to it: a committed report names no
     folder of the machine that made it."""
