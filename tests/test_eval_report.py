@@ -464,8 +464,8 @@ def test_a_control_weighs_only_the_tasks_it_measured(tmp_path):
     (model,) = json.loads((tmp_path / "out" / "summary.json").read_text())["models"]
     at_16k = {r["length"]: r for r in model["by_length"]}[16384]
     assert not model["superficial"] and at_16k["status"] != "superficial"
-    assert at_16k["decision"].startswith("the control (passkey at 8K) measured other tasks than this length (niah), "
-                                         "so it is not used: ")
+    assert at_16k["decision"].startswith("no length inside the window measured every task of this one (niah; the "
+                                         "control at 8K: passkey), so none is used: ")
 
 
 def test_a_control_weighs_only_the_ruler_subtasks_the_longer_length_ran(tmp_path):
@@ -535,3 +535,22 @@ def test_a_report_takes_the_tasks_it_lacks_from_another_folder_of_the_same_model
     assert cli.main(["report", str(tmp_path / "ruler"), "--ppl-from", str(tmp_path / "ppl")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "is not the model of that label here" in err
+
+
+def test_a_length_is_weighed_against_the_longest_in_window_length_that_ran_its_tasks(tmp_path):
+    """RULER's vt at 4K and 16K, Kamradt alone at 8K: 16K's vt is weighed against 4K's vt, not left without a
+    control because 8K, the longest length inside the window, did not run it."""
+    yarn = {"rope_type": "yarn", "rope_theta": 1e5, "factor": 2.0, "original_max_position_embeddings": 8192}
+    _model(tmp_path, "yarn", yarn, {4096: 10.0, 8192: 10.0, 16384: 10.2}, {})
+    (tmp_path / "yarn" / "ruler.jsonl").write_text("".join(json.dumps({
+        "task": "ruler", "key": f"ruler|vt|{n}", "subtask": "vt", "length": n, "score": k / 50,
+        "ruler_score": 2 * k, "found": k, "refs": 50, "chat_template": "on", "haystack": "none"}) + "\n"
+        for n, k in ((4096, 50), (16384, 0))))
+    (tmp_path / "yarn" / "kamradt.jsonl").write_text(json.dumps({
+        "task": "kamradt", "key": "kamradt|8192", "length": 8192, "depth": 0.5, "samples": 1, "score": 1.0,
+        "found": 2, "refs": 2, "chat_template": "on", "haystack": "h", "judge": None}) + "\n")
+    write_report(tmp_path, tmp_path / "out")
+    (model,) = json.loads((tmp_path / "out" / "summary.json").read_text())["models"]
+    assert model["control"]["length"] == 8192  # the longest in-window reading, shown as the control
+    assert model["superficial"] and model["flags"][0]["control"]["length"] == 4096
+    assert model["flags"][0]["control"]["counts"] == [50, 50]

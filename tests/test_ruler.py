@@ -270,7 +270,8 @@ def test_tiny_model_end_to_end_and_report(tiny_llama_dir, tmp_path, capsys):
     markdown = (out / "report.md").read_text()
     assert "## RULER" in markdown and "| niah_single_1 |" in markdown and "effective length (avg ≥ 85.6)" in markdown
     page = (out / "report.html").read_text()  # the HTML page shows the same section
-    assert "<h2>RULER</h2>" in page and "<tr class='task'><td class='txt'>niah_single_1</td>" in page and "<b>Avg.</b>" in page
+    assert "<h2>RULER</h2>" in page and "<b>Avg.</b>" in page
+    assert "<tr class='task'><td class='txt'>niah_single_1</td>" in page
 
 
 @pytest.mark.parametrize(

@@ -68,16 +68,15 @@ def graded_alike(model: ModelSummary, length: int, control: dict | None) -> tupl
 
 
 def find_controls(models: list[ModelSummary]) -> None:
-    """Each model's in-window retrieval: its own at the longest length inside its trained length, else that of a
-    model whose rope rotates every position alike up to the trained length (dynamic NTK and its original)."""
+    """Each model's in-window retrieval, at every length inside its trained length (longest first; `control` is
+    the longest): its own, else that of a model whose rope rotates every position alike up to the trained length
+    (dynamic NTK and its original)."""
     for model in models:
-        inside = [n for n in model.counts if model.trained is not None and n <= model.trained]
-        if inside:
-            length = max(inside)
-            model.control = {"length": length, "counts": model.counts[length], "from": None,
-                             "strict": model.strict_counts.get(length), "grading": model.grading.get(length),
-                             "tasks": model.tasks_at.get(length, []), "units": model.unit_counts.get(length, {}),
-                             "strict_units": model.strict_unit_counts.get(length, {})}
+        inside = sorted((n for n in model.counts if model.trained is not None and n <= model.trained), reverse=True)
+        model.controls = [{"length": n, "counts": model.counts[n], "from": None, "strict": model.strict_counts.get(n),
+                           "grading": model.grading.get(n), "tasks": model.tasks_at.get(n, []),
+                           "units": model.unit_counts.get(n, {}), "strict_units": model.strict_unit_counts.get(n, {})}
+                          for n in inside]
     for model in models:
         rope = model.meta.get("rope")
         if model.trained is None or not isinstance(rope, dict):
@@ -85,8 +84,18 @@ def find_controls(models: list[ModelSummary]) -> None:
         for other in models:
             if other is not model and same_model_in_window(model, other):
                 model.same_as = model.same_as or other.label
-                if model.control is None and other.control is not None and other.control["from"] is None:
-                    model.control = {**other.control, "from": other.label}
+                if not model.controls and other.controls and other.controls[0]["from"] is None:
+                    model.controls = [{**c, "from": other.label} for c in other.controls]
+    for model in models:
+        model.control = model.controls[0] if model.controls else None
+
+
+def control_at(model: ModelSummary, units: list[str] | None) -> dict | None:
+    """The control a length that measured `units` is weighed against: the longest in-window length that measured
+    them all, restricted to them (`control_for`); with `units` None (no retrieval there), the longest."""
+    if units is None:
+        return model.control
+    return next((found for c in model.controls if (found := control_for(c, units)) is not None), None)
 
 
 def same_model_in_window(a: ModelSummary, b: ModelSummary) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from longctx.evals.report.controls import by_unit, control_for, find_controls, graded_alike, pooled
+from longctx.evals.report.controls import by_unit, control_at, find_controls, graded_alike, pooled
 from longctx.evals.report.load import ModelSummary, perplexity_task, retrieval_tasks
 from longctx.evals.report.text import counts_text, fmt_ppl, ratio_text, rope_text
 from longctx.evals.tasks import all_tasks
@@ -216,15 +216,15 @@ def judge(model: ModelSummary) -> None:
         # the control weighs only the tasks it measured (passkey inside the window says nothing about NIAH beyond
         # it), and only those this length measured (8K's easy RULER tasks say nothing about 16K's hard ones)
         units = model.tasks_at.get(length)
-        versus_control = control_for(control, units) if units else control
+        versus_control = control_at(model, units)
         other = control is not None and units is not None and versus_control is None
         judges = retrieval_judges and not _control_fails(model, versus_control)
         counts, versus, graded = (graded_alike(model, length, versus_control) if judges
                                   else (None, versus_control, ""))
         status, reason = judge_length(ratio, counts, versus, retrieval if judges else None)
         if other:
-            graded = (f"the control ({' + '.join(control['tasks'])} at {fmt_len(control['length'])}) measured other "
-                      f"tasks than this length ({' + '.join(model.tasks_at[length])}), so it is not used: ")
+            graded = (f"no length inside the window measured every task of this one ({' + '.join(units)}; the "
+                      f"control at {fmt_len(control['length'])}: {' + '.join(control['tasks'])}), so none is used: ")
         model.status[length], model.decisions[length] = status, graded + reason
         if status == "superficial":
             model.flags.append({"kind": "superficial", "length": length, "ppl": model.ppl_value(length),

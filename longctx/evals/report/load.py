@@ -47,6 +47,7 @@ class ModelSummary:
     ref_length: int | None = None               # where ppl_ref was measured
     ratios: dict[int, dict] = field(default_factory=dict)     # length -> ppl / ppl_ref with its interval
     control: dict | None = None                 # in-window retrieval {length, counts, from: other label or None}
+    controls: list[dict] = field(default_factory=list)  # the same at every in-window length, longest first
     same_as: str | None = None                  # a model whose rope equals this one's up to the trained length
     decisions: dict[int, str] = field(default_factory=dict)   # length beyond trained -> why its status
     joined: dict[str, str] = field(default_factory=dict)      # task -> the other results folder its cells came from
