@@ -554,3 +554,13 @@ def test_a_length_is_weighed_against_the_longest_in_window_length_that_ran_its_t
     assert model["control"]["length"] == 8192  # the longest in-window reading, shown as the control
     assert model["superficial"] and model["flags"][0]["control"]["length"] == 4096
     assert model["flags"][0]["control"]["counts"] == [50, 50]
+
+
+def test_a_failing_control_says_nothing_where_no_retrieval_ran(tmp_path):
+    """Perplexity alone beyond the window: the verdict is about perplexity; that retrieval fails inside the window
+    is no caveat for a length where none was measured."""
+    yarn = {"rope_type": "yarn", "rope_theta": 1e5, "factor": 2.0, "original_max_position_embeddings": 8192}
+    _model(tmp_path, "yarn", yarn, {8192: 10.0, 12288: 10.1}, {8192: (1, 10)})
+    write_report(tmp_path, tmp_path / "out")
+    (model,) = json.loads((tmp_path / "out" / "summary.json").read_text())["models"]
+    assert model["verdict"] == "ppl holds at 12K but retrieval was not run there"

@@ -90,11 +90,9 @@ def find_controls(models: list[ModelSummary]) -> None:
         model.control = model.controls[0] if model.controls else None
 
 
-def control_at(model: ModelSummary, units: list[str] | None) -> dict | None:
+def control_at(model: ModelSummary, units: list[str]) -> dict | None:
     """The control a length that measured `units` is weighed against: the longest in-window length that measured
-    them all, restricted to them (`control_for`); with `units` None (no retrieval there), the longest."""
-    if units is None:
-        return model.control
+    them all, restricted to them (`control_for`)."""
     return next((found for c in model.controls if (found := control_for(c, units)) is not None), None)
 
 

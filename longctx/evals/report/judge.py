@@ -215,9 +215,9 @@ def judge(model: ModelSummary) -> None:
         ratio = model.ratios.get(length)
         # the control weighs only the tasks it measured (passkey inside the window says nothing about NIAH beyond
         # it), and only those this length measured (8K's easy RULER tasks say nothing about 16K's hard ones)
-        units = model.tasks_at.get(length)
-        versus_control = control_at(model, units)
-        other = control is not None and units is not None and versus_control is None
+        units = model.tasks_at.get(length)  # None: no retrieval here, nothing to weigh against a control
+        versus_control = control_at(model, units) if units else None
+        other = control is not None and bool(units) and versus_control is None
         judges = retrieval_judges and not _control_fails(model, versus_control)
         counts, versus, graded = (graded_alike(model, length, versus_control) if judges
                                   else (None, versus_control, ""))
