@@ -7,7 +7,6 @@ import copy
 import json
 import random
 import sys
-from pathlib import Path
 
 import pytest
 from result_cells import without_timings
@@ -176,13 +175,14 @@ def test_resume_equals_an_uninterrupted_run(tiny, books, tmp_path, monkeypatch):
                 "seed"} <= set(record)
 
 
-def test_sharing_and_early_stop_keep_every_grade(tiny, books, tmp_path):
-    """The fast path (shared KV prefix, stop once found) decodes what fresh prefills of the whole budget decode."""
+def test_sharing_batching_and_early_stop_keep_every_grade(tiny, books, tmp_path):
+    """The fast path (shared KV prefix, the depths of a length decoded as one batch, stop once found) decodes what
+    fresh prefills of the whole budget, one at a time, decode."""
     model, tokenizer = tiny
     runs = {}
     for fast in (True, False):
         cfg = k.Config(lengths=[384], depths=[0.0, 0.5, 1.0], haystack_dir=str(books), buffer=12, past_context=True,
-                       share_prefix=fast, stop_when_found=fast)
+                       share_prefix=fast, stop_when_found=fast, batch=8 if fast else 1)
         cells = k.TASK.run(model, tokenizer, cfg, ResultsWriter(tmp_path / str(fast), "tiny", "kamradt"))
         runs[fast] = [(c["depth"], r["found"], r["generated"]) for c in cells for r in c["records"]]
     assert runs[True] == runs[False]
@@ -221,40 +221,3 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tiny_llama_dir, tmp_pa
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Loading weights" not in line]
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.jsonl"))
-
-
-SMOKE = Path(__file__).resolve().parents[1] / "docs" / "results" / "smollm2-ruler-cpu"
-
-
-@pytest.mark.skipif(not (SMOKE / "original" / "kamradt.jsonl").is_file(), reason="no committed smoke cell")
-def test_the_smoke_table_is_the_committed_cells():
-    """The smoke table on the study page is the committed cells (written by `longctx eval kamradt`)."""
-    cells = {c["depth"]: c for c in map(json.loads, (SMOKE / "original" / "kamradt.jsonl").read_text().splitlines())}
-    text = (SMOKE / "README.md").read_text()
-    assert "**Status: the study has not been run.**" in text  # a smoke cell, not the study's result
-    page = text.split("## Smoke result", 1)[1].split("\n## ", 1)[0]
-    assert page.splitlines()[0].endswith("(not the study)")
-    rows = [line.strip("|").split("|") for line in page.splitlines() if line.startswith("| ") and "%" in line]
-    assert len(rows) == len(cells) == 3
-    for depth, score, answer, tokens in rows:
-        cell = cells[float(depth.strip().rstrip("%")) / 100]
-        (record,) = cell["records"]
-        assert float(score) == cell["score"] and record["stopped"] == "found"
-        assert tokens.strip() == f"{record['prompt_tokens']:,} + 200 = {cell['length']:,}"
-        assert answer.strip() == "same text" or answer.strip().strip('"') == record["generated"].strip()
-
-
-@pytest.mark.skipif(not (SMOKE / "original" / "ruler.jsonl").is_file(), reason="no committed RULER smoke cell")
-def test_the_ruler_smoke_table_is_the_committed_cell():
-    cells = map(json.loads, (SMOKE / "original" / "ruler.jsonl").read_text().splitlines())
-    (cell,) = [c for c in cells if c["length"] == 2048 and c["subtask"] == "niah_single_1"]
-    page = (SMOKE / "README.md").read_text().split("## Smoke result: RULER", 1)[1].split("\n## ", 1)[0]
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in page.splitlines() if line.startswith("| ")]
-    records = cell["records"]
-    assert len(rows) == len(records) + 1 == 4  # a header row, then one per sample
-    for row, record in zip(rows[1:], records, strict=True):
-        assert row[:4] == [str(record["index"]), record["query"], record["expected"][0], f'"{record["generated"]}"']
-        assert row[4] == f"{record['tokens_generated']} tokens ({record['stopped']})"
-        assert row[5] == f"{record['seconds']:.1f}"
-    assert f"{record['prompt_tokens']:,} tokens + RULER's {cell['tokens_to_generate']}-token budget" in page
-    assert f"{cell['found']} of {cell['refs']} (RULER score {cell['ruler_score']:.1f}" in page

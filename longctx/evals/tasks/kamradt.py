@@ -36,8 +36,9 @@ Where we differ from his code, on purpose:
   sentence start in the first half of the books, the same for every depth of a length.
 
 Speed, grades unchanged (`ruler_decode.generate`): prompts of one run share the text before their needle, so they are
-taken in token order over one KV cache; decoding stops at EOS, the budget, or (without a judge) once every key
-phrase is present, since more text cannot lower the key-phrase grade (the journal says `stopped: found`).
+taken in token order over one KV cache; the prompts of one length decode as one batch (`batch`); decoding stops at
+EOS, the budget, or (without a judge) once every key phrase is present, since more text cannot lower the key-phrase
+grade (the journal says `stopped: found`).
 Every sample is journaled when done (prompt hash, needle position, generated text, score), so a rerun resumes.
 """
 
@@ -87,12 +88,13 @@ class Config:
     seed: int = 0
     share_prefix: bool = True             # reuse the KV cache of the text prompts share
     stop_when_found: bool = True          # stop decoding once every key phrase is present (same grade)
+    batch: int = ruler_decode.BATCH       # samples of one length decoded together (1: one at a time)
     past_context: bool = False            # allow L above the context the model's config claims
 
     def __post_init__(self):
         if self.chat_template not in ("auto", "on", "off"):
             raise UsageError(f"--chat-template {self.chat_template!r}: use auto, on or off")
-        for name in ("samples", "buffer"):
+        for name in ("samples", "buffer", "batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"--{name} must be a whole number ≥ 1")
@@ -172,6 +174,9 @@ class Kamradt(Task):
                             help="a fresh prefill for every sample instead of reusing the KV cache of shared text")
         parser.add_argument("--full-generation", dest="stop_when_found", action="store_false",
                             help="decode to EOS or the budget (default: stop once every key phrase is present)")
+        parser.add_argument("--batch", type=int, default=ruler_decode.BATCH,
+                            help=f"samples of one length decoded together, greedy and graded alike (default: "
+                                 f"{ruler_decode.BATCH}; 1: one at a time)")
         parser.add_argument("--past-context", dest="past_context", action="store_true",
                             help="allow lengths above the context the model's config claims")
 
@@ -221,7 +226,7 @@ class Kamradt(Task):
         todo.sort(key=lambda s: (len(s.ids), s.ids))  # neighbours share the longest prefixes; a length, one batch
         bar = tqdm(total=len(todo), desc=f"{writer.dir.name} kamradt", unit="sample", disable=None)
         for sample, text, n, stopped, seconds in ruler_decode.generate(model, tokenizer, todo, share=share,
-                                                                       stop_when_found=stop):
+                                                                       stop_when_found=stop, batch=cfg.batch):
             found, score = key_phrase_score(text)
             record = {**sample.record(), "generated": text, "found": found, "key_phrase_score": score,
                       "tokens_generated": n, "stopped": stopped, "seconds": round(seconds, 3)}
