@@ -256,6 +256,12 @@ CONTROL = {"length": 8192, "counts": (14, 15)}  # Wilson [0.70, 0.99]
     (_ratio(2.5, 1.9, 2.8), (22, 22), CONTROL, "degrades"),           # ... above 1.25 but not surely above 2
     (_ratio(1.5, 1.3, 1.7), (22, 22), CONTROL, "degrades"),
     (_ratio(1.1, 1.0, 1.2), None, CONTROL, "ppl only"),
+    # retrieval no worse than the window's, both below 0.85: nothing degraded (it was "degrades" before) ...
+    (_ratio(1.05, 0.98, 1.12), (10, 15), {"length": 8192, "counts": (6, 15)}, "inconclusive"),
+    (None, (4, 10), {"length": 8192, "counts": (3, 10)}, "inconclusive"),
+    # ... and without perplexity, a drop the intervals do not show yet is undecided, a clear one degrades
+    (None, (4, 15), {"length": 8192, "counts": (9, 15)}, "inconclusive"),
+    (None, (0, 15), CONTROL, "degrades"),
     (None, None, None, "untested")])
 def test_judge_length_decides_only_where_the_interval_does(ratio, counts, control, status):
     assert judge_length(ratio, counts, control)[0] == status

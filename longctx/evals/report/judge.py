@@ -125,8 +125,9 @@ def judge_length(ratio: dict | None, counts: tuple[int, int] | None, control: di
             return "superficial", f"{ppl_text} but {versus}"
         return ("inconclusive" if ppl == "unsure" else "degrades"), versus + and_ppl
     more = trials_to_separate(counts, control["counts"], SEPARATION)
-    if more is None or ppl is None:
-        return "degrades", versus + ("" if more else " (no clear drop from the window)") + and_ppl
+    if more is None:  # no drop at these rates, however many trials: nothing degraded, nothing shown to extend
+        return "inconclusive", (f"{versus}: no drop from the window at these rates, but both below {RETRIEVAL_OK}, "
+                                f"so this task cannot show the extension working for this model{and_ppl}")
     where = f" at {fmt_len(control['length'])} and at this length"
     return "inconclusive", f"{versus}: inconclusive at n = {n}: {_more(more, 'trial', where)}{and_ppl}"
 
