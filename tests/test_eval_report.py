@@ -484,7 +484,7 @@ def test_a_control_weighs_only_the_ruler_subtasks_the_longer_length_ran(tmp_path
     def cell(name, n, found, refs):
         return json.dumps({"task": "ruler", "key": f"ruler|name={name}|L={n}", "subtask": name, "length": n,
                            "score": found / refs, "ruler_score": 100 * found / refs, "found": found, "refs": refs,
-                           "chat_template": "on", "haystack": "none"}) + "\n"
+                           "samples": refs, "chat_template": "on", "haystack": "none"}) + "\n"  # 1 string each
 
     ruler = tmp_path / "yarn" / "ruler.jsonl"
     ruler.write_text(cell("niah_single_1", 8192, 40, 40) + cell("vt", 8192, 1, 10) + cell("vt", 16384, 0, 10))
@@ -550,7 +550,7 @@ def test_a_length_is_weighed_against_the_longest_in_window_length_that_ran_its_t
     _model(tmp_path, "yarn", yarn, {4096: 10.0, 8192: 10.0, 16384: 10.2}, {})
     (tmp_path / "yarn" / "ruler.jsonl").write_text("".join(json.dumps({
         "task": "ruler", "key": f"ruler|vt|{n}", "subtask": "vt", "length": n, "score": k / 50,
-        "ruler_score": 2 * k, "found": k, "refs": 50, "chat_template": "on", "haystack": "none"}) + "\n"
+        "ruler_score": 2 * k, "found": k, "refs": 50, "samples": 50, "chat_template": "on", "haystack": "none"}) + "\n"
         for n, k in ((4096, 50), (16384, 0))))
     (tmp_path / "yarn" / "kamradt.jsonl").write_text(json.dumps({
         "task": "kamradt", "key": "kamradt|8192", "length": 8192, "depth": 0.5, "samples": 1, "score": 1.0,

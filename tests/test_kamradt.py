@@ -16,6 +16,7 @@ from longctx.errors import UsageError
 from longctx.evals.run.results import ResultsWriter
 from longctx.evals.tasks import kamradt as k
 from longctx.evals.tasks.data import is_sentence_end
+from longctx.evals.tasks.intervals import wilson_interval
 
 WORDS = ("river", "garden", "old", "mill", "letter", "morning", "captain", "road", "window", "winter", "quiet",
          "the", "of", "and", "near", "across", "every", "town", "bright", "stone")
@@ -67,6 +68,7 @@ def test_key_phrase_grader_by_hand():
     assert k.key_phrase_score("") == (0, 0.0)
     cell = k.summarize([{"found": 2, "key_phrase_score": 1.0}, {"found": 1, "key_phrase_score": 0.5}], None)
     assert cell["score"] == 0.75 and (cell["found"], cell["refs"]) == (3, 4)
+    assert cell["score_ci95"] == wilson_interval(1.5, 2)  # two answers, not four phrases
 
 
 def test_gutenberg_license_is_left_out(books):

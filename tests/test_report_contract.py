@@ -89,9 +89,10 @@ def test_every_task_of_every_model_reaches_summary_json(results):
                 assert shown == pytest.approx(sum(c[task.value_key] for c in cells) / len(cells)), (name, length)
                 interval = rows[length][f"{name}_ci95"]
                 assert interval is not None and interval[0] <= shown <= interval[1], (name, length, interval)
-                if task.kind == RETRIEVAL:  # every depth's trials pooled
-                    hits, totals = (sum(c[key] for c in cells) for key in task.counts)
+                if task.kind == RETRIEVAL:  # every depth's trials pooled, as the task counts them
+                    hits, totals = task.trial_counts(cells)[length]
                     assert interval == pytest.approx(wilson_interval(hits, totals))
+                    assert hits / totals == pytest.approx(shown)  # equal cells: the pooled rate is the mean
                 if name in graded:  # the content grade heads, the token-exact one beside it
                     strict = sum(c[f"{task.value_key}_strict"] for c in cells) / len(cells)
                     assert rows[length][f"{name}_strict"] == pytest.approx(strict), (name, length)

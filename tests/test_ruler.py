@@ -377,3 +377,27 @@ def test_the_table_averages_all_tasks_and_the_tasks_run_at_every_length():
     assert rows[-1] == "| Avg. of vt (run at every length) | 90.0 | 80.0 | 20.0 |"
     rows, average, longest = table(records[:4], 92.0)
     assert longest == 4096 and rows[-1].startswith("| **Avg.** |")  # every task everywhere: no second row
+
+
+def test_a_lengths_interval_counts_answers_and_holds_rulers_average():
+    """vt asks 5 strings per answer and the NIAH tasks 1: pooling strings would weigh vt 5x and put RULER's
+    average (the number shown) outside its own interval (0.44 beside [0.22, 0.40] in the study's first render).
+    Answers are the trials, each scored by its share of strings, so the pooled rate is the average."""
+    from longctx.evals.report.text import counts_text
+    from longctx.evals.tasks.base import answer_interval
+    from longctx.evals.tasks.intervals import wilson_interval
+    from longctx.evals.tasks.ruler_report import table
+
+    def cell(name, score, found, refs):
+        return {"subtask": name, "length": 4096, "samples": 10, "score": score, "ruler_score": 100 * score,
+                "found": found, "refs": refs, "score_ci95": wilson_interval(found, refs)}  # as older cells stored
+
+    records = [cell("niah_single_1", 1.0, 10, 10), cell("niah_single_3", 0.1, 1, 10), cell("vt", 0.12, 6, 50)]
+    counts = TASK.trial_counts(records)[4096]
+    assert counts == (12.2, 30) and TASK.values(records)[4096] == pytest.approx(12.2 / 30)
+    low, high = TASK.ci95(records)[4096]
+    assert low < TASK.values(records)[4096] < high
+    vt = wilson_interval(1.2, 10)
+    assert answer_interval(records[2]) == vt  # not the stored 6 of 50 strings
+    assert f"| vt | 12.0 [{100 * vt[0]:.0f}, {100 * vt[1]:.0f}] |" in table(records, 85.6)[0]
+    assert counts_text(counts).startswith("12.2/30 [") and counts_text((3.0, 5)).startswith("3/5 [")

@@ -31,9 +31,11 @@ def ratio_text(ratio: dict) -> str:
     return f"ppl ×{ratio['ratio']:.2f}{interval} of in-distribution ({how}{n})"
 
 
-def counts_text(counts: tuple[int, int]) -> str:
+def counts_text(counts: tuple[float, int]) -> str:
+    """'7/10 [0.40, 0.89]'; a fractional count (answers scored by the share of their strings) with one decimal."""
     low, high = wilson_interval(*counts)
-    return f"{counts[0]}/{counts[1]} [{low:.2f}, {high:.2f}]"
+    k = f"{counts[0]:g}" if float(counts[0]).is_integer() else f"{counts[0]:.1f}"
+    return f"{k}/{counts[1]} [{low:.2f}, {high:.2f}]"
 
 
 def ppl_windows_text(model: ModelSummary) -> str | None:

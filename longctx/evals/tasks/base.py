@@ -121,6 +121,30 @@ def pooled_counts(records: list[dict], hits: str, totals: str) -> dict[int, tupl
     return {length: (k, n) for length, (k, n) in sorted(counts.items()) if n > 0}
 
 
+def answer_counts(records: list[dict], value_key: str = "score") -> dict[int, tuple[float, int]]:
+    """Per length, (sum of answer scores, answers) over its cells: each answer is one trial and its success is its
+    score in [0, 1] (the share of its expected strings or key phrases found). The strings within one answer are
+    not independent trials, and counting answers keeps the pooled rate equal to the mean of equal-sized cells
+    (RULER's average), so the interval holds the number shown. A length with a cell lacking either has none."""
+    counts: dict[int, list[float]] = {}
+    for record in records:
+        value, n = record.get(value_key), record.get("samples")
+        pooled = counts.setdefault(record["length"], [0.0, 0])
+        if isinstance(value, (int, float)) and isinstance(n, int) and n > 0 and pooled[1] >= 0:
+            pooled[0], pooled[1] = pooled[0] + value * n, pooled[1] + n
+        else:
+            pooled[1] = -1
+    return {length: (round(k, 6), n) for length, (k, n) in sorted(counts.items()) if n > 0}
+
+
+def answer_interval(record: dict, value_key: str = "score") -> list[float] | None:
+    """One cell's Wilson 95% interval over its answers (`answer_counts`), None without a score or sample count."""
+    value, n = record.get(value_key), record.get("samples")
+    if not isinstance(value, (int, float)) or not isinstance(n, int) or n <= 0:
+        return None
+    return wilson_interval(value * n, n)
+
+
 def pooled_ci95(records: list[dict], hits: str, totals: str) -> dict[int, list[float]]:
     """Per length, the Wilson 95% interval of all its depths' trials pooled (`hits` of `totals`)."""
     return {length: wilson_interval(k, n) for length, (k, n) in pooled_counts(records, hits, totals).items()}

@@ -11,7 +11,8 @@ His needle, question and prompts, quoted from his repository (main at 7b90d28) i
 (needle placement). One cell is one (length, depth): `samples` prompts (his protocol: 1), each decoded greedily
 and graded by the needle's key phrases (`KEY_PHRASES`: "sandwich" and "Dolores Park"; a sample's score is the
 fraction present in the answer, ignoring case). The cell's score is the mean; its Wilson 95% interval counts each
-key phrase of each sample once. The report draws his heatmap (`longctx.evals.report.plots.kamradt_heatmap`:
+answer as one trial scored by that fraction (`base.answer_counts`: two phrases of one answer are not independent).
+The report draws his heatmap (`longctx.evals.report.plots.kamradt_heatmap`:
 length on x, depth on y, his #F0496E → #EBB839 → #0CD79F colours) and a depth × length table per model
 (`kamradt_report`).
 
@@ -30,7 +31,7 @@ Where we differ from his code, on purpose:
   after the cut haystack, which may end mid-sentence).
 - Grading: key phrases, no LLM judge by default (his is GPT-3.5 scoring 1-10). `--judge module:function` plugs one
   in: `function(response, *, question, needle) -> float in [0, 1]` (or bool); the cell's score is then the mean
-  of the judge's scores, its interval counts samples scored ≥ 0.5, the key-phrase score is kept beside it, and
+  of the judge's scores (the interval's trial scores too), the key-phrase score is kept beside it, and
   decoding runs to EOS or the budget (a judge reads the whole answer).
 - Samples ≥ 2 per cell (`--samples`): sample 0 is his haystack (from the start); sample i starts at a seeded
   sentence start in the first half of the books, the same for every depth of a length.
@@ -51,7 +52,7 @@ from longctx.errors import UsageError
 from longctx.evals.run.results import cell_key
 from longctx.evals.tasks import ruler_decode
 from longctx.evals.tasks import ruler_tasks as rt
-from longctx.evals.tasks.base import DEPTHS_HELP, RETRIEVAL, Figure, Task, mean_by_length, pooled_counts
+from longctx.evals.tasks.base import DEPTHS_HELP, RETRIEVAL, Figure, Task, answer_counts, mean_by_length
 from longctx.evals.tasks.kamradt_prompts import (
     BUFFER,
     KEY_PHRASES,
@@ -136,7 +137,8 @@ def judge_score(judge, spec: str, text: str) -> float:
 
 
 def summarize(samples: list[dict], judge: str | None) -> dict:
-    """The cell's score (mean over samples) and its Wilson interval's counts."""
+    """The cell's score (mean over samples), the key phrases found / asked (judge: samples scored >= 0.5) and a
+    Wilson interval over its answers (`base.answer_counts`: the phrases of one answer are not independent)."""
     phrases = sum(s["key_phrase_score"] for s in samples) / len(samples)
     if judge:
         scores = [s["judge_score"] for s in samples]
@@ -145,12 +147,12 @@ def summarize(samples: list[dict], judge: str | None) -> dict:
     else:
         hits, total, score = sum(s["found"] for s in samples), len(KEY_PHRASES) * len(samples), phrases
     return {"score": score, "key_phrase_score": phrases, "found": hits, "refs": total,
-            "score_ci95": wilson_interval(hits, total)}
+            "score_ci95": wilson_interval(score * len(samples), len(samples))}
 
 
 class Kamradt(Task):
     name, label, metric, order = "kamradt", "Kamradt NIAH", "Kamradt score", 4
-    kind, value_key, counts = RETRIEVAL, "score", ("found", "refs")  # key phrases found / asked (judge: samples)
+    kind, value_key = RETRIEVAL, "score"  # Wilson intervals count answers (`base.answer_counts`)
     help = "Greg Kamradt's needle in a haystack: his needle, question and prompt, lengths × depths, his heatmap"
     Config = Config
     colours = COLOURS  # his heatmap's red → yellow → green
@@ -268,8 +270,8 @@ class Kamradt(Task):
         return {n: wilson_interval(k, m) for n, (k, m) in self.trial_counts(records).items()}
 
     def trial_counts(self, records: list[dict]) -> dict[int, tuple[int, int]]:
-        """Length -> (key phrases found, asked) pooled over depths (with a judge: samples scored ≥ 0.5, samples)."""
-        return pooled_counts(records, *self.counts)
+        """Length -> (answer scores summed, answers) pooled over depths: what verdicts count."""
+        return answer_counts(records, self.value_key)
 
     def figures(self) -> list[Figure]:
         return [Figure("kamradt_heatmap.png", self.heatmap_caption, "kamradt_heatmap", self)]

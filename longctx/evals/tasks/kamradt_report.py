@@ -5,6 +5,7 @@ as "Depth Percent" from 0% at the top, his red → yellow → green colours over
 
 from __future__ import annotations
 
+from longctx.evals.tasks.base import answer_interval
 from longctx.lengths import fmt_len
 
 
@@ -22,7 +23,7 @@ def panels(models, task) -> list[dict]:
                         "title": model.label + (f"\n{task.variant_name(variant)}" if len(variants) > 1 else ""),
                         "lengths": sorted({n for _, n in cells}), "depths": sorted({d for d, _ in cells}),
                         "scores": {k: r.get(task.value_key) for k, r in cells.items()},
-                        "ci95": {k: r.get("score_ci95") for k, r in cells.items()}})
+                        "ci95": {k: answer_interval(r, task.value_key) for k, r in cells.items()}})
     return out
 
 
@@ -32,12 +33,13 @@ def report_lines(models, task) -> list[str]:
     if not shown:
         return []
     out = ["## Kamradt needle in a haystack", "",
-           "Greg Kamradt's needle (\"The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park "
-           "on a sunny day.\"), question and prompts, greedy decoding; each cell: the share of the key phrases "
-           "\"sandwich\" and \"Dolores Park\" in the answer (or a `--judge`'s score), mean over its samples, [Wilson "
-           "95% interval over key phrases]. Length = prompt + answer budget, exact. Haystack: public-domain books "
-           "from `--haystack-dir`, not his Paul Graham essays; no LLM judge unless one is named (his: GPT-3.5 scoring "
-           "1-10). Differences from his code: `longctx/evals/tasks/kamradt.py`.", ""]
+           "Greg Kamradt's needle (\"The best thing to do in San Francisco is eat a sandwich and sit in Dolores "
+           "Park on a sunny day.\"), question and prompts, greedy decoding; each cell: the share of the key "
+           "phrases \"sandwich\" and \"Dolores Park\" in the answer (or a `--judge`'s score), mean over its "
+           "samples, [Wilson 95% interval over answers, each scored by its share of key phrases]. Length = "
+           "prompt + answer budget, exact. Haystack: public-domain books from `--haystack-dir`, not his Paul "
+           "Graham essays; no LLM judge unless one is named (his: GPT-3.5 scoring 1-10). Differences from his "
+           "code: `longctx/evals/tasks/kamradt.py`.", ""]
     for panel in shown:
         lengths = panel["lengths"]
         out += [f"### {panel['label']}: {task.variant_name(panel['variant'])}", "",

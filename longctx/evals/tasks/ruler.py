@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from longctx.errors import UsageError
 from longctx.evals.run.results import cell_key
 from longctx.evals.tasks import ruler_tasks as rt
-from longctx.evals.tasks.base import RETRIEVAL, Figure, Task, pooled_counts
+from longctx.evals.tasks.base import RETRIEVAL, Figure, Task, answer_counts
 from longctx.evals.tasks.ruler_decode import BATCH, generate
 from longctx.evals.tasks.ruler_prompts import Wrapper, build_sample
 from longctx.evals.tasks.scoring import prefix_sharing_allowed, trial_seed, wilson_interval
@@ -88,7 +88,8 @@ def parse_tasks(spec) -> list[str]:
 
 
 def summarize(name: str, samples: list[dict]) -> dict:
-    """RULER's score of a cell (its metric over the generated texts) and a Wilson interval over expected strings."""
+    """RULER's score of a cell (its metric over the generated texts), the expected strings found / asked, and a
+    Wilson interval over its answers (`base.answer_counts`: the strings of one answer are not independent)."""
     task = rt.SYNTHETIC[name][0]
     preds = [rt.postprocess(s["generated"]) for s in samples]
     score = rt.METRICS[task](preds, [s["expected"] for s in samples])
@@ -98,7 +99,7 @@ def summarize(name: str, samples: list[dict]) -> dict:
         "ruler_score": score,
         "found": hits,
         "refs": refs,
-        "score_ci95": wilson_interval(hits, refs),
+        "score_ci95": wilson_interval(score / 100 * len(samples), len(samples)),
     }
 
 
@@ -111,7 +112,7 @@ def haystack_label(cfg: Config, res: rt.Resources) -> str:
 
 class Ruler(Task):
     name, label, metric, order = "ruler", "RULER", "RULER score", 3
-    kind, value_key, counts = RETRIEVAL, "score", ("found", "refs")  # Wilson interval: expected strings found / asked
+    kind, value_key = RETRIEVAL, "score"  # Wilson intervals count answers (`base.answer_counts`)
     help = "RULER's synthetic tasks (niah_*, vt, cwe, fwe): tasks × lengths, RULER's templates and scoring"
     Config = Config
 
@@ -301,8 +302,9 @@ class Ruler(Task):
         return {n: wilson_interval(k, m) for n, (k, m) in self.trial_counts(records).items()}
 
     def trial_counts(self, records: list[dict]) -> dict[int, tuple[int, int]]:
-        """Length -> (expected strings found, asked) pooled over the RULER tasks run there: what verdicts count."""
-        return pooled_counts(records, *self.counts)
+        """Length -> (answer scores summed, answers) over the RULER tasks run there: what verdicts count. With
+        equal samples per task the rate is RULER's average, so the interval holds the number shown."""
+        return answer_counts(records, self.value_key)
 
     def figures(self) -> list[Figure]:
         return []

@@ -1,10 +1,11 @@
 """The report's RULER section in RULER's own layout: per model, tasks × lengths, the average, and the effective
 length (the longest length up to which every evaluated length averages at least the threshold: 85.6, Llama-2-7B's
-4K score, unless the run set another), each score with its Wilson 95% interval (over expected strings)."""
+4K score, unless the run set another), each score with its Wilson 95% interval (over answers, `base.answer_counts`)."""
 
 from __future__ import annotations
 
 from longctx.evals.tasks import ruler_tasks as rt
+from longctx.evals.tasks.base import answer_interval
 from longctx.lengths import fmt_len
 
 
@@ -37,7 +38,7 @@ def table(records: list[dict], threshold: float) -> tuple[list[str], dict[int, f
     def text(record: dict | None) -> str:
         if record is None:
             return "–"
-        low, high = record.get("score_ci95") or (None, None)
+        low, high = answer_interval(record) or (None, None)  # over answers, whatever an older cell stored
         interval = f" [{100 * low:.0f}, {100 * high:.0f}]" if low is not None else ""
         return f"{record['ruler_score']:.1f}{interval}"
 
@@ -67,9 +68,10 @@ def report_lines(models, task) -> list[str]:
         return []
     out = ["## RULER", "",
            "RULER's synthetic tasks, templates and `string_match_all` scoring (×100); each cell: mean over its "
-           "samples, [Wilson 95% interval over expected strings]. Length = prompt + RULER's generation budget, exact. "
-           "†: essay haystack = public-domain books from `--haystack-dir`, not RULER's Paul Graham essays, so these "
-           "rows are not the same haystack as published RULER numbers. Differences from RULER's protocol: "
+           "samples, [Wilson 95% interval over answers, each scored by the share of its expected strings]. Length = "
+           "prompt + RULER's generation budget, exact. †: essay haystack = public-domain books from `--haystack-dir`,"
+           " not RULER's Paul Graham essays, so these rows are not the same haystack as published RULER numbers. "
+           "Differences from RULER's protocol: "
            "`longctx/evals/tasks/ruler_tasks.py`.", ""]
     summary = []
     for m, variant, records in present:
