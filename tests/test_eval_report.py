@@ -570,3 +570,16 @@ def test_a_failing_control_says_nothing_where_no_retrieval_ran(tmp_path):
     write_report(tmp_path, tmp_path / "out")
     (model,) = json.loads((tmp_path / "out" / "summary.json").read_text())["models"]
     assert model["verdict"] == "ppl holds at 12K but retrieval was not run there"
+
+
+def test_the_verdict_goes_on_past_a_ppl_only_length_to_one_that_measured_retrieval(tmp_path):
+    """Perplexity alone at 12K (another study's), retrieval at 16K: the one-line verdict does not stop at 12K's
+    'retrieval was not run there' but also gives 16K's decision."""
+    yarn = {"rope_type": "yarn", "rope_theta": 1e5, "factor": 2.0, "original_max_position_embeddings": 8192}
+    _model(tmp_path, "yarn", yarn, {8192: 10.0, 12288: 10.1, 16384: 10.2}, {8192: (9, 10), 16384: (5, 10)})
+    write_report(tmp_path, tmp_path / "out")
+    (model,) = json.loads((tmp_path / "out" / "summary.json").read_text())["models"]
+    by_length = {r["length"]: r for r in model["by_length"]}
+    assert by_length[12288]["status"] == "ppl only" and by_length[16384]["status"] == "inconclusive"
+    assert model["verdict"] == ("ppl holds at 12K but retrieval was not run there; inconclusive at 16K: "
+                                + by_length[16384]["decision"])

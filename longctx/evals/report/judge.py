@@ -279,6 +279,12 @@ def verdict(model: ModelSummary) -> str:
         parts.append(f"inconclusive at {fmt_len(stop)}: {model.decisions[stop]}")
     elif stop is not None and model.status[stop] == "ppl only":
         parts.append(f"ppl holds at {fmt_len(stop)}" + ("" if model.notes else " but retrieval was not run there"))
+        # a longer length that did measure retrieval decides more than the ppl-only one before it: say it too
+        later = next((n for n in beyond if n > stop and model.status[n] in ("degrades", "inconclusive")), None)
+        if later is not None:
+            parts.append(f"degrades at {fmt_len(later)} ({model.decisions[later]})"
+                         if model.status[later] == "degrades" else
+                         f"inconclusive at {fmt_len(later)}: {model.decisions[later]}")
     if broken is not None:
         ppl = model.ppl_value(broken)
         parts.append(f"breaks at {fmt_len(broken)} (ppl {fmt_ppl(ppl)} vs {fmt_ppl(model.ppl_ref)})")
