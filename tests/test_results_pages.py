@@ -417,3 +417,90 @@ def test_the_niah_books_table_is_the_committed_cells():
     at_8k = {label: shown[0].split(" ")[0] for label, *shown in rows}
     assert (f"the original retrieves {at_8k['original']}, YaRN ×2 {at_8k['yarn-x2']} and base 1e6 "
             f"{at_8k['base-1e6']}") in readme
+
+
+RULER_STUDY = STUDY.parent / "smollm2-ruler-cpu"
+RULER_STAGES = {  # stage -> (task file, the cells it writes: (subtask or depth set, length))
+    "4k": ("ruler", {4096}), "8k": ("ruler", {8192}), "16k": ("ruler", {16384}),
+    "kamradt": ("kamradt", {2048, 4096, 8192, 16384}),
+}
+
+
+def _ruler_cells(label: str, task: str) -> list[dict]:
+    path = RULER_STUDY / label / f"{task}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _section(text: str, heading: str) -> str:
+    return text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_ruler_study_holds_only_the_planned_cells():
+    """RULER at 4K/8K (five tasks) and 16K (two), 10 samples; Kamradt 2K-16K x 5 depths, one sample each."""
+    planned = {4096: {"niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "vt"},
+               8192: {"niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "vt"},
+               16384: {"niah_single_2", "vt"}}
+    for label in ("original", "yarn-x2", "base-1e6"):
+        for cell in _ruler_cells(label, "ruler"):
+            assert cell["subtask"] in planned[cell["length"]] and cell["samples"] == len(cell["records"]) == 10
+            assert cell["chat_template"] == "on" and cell["haystack"].startswith("books:")
+        for cell in _ruler_cells(label, "kamradt"):
+            assert cell["length"] in RULER_STAGES["kamradt"][1] and cell["depth"] in (0, 0.25, 0.5, 0.75, 1)
+            assert cell["samples"] == len(cell["records"]) == 1
+
+
+def test_the_ruler_study_page_states_what_ran_and_quotes_its_report():
+    """The status table counts the committed cells, the cost table sums the run records, and every table row of
+    the RULER, Kamradt and verdict sections is a row of the rendered report.md."""
+    text = (RULER_STUDY / "README.md").read_text()
+    labels = ("original", "yarn-x2", "base-1e6")
+    for row in _table(text, "## Status"):
+        task, lengths = RULER_STAGES[row[0].split(":")[0]]
+        for label, said in zip(labels, row[1:], strict=True):
+            n = sum(c["length"] in lengths for c in _ruler_cells(label, task))
+            assert said == (f"{n} cells" if n else "not run"), (row[0], label)
+    for row in _table(text, "## Cost"):
+        stage, label, minutes = row[0], row[1], row[2]
+        runs = [json.loads(line) for line in (RULER_STUDY / label / "runs.jsonl").read_text().splitlines()]
+        flag = "eval kamradt" if stage == "kamradt" else f"--lengths {stage} "
+        wall = sum(r["wall_seconds"] for r in runs if flag in r["command"])
+        assert minutes == f"{wall / 60:.1f} min", (stage, label)
+    report = (RULER_STUDY / "report.md").read_text()
+    for heading in ("## RULER results", "## Kamradt results", "## Verdicts"):
+        rows = [line for line in _section(text, heading).splitlines() if line.startswith("| ")]
+        assert rows and all(row in report for row in rows), heading
+
+
+def test_the_batched_decoding_check_matches_the_study():
+    """Samples the study decoded one at a time, re-decoded as one batch (checks/batched-decoding.jsonl): the same
+    text, tokens, stop reason and grade, sample by sample."""
+    checks = [json.loads(line) for line in (RULER_STUDY / "checks" / "batched-decoding.jsonl").read_text().splitlines()]
+    cells = {(c["subtask"], c["length"]): c for c in _ruler_cells("original", "ruler")}
+    assert len(checks) == 8 and {c["sample"]["stopped"] for c in checks} == {"found", "eos", "budget"}
+    for check in checks:
+        record = cells[check["subtask"], check["length"]]["records"][check["sample"]["index"]]
+        assert "batch" not in cells[check["subtask"], check["length"]]  # the study's cell: one at a time
+        for field in ("prompt_sha1", "generated", "tokens_generated", "stopped", "found"):
+            assert check["sample"][field] == record[field], field
+
+
+def test_the_ruler_study_findings_count_the_cells():
+    """The page's Kamradt summary (depths whose answer holds both key phrases, per length) and the RULER averages
+    it quotes are the committed cells'."""
+    text = (RULER_STUDY / "README.md").read_text()
+    lengths = {"2K": 2048, "4K": 4096, "8K": 8192, "16K": 16384}
+    rows = _table(text, "Depths answered with both key phrases")
+    header = [cell.strip() for cell in text.split("Depths answered with both key phrases", 1)[1].split("\n|", 1)[1]
+              .split("\n", 1)[0].strip("|").split("|")]
+    for row in rows:
+        cells = {(c["length"], c["depth"]): c["score"] for c in _ruler_cells(row[0], "kamradt")}
+        for name, said in zip(header[1:], row[1:], strict=True):
+            scores = [v for (n, _), v in cells.items() if n == lengths[name]]
+            assert said == (f"{sum(v == 1.0 for v in scores)}/{len(scores)}" if scores else "–"), (row[0], name)
+    for label in ("original", "yarn-x2", "base-1e6"):
+        by_length = {}
+        for cell in _ruler_cells(label, "ruler"):
+            by_length.setdefault(cell["length"], []).append(cell["ruler_score"])
+        for n, scores in by_length.items():
+            if len(scores) == 5:
+                assert f"{label} {sum(scores) / 5:.1f}" in " ".join(text.split()), (label, n)

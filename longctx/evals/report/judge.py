@@ -227,6 +227,8 @@ def judge(model: ModelSummary) -> None:
             graded = (f"no length inside the window measured every task of this one ({' + '.join(units)}; the "
                       f"control at {fmt_len(control['length'])}: {' + '.join(control['tasks'])}), so none is used: ")
         model.status[length], model.decisions[length] = status, graded + reason
+        if counts is not None and versus is not None:
+            model.weighed.add(length)
         if status == "superficial":
             model.flags.append({"kind": "superficial", "length": length, "ppl": model.ppl_value(length),
                                 "ppl_ratio": ratio["ratio"], "ppl_ratio_ci95": ratio.get("ci95"),
@@ -279,8 +281,9 @@ def verdict(model: ModelSummary) -> str:
         parts.append(f"inconclusive at {fmt_len(stop)}: {model.decisions[stop]}")
     elif stop is not None and model.status[stop] == "ppl only":
         parts.append(f"ppl holds at {fmt_len(stop)}" + ("" if model.notes else " but retrieval was not run there"))
-        # a longer length that did measure retrieval decides more than the ppl-only one before it: say it too
-        later = next((n for n in beyond if n > stop and model.status[n] in ("degrades", "inconclusive")), None)
+        # a longer length whose retrieval was weighed decides more than the ppl-only one before it: say it too
+        later = next((n for n in beyond if n > stop and n in model.weighed
+                      and model.status[n] in ("degrades", "inconclusive")), None)
         if later is not None:
             parts.append(f"degrades at {fmt_len(later)} ({model.decisions[later]})"
                          if model.status[later] == "degrades" else

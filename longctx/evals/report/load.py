@@ -50,6 +50,7 @@ class ModelSummary:
     controls: list[dict] = field(default_factory=list)  # the same at every in-window length, longest first
     same_as: str | None = None                  # a model whose rope equals this one's up to the trained length
     decisions: dict[int, str] = field(default_factory=dict)   # length beyond trained -> why its status
+    weighed: set[int] = field(default_factory=set)            # lengths beyond trained whose retrieval was judged
     joined: dict[str, str] = field(default_factory=dict)      # task -> the other results folder its cells came from
 
     @property
