@@ -444,9 +444,13 @@ def test_the_ruler_study_holds_only_the_planned_cells():
         for cell in _ruler_cells(label, "ruler"):
             assert cell["subtask"] in planned[cell["length"]] and cell["samples"] == len(cell["records"]) == 10
             assert cell["chat_template"] == "on" and cell["haystack"].startswith("books:")
+            for sample in cell["records"]:  # exact lengths: prompt + RULER's generation budget = L
+                assert sample["exact"] and sample["prompt_tokens"] + cell["tokens_to_generate"] == cell["length"]
         for cell in _ruler_cells(label, "kamradt"):
             assert cell["length"] in RULER_STAGES["kamradt"][1] and cell["depth"] in (0, 0.25, 0.5, 0.75, 1)
             assert cell["samples"] == len(cell["records"]) == 1
+            (sample,) = cell["records"]  # prompt = L - 200 (his buffer), exactly
+            assert sample["exact"] and sample["prompt_tokens"] + cell["tokens_to_generate"] == cell["length"]
 
 
 def test_the_ruler_study_page_states_what_ran_and_quotes_its_report():
