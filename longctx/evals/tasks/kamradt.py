@@ -269,7 +269,7 @@ class Kamradt(Task):
     def ci95(self, records: list[dict]) -> dict[int, list[float]]:
         return {n: wilson_interval(k, m) for n, (k, m) in self.trial_counts(records).items()}
 
-    def trial_counts(self, records: list[dict]) -> dict[int, tuple[int, int]]:
+    def trial_counts(self, records: list[dict]) -> dict[int, tuple[float, int]]:
         """Length -> (answer scores summed, answers) pooled over depths: what verdicts count."""
         return answer_counts(records, self.value_key)
 

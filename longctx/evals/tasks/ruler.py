@@ -301,7 +301,7 @@ class Ruler(Task):
     def ci95(self, records: list[dict]) -> dict[int, list[float]]:
         return {n: wilson_interval(k, m) for n, (k, m) in self.trial_counts(records).items()}
 
-    def trial_counts(self, records: list[dict]) -> dict[int, tuple[int, int]]:
+    def trial_counts(self, records: list[dict]) -> dict[int, tuple[float, int]]:
         """Length -> (answer scores summed, answers) over the RULER tasks run there: what verdicts count. With
         equal samples per task the rate is RULER's average, so the interval holds the number shown."""
         return answer_counts(records, self.value_key)
