@@ -139,10 +139,8 @@ def answer_counts(records: list[dict], value_key: str = "score") -> dict[int, tu
 
 def answer_interval(record: dict, value_key: str = "score") -> list[float] | None:
     """One cell's Wilson 95% interval over its answers (`answer_counts`), None without a score or sample count."""
-    value, n = record.get(value_key), record.get("samples")
-    if not isinstance(value, (int, float)) or not isinstance(n, int) or n <= 0:
-        return None
-    return wilson_interval(value * n, n)
+    counts = answer_counts([record], value_key).get(record["length"])
+    return wilson_interval(*counts) if counts else None
 
 
 def pooled_ci95(records: list[dict], hits: str, totals: str) -> dict[int, list[float]]:
