@@ -401,3 +401,70 @@ def test_a_lengths_interval_counts_answers_and_holds_rulers_average():
     assert answer_interval(records[2]) == vt  # not the stored 6 of 50 strings
     assert f"| vt | 12.0 [{100 * vt[0]:.0f}, {100 * vt[1]:.0f}] |" in table(records, 85.6)[0]
     assert counts_text(counts).startswith("12.2/30 [") and counts_text((3.0, 5)).startswith("3/5 [")
+
+
+@NEEDS_WORDS
+def test_a_cells_haystack_is_its_own_tasks_and_older_run_labelled_cells_are_still_found(tiny, tmp_path):
+    """niah_single_1 reads no essay: its key and table are the same whether niah_single_2 ran beside it or not,
+    and a cell (and journal) written when the label was the run's is found on resume, not recomputed."""
+    import shutil
+    from pydoc_data.topics import topics
+
+    from longctx.evals.tasks.ruler import haystack_label
+
+    model, tokenizer = tiny
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "topics.txt").write_text("\n".join(topics.values()))
+    mixed = Config(lengths=[512], tasks="niah_single_1,niah_single_2", samples=2, past_context=True,
+                   haystack_dir=str(books))
+    cells = TASK.run(model, tokenizer, mixed, ResultsWriter(tmp_path / "a", "tiny", "ruler"))
+    label = haystack_label(rt.with_essay(rt.load_words(), rt.essay_from_folder(str(books))))
+    assert [(c["subtask"], c["haystack"]) for c in cells] == [("niah_single_1", "none"), ("niah_single_2", label)]
+    alone = Config(lengths=[512], tasks="niah_single_1", samples=2, past_context=True)
+    lines = (tmp_path / "a" / "tiny" / "ruler.jsonl").read_text()
+    assert TASK.run(model, tokenizer, alone, ResultsWriter(tmp_path / "a", "tiny", "ruler")) == cells[:1]
+    assert (tmp_path / "a" / "tiny" / "ruler.jsonl").read_text() == lines  # found, not recomputed
+
+    # The same results as an older version wrote them: niah_single_1 keyed and labelled by the run's books.
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for name in ("ruler.jsonl", "ruler.partial"):
+        path = tmp_path / "b" / "tiny" / name
+        if path.exists():
+            path.write_text(path.read_text().replace("haystack=none", f"haystack={label}").replace(
+                '"haystack": "none"', f'"haystack": "{label}"'))
+    old = (tmp_path / "b" / "tiny" / "ruler.jsonl").read_text()
+    assert "haystack=none" not in old
+    again = TASK.run(model, tokenizer, mixed, ResultsWriter(tmp_path / "b", "tiny", "ruler"))
+    assert (tmp_path / "b" / "tiny" / "ruler.jsonl").read_text() == old
+    assert [c["records"] for c in again] == [c["records"] for c in cells]
+
+    # A half-finished older cell: its journaled sample counts, only the missing one runs.
+    (tmp_path / "b" / "tiny" / "ruler.jsonl").write_text(old.splitlines(keepends=True)[1])
+    partial = tmp_path / "b" / "tiny" / "ruler.partial"
+    lines = partial.read_text().splitlines(keepends=True)
+    legacy = [line for line in lines if json.loads(line)["key"].startswith("ruler|name=niah_single_1")]
+    assert len(legacy) == 2 and all(label in json.loads(line)["key"] for line in legacy)
+    partial.write_text("".join(line for line in lines if line != legacy[1]))
+    calls = []
+    writer = ResultsWriter(tmp_path / "b", "tiny", "ruler")
+    original = writer.add_sample
+    writer.add_sample = lambda key, sample, unit=None: (calls.append((key, unit)), original(key, sample, unit=unit))
+    redone = TASK.run(model, tokenizer, mixed, writer)
+    assert redone[0]["haystack"] == "none" and "haystack=none" in redone[0]["key"]
+    assert [r["generated"] for r in redone[0]["records"]] == [r["generated"] for r in cells[0]["records"]]
+    assert calls == [(redone[0]["key"].replace("|samples=2", ""), json.loads(legacy[1])["unit"])]
+
+def test_cells_without_an_essay_join_the_table_of_their_chat_template():
+    def cell(subtask, haystack, chat="on"):
+        return {"subtask": subtask, "haystack": haystack, "chat_template": chat, "length": 512}
+
+    books, other = "books:10w:aaaa", "books:20w:bbbb"
+    vt_alone, vt_mixed, essay = cell("vt", "none"), cell("vt", books), cell("niah_single_2", books)
+    assert TASK.group([vt_alone, essay, vt_mixed]) == {("on", books): [essay, vt_alone, vt_mixed]}
+    assert TASK.group([vt_alone]) == {("on", "none"): [vt_alone]}
+    off = cell("vt", "none", chat="off")
+    assert TASK.group([essay, off]) == {("on", books): [essay], ("off", "none"): [off]}
+    two = cell("niah_single_2", other)  # two essays: which table vt belongs to is not known, so it stays apart
+    assert TASK.group([essay, two, vt_alone]) == {("on", books): [essay], ("on", other): [two],
+                                                  ("on", "none"): [vt_alone]}

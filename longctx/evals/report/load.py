@@ -109,10 +109,7 @@ def read_cells(path: Path, task, warnings: list[str]) -> dict[tuple, list[dict]]
             continue
         by_key.pop(key, None)  # re-insert so the order follows the last write
         by_key[key] = record
-    cells: dict[tuple, list[dict]] = {}
-    for record in by_key.values():
-        cells.setdefault(task.variant(record), []).append(record)
-    return cells
+    return task.group(list(by_key.values()))
 
 
 def load_model_folder(folder: Path) -> ModelSummary:

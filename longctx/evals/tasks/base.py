@@ -73,6 +73,13 @@ class Task:
     def variant_name(self, variant: tuple) -> str:
         raise NotImplementedError
 
+    def group(self, records: list[dict]) -> dict[tuple, list[dict]]:
+        """Variant -> its records, in their order: the tables and series of a report."""
+        groups: dict[tuple, list[dict]] = {}
+        for record in records:
+            groups.setdefault(self.variant(record), []).append(record)
+        return groups
+
     def unit(self, record: dict) -> str:
         """What a verdict weighs like with like: retrieval inside the window judges a longer length only on the
         units both measured (RULER: each subtask; other tasks: the task)."""

@@ -103,11 +103,23 @@ def summarize(name: str, samples: list[dict]) -> dict:
     }
 
 
-def haystack_label(cfg: Config, res: rt.Resources) -> str:
+def haystack_label(res: rt.Resources) -> str:
+    """The essay books a run loaded: their word count and a digest of their start ("none" without)."""
     if not res.essay:
         return "none"
     digest = hashlib.sha1(" ".join(res.essay[:4096]).encode()).hexdigest()[:8]
     return f"books:{len(res.essay)}w:{digest}"
+
+
+def reads_essay(name) -> bool:
+    return name in rt.SYNTHETIC and rt.needs_essay(name)
+
+
+def cell_haystack(name: str, res: rt.Resources) -> str:
+    """The essay a subtask's prompts read: the books' label for the essay tasks, "none" for the others (their
+    noise and needle haystacks are built in), so a cell's key and table do not depend on the tasks run beside it.
+    Cells written before this was per subtask carry the run's label (`Ruler.run` still finds them)."""
+    return haystack_label(res) if reads_essay(name) else "none"
 
 
 class Ruler(Task):
@@ -205,10 +217,19 @@ class Ruler(Task):
                     "--haystack-dir: a folder of .txt books, e.g. ../shared/data/books"
                 )
             res = rt.with_essay(res, rt.essay_from_folder(cfg.haystack_dir))
-        haystack = haystack_label(cfg, res)
+        run_label = haystack_label(res)
         cells = [(name, length) for name in names for length in cfg.lengths]
+
+        def keys(name: str, length: int, samples: bool = True) -> list[str]:
+            """The cell's key, then the one a run of these tasks wrote before labels were per subtask."""
+            return list(dict.fromkeys(self.key(cfg, name, length, wrapper, label, samples)
+                                      for label in (cell_haystack(name, res), run_label)))
+
+        def key_of(name: str, length: int) -> str:
+            return next((key for key in keys(name, length) if writer.done(key)), keys(name, length)[0])
+
         for name, length in cells:  # bad input fails here, before any model work or any line is written
-            if not writer.done(self.key(cfg, name, length, wrapper, haystack)):
+            if not writer.done(key_of(name, length)):
                 build_sample(name, length, 0, self.seed(cfg, name, length, 0), res, wrapper)
         share = cfg.share_prefix and prefix_sharing_allowed(model, rope)[0]
         if not writer.world.main:  # one process does RULER (its samples share caches); the others wait
@@ -216,9 +237,10 @@ class Ruler(Task):
             return writer.cells()
         out = []
         for name, length in cells:
-            key = self.key(cfg, name, length, wrapper, haystack)
+            key = key_of(name, length)
             if not writer.done(key):
-                self.run_cell(model, tokenizer, cfg, writer, name, length, key, wrapper, res, haystack, share)
+                self.run_cell(model, tokenizer, cfg, writer, name, length, keys(name, length, samples=False), key,
+                              wrapper, res, share)
             out.append(writer.cell(key))
         writer.settle()
         return out
@@ -227,9 +249,15 @@ class Ruler(Task):
     def seed(cfg: Config, name: str, length: int, index: int) -> int:
         return trial_seed(cfg.seed, f"ruler/{name}", length, index)
 
-    def run_cell(self, model, tokenizer, cfg, writer, name, length, key, wrapper, res, haystack, share) -> None:
-        journal = self.key(cfg, name, length, wrapper, haystack, samples=False)  # more samples later reuse these
-        have = writer.samples(journal)
+    def run_cell(self, model, tokenizer, cfg, writer, name, length, journals, key, wrapper, res, share) -> None:
+        """`journals`: the cell's journal key (samples of any count, so more samples later reuse these), then an
+        older one whose samples count too."""
+        journal = journals[0]
+
+        def journaled() -> dict:
+            return {unit: sample for old in reversed(journals) for unit, sample in writer.samples(old).items()}
+
+        have = journaled()
         todo = [
             build_sample(name, length, i, self.seed(cfg, name, length, i), res, wrapper)
             for i in range(cfg.samples)
@@ -259,8 +287,8 @@ class Ruler(Task):
             writer.add_sample(journal, record, unit=sample.index)
             bar.update(1)
         bar.close()
-        journaled = writer.samples(journal)
-        samples = [journaled[i] for i in range(cfg.samples)]
+        done = journaled()
+        samples = [done[i] for i in range(cfg.samples)]
         cell = {
             "task": self.name,
             "key": key,
@@ -269,7 +297,7 @@ class Ruler(Task):
             "samples": cfg.samples,
             "tokens_to_generate": rt.TASKS[rt.SYNTHETIC[name][0]]["tokens_to_generate"],
             "seed": cfg.seed,
-            "haystack": haystack,
+            "haystack": cell_haystack(name, res),
             "protocol": PROTOCOL,
             **wrapper.record(),
             **summarize(name, samples),
@@ -282,7 +310,18 @@ class Ruler(Task):
         writer.append(cell)
 
     def variant(self, record: dict) -> tuple:
-        return (record.get("chat_template"), record.get("haystack"))
+        """Chat template and essay; a task without an essay is "none" whatever an older cell recorded."""
+        return (record.get("chat_template"), record.get("haystack") if reads_essay(record.get("subtask")) else "none")
+
+    def group(self, records: list[dict]) -> dict[tuple, list[dict]]:
+        """Cells without an essay (niah_single_1, vt...) join the table of their chat template's essay when it has
+        just one, so running vt alone and niah_single_2 later gives one table, not two."""
+        groups = super().group(records)
+        for variant in [v for v in groups if v[1] == "none"]:
+            essays = [v for v in groups if v[0] == variant[0] and v[1] != "none"]
+            if len(essays) == 1:
+                groups[essays[0]] += groups.pop(variant)
+        return groups
 
     def variant_name(self, variant: tuple) -> str:
         return f"chat template {variant[0]}, essay haystack {variant[1]}"
