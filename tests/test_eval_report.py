@@ -583,3 +583,23 @@ def test_the_verdict_goes_on_past_a_ppl_only_length_to_one_that_measured_retriev
     assert by_length[12288]["status"] == "ppl only" and by_length[16384]["status"] == "inconclusive"
     assert model["verdict"] == ("ppl holds at 12K but retrieval was not run there; inconclusive at 16K: "
                                 + by_length[16384]["decision"])
+
+
+def test_a_length_whose_retrieval_cannot_judge_says_so_and_the_verdict_spans_every_ppl_only_length(tmp_path):
+    """Retrieval fails inside the window (1/10 at 8K): 16K's 0/10 cannot judge the extension, so 16K's row says why
+    it rests on perplexity alone instead of reading as if retrieval never ran, and the one-line verdict names both
+    lengths where perplexity holds, not only the first."""
+    from longctx.evals.report.text import counts_text
+
+    _model(tmp_path, "base", {"rope_type": "default", "rope_theta": 1e6}, {8192: 10.0, 12288: 10.1, 16384: 10.2},
+           {8192: (1, 10), 16384: (0, 10)})
+    write_report(tmp_path, tmp_path / "out")
+    (model,) = json.loads((tmp_path / "out" / "summary.json").read_text())["models"]
+    by_length = {r["length"]: r for r in model["by_length"]}
+    assert by_length[12288]["status"] == by_length[16384]["status"] == "ppl only"
+    assert by_length[16384]["decision"].startswith(
+        f"retrieval {counts_text((0, 10))} here, but {counts_text((1, 10))} at 8K inside the window is too low to "
+        "judge it; ppl ×")
+    assert by_length[12288]["decision"].startswith("ppl ×")  # no retrieval there: nothing set aside
+    assert model["verdict"] == (f"retrieval fails within the trained length ({counts_text((1, 10))} at 8K, passkey), "
+                                "so it cannot judge the extension on that task; ppl holds at 12K and 16K")

@@ -223,6 +223,10 @@ def judge(model: ModelSummary) -> None:
         counts, versus, graded = (graded_alike(model, length, versus_control) if judges
                                   else (None, versus_control, ""))
         status, reason = judge_length(ratio, counts, versus, retrieval if judges else None)
+        here = model.counts.get(length)
+        if not judges and versus_control is not None and here is not None:  # say why this retrieval is set aside
+            reason = (f"retrieval {counts_text(here)} here, but {counts_text(versus_control['counts'])} at "
+                      f"{fmt_len(versus_control['length'])} inside the window is too low to judge it; {reason}")
         if other:
             graded = (f"no length inside the window measured every task of this one ({' + '.join(units)}; the "
                       f"control at {fmt_len(control['length'])}: {' + '.join(control['tasks'])}), so none is used: ")
@@ -280,7 +284,13 @@ def verdict(model: ModelSummary) -> str:
     elif stop is not None and model.status[stop] == "inconclusive":
         parts.append(f"inconclusive at {fmt_len(stop)}: {model.decisions[stop]}")
     elif stop is not None and model.status[stop] == "ppl only":
-        parts.append(f"ppl holds at {fmt_len(stop)}" + ("" if model.notes else " but retrieval was not run there"))
+        held = [stop]  # the ppl-only lengths in a row from the first: "ppl holds at 12K and 16K"
+        for n in beyond[beyond.index(stop) + 1:]:
+            if model.status[n] != "ppl only":
+                break
+            held.append(n)
+        where = " and ".join(map(fmt_len, held)) if len(held) < 3 else f"{fmt_len(held[0])}–{fmt_len(held[-1])}"
+        parts.append(f"ppl holds at {where}" + ("" if model.notes else " but retrieval was not run there"))
         # a longer length whose retrieval was weighed decides more than the ppl-only one before it: say it too
         later = next((n for n in beyond if n > stop and n in model.weighed
                       and model.status[n] in ("degrades", "inconclusive")), None)
