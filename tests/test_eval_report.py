@@ -603,3 +603,24 @@ def test_a_length_whose_retrieval_cannot_judge_says_so_and_the_verdict_spans_eve
     assert by_length[12288]["decision"].startswith("ppl ×")  # no retrieval there: nothing set aside
     assert model["verdict"] == (f"retrieval fails within the trained length ({counts_text((1, 10))} at 8K, passkey), "
                                 "so it cannot judge the extension on that task; ppl holds at 12K and 16K")
+
+
+def test_summary_json_gives_the_pooled_rate_its_interval_belongs_to(tmp_path):
+    """RULER's 50 answers at 0.40 and Kamradt's 5 at 0.00: the tasks' mean (0.20) lies outside the Wilson interval
+    of the 55 answers pooled ([0.25, 0.50]); summary.json names the pooled rate (20/55) that interval belongs to."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.json").write_text(json.dumps({"label": "m", "trained_length": 8192}))
+    (folder / "ruler.jsonl").write_text(json.dumps({
+        "task": "ruler", "key": "ruler|vt|8192", "subtask": "vt", "length": 8192, "score": 0.4, "ruler_score": 40.0,
+        "found": 100, "refs": 250, "samples": 50, "chat_template": "on", "haystack": "none"}) + "\n")
+    (folder / "kamradt.jsonl").write_text("".join(json.dumps({
+        "task": "kamradt", "key": f"kamradt|8192|{d}", "length": 8192, "depth": d, "samples": 1, "score": 0.0,
+        "found": 0, "refs": 2, "chat_template": "on", "haystack": "h", "judge": None}) + "\n" for d in range(5)))
+    write_report(tmp_path, tmp_path / "out")
+    (model,) = json.loads((tmp_path / "out" / "summary.json").read_text())["models"]
+    (row,) = model["by_length"]
+    low, high = row["retrieval_ci95"]
+    assert row["retrieval"] == pytest.approx(0.2) and not low <= row["retrieval"] <= high
+    assert row["retrieval_counts"] == [20, 55] and row["retrieval_pooled"] == pytest.approx(20 / 55)
+    assert low <= row["retrieval_pooled"] <= high

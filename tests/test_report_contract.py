@@ -74,6 +74,7 @@ def test_every_task_of_every_model_reaches_summary_json(results):
                 *(f"{t}_ci95" for t in all_tasks()),
                 *(f"{t}_strict" for t in graded),
                 *(f"{t}_graded_by" for t in graded),
+                "retrieval_pooled",
                 "retrieval_counts",
                 "retrieval_ci95",
                 "ppl_ratio",
@@ -104,6 +105,12 @@ def test_every_task_of_every_model_reaches_summary_json(results):
             for n in written_cells(folder / model["label"], t.name)
         }
         assert {n for n, row in rows.items() if row["retrieval"] is not None} == retrieval_lengths
+        for row in rows.values():  # the interval belongs to the pooled rate; `retrieval` is the tasks' mean
+            values = [row[t.name] for t in all_tasks().values() if t.kind == RETRIEVAL and row[t.name] is not None]
+            assert row["retrieval"] == (pytest.approx(sum(values) / len(values)) if values else None)
+            if row["retrieval_counts"]:
+                (hits, trials), (low, high) = row["retrieval_counts"], row["retrieval_ci95"]
+                assert row["retrieval_pooled"] == pytest.approx(hits / trials) and low <= hits / trials <= high
         assert rows[320]["status"] != "in-distribution" and rows[128]["status"] == "in-distribution"
         assert model["trained_length"] == 256 and model["verdict"] and model["ppl_windows"]
         assert len(model["runs"]) == 1 and "eval suite" in model["runs"][0]["command"]

@@ -1,4 +1,9 @@
-"""summary.json: the report's tables, statuses and flags for machines (the page's numbers, nothing more)."""
+"""summary.json: the report's tables, statuses and flags for machines (the page's numbers, nothing more).
+
+Per length, `retrieval` is the mean of the retrieval tasks' values (each task weighs alike, as the page's legend
+says), while `retrieval_counts` pools their answers, `retrieval_pooled` is that rate and `retrieval_ci95` its Wilson
+interval: the rate the verdicts weigh. With tasks of unequal answer counts the mean can lie outside that interval,
+so an interval is only ever read beside `retrieval_pooled`."""
 
 from __future__ import annotations
 
@@ -25,9 +30,11 @@ def summary_json(models: list[ModelSummary], title: str, figures: list[str]) -> 
                     row[f"{task}_strict"] = m.strict[task].get(n)
                     row[f"{task}_graded_by"] = m.graded_by[task].get(n)
             ratio = m.ratios.get(n)
+            counts = m.counts.get(n)  # answers of every retrieval task pooled: `retrieval_ci95` is their interval
             by_length.append({**row, "retrieval": m.retrieval.get(n),
-                              "retrieval_counts": list(m.counts[n]) if n in m.counts else None,
-                              "retrieval_ci95": wilson_interval(*m.counts[n]) if n in m.counts else None,
+                              "retrieval_pooled": counts[0] / counts[1] if counts else None,
+                              "retrieval_counts": list(counts) if counts else None,
+                              "retrieval_ci95": wilson_interval(*counts) if counts else None,
                               "ppl_ratio": ratio and ratio["ratio"], "ppl_ratio_ci95": ratio and ratio.get("ci95"),
                               "ppl_ratio_paired": ratio and ratio.get("paired"),
                               "status": m.status.get(n), "decision": m.decisions.get(n)})
