@@ -150,6 +150,19 @@ def answer_interval(record: dict, value_key: str = "score") -> list[float] | Non
     return wilson_interval(*counts) if counts else None
 
 
+class AnswerScoredTask(Task):
+    """A retrieval task whose answers are each scored in [0, 1] (RULER: the share of its expected strings; Kamradt:
+    of its key phrases, or a judge's score): verdicts and intervals count answers (`answer_counts`)."""
+
+    def trial_counts(self, records: list[dict]) -> dict[int, tuple[float, int]]:
+        """Length -> (answer scores summed, answers) over its cells: what verdicts count. With equal samples per
+        cell the rate is the mean the table shows (RULER's average), so the interval holds that number."""
+        return answer_counts(records, self.value_key)
+
+    def ci95(self, records: list[dict]) -> dict[int, list[float]]:
+        return {n: wilson_interval(k, m) for n, (k, m) in self.trial_counts(records).items()}
+
+
 def pooled_ci95(records: list[dict], hits: str, totals: str) -> dict[int, list[float]]:
     """Per length, the Wilson 95% interval of all its depths' trials pooled (`hits` of `totals`)."""
     return {length: wilson_interval(k, n) for length, (k, n) in pooled_counts(records, hits, totals).items()}

@@ -52,7 +52,7 @@ from longctx.errors import UsageError
 from longctx.evals.run.results import cell_key
 from longctx.evals.tasks import ruler_decode
 from longctx.evals.tasks import ruler_tasks as rt
-from longctx.evals.tasks.base import DEPTHS_HELP, RETRIEVAL, Figure, Task, answer_counts, mean_by_length
+from longctx.evals.tasks.base import DEPTHS_HELP, RETRIEVAL, AnswerScoredTask, Figure, mean_by_length
 from longctx.evals.tasks.kamradt_prompts import (
     BUFFER,
     KEY_PHRASES,
@@ -150,7 +150,7 @@ def summarize(samples: list[dict], judge: str | None) -> dict:
             "score_ci95": wilson_interval(score * len(samples), len(samples))}
 
 
-class Kamradt(Task):
+class Kamradt(AnswerScoredTask):
     name, label, metric, order = "kamradt", "Kamradt NIAH", "Kamradt score", 4
     kind, value_key = RETRIEVAL, "score"  # Wilson intervals count answers (`base.answer_counts`)
     help = "Greg Kamradt's needle in a haystack: his needle, question and prompt, lengths × depths, his heatmap"
@@ -265,13 +265,6 @@ class Kamradt(Task):
 
     def values(self, records: list[dict]) -> dict[int, float]:
         return mean_by_length(records, self.value_key)
-
-    def ci95(self, records: list[dict]) -> dict[int, list[float]]:
-        return {n: wilson_interval(k, m) for n, (k, m) in self.trial_counts(records).items()}
-
-    def trial_counts(self, records: list[dict]) -> dict[int, tuple[float, int]]:
-        """Length -> (answer scores summed, answers) pooled over depths: what verdicts count."""
-        return answer_counts(records, self.value_key)
 
     def figures(self) -> list[Figure]:
         return [Figure("kamradt_heatmap.png", self.heatmap_caption, "kamradt_heatmap", self)]

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from longctx.errors import UsageError
 from longctx.evals.run.results import cell_key
 from longctx.evals.tasks import ruler_tasks as rt
-from longctx.evals.tasks.base import RETRIEVAL, Figure, Task, answer_counts
+from longctx.evals.tasks.base import RETRIEVAL, AnswerScoredTask, Figure
 from longctx.evals.tasks.ruler_decode import BATCH, generate
 from longctx.evals.tasks.ruler_prompts import Wrapper, build_sample
 from longctx.evals.tasks.scoring import prefix_sharing_allowed, trial_seed, wilson_interval
@@ -115,14 +115,14 @@ def reads_essay(name) -> bool:
     return name in rt.SYNTHETIC and rt.needs_essay(name)
 
 
-def cell_haystack(name: str, res: rt.Resources) -> str:
-    """The essay a subtask's prompts read: the books' label for the essay tasks, "none" for the others (their
-    noise and needle haystacks are built in), so a cell's key and table do not depend on the tasks run beside it.
-    Cells written before this was per subtask carry the run's label (`Ruler.run` still finds them)."""
-    return haystack_label(res) if reads_essay(name) else "none"
+def cell_haystack(name: str, run_label: str) -> str:
+    """The essay a subtask's prompts read: the run's books (`haystack_label`) for the essay tasks, "none" for the
+    others (their noise and needle haystacks are built in), so a cell's key and table do not depend on the tasks
+    run beside it. Cells written before this was per subtask carry the run's label (`Ruler.run` still finds them)."""
+    return run_label if reads_essay(name) else "none"
 
 
-class Ruler(Task):
+class Ruler(AnswerScoredTask):
     name, label, metric, order = "ruler", "RULER", "RULER score", 3
     kind, value_key = RETRIEVAL, "score"  # Wilson intervals count answers (`base.answer_counts`)
     help = "RULER's synthetic tasks (niah_*, vt, cwe, fwe): tasks × lengths, RULER's templates and scoring"
@@ -223,10 +223,11 @@ class Ruler(Task):
         def keys(name: str, length: int, samples: bool = True) -> list[str]:
             """The cell's key, then the one a run of these tasks wrote before labels were per subtask."""
             return list(dict.fromkeys(self.key(cfg, name, length, wrapper, label, samples)
-                                      for label in (cell_haystack(name, res), run_label)))
+                                      for label in (cell_haystack(name, run_label), run_label)))
 
         def key_of(name: str, length: int) -> str:
-            return next((key for key in keys(name, length) if writer.done(key)), keys(name, length)[0])
+            candidates = keys(name, length)
+            return next((key for key in candidates if writer.done(key)), candidates[0])
 
         for name, length in cells:  # bad input fails here, before any model work or any line is written
             if not writer.done(key_of(name, length)):
@@ -240,7 +241,7 @@ class Ruler(Task):
             key = key_of(name, length)
             if not writer.done(key):
                 self.run_cell(model, tokenizer, cfg, writer, name, length, keys(name, length, samples=False), key,
-                              wrapper, res, share)
+                              wrapper, res, cell_haystack(name, run_label), share)
             out.append(writer.cell(key))
         writer.settle()
         return out
@@ -249,7 +250,8 @@ class Ruler(Task):
     def seed(cfg: Config, name: str, length: int, index: int) -> int:
         return trial_seed(cfg.seed, f"ruler/{name}", length, index)
 
-    def run_cell(self, model, tokenizer, cfg, writer, name, length, journals, key, wrapper, res, share) -> None:
+    def run_cell(self, model, tokenizer, cfg, writer, name, length, journals, key, wrapper, res, haystack,
+                 share) -> None:
         """`journals`: the cell's journal key (samples of any count, so more samples later reuse these), then an
         older one whose samples count too."""
         journal = journals[0]
@@ -297,7 +299,7 @@ class Ruler(Task):
             "samples": cfg.samples,
             "tokens_to_generate": rt.TASKS[rt.SYNTHETIC[name][0]]["tokens_to_generate"],
             "seed": cfg.seed,
-            "haystack": cell_haystack(name, res),
+            "haystack": haystack,
             "protocol": PROTOCOL,
             **wrapper.record(),
             **summarize(name, samples),
@@ -336,14 +338,6 @@ class Ruler(Task):
             if isinstance(record.get("score"), (int, float)):
                 by_length.setdefault(record["length"], []).append(record["score"])
         return {n: sum(v) / len(v) for n, v in sorted(by_length.items())}
-
-    def ci95(self, records: list[dict]) -> dict[int, list[float]]:
-        return {n: wilson_interval(k, m) for n, (k, m) in self.trial_counts(records).items()}
-
-    def trial_counts(self, records: list[dict]) -> dict[int, tuple[float, int]]:
-        """Length -> (answer scores summed, answers) over the RULER tasks run there: what verdicts count. With
-        equal samples per task the rate is RULER's average, so the interval holds the number shown."""
-        return answer_counts(records, self.value_key)
 
     def figures(self) -> list[Figure]:
         return []
